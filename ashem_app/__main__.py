@@ -1,0 +1,102 @@
+"""`ashem` / `python -m ashem_app`: open the dashboard and start the run.
+
+    ashem [--settings settings.toml] [--set table.key=value ...] [--paused]
+    ashem --replay runs/<id>        # a finished run, or one a headless engine still writes
+
+Bad settings or arguments: one line on stderr, exit code 2, nothing started.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import NoReturn, Optional, Sequence
+
+PROG = "ashem"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train an early-exit LM with ASHEM in a terminal "
+                                       "dashboard, or replay a run.")
+    p.add_argument("--settings", metavar="FILE", default="settings.toml",
+                   help="settings file (default: ./settings.toml)")
+    p.add_argument("--set", metavar="TABLE.KEY=VALUE", action="append", default=[],
+                   dest="overrides", help="override one setting (repeatable)")
+    p.add_argument("--paused", action="store_true",
+                   help="start the run held; press space to begin")
+    p.add_argument("--replay", metavar="RUN_DIR",
+                   help="show a run from its events.jsonl (follows it while it is written)")
+    p.add_argument("--popups", action="store_true",
+                   help="in replay, open transition screens by themselves")
+    return p
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"{PROG}: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _load_settings(path: str, overrides: Sequence[str]):
+    """Settings, or an error line. The engine's settings module is the one authority."""
+    try:
+        from ashem_engine.settings import SettingsError, load_settings
+    except ImportError as err:  # pragma: no cover - only before the engine exists
+        return None, f"the engine's settings module is not available ({err})"
+    try:
+        return load_settings(path, overrides=tuple(overrides)), None
+    except SettingsError as err:
+        return None, f"settings: {err}"
+    except OSError as err:
+        return None, f"settings: cannot read {path}: {err.strerror or err}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .app import AshemApp  # after argument checks: errors stay fast and quiet
+    from .replay import ReplayError, resolve_events_path
+
+    if args.replay:
+        if args.overrides or args.paused:
+            return _fail("error: --set and --paused do not apply to --replay")
+        try:
+            path = resolve_events_path(args.replay)
+        except ReplayError as err:
+            return _fail(f"replay: {err}")
+        app = AshemApp(replay_path=path, auto_inspect=args.popups)
+    else:
+        settings, error = _load_settings(args.settings, args.overrides)
+        if error:
+            return _fail(error)
+        app = AshemApp(settings=settings, start_paused=args.paused)
+
+    # Our own loop: asyncio.run() would wait for the engine thread at exit; we give it a
+    # short grace after a cancel and then leave (the run directory is already consistent
+    # up to the last finished step).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app.run(loop=loop)
+    finally:
+        if app.engine_running:
+            if app.control is not None:
+                app.control.cancel()
+            app.engine_done.wait(timeout=0.4)
+    code = app.return_code if app.return_code is not None else app.exit_code
+    if app._exception is not None:  # an exception escaped Textual: it printed it already
+        code = 1
+    if app.engine_running:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    loop.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

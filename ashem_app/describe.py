@@ -1,0 +1,88 @@
+"""One log line per event (pure: event -> rich Text, or None for events not logged)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.text import Text
+
+from ashem_engine.events import (
+    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, Paused, Resumed,
+    RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
+    ThresholdComputed,
+)
+
+from . import fmt
+
+LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
+
+
+def describe(event: Event) -> Optional[Text]:
+    body = _body(event)
+    if body is None:
+        return None
+    if isinstance(body, str):
+        body = Text(body)
+    line = Text(fmt.stamp(event.t) + "  ", style="dim")
+    line.append_text(body)
+    return line
+
+
+def _body(e: Event) -> Optional[Text | str]:
+    if isinstance(e, BatchProgress):
+        return None
+    if isinstance(e, RunStarted):
+        return (f"run {e.name!r} started on {e.device} ({e.threads} threads) · vocab "
+                f"{fmt.integer(e.vocab_size)} · train {fmt.integer(e.train_tokens)} / val "
+                f"{fmt.integer(e.val_tokens)} tokens · {e.run_dir}")
+    if isinstance(e, StageStarted):
+        return (f"stage {e.stage} started: {e.layers} layers, "
+                f"{fmt.integer(e.trainable_params)} of {fmt.integer(e.total_params)} params "
+                f"trainable, lr {e.lr:g}, patience {e.patience}, {e.batches} batches/epoch")
+    if isinstance(e, EpochEnded):
+        t = Text(f"stage {e.stage} epoch {e.epoch}: train PPL {fmt.ppl(e.train_ppl)}  "
+                 f"val PPL {fmt.ppl(e.val_ppl)}  acc {fmt.pct(e.val_acc, 2)}")
+        if e.hard_ppl is not None:
+            t.append(f"  hard {fmt.ppl(e.hard_ppl)}")
+        if e.shallow_ratio is not None:
+            t.append(f"  shallow {fmt.pct(e.shallow_ratio)}")
+        if e.improved:
+            t.append("  ✓ best", style="green")
+        else:
+            t.append(f"  patience {e.patience_counter}/{e.patience}", style="yellow")
+        return t
+    if isinstance(e, StageEnded):
+        how = "stopped early" if e.stopped_early else "ran all epochs"
+        return Text(f"stage {e.stage} done: {e.epochs} epochs, {how}; best epoch "
+                    f"{e.best_epoch} val PPL {fmt.ppl(e.best_val_ppl)} · "
+                    f"{fmt.duration(e.seconds)}", style="bold")
+    if isinstance(e, ThresholdComputed):
+        return (f"threshold {fmt.conf(e.threshold)} (quantile {e.target_ratio:g} of "
+                f"{fmt.integer(e.tokens)} {e.split} confidences at layer {e.exit_layer})")
+    if isinstance(e, HardExamplesCollected):
+        return (f"hard tokens: {fmt.integer(e.count)} of {fmt.integer(e.total)} "
+                f"({fmt.pct(e.ratio)}), mean confidence {fmt.conf(e.mean_confidence)}, "
+                f"hard PPL {fmt.ppl(e.hard_ppl)}")
+    if isinstance(e, Evaluated):
+        ratios = " / ".join(fmt.pct(r) for r in e.exit_ratios)
+        return Text(f"evaluation ({e.split}): PPL {fmt.ppl(e.ppl)} · acc "
+                    f"{fmt.pct(e.accuracy, 2)} · exits {ratios} · compute cost "
+                    f"{fmt.pct(e.compute_cost, 2)} · honest cost {fmt.pct(e.honest_cost, 1)}",
+                    style="bold")
+    if isinstance(e, Paused):
+        if e.reason == "pause_at":
+            return Text(f"holding at boundary {e.boundary} ({e.where})", style="cyan")
+        return Text(f"paused at {e.where}", style="cyan")
+    if isinstance(e, Resumed):
+        return Text(f"resumed ({e.where})", style="cyan")
+    if isinstance(e, Log):
+        return Text(f"{e.level}: {e.message}", style=LEVEL_STYLE.get(e.level, ""))
+    if isinstance(e, RunFinished):
+        return Text(f"run finished in {fmt.duration(e.seconds)} · {e.run_dir}",
+                    style="bold green")
+    if isinstance(e, RunCancelled):
+        return Text(f"run cancelled at {e.where} after {fmt.duration(e.seconds)}",
+                    style="bold yellow")
+    if isinstance(e, RunFailed):
+        return Text(f"run FAILED ({e.error_kind}) at {e.where}: {e.message}",
+                    style="bold red")
+    return f"{e.kind}"

@@ -1,0 +1,68 @@
+"""Reading a run's events.jsonl, once or following a writer that is still going.
+
+`EventFollower.poll()` returns the events of the complete lines written since the last poll;
+a torn last line (a writer mid-write, or killed) is kept back until its newline arrives.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from ashem_engine.events import Event, event_from_dict
+
+TERMINAL_KINDS = ("RunFinished", "RunCancelled", "RunFailed")
+
+
+class ReplayError(Exception):
+    """A replay path that cannot be read; `str()` is one line for the user."""
+
+
+def resolve_events_path(path: str | os.PathLike) -> Path:
+    """A run directory or an events.jsonl file -> the events file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "events.jsonl"
+    if not p.exists():
+        raise ReplayError(f"no events file at {p}")
+    if not p.is_file():
+        raise ReplayError(f"{p} is not a file")
+    return p
+
+
+class EventFollower:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+        self.done = False  # a terminal event was read
+        self.skipped = 0  # complete lines that were not valid events
+
+    def poll(self, max_bytes: Optional[int] = None) -> list[Event]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read() if max_bytes is None else f.read(max_bytes)
+        except FileNotFoundError:
+            return []
+        if not chunk:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # b"" when the chunk ended with a newline
+        out: list[Event] = []
+        for raw in lines:
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                event = event_from_dict(json.loads(raw.decode("utf-8")))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                self.skipped += 1
+                continue
+            out.append(event)
+            if event.kind in TERMINAL_KINDS:
+                self.done = True
+        return out

@@ -1,0 +1,1 @@
+"""Screens: dashboard, transition inspection, confirmation, help."""

@@ -1,0 +1,302 @@
+"""The transition / inspection screen of one timeline step.
+
+- a stage step: the stage summary and its epoch table;
+- a mining step: the summary of the stage mined, the confidence histogram with the
+  threshold, the hard-token figures, the most frequent hard words and hard tokens in context;
+- evaluation: the last stage's summary and the final two-stage evaluation.
+
+Opened by itself when a live run holds at a boundary (Paused, reason "pause_at"), or from the
+timeline (number keys, click). Keys: c continue (resume), a abort (cancel the run, keep the
+app), esc back to the dashboard (the run stays held), ←/→ other steps.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from .. import fmt, keys
+from ..state import RunView, Step
+from ..widgets.charts import ConfidenceChart, PplChart, RoutingChart
+from .confirm import ConfirmScreen
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import AshemApp
+
+
+def _kv_table(rows: list[tuple[str, str]]) -> Table:
+    table = Table(box=None, show_header=False, padding=(0, 1), expand=False)
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(style="bold", no_wrap=True)
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def stage_summary(view: RunView, stage: int) -> Table:
+    started = view.stage_started.get(stage)
+    ended = view.stage_ended.get(stage)
+    last = view.last_epoch(stage)
+    best = view.best_epoch(stage)
+    rows: list[tuple[str, str]] = []
+    if started:
+        rows += [("layers", str(started.layers)),
+                 ("trainable", f"{fmt.integer(started.trainable_params)} / "
+                               f"{fmt.integer(started.total_params)}"),
+                 ("lr · patience", f"{started.lr:g} · {started.patience}")]
+    if ended:
+        rows += [("epochs", f"{ended.epochs} / {view.max_epochs(stage)}"),
+                 ("best epoch", str(ended.best_epoch)),
+                 ("best val PPL", fmt.ppl(ended.best_val_ppl)),
+                 ("best val acc", fmt.pct(ended.best_val_acc, 2)),
+                 ("stopped early", "yes" if ended.stopped_early else "no (max epochs)"),
+                 ("time", fmt.duration(ended.seconds))]
+        if ended.best_hard_ppl is not None:
+            rows.append(("best hard PPL", fmt.ppl(ended.best_hard_ppl)))
+    elif last:
+        rows += [("epochs", f"{last.epoch} / {view.max_epochs(stage)} (running)"),
+                 ("best epoch", str(last.best_epoch)),
+                 ("best val PPL", fmt.ppl(last.best_val_ppl)),
+                 ("best val acc", fmt.pct(best.val_acc, 2) if best else fmt.DASH),
+                 ("patience", f"{last.patience_counter} / {last.patience}")]
+    elif started:
+        rows.append(("epochs", f"0 / {started.max_epochs} (running)"))
+    else:
+        rows.append(("", "not started"))
+    return _kv_table(rows)
+
+
+def epochs_table(view: RunView, stage: int) -> Table:
+    eps = view.stage_epochs(stage)
+    has_hard = any(e.hard_ppl is not None for e in eps)
+    has_routed = any(e.shallow_ratio is not None for e in eps)
+    table = Table(box=None, padding=(0, 1), header_style="bold dim", expand=False)
+    table.add_column("ep", justify="right")
+    table.add_column("train PPL", justify="right")
+    table.add_column("val PPL", justify="right")
+    table.add_column("acc", justify="right")
+    if has_hard:
+        table.add_column("hard PPL", justify="right")
+    if has_routed:
+        table.add_column("shallow", justify="right")
+    table.add_column("", no_wrap=True)
+    best = eps[-1].best_epoch if eps else None
+    for e in eps:
+        row = [str(e.epoch), fmt.ppl(e.train_ppl), fmt.ppl(e.val_ppl), fmt.pct(e.val_acc, 2)]
+        if has_hard:
+            row.append(fmt.ppl(e.hard_ppl))
+        if has_routed:
+            row.append(fmt.pct(e.shallow_ratio))
+        row.append("★ best" if e.epoch == best else ("✓" if e.improved else ""))
+        table.add_row(*row, style="bold green" if e.epoch == best else "")
+    return table
+
+
+def hard_figures(view: RunView, stage: int):
+    th = view.thresholds.get(stage)
+    hard = view.hard.get(stage)
+    rows: list[tuple[str, str]] = []
+    if th:
+        rows += [("threshold", fmt.conf(th.threshold)),
+                 ("quantile", f"{th.target_ratio:g}"),
+                 ("measured on", f"{fmt.integer(th.tokens)} {th.split}"),
+                 ("exit layer", str(th.exit_layer))]
+    if hard:
+        rows += [("hard tokens", f"{fmt.integer(hard.count)} / {fmt.integer(hard.total)}"),
+                 ("ratio", fmt.pct(hard.ratio)),
+                 ("mean confidence", fmt.conf(hard.mean_confidence)),
+                 (f"stage {stage} hard PPL", fmt.ppl(hard.hard_ppl))]
+    if not rows:
+        rows.append(("", "mining not done yet"))
+    return _kv_table(rows)
+
+
+def top_words(view: RunView, stage: int, limit: int = 12) -> Table:
+    hard = view.hard.get(stage)
+    table = Table(box=None, padding=(0, 1), header_style="bold dim", expand=False)
+    table.add_column("hard word")
+    table.add_column("count", justify="right")
+    for word, count in (hard.top_words if hard else [])[:limit]:
+        table.add_row(str(word), fmt.integer(count))
+    return table
+
+
+def examples(view: RunView, stage: int, limit: int = 6) -> Text:
+    hard = view.hard.get(stage)
+    text = Text()
+    for ex in (hard.examples if hard else [])[:limit]:
+        context = " ".join(str(w) for w in ex.get("context", []))
+        text.append("… " + context + " ", style="dim")
+        text.append(f"[{ex.get('target', '?')}]", style="bold reverse")
+        conf = ex.get("confidence")
+        text.append(f"  conf {fmt.conf(conf)}\n" if conf is not None else "\n", style="yellow")
+    if not text.plain:
+        text.append("no examples", style="dim")
+    return text
+
+
+def evaluation_figures(view: RunView) -> Table:
+    ev = view.evaluation
+    if ev is None:
+        return _kv_table([("", "not evaluated yet")])
+    rows = [("split", f"{ev.split} · {fmt.integer(ev.tokens)} tokens"),
+            ("accuracy", fmt.pct(ev.accuracy, 2)),
+            ("PPL", fmt.ppl(ev.ppl))]
+    for layer, ratio in zip(ev.exit_layers, ev.exit_ratios):
+        rows.append((f"exit @ layer {layer}", fmt.pct(ratio)))
+    rows += [("shallow / deep", f"{fmt.pct(ev.shallow_ratio)} / {fmt.pct(ev.deep_ratio)}"),
+             ("compute cost", fmt.pct(ev.compute_cost, 2)),
+             ("honest cost", fmt.pct(ev.honest_cost, 1)),
+             ("thresholds", ", ".join(fmt.conf(t) for t in ev.thresholds) or fmt.DASH)]
+    return _kv_table(rows)
+
+
+def _section(title: str, body, classes: str = "", id: Optional[str] = None) -> Static:
+    widget = Static(body, classes=f"section {classes}".strip(), id=id)
+    widget.border_title = title
+    return widget
+
+
+class InspectScreen(Screen[None]):
+    BINDINGS = keys.bindings("inspect")
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__(classes="inspect")
+        self.step_id = step_id
+
+    @property
+    def ashem(self) -> "AshemApp":
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def step(self) -> Step:
+        step = self.ashem.view.step(self.step_id)
+        return step or Step(self.step_id, "evaluation", None, self.step_id)
+
+    def compose(self) -> ComposeResult:
+        step = self.step
+        view = self.ashem.view
+        with Vertical(id="inspect-box") as box:
+            box.border_title = self._title(view)
+            yield Static(id="inspect-status")
+            with VerticalScroll(id="inspect-body"):
+                if step.kind == "stage":
+                    with Horizontal(classes="inspect-row"):
+                        yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
+                                       classes="narrow")
+                        yield _section("Epochs", "", id="stage-epochs")
+                    if view.epochs:
+                        chart = PplChart(id="inspect-ppl", classes="inspect-chart")
+                        yield chart
+                elif step.kind == "mining":
+                    with Horizontal(classes="inspect-row"):
+                        yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
+                                       classes="narrow")
+                        yield ConfidenceChart(stage=step.stage, id="inspect-confidence",
+                                              classes="inspect-chart")
+                    with Horizontal(classes="inspect-row"):
+                        yield _section("Hard tokens", "", id="hard-figures", classes="narrow")
+                        yield _section("Hard words", "", id="top-words",
+                                       classes="narrow")
+                        yield _section("Hard tokens in context", "", id="hard-examples",
+                                       classes="wide")
+                else:
+                    last = view.stages[-1] if view.stages else 1
+                    with Horizontal(classes="inspect-row"):
+                        yield _section(f"Stage {last} summary", "", id="stage-summary",
+                                       classes="narrow")
+                        yield _section("Final evaluation", "", id="evaluation",
+                                       classes="narrow")
+                        yield RoutingChart(id="inspect-routing", classes="inspect-chart")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.show_view(self.ashem.view)
+
+    def _title(self, view: RunView) -> str:
+        step = self.step
+        n = next((i for i, s in enumerate(view.steps(), start=1) if s.id == step.id), "?")
+        what = {"stage": f"Stage {step.stage}", "mining": f"Mining after stage {step.stage}",
+                "evaluation": "Evaluation"}[step.kind]
+        return f" {n} · {what} "
+
+    def _status(self, view: RunView) -> Text:
+        if view.held_at == self.step_id and self.ashem.is_live:
+            return Text(f"⏸ The run is holding at boundary {self.step_id}. "
+                        "c: continue · a: abort the run · esc: back (stays held)",
+                        style="bold yellow")
+        hold = view.hold_for(self.step_id)
+        state = view.step_state(self.step)
+        text = Text(f"step {state}", style="bold")
+        if hold is not None:
+            text.append(f" · the run held here at {fmt.duration(hold.t)}", style="dim")
+        text.append(f" · run {view.status}", style="dim")
+        if not self.ashem.is_live:
+            text.append(" · replay", style="bold blue")
+        return text
+
+    def show_view(self, view: RunView, structural: bool = True) -> None:
+        if not structural:
+            return
+        step = self.step
+        self.query_one("#inspect-box").border_title = self._title(view)
+        self.query_one("#inspect-status", Static).update(self._status(view))
+        stage = step.stage if step.stage is not None else (view.stages[-1] if view.stages
+                                                           else 1)
+        self._set("#stage-summary", lambda: stage_summary(view, stage))
+        self._set("#stage-epochs", lambda: epochs_table(view, stage))
+        self._set("#hard-figures", lambda: hard_figures(view, stage))
+        self._set("#top-words", lambda: top_words(view, stage))
+        self._set("#hard-examples", lambda: examples(view, stage))
+        self._set("#evaluation", lambda: evaluation_figures(view))
+        for chart in self.query(".inspect-chart"):
+            chart.show(view)  # type: ignore[attr-defined]
+        self.refresh_bindings()
+
+    def _set(self, selector: str, build) -> None:
+        for widget in self.query(selector):
+            if isinstance(widget, Static):
+                widget.update(build())
+
+    # -- actions ---------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
+        app = self.ashem
+        if action == "continue_run":
+            return True if app.is_live and app.view.status == "paused" else None
+        if action == "abort_run":
+            return True if app.is_live and not app.view.terminal else None
+        return True
+
+    def action_continue_run(self) -> None:
+        self.ashem.resume_run()
+        self.dismiss(None)
+
+    def action_abort_run(self) -> None:
+        def answer(yes: Optional[bool]) -> None:
+            if yes:
+                self.ashem.abort_run()
+                self.dismiss(None)
+
+        self.app.push_screen(ConfirmScreen("Abort the run?",
+                                           "The run is cancelled at the next batch boundary; "
+                                           "the app stays open.", yes="Abort", no="Keep"),
+                             answer)
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+    def action_step(self, delta: int) -> None:
+        view = self.ashem.view
+        steps = [s for s in view.steps() if view.has_detail(s)]
+        ids = [s.id for s in steps]
+        if self.step_id not in ids or not ids:
+            return
+        i = ids.index(self.step_id) + delta
+        if 0 <= i < len(ids):
+            self.app.switch_screen(InspectScreen(ids[i]))

@@ -1,0 +1,246 @@
+"""The view model: a pure reducer from engine events to what the screens show.
+
+`reduce(view, event) -> view` returns a new `RunView` and never touches a widget, so the whole
+dashboard state can be unit-tested from an event list. Every figure in the view is an event
+field (or picked from events, like the best epoch); nothing is computed here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Optional
+
+from ashem_engine.events import (
+    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, Paused, Resumed,
+    RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
+    ThresholdComputed,
+)
+
+TERMINAL = ("finished", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: int
+    layers: int
+    max_epochs: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of the timeline. `id` is also the engine's boundary name after that step."""
+
+    id: str  # "stage-1", "mining-1", ..., "evaluation"
+    kind: str  # "stage" | "mining" | "evaluation"
+    stage: Optional[int]
+    label: str
+
+
+@dataclass(frozen=True)
+class RunView:
+    status: str = "waiting"  # waiting | running | paused | finished | failed | cancelled
+    t: float = 0.0  # the run clock of the latest event
+    started: Optional[RunStarted] = None
+    plan: tuple[StagePlan, ...] = ()
+    stage_started: dict = field(default_factory=dict)  # stage -> StageStarted
+    epochs: tuple[EpochEnded, ...] = ()  # every EpochEnded, in order, all stages
+    stage_ended: dict = field(default_factory=dict)  # stage -> StageEnded
+    thresholds: dict = field(default_factory=dict)  # stage -> ThresholdComputed
+    hard: dict = field(default_factory=dict)  # stage -> HardExamplesCollected
+    evaluation: Optional[Evaluated] = None
+    progress: Optional[BatchProgress] = None
+    pause: Optional[Paused] = None  # set while paused
+    holds: tuple[Paused, ...] = ()  # every pause_at hold seen (the transitions)
+    finished: Optional[RunFinished] = None
+    cancelled: Optional[RunCancelled] = None
+    failed: Optional[RunFailed] = None
+    last_log: Optional[Log] = None
+    count: int = 0  # events reduced
+
+    # -- derived look-ups (no arithmetic) ------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.started.name if self.started else ""
+
+    @property
+    def run_dir(self) -> str:
+        if self.started and self.started.run_dir:
+            return self.started.run_dir
+        for ev in (self.finished, self.cancelled, self.failed):
+            if ev is not None and getattr(ev, "run_dir", ""):
+                return ev.run_dir
+        return ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def held_at(self) -> Optional[str]:
+        """The boundary the run is holding at (a pause_at pause), else None."""
+        if self.status == "paused" and self.pause and self.pause.reason == "pause_at":
+            return self.pause.boundary
+        return None
+
+    def stage_epochs(self, stage: int) -> tuple[EpochEnded, ...]:
+        return tuple(e for e in self.epochs if e.stage == stage)
+
+    def last_epoch(self, stage: Optional[int] = None) -> Optional[EpochEnded]:
+        for e in reversed(self.epochs):
+            if stage is None or e.stage == stage:
+                return e
+        return None
+
+    def best_epoch(self, stage: int) -> Optional[EpochEnded]:
+        """The EpochEnded of the stage's best epoch so far (as the engine reports it)."""
+        last = self.last_epoch(stage)
+        if last is None:
+            return None
+        for e in self.stage_epochs(stage):
+            if e.epoch == last.best_epoch:
+                return e
+        return None
+
+    def max_epochs(self, stage: int) -> Optional[int]:
+        if stage in self.stage_started:
+            return self.stage_started[stage].max_epochs
+        for p in self.plan:
+            if p.stage == stage:
+                return p.max_epochs
+        return None
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        if self.plan:
+            return tuple(p.stage for p in self.plan)
+        return tuple(sorted(self.stage_started))
+
+    @property
+    def current_stage(self) -> Optional[int]:
+        return max(self.stage_started) if self.stage_started else None
+
+    @property
+    def last_mining_stage(self) -> Optional[int]:
+        done = [s for s in self.thresholds]
+        return max(done) if done else None
+
+    def steps(self) -> list[Step]:
+        out: list[Step] = []
+        stages = self.stages or (1,)
+        for i, s in enumerate(stages):
+            out.append(Step(f"stage-{s}", "stage", s, f"Stage {s}"))
+            if i < len(stages) - 1:
+                out.append(Step(f"mining-{s}", "mining", s, "Mining"))
+        out.append(Step("evaluation", "evaluation", None, "Evaluation"))
+        return out
+
+    def step(self, step_id: str) -> Optional[Step]:
+        for s in self.steps():
+            if s.id == step_id:
+                return s
+        return None
+
+    def step_done(self, step: Step) -> bool:
+        if step.kind == "stage":
+            return step.stage in self.stage_ended
+        if step.kind == "mining":
+            return step.stage in self.hard
+        return self.evaluation is not None
+
+    def step_started(self, step: Step) -> bool:
+        if step.kind == "stage":
+            return step.stage in self.stage_started
+        if step.kind == "mining":
+            return step.stage in self.thresholds or step.stage in self.hard
+        return self.evaluation is not None
+
+    def current_step(self) -> Optional[Step]:
+        """The first step not done yet (the one running, or about to start when held)."""
+        if self.status == "waiting" or self.status == "finished":
+            return None
+        for s in self.steps():
+            if not self.step_done(s):
+                return s
+        return None
+
+    def step_state(self, step: Step) -> str:
+        """pending | running | held | done | failed | cancelled."""
+        if self.step_done(step):
+            return "done"
+        cur = self.current_step()
+        if cur is None or cur.id != step.id:
+            return "pending"
+        if self.status == "failed":
+            return "failed"
+        if self.status == "cancelled":
+            return "cancelled"
+        if self.status == "paused":
+            return "held"
+        return "running"
+
+    def has_detail(self, step: Step) -> bool:
+        """Whether the inspection screen has anything to show for this step."""
+        return self.step_started(step) or self.step_done(step)
+
+    def hold_for(self, step_id: str) -> Optional[Paused]:
+        for p in reversed(self.holds):
+            if p.boundary == step_id:
+                return p
+        return None
+
+
+def _plan(started: RunStarted) -> tuple[StagePlan, ...]:
+    out = []
+    for i, s in enumerate(started.stages or (), start=1):
+        if isinstance(s, dict):
+            out.append(StagePlan(int(s.get("stage", i)), int(s.get("layers", 0)),
+                                 int(s.get("max_epochs", 0))))
+    return tuple(out)
+
+
+def reduce(view: RunView, event: Event) -> RunView:
+    """The next view after `event`. Pure: `view` is not modified."""
+    changes: dict = {"t": max(view.t, event.t), "count": view.count + 1}
+    running = "running" if view.status == "waiting" else view.status
+    if isinstance(event, BatchProgress):
+        changes.update(progress=event, status=running)
+    elif isinstance(event, RunStarted):
+        changes.update(started=event, plan=_plan(event), status="running")
+    elif isinstance(event, StageStarted):
+        changes.update(stage_started={**view.stage_started, event.stage: event},
+                       progress=None, status=running)
+    elif isinstance(event, EpochEnded):
+        changes.update(epochs=view.epochs + (event,), status=running)
+    elif isinstance(event, StageEnded):
+        changes.update(stage_ended={**view.stage_ended, event.stage: event}, status=running)
+    elif isinstance(event, ThresholdComputed):
+        changes.update(thresholds={**view.thresholds, event.stage: event}, status=running)
+    elif isinstance(event, HardExamplesCollected):
+        changes.update(hard={**view.hard, event.stage: event}, status=running)
+    elif isinstance(event, Evaluated):
+        changes.update(evaluation=event, status=running)
+    elif isinstance(event, Paused):
+        changes.update(pause=event)
+        if not view.terminal:
+            changes.update(status="paused")
+        if event.reason == "pause_at" and event.boundary:
+            changes.update(holds=view.holds + (event,))
+    elif isinstance(event, Resumed):
+        changes.update(pause=None)
+        if not view.terminal:
+            changes.update(status="running")
+    elif isinstance(event, Log):
+        changes.update(last_log=event)
+    elif isinstance(event, RunFinished):
+        changes.update(finished=event, status="finished", pause=None)
+    elif isinstance(event, RunCancelled):
+        changes.update(cancelled=event, status="cancelled", pause=None)
+    elif isinstance(event, RunFailed):
+        changes.update(failed=event, status="failed", pause=None)
+    return replace(view, **changes)
+
+
+def reduce_all(events: Iterable[Event], view: Optional[RunView] = None) -> RunView:
+    view = view or RunView()
+    for e in events:
+        view = reduce(view, e)
+    return view

@@ -1,0 +1,1 @@
+"""Small dashboard widgets; each one shows part of a `RunView` (`show(view)`)."""

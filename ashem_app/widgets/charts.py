@@ -1,0 +1,259 @@
+"""plotext charts (through textual-plotext). Each chart redraws only when its data changed
+(on EpochEnded, ThresholdComputed, Evaluated …), never on BatchProgress."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Container, Vertical
+from textual.widgets import Static
+from textual_plotext import PlotextPlot
+
+from .. import fmt
+from ..state import RunView
+
+TRAIN = (90, 160, 255)
+VAL = (255, 170, 60)
+HARD = (200, 120, 255)
+THRESH = (255, 80, 80)
+BOUNDARY = (130, 130, 130)
+BARS = [(80, 200, 120), (90, 160, 255), (255, 170, 60), (200, 120, 255)]
+
+
+def _ok(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _log_ticks(values: list[float], n: int = 5) -> tuple[list[float], list[str]]:
+    """Tick positions (log10 units) and their labels in the original units."""
+    lo, hi = math.log10(min(values)), math.log10(max(values))
+    if hi - lo < 1e-9:
+        return [lo], [f"{10 ** lo:,.0f}"]
+    ticks = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    return ticks, [f"{10 ** t:,.0f}" for t in ticks]
+
+
+class Chart(PlotextPlot):
+    """A plot that redraws from a data key: `show(view, **opts)` replots only on change."""
+
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._key: Any = object()
+        self.draws = 0  # for tests: how often the plot was rebuilt
+
+    def data_key(self, view: RunView, **opts) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def draw(self, plt, view: RunView, **opts) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def show(self, view: RunView, **opts) -> None:
+        key = self.data_key(view, **opts)
+        if key == self._key:
+            return
+        self._key = key
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        self.draws += 1
+        self.draw(plt, view, **opts)
+        self.refresh()
+
+    @staticmethod
+    def empty(plt, message: str) -> None:
+        plt.title(message)
+        plt.xticks([], [])
+        plt.yticks([], [])
+
+
+class PplChart(Chart):
+    """Train and val PPL per epoch across all stages; dotted lines at stage boundaries."""
+
+
+    def data_key(self, view: RunView, log_y: bool = False, **_: Any) -> Any:
+        return (len(view.epochs), log_y)
+
+    def draw(self, plt, view: RunView, log_y: bool = False, **_: Any) -> None:
+        epochs = view.epochs
+        if not epochs:
+            self.empty(plt, "train / val PPL — waiting for the first epoch")
+            return
+        xs = list(range(1, len(epochs) + 1))
+        tr = [(x, e.train_ppl) for x, e in zip(xs, epochs) if _ok(e.train_ppl)]
+        va = [(x, e.val_ppl) for x, e in zip(xs, epochs) if _ok(e.val_ppl)]
+        every = [v for _, v in tr + va]
+
+        def y(v: float) -> float:
+            return math.log10(v) if log_y else v
+
+        if tr:
+            plt.plot([x for x, _ in tr], [y(v) for _, v in tr], label="train",
+                     marker="braille", color=TRAIN)
+        if va:
+            plt.plot([x for x, _ in va], [y(v) for _, v in va], label="val",
+                     marker="braille", color=VAL)
+        # stage boundaries and labels
+        labels, ticks = [], []
+        for i, e in enumerate(epochs):
+            if i > 0 and e.stage != epochs[i - 1].stage:
+                plt.vline(i + 0.5, BOUNDARY)
+            ticks.append(i + 1)
+            labels.append(f"{e.epoch}" if e.epoch > 1 or i == 0 else f"S{e.stage}")
+        step = max(1, len(ticks) // 12)
+        plt.xticks(ticks[::step], labels[::step])
+        if log_y and every:
+            yt, yl = _log_ticks(every)
+            plt.yticks(yt, yl)
+        plt.title("train / val PPL per epoch" + (" · log y" if log_y else ""))
+
+
+class HardPplChart(Chart):
+    """Hard-token PPL per epoch of the stages trained on hard tokens (stage >= 2), with the
+    mined (previous stage's) hard PPL as a reference line."""
+
+
+    def data_key(self, view: RunView, log_y: bool = False, **_: Any) -> Any:
+        return (len(view.epochs), len(view.hard), log_y)
+
+    def draw(self, plt, view: RunView, log_y: bool = False, **_: Any) -> None:
+        by_stage: dict[int, list] = {}
+        for e in view.epochs:
+            if e.stage >= 2 and _ok(e.hard_ppl):
+                by_stage.setdefault(e.stage, []).append(e)
+        refs = [(s, h.hard_ppl) for s, h in sorted(view.hard.items()) if _ok(h.hard_ppl)]
+        if not by_stage and not refs:
+            self.empty(plt, "hard PPL — after mining")
+            return
+
+        def y(v: float) -> float:
+            return math.log10(v) if log_y else v
+
+        every = [r for _, r in refs]
+        for i, (stage, eps) in enumerate(sorted(by_stage.items())):
+            xs = [e.epoch for e in eps]
+            ys = [e.hard_ppl for e in eps]
+            every += ys
+            plt.plot(xs, [y(v) for v in ys], label=f"stage {stage}" if len(by_stage) > 1
+                     else None, marker="braille",
+                     color=HARD if i == 0 else BARS[i % len(BARS)])
+        all_epochs = sorted({e.epoch for eps in by_stage.values() for e in eps})
+        if all_epochs:
+            step = max(1, len(all_epochs) // 12)
+            plt.xticks(all_epochs[::step], [str(x) for x in all_epochs[::step]])
+        for stage, ref in refs[-1:]:
+            plt.hline(y(ref), BOUNDARY)
+            if not by_stage:
+                plt.scatter([1], [y(ref)], label=f"stage {stage} exit", color=BOUNDARY)
+        if log_y and every:
+            yt, yl = _log_ticks(every)
+            plt.yticks(yt, yl)
+        ref_txt = f" · ── mined {fmt.ppl(refs[-1][1])}" if refs else ""
+        plt.title("hard PPL per epoch" + ref_txt + (" · log y" if log_y else ""))
+
+
+class ConfidenceChart(Chart):
+    """The histogram of exit confidences (ThresholdComputed) with the threshold line."""
+
+
+    def __init__(self, stage: Optional[int] = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage  # None: the latest mining
+
+    def _event(self, view: RunView):
+        stage = self.stage if self.stage is not None else view.last_mining_stage
+        return view.thresholds.get(stage) if stage is not None else None
+
+    def data_key(self, view: RunView, **_: Any) -> Any:
+        th = self._event(view)
+        return None if th is None else (th.stage, th.t)
+
+    def draw(self, plt, view: RunView, **_: Any) -> None:
+        th = self._event(view)
+        if th is None or not th.histogram_counts:
+            self.empty(plt, "confidence histogram — after mining")
+            return
+        edges, counts = th.histogram_edges, th.histogram_counts
+        lefts = edges[: len(counts)]
+        plt.bar(lefts, counts, width=1.0, color=TRAIN, marker="sd")
+        plt.vline(th.threshold, THRESH)
+        plt.xticks([edges[0], th.threshold, edges[-1]],
+                   [f"{edges[0]:g}", f"thr {th.threshold:.3f}", f"{edges[-1]:g}"])
+        plt.title(f"confidence at layer {th.exit_layer} · {fmt.integer(th.tokens)} tokens")
+
+
+class RoutingChart(Chart):
+    """Exit split: Evaluated.exit_ratios once evaluated, else EpochEnded.shallow_ratio."""
+
+
+    def data_key(self, view: RunView, **_: Any) -> Any:
+        return (len(view.epochs), view.evaluation is not None)
+
+    def draw(self, plt, view: RunView, **_: Any) -> None:
+        ev = view.evaluation
+        if ev is not None:
+            names = [f"exit @ layer {layer}" for layer in ev.exit_layers]
+            values = [r * 100 for r in ev.exit_ratios]
+            plt.bar(names, values, orientation="horizontal", width=0.5,
+                    color=[BARS[i % len(BARS)] for i in range(len(values))])
+            plt.xlim(0, 100)
+            plt.title("final routing " + " / ".join(fmt.pct(r) for r in ev.exit_ratios))
+            return
+        routed = [e for e in view.epochs if e.shallow_ratio is not None]
+        if not routed:
+            self.empty(plt, "routing split — during stage 2")
+            return
+        xs = list(range(1, len(routed) + 1))
+        plt.plot(xs, [e.shallow_ratio * 100 for e in routed], label="shallow %",
+                 marker="braille", color=BARS[0])
+        plt.xticks(xs, [str(e.epoch) for e in routed])
+        plt.title("val tokens at the shallow exit (%)")
+
+
+CHARTS = (
+    ("ppl", "PPL", PplChart),
+    ("hard", "hard PPL", HardPplChart),
+    ("confidence", "confidence", ConfidenceChart),
+    ("routing", "routing", RoutingChart),
+)
+
+
+class ChartTabs(Static):
+    """The names of the charts with the selected one marked (used on narrow screens)."""
+
+    def select(self, index: int) -> None:
+        text = Text()
+        for i, (_, name, _) in enumerate(CHARTS):
+            if i:
+                text.append(" │ ", style="dim")
+            text.append(f" {name} ", style="bold reverse" if i == index else "dim")
+        text.append("   n: next chart · l: log-y", style="dim italic")
+        self.update(text)
+
+
+class Charts(Vertical):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.selected = 0
+        self.log_y = False
+
+    def compose(self) -> ComposeResult:
+        yield ChartTabs(id="chart-tabs")
+        with Container(id="chart-grid"):
+            for chart_id, _, cls in CHARTS:
+                yield cls(id=f"chart-{chart_id}", classes="chart")
+
+    def on_mount(self) -> None:
+        self.select(self.selected)
+
+    def select(self, index: int) -> None:
+        self.selected = index % len(CHARTS)
+        self.query_one(ChartTabs).select(self.selected)
+        for i, chart in enumerate(self.query(Chart)):
+            chart.set_class(i == self.selected, "-selected")
+
+    def show(self, view: RunView) -> None:
+        for chart in self.query(Chart):
+            chart.show(view, log_y=self.log_y)

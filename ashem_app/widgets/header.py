@@ -1,0 +1,52 @@
+"""Top line: run name, device, elapsed run clock, state."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Static
+
+from .. import fmt
+from ..state import RunView
+
+STATE_STYLE = {
+    "waiting": ("…", "WAITING", "dim"),
+    "running": ("●", "RUNNING", "bold green"),
+    "paused": ("⏸", "PAUSED", "bold yellow"),
+    "finished": ("✓", "FINISHED", "bold cyan"),
+    "failed": ("✗", "FAILED", "bold red"),
+    "cancelled": ("■", "CANCELLED", "bold magenta"),
+}
+
+
+class RunHeader(Horizontal):
+    """`show(view, mode, note)`: mode is "live" or "replay"; note is an optional UI hint
+    (e.g. "pausing…")."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header-left")
+        yield Static(id="header-right")
+
+    def show(self, view: RunView, mode: str = "live", note: str = "") -> None:
+        left = Text()
+        left.append(" ASHEM ", style="bold reverse")
+        left.append(" ")
+        left.append(view.name or "(no run yet)", style="bold")
+        if view.started:
+            left.append(f"  {view.started.device}", style="")
+            left.append(f" ×{view.started.threads}", style="dim")
+        if mode == "replay":
+            left.append("  REPLAY", style="bold blue")
+        right = Text()
+        right.append("elapsed ", style="dim")
+        right.append(fmt.duration(view.t))
+        icon, label, style = STATE_STYLE.get(view.status, ("?", view.status.upper(), ""))
+        if view.status == "paused" and view.held_at:
+            label = f"HELD @ {view.held_at}"
+        right.append("   ")
+        right.append(f"{icon} {label}", style=style)
+        if note:
+            right.append(f"  {note}", style="italic yellow")
+        right.append(" ")
+        self.query_one("#header-left", Static).update(left)
+        self.query_one("#header-right", Static).update(right)

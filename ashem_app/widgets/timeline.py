@@ -1,0 +1,100 @@
+"""The stage timeline: Stage 1 → Mining → Stage 2 → … → Evaluation.
+
+Built from the plan in RunStarted.stages (any number of stages). Each step shows its number
+(the key that opens it), its state and its key figure; clicking a step posts `StepSelected`.
+"""
+from __future__ import annotations
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.widgets import Static
+
+from .. import fmt
+from ..state import RunView, Step
+
+ICONS = {"pending": "○", "running": "▶", "held": "⏸", "done": "✓", "failed": "✗",
+         "cancelled": "■"}
+
+
+def step_figure(view: RunView, step: Step) -> str:
+    """The step's key figure, picked from its events."""
+    if step.kind == "stage":
+        ended = view.stage_ended.get(step.stage)
+        if ended is not None:
+            return f"best PPL {fmt.ppl(ended.best_val_ppl)}"
+        last = view.last_epoch(step.stage)
+        started = view.stage_started.get(step.stage)
+        if last is not None:
+            return f"ep {last.epoch}/{view.max_epochs(step.stage)} · {fmt.ppl(last.val_ppl)}"
+        if started is not None:
+            return f"{started.layers} layers · ep 1/{started.max_epochs}"
+        plan = [p for p in view.plan if p.stage == step.stage]
+        return f"{plan[0].layers} layers" if plan else ""
+    if step.kind == "mining":
+        th = view.thresholds.get(step.stage)
+        hard = view.hard.get(step.stage)
+        if th is not None and hard is not None:
+            return f"thr {fmt.conf(th.threshold)} · {fmt.integer(hard.count)}"
+        if th is not None:
+            return f"thr {fmt.conf(th.threshold)}"
+        return "threshold, hard tokens"
+    if view.evaluation is not None:
+        return f"PPL {fmt.ppl(view.evaluation.ppl)} · {fmt.pct(view.evaluation.accuracy)}"
+    return "two-stage inference"
+
+
+class StepBox(Static):
+    """One timeline step; its CSS classes say its state (-done, -running, -held, …)."""
+
+    class Selected(Message):
+        def __init__(self, step_id: str) -> None:
+            super().__init__()
+            self.step_id = step_id
+
+    def __init__(self, step: Step, number: int) -> None:
+        super().__init__(classes=f"step step-{step.id}")
+        self.step = step
+        self.number = number
+        self.border_title = f"{number} {step.label}"
+
+    def show(self, view: RunView) -> None:
+        state = view.step_state(self.step)
+        for s in ICONS:
+            self.set_class(s == state, f"-{s}")
+        self.border_title = f"{self.number} {ICONS[state]} {self.step.label}"
+        self.update(Text(step_figure(view, self.step), overflow="ellipsis", no_wrap=True))
+
+    def on_click(self, event: events.Click) -> None:
+        event.stop()
+        self.post_message(self.Selected(self.step.id))
+
+
+class Timeline(Horizontal):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._ids: tuple[str, ...] = ()
+
+    def show(self, view: RunView) -> None:
+        steps = view.steps()
+        ids = tuple(s.id for s in steps)
+        if ids != self._ids:
+            self._ids = ids
+            self.remove_children()
+            widgets = []
+            for n, step in enumerate(steps, start=1):
+                if n > 1:
+                    widgets.append(Static("→", classes="arrow"))
+                widgets.append(StepBox(step, n))
+            self.mount_all(widgets)
+            for w in widgets:
+                if isinstance(w, StepBox):
+                    w.show(view)
+            return
+        for box in self.query(StepBox):
+            box.show(view)
+
+    def compose(self) -> ComposeResult:
+        return iter(())

@@ -1,0 +1,179 @@
+"""Headless command line: `ashem-engine run [--settings F] [--set table.key=value]...`.
+
+Just one more consumer of the engine's events: it prints progress lines like the spec's
+debug prints and ends with the table of the spec's figures against this run's. A headless
+run never holds at stage boundaries. Exit codes: 0 finished, 1 failed while running,
+2 bad input (command line, settings, data, run directory), 130 cancelled (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Optional, Sequence, TextIO
+
+from . import events as ev
+from .control import RunControl
+from .reference import format_table
+from .settings import SettingsError, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block, exit 2
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="ashem-engine",
+                           description="Train an early-exit LM with ASHEM, headless.")
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+    run = sub.add_parser("run", help="run every stage with the given settings")
+    run.add_argument("--settings", default="settings.toml",
+                     help="settings file (default: ./settings.toml)")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="TABLE.KEY=VALUE", help="override one setting (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="print only the final table")
+    return parser
+
+
+class ProgressPrinter:
+    """Formats events as the spec's debug prints."""
+
+    def __init__(self, out: TextIO, quiet: bool = False):
+        self.out = out
+        self.quiet = quiet
+        self.tty = out.isatty()
+        self._quarter: dict = {}
+
+    def line(self, text: str) -> None:
+        if self.tty:
+            self.out.write("\r\033[K")
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def __call__(self, e: ev.Event) -> None:
+        if self.quiet and not isinstance(e, (ev.RunFailed,)):
+            return
+        handler = getattr(self, f"on_{e.kind}", None)
+        if handler:
+            handler(e)
+
+    def on_RunStarted(self, e: ev.RunStarted) -> None:
+        self.line(f"Run {e.name} -> {e.run_dir}")
+        self.line(f"Device: {e.device}, {e.threads} threads; vocabulary {e.vocab_size:,}; "
+                  f"{e.train_tokens:,} train / {e.val_tokens:,} validation tokens")
+
+    def on_StageStarted(self, e: ev.StageStarted) -> None:
+        self.line("=" * 60)
+        self.line(f"Stage {e.stage}: {e.layers} layers, trainable {e.trainable_params:,} / "
+                  f"{e.total_params:,}, lr {e.lr:.1e}, patience {e.patience}, "
+                  f"{e.batches} batches ({e.training_tokens:,} tokens, {e.context} context)")
+
+    def on_BatchProgress(self, e: ev.BatchProgress) -> None:
+        text = (f"  stage {e.stage} epoch {e.epoch}: batch {e.batch}/{e.batches} "
+                f"loss {e.loss:.3f}  {e.tokens_per_s:,.0f} tok/s  eta {e.eta_s:.0f}s")
+        if self.tty:
+            self.out.write("\r\033[K" + text)
+            self.out.flush()
+            return
+        quarter = (4 * e.batch) // e.batches
+        key = (e.stage, e.epoch)
+        if quarter > self._quarter.get(key, 0) and e.batch < e.batches:
+            self._quarter[key] = quarter
+            self.line(text)
+
+    def on_EpochEnded(self, e: ev.EpochEnded) -> None:
+        verdict = "new best" if e.improved else \
+            f"no improvement ({e.patience_counter}/{e.patience})"
+        parts = [f"Epoch {e.epoch}", f"Train PPL: {e.train_ppl:.2f}",
+                 f"Val PPL: {e.val_ppl:.2f}", f"Val Acc: {100 * e.val_acc:.2f}%"]
+        if e.hard_ppl is not None:
+            parts.append(f"Hard PPL: {e.hard_ppl:.2f}")
+        if e.shallow_ratio is not None:
+            parts.append(f"shallow {100 * e.shallow_ratio:.1f}%")
+        self.line(" | ".join(parts) + f" | {verdict} | {e.seconds:.1f}s")
+
+    def on_StageEnded(self, e: ev.StageEnded) -> None:
+        stop = f"early stopping at epoch {e.epochs}" if e.stopped_early else \
+            f"ran all {e.epochs} epochs"
+        hard = f", hard PPL {e.best_hard_ppl:.2f}" if e.best_hard_ppl is not None else ""
+        self.line(f"Stage {e.stage} done: best epoch {e.best_epoch}, best val PPL "
+                  f"{e.best_val_ppl:.2f}, acc {100 * e.best_val_acc:.2f}%{hard}; {stop}; "
+                  f"{e.seconds:.1f}s")
+
+    def on_ThresholdComputed(self, e: ev.ThresholdComputed) -> None:
+        self.line("=" * 60)
+        self.line(f"Threshold: {e.threshold:.4f} (quantile {e.target_ratio:g} of {e.tokens:,} "
+                  f"{e.split} token confidences at layer {e.exit_layer})")
+
+    def on_HardExamplesCollected(self, e: ev.HardExamplesCollected) -> None:
+        self.line(f"Hard examples: {e.count:,} / {e.total:,} ({100 * e.ratio:.1f}%), "
+                  f"mean confidence {e.mean_confidence:.4f}, stage {e.stage} hard PPL "
+                  f"{e.hard_ppl:.2f}")
+        if e.top_words:
+            self.line("  most frequent: " + ", ".join(f"{w} ({n})" for w, n in e.top_words[:8]))
+
+    def on_Evaluated(self, e: ev.Evaluated) -> None:
+        self.line("=" * 60)
+        self.line(f"Final evaluation ({e.split}, {e.tokens:,} tokens): accuracy "
+                  f"{100 * e.accuracy:.2f}%, PPL {e.ppl:.2f}")
+        split = ", ".join(f"layer {layer}: {100 * r:.1f}%"
+                          for layer, r in zip(e.exit_layers, e.exit_ratios))
+        self.line(f"  exits: {split}")
+        self.line(f"  compute cost {100 * e.compute_cost:.2f}% (spec formula, blocks only); "
+                  f"honest cost {100 * e.honest_cost:.1f}% of the plain "
+                  f"{e.exit_layers[-1]}-layer model (blocks and every head)")
+
+    def on_Log(self, e: ev.Log) -> None:
+        if e.level != "debug":
+            self.line(f"[{e.level}] {e.message}")
+
+    def on_RunFinished(self, e: ev.RunFinished) -> None:
+        self.line("=" * 60)
+        self.line(format_table(e.summary))
+        self.line(f"Finished in {e.seconds:.1f}s; run directory {e.run_dir}")
+
+    def on_RunCancelled(self, e: ev.RunCancelled) -> None:
+        self.line(f"Cancelled at {e.where}; what was finished is in {e.run_dir}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        build_parser().print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        settings = load_settings(args.settings, args.overrides)
+    except SettingsError as e:
+        print(f"ashem-engine: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from .run import run_ashem  # torch loads here, after the cheap checks
+
+    control = RunControl(pause_at=(), hold_at_boundaries=False)
+
+    def on_interrupt(signum, frame):
+        if control.cancelled:
+            raise KeyboardInterrupt
+        control.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = run_ashem(settings, [ProgressPrinter(sys.stdout, args.quiet)], control)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.quiet and result.status == "finished":
+        print(format_table(result.summary))
+    if result.status == "finished":
+        return EXIT_OK
+    if result.status == "cancelled":
+        return EXIT_CANCELLED
+    error = result.error
+    print(f"ashem-engine: error: {error.message}", file=sys.stderr)
+    return EXIT_BAD_INPUT if error.error_kind in ("data", "run_dir") else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""RunControl: the thread-safe handle through which a UI pauses, resumes and cancels a run.
+
+The engine calls `checkpoint(where)` at every batch boundary and `boundary(name)` between
+stages. Both block while the run is paused and raise `Cancelled` once it is cancelled, so a
+cancel is honoured within one batch even while paused.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterable, Optional
+
+
+class Cancelled(Exception):
+    """Raised inside the engine when the run was cancelled; the orchestrator catches it."""
+
+    def __init__(self, where: str):
+        super().__init__(f"cancelled at {where}")
+        self.where = where
+
+
+class RunControl:
+    def __init__(self, pause_at: Iterable[str] = (), hold_at_boundaries: bool = True,
+                 start_paused: bool = False):
+        self._cond = threading.Condition()
+        self._paused = start_paused
+        self._cancelled = False
+        self.pause_at = set(pause_at)
+        self.hold_at_boundaries = hold_at_boundaries
+        # Set by the orchestrator so that Paused / Resumed reach the sinks.
+        self.on_pause: Optional[Callable[[str, str, Optional[str]], None]] = None
+        self.on_resume: Optional[Callable[[str], None]] = None
+
+    # -- called from the UI thread -------------------------------------------------------
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    # -- called from the engine thread ---------------------------------------------------
+    def checkpoint(self, where: str) -> None:
+        """A batch boundary: honour cancel, and wait here while paused."""
+        self._wait(where, reason="user", boundary=None)
+
+    def boundary(self, name: str, where: str) -> None:
+        """A stage boundary: holds if `name` is in pause_at (and holding is enabled)."""
+        if self.hold_at_boundaries and name in self.pause_at:
+            with self._cond:
+                self._paused = True
+            self._wait(where, reason="pause_at", boundary=name)
+        else:
+            self.checkpoint(where)
+
+    def _wait(self, where: str, reason: str, boundary: Optional[str]) -> None:
+        with self._cond:
+            if self._cancelled:
+                raise Cancelled(where)
+            if not self._paused:
+                return
+        if self.on_pause:
+            self.on_pause(where, reason, boundary)
+        with self._cond:
+            while self._paused and not self._cancelled:
+                self._cond.wait(timeout=0.5)
+            if self._cancelled:
+                raise Cancelled(where)
+        if self.on_resume:
+            self.on_resume(where)

@@ -1,0 +1,230 @@
+"""Corpus loading through `datasets`, the word tokeniser, the vocabulary and batching.
+
+The set-up is SPEC_NOTES' exactly: `row.lower().split()` per row; vocabulary `<unk>`, `<pad>`,
+then words in order of first occurrence over the train rows and then the validation rows;
+each split one flat token stream, cut to samples × (seq_len + 1) tokens; batch k starts at
+token k · batch · seq_len and its row j at 32 · j further on; only full batches are kept.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .settings import DataSettings
+
+SPLIT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+UNK, PAD = "<unk>", "<pad>"
+HUB_HOST = ("huggingface.co", 443)
+
+
+class DataError(Exception):
+    """Missing, unreadable or unusable data. str(error) is one line meant for a person."""
+
+
+@dataclass
+class Vocabulary:
+    words: list[str]
+
+    def __post_init__(self) -> None:
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        get = self.index.get
+        return [get(t, 0) for t in tokens]
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        return [self.words[i] for i in ids]
+
+
+@dataclass
+class Batches:
+    """Full batches of one split: x and y are (batches, batch, seq_len) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.y.numel()
+
+
+@dataclass
+class Corpus:
+    vocab: Vocabulary
+    batches: dict[str, Batches]  # "train", "validation", "test"
+    source: str
+
+
+def tokenize(rows: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for row in rows:
+        out.extend(row.lower().split())
+    return out
+
+
+def build_vocabulary(*token_lists: Sequence[str]) -> Vocabulary:
+    seen: dict[str, None] = {UNK: None, PAD: None}
+    for tokens in token_lists:
+        for t in tokens:
+            if t not in seen:
+                seen[t] = None
+    return Vocabulary(list(seen))
+
+
+def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batches:
+    """Batch k starts at token k·batch·seq_len; row j at k·batch·seq_len + seq_len·j;
+    x = tokens[s : s+seq_len], y = tokens[s+1 : s+seq_len+1]; only full batches are kept.
+
+    The last row of batch k ends (exclusive) at (k+1)·batch·seq_len + 1, so there are
+    (len - 1) // (batch·seq_len) full batches, and consecutive batches tile the stream."""
+    stride = batch_size * seq_len
+    tokens = torch.as_tensor(stream, dtype=torch.long)
+    n = max(0, (len(tokens) - 1) // stride)
+    body = tokens[: n * stride + 1]
+    x = body[:-1].reshape(n, batch_size, seq_len)
+    y = body[1:].reshape(n, batch_size, seq_len)
+    return Batches(x.clone(), y.clone())
+
+
+def cut_lengths(settings: DataSettings) -> dict[str, int]:
+    per_sample = settings.seq_len + 1
+    eval_samples = int(settings.train_samples * settings.eval_fraction)
+    return {"train": settings.train_samples * per_sample,
+            "validation": eval_samples * per_sample,
+            "test": eval_samples * per_sample}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading rows through `datasets`
+
+
+def resolve_local_path(settings: DataSettings) -> Optional[Path]:
+    path = settings.path or os.environ.get("ASHEM_DATA", "")
+    return Path(path).expanduser() if path else None
+
+
+def _quiet_datasets() -> None:
+    import datasets
+
+    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="datasets")
+
+
+def read_local_rows(directory: Path) -> dict[str, list[str]]:
+    if not directory.is_dir():
+        raise DataError(f"data.path {str(directory)!r} is not a directory; it must hold "
+                        f"{', '.join(SPLIT_FILES.values())}")
+    files = {}
+    for split, name in SPLIT_FILES.items():
+        f = directory / name
+        if not f.is_file():
+            raise DataError(f"data.path {str(directory)!r} has no {name}; it must hold "
+                            f"{', '.join(SPLIT_FILES.values())}")
+        files[split] = str(f)
+    for split, f in files.items():
+        _check_utf8(Path(f))
+    from datasets import load_dataset
+
+    _quiet_datasets()
+    try:
+        ds = load_dataset("text", data_files=files)
+    except Exception as e:  # datasets wraps reader errors in many types
+        raise DataError(f"cannot read the text files in {str(directory)!r}: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                        ) from None
+    return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
+
+
+def _check_utf8(path: Path) -> None:
+    with open(path, "rb") as f:
+        offset = 0
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if e.start >= len(chunk) - 4:  # a character split across chunks
+                    f.seek(offset + e.start)
+                    offset += e.start
+                    continue
+                raise DataError(f"{str(path)!r} is not UTF-8 text (bad byte at offset "
+                                f"{offset + e.start})") from None
+            offset += len(chunk)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "") in ("1", "true", "TRUE", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_hub_rows(settings: DataSettings,
+                  reachable: Callable[[], bool] = hub_reachable) -> dict[str, list[str]]:
+    hint = ("set data.path in settings.toml (or the ASHEM_DATA environment variable) to a "
+            f"directory holding {', '.join(SPLIT_FILES.values())}")
+    if not reachable():
+        raise DataError(f"the Hugging Face hub is not reachable (offline?); {hint}")
+    from datasets import load_dataset
+
+    _quiet_datasets()
+    try:
+        ds = load_dataset(settings.hub_name, settings.hub_config)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot load {settings.hub_name}/{settings.hub_config} from the hub "
+                        f"({first}); {hint}") from None
+    return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
+
+
+def load_corpus(settings: DataSettings,
+                reachable: Callable[[], bool] = hub_reachable) -> Corpus:
+    local = resolve_local_path(settings)
+    if local is not None:
+        rows = read_local_rows(local)
+        source = str(local)
+    else:
+        rows = read_hub_rows(settings, reachable)
+        source = f"hub:{settings.hub_name}/{settings.hub_config}"
+    return corpus_from_rows(rows, settings, source)
+
+
+def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,
+                     source: str) -> Corpus:
+    tokens = {split: tokenize(rows[split]) for split in SPLIT_FILES}
+    for split in ("train", "validation"):
+        if not tokens[split]:
+            raise DataError(f"the {split} split of {source} holds no words")
+    vocab = build_vocabulary(tokens["train"], tokens["validation"])
+    lengths = cut_lengths(settings)
+    batches = {}
+    for split in SPLIT_FILES:
+        stream = vocab.encode(tokens[split][: lengths[split]])
+        batches[split] = make_batches(stream, settings.batch_size, settings.seq_len)
+    for split in ("train", "validation"):
+        if len(batches[split]) == 0:
+            need = settings.batch_size * settings.seq_len + 1
+            raise DataError(
+                f"the {split} split of {source} is too small for one batch: "
+                f"{min(len(tokens[split]), lengths[split])} tokens, one batch of "
+                f"data.batch_size={settings.batch_size} × data.seq_len={settings.seq_len} "
+                f"needs {need}")
+    return Corpus(vocab, batches, source)

@@ -1,0 +1,258 @@
+"""Events: everything the engine reports, as plain JSON-serialisable dataclasses.
+
+The engine never prints; it hands events to a sink. The app, the headless command line and
+the JSON-lines file in the run directory are all just sinks.
+
+Fields that depend on wall-clock time are listed in TIMING_FIELDS, so that two runs with the
+same settings and seed can be compared event by event apart from them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterator, Optional
+
+# Fields whose values depend on the clock, not on the computation.
+TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds"})
+
+
+@dataclass
+class Event:
+    """Base class. `t` is seconds since the run started (set by the emitter)."""
+
+    t: float = field(default=0.0, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass
+class RunStarted(Event):
+    name: str
+    run_dir: str
+    device: str
+    threads: int
+    settings: dict
+    vocab_size: int
+    train_tokens: int  # tokens in the train batches
+    val_tokens: int  # tokens in the validation batches
+    test_tokens: int
+    stages: list  # one dict per stage: {"stage", "layers", "max_epochs"}
+    resumed: bool = False
+
+
+@dataclass
+class StageStarted(Event):
+    stage: int  # 1-based
+    layers: int
+    trainable_params: int
+    total_params: int
+    lr: float
+    patience: int
+    max_epochs: int
+    training_tokens: int
+    batches: int  # training batches per epoch
+    context: str = "sequence"  # "sequence" (stage 1) or the mode of the new layers
+
+
+@dataclass
+class BatchProgress(Event):
+    stage: int
+    epoch: int
+    batch: int  # 1-based index of the batch just finished
+    batches: int
+    loss: float  # running mean training loss over the epoch so far
+    tokens_per_s: float
+    eta_s: float  # estimated seconds left in this epoch's training batches
+
+
+@dataclass
+class EpochEnded(Event):
+    stage: int
+    epoch: int
+    train_ppl: float
+    val_ppl: float
+    val_acc: float  # fraction in [0, 1]
+    improved: bool
+    patience_counter: int
+    patience: int
+    best_epoch: int
+    best_val_ppl: float
+    seconds: float
+    hard_ppl: Optional[float] = None  # stages >= 2 (and stage 1 after mining)
+    shallow_ratio: Optional[float] = None  # when validation is routed
+
+
+@dataclass
+class StageEnded(Event):
+    stage: int
+    epochs: int  # epochs run
+    best_epoch: int
+    best_val_ppl: float
+    best_val_acc: float
+    stopped_early: bool
+    seconds: float
+    checkpoint: str
+    best_hard_ppl: Optional[float] = None
+
+
+@dataclass
+class ThresholdComputed(Event):
+    stage: int  # the stage whose exit was measured
+    exit_layer: int
+    threshold: float
+    target_ratio: float
+    split: str
+    tokens: int
+    histogram_edges: list  # len(counts) + 1 edges over [0, 1]
+    histogram_counts: list
+
+
+@dataclass
+class HardExamplesCollected(Event):
+    stage: int  # the stage whose exit was measured
+    count: int
+    total: int
+    ratio: float  # count / total (the real token total)
+    mean_confidence: float
+    hard_ppl: float  # this stage's PPL on the hard tokens
+    split: str
+    top_words: list  # [[target word, count], ...] most frequent hard targets
+    examples: list  # [{"context": [words], "target": word, "confidence": c}, ...]
+
+
+@dataclass
+class Evaluated(Event):
+    split: str
+    tokens: int
+    accuracy: float
+    ppl: float
+    exit_layers: list  # e.g. [2, 4]
+    exit_ratios: list  # fraction of tokens leaving at each exit
+    shallow_ratio: float
+    deep_ratio: float
+    compute_cost: float  # the spec's formula: blocks only, relative to the deepest model
+    honest_cost: float  # blocks with attention + every head evaluation, relative to the deepest model
+    thresholds: list
+
+
+@dataclass
+class Paused(Event):
+    where: str  # e.g. "stage 1, epoch 2, batch 40/160" or a boundary name
+    reason: str  # "user" or "pause_at"
+    boundary: Optional[str] = None  # e.g. "stage-1", "mining-1" when reason == "pause_at"
+
+
+@dataclass
+class Resumed(Event):
+    where: str
+
+
+@dataclass
+class Log(Event):
+    level: str  # "info", "warning", "error"
+    message: str
+
+
+@dataclass
+class RunFinished(Event):
+    run_dir: str
+    seconds: float
+    summary: dict
+
+
+@dataclass
+class RunCancelled(Event):
+    run_dir: str
+    where: str
+    seconds: float
+
+
+@dataclass
+class RunFailed(Event):
+    error_kind: str  # "data", "settings", "numeric", "internal", ...
+    message: str
+    where: str
+    run_dir: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        RunStarted, StageStarted, BatchProgress, EpochEnded, StageEnded, ThresholdComputed,
+        HardExamplesCollected, Evaluated, Paused, Resumed, Log, RunFinished, RunCancelled,
+        RunFailed,
+    )
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its JSON form; unknown keys are ignored (newer writers)."""
+    cls = EVENT_TYPES[data["kind"]]
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def without_timing(event: Event) -> dict[str, Any]:
+    return {k: v for k, v in event.to_dict().items() if k not in TIMING_FIELDS}
+
+
+Sink = Callable[[Event], None]
+
+
+class JsonLinesSink:
+    """Appends one JSON object per line and flushes, so a reader can follow the file live."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        self._file.write(json.dumps(event.to_dict(), allow_nan=True) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_events(path: str | os.PathLike) -> list[Event]:
+    """Reads an events.jsonl; a torn last line (killed writer) is skipped, not fatal."""
+    return list(iter_events(path))
+
+
+def iter_events(path: str | os.PathLike) -> Iterator[Event]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                return  # torn tail
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                data = json.loads(line)
+                yield event_from_dict(data)
+            except (ValueError, KeyError, TypeError):
+                continue
+
+
+class Emitter:
+    """Stamps events with the run clock and fans them out to sinks."""
+
+    def __init__(self, *sinks: Sink, clock: Callable[[], float] = time.perf_counter):
+        self.sinks = list(sinks)
+        self._clock = clock
+        self._start = clock()
+
+    def elapsed(self) -> float:
+        return self._clock() - self._start
+
+    def __call__(self, event: Event) -> None:
+        event.t = round(self.elapsed(), 3)
+        for sink in self.sinks:
+            sink(event)

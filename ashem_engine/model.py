@@ -1,0 +1,177 @@
+"""The early-exit Transformer language model, readable top to bottom.
+
+Embedding -> post-norm blocks -> one output head shared by every exit. A block is
+`x = norm1(x + attn(x)); x = norm2(x + ffn(x))` with RMSNorm, causal attention with rotary
+position embeddings (rotate-half form) and a gated SiLU feed-forward; no biases anywhere,
+no final norm, the head untied from the embedding (SPEC_NOTES, "Model").
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .settings import ModelSettings
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, device=None):
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+                        / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)  # (seq_len, head_dim)
+    return angles.cos(), angles.sin()
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelSettings):
+        super().__init__()
+        self.heads = cfg.heads
+        self.head_dim = cfg.dim // cfg.heads
+        self.rope_base = cfg.rope_base
+        self.wq = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self._rope_cache: dict = {}
+
+    def _rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (seq_len, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rotary_tables(seq_len, self.head_dim, self.rope_base, device)
+        return self._rope_cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.wq(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        cos, sin = self._rope(T, x.device)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelSettings):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelSettings):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.ffn(x))
+
+
+def init_block(block: Block, std: float) -> None:
+    for module in block.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=std)
+
+
+class EarlyExitLM(nn.Module):
+    """A stack of blocks whose hidden state after any layer can go through the shared head."""
+
+    def __init__(self, vocab_size: int, num_layers: int, cfg: ModelSettings):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(num_layers))
+        self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
+        nn.init.trunc_normal_(self.embedding.weight, std=cfg.embedding_init_std)
+        for block in self.layers:
+            init_block(block, cfg.linear_init_std)
+        nn.init.trunc_normal_(self.head.weight, std=cfg.linear_init_std)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def hidden(self, x: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> the hidden state after layer `stop` (default: the last)."""
+        h = self.embedding(x)
+        return self.run_layers(h, 0, self.num_layers if stop is None else stop)
+
+    def run_layers(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Hidden state after layer `start` (0 = embedding) -> after layer `stop`."""
+        for block in self.layers[start:stop]:
+            h = block(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Full logits of the last layer (small vocabularies, tests); training uses head.py."""
+        return self.head(self.hidden(x))
+
+    def grow(self, num_layers: int) -> "EarlyExitLM":
+        """A deeper model: embedding, existing blocks and head copied, new blocks fresh."""
+        if num_layers <= self.num_layers:
+            raise ValueError(f"cannot grow {self.num_layers} layers to {num_layers}")
+        grown = copy.deepcopy(self)
+        for _ in range(num_layers - self.num_layers):
+            block = Block(self.cfg).to(self.head.weight.device)
+            init_block(block, self.cfg.linear_init_std)
+            grown.layers.append(block)
+        for p in grown.parameters():
+            p.requires_grad_(True)
+        return grown
+
+    def freeze_lower(self, num_layers: int, freeze_head: bool = False) -> None:
+        """Hard freezing: the embedding and the first `num_layers` blocks stop learning."""
+        for p in self.embedding.parameters():
+            p.requires_grad_(False)
+        for block in self.layers[:num_layers]:
+            for p in block.parameters():
+                p.requires_grad_(False)
+        for p in self.head.parameters():
+            p.requires_grad_(not freeze_head)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def block_macs_per_token(cfg: ModelSettings, seq_len: int) -> float:
+    """Multiply-accumulates of one block per token: projections, causal attention over on
+    average (seq_len + 1) / 2 keys (scores and values), and the gated feed-forward."""
+    projections = 4 * cfg.dim * cfg.dim
+    attention = 2 * cfg.dim * (seq_len + 1) / 2
+    ffn = 3 * cfg.dim * cfg.ffn_hidden
+    return projections + attention + ffn
+
+
+def head_macs_per_token(cfg: ModelSettings, vocab_size: int) -> float:
+    return float(cfg.dim * vocab_size)
+

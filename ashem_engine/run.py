@@ -1,0 +1,273 @@
+"""The orchestrator: settings + sinks + control -> a run directory and a result.
+
+Stages are a list: stage 1 trains the first model on every train token; every later stage
+mines the hard tokens at the previous exit, grows the model, hard-freezes what was there and
+trains the new layers on those tokens; validation routes through every exit so far. Then the
+final routed evaluation. Every figure goes out as an event; nothing is printed.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from . import events as ev
+from .control import Cancelled, RunControl
+from .data import Corpus, DataError, load_corpus
+from .mining import exit_pass, examples_in_context, histogram, mine, top_words
+from .model import EarlyExitLM, count_parameters
+from .rundir import RunDirError, atomic_torch_save, atomic_write_json, create_run_dir
+from .routing import evaluate
+from .settings import Settings
+from .stages import HardTokenTask, NumericFault, SequenceTask, run_stage
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished", "cancelled" or "failed"
+    run_dir: Optional[Path]
+    summary: dict = field(default_factory=dict)
+    error: Optional[ev.RunFailed] = None
+
+
+def choose_threads(requested: int) -> int:
+    """0 means: one intra-op thread per core this process may use (measured best here,
+    see docs/REPRODUCTION.md)."""
+    if requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DataError("run.device = 'cuda' but no CUDA device is available; use cpu or auto")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def machine_description() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or "unknown",
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
+              control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
+              ) -> RunResult:
+    """Runs every stage; never raises for cancel or failure (see RunResult.status)."""
+    sinks = list(sinks)
+    control = control or RunControl(pause_at=settings.run.pause_at)
+    try:
+        run_dir = create_run_dir(settings.run.runs_dir, settings.run.name)
+    except RunDirError as e:
+        failure = ev.RunFailed(error_kind="run_dir", message=str(e), where="start")
+        for sink in sinks:
+            sink(failure)
+        return RunResult("failed", None, error=failure)
+
+    atomic_write_json(run_dir / "settings.json", settings.to_dict())
+    jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
+    emit = ev.Emitter(jsonl, *sinks)
+    control.on_pause = lambda where, reason, boundary: emit(
+        ev.Paused(where=where, reason=reason, boundary=boundary))
+    control.on_resume = lambda where: emit(ev.Resumed(where=where))
+    pipeline = Pipeline(settings, run_dir, emit, control)
+    try:
+        summary = pipeline.run(corpus)
+        emit(ev.RunFinished(run_dir=str(run_dir), seconds=round(emit.elapsed(), 3),
+                            summary=summary))
+        return RunResult("finished", run_dir, summary)
+    except Cancelled as c:
+        pipeline.write_summary("cancelled")
+        emit(ev.RunCancelled(run_dir=str(run_dir), where=c.where,
+                             seconds=round(emit.elapsed(), 3)))
+        return RunResult("cancelled", run_dir, pipeline.summary)
+    except (DataError, NumericFault, RunDirError) as e:
+        kind = {DataError: "data", NumericFault: "numeric", RunDirError: "run_dir"}[type(e)]
+        return pipeline.fail(kind, str(e), getattr(e, "where", pipeline.where))
+    except Exception as e:  # anything unexpected still ends as an event, not a traceback
+        tb = traceback.extract_tb(e.__traceback__)
+        origin = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
+        return pipeline.fail("internal", f"{type(e).__name__}: {e}",
+                             f"{pipeline.where} ({origin})")
+    finally:
+        jsonl.close()
+        control.on_pause = control.on_resume = None
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
+                 control: RunControl):
+        self.s = settings
+        self.run_dir = run_dir
+        self.emit = emit
+        self.control = control
+        self.where = "start"
+        self.summary: dict = {"status": "running", "run_dir": str(run_dir),
+                              "settings": settings.to_dict(), "stages": [], "mining": [],
+                              "final": None, "machine": machine_description()}
+
+    def fail(self, kind: str, message: str, where: str) -> RunResult:
+        failure = ev.RunFailed(error_kind=kind, message=message, where=where,
+                               run_dir=str(self.run_dir))
+        self.summary["error"] = {"kind": kind, "message": message, "where": where}
+        self.write_summary("failed")
+        self.emit(failure)
+        return RunResult("failed", self.run_dir, self.summary, failure)
+
+    def write_summary(self, status: str) -> None:
+        self.summary["status"] = status
+        self.summary["seconds"] = round(self.emit.elapsed(), 3)
+        atomic_write_json(self.run_dir / "summary.json", self.summary)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit(ev.Log(level=level, message=message))
+
+    # -------------------------------------------------------------------------------------
+    def run(self, corpus: Optional[Corpus]) -> dict:
+        s = self.s
+        threads = choose_threads(s.run.threads)
+        torch.set_num_threads(threads)
+        device = choose_device(s.run.device)
+        seed_everything(s.run.seed)
+        self.where = "loading data"
+        if corpus is None:
+            corpus = load_corpus(s.data)
+        batches = {k: _to(v, device) for k, v in corpus.batches.items()}
+        self.summary.update(device=str(device), threads=threads, data_source=corpus.source,
+                            vocab_size=len(corpus.vocab))
+        self.emit(ev.RunStarted(
+            name=s.run.name, run_dir=str(self.run_dir), device=str(device), threads=threads,
+            settings=s.to_dict(), vocab_size=len(corpus.vocab),
+            train_tokens=batches["train"].tokens, val_tokens=batches["validation"].tokens,
+            test_tokens=batches["test"].tokens,
+            stages=[{"stage": i, "layers": st.layers, "max_epochs": st.max_epochs}
+                    for i, st in enumerate(s.stages, 1)]))
+        self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
+                 f"{len(batches['train'])} train and {len(batches['validation'])} validation "
+                 f"batches of {s.data.batch_size} × {s.data.seq_len}")
+
+        validation = batches["validation"]
+        model: Optional[EarlyExitLM] = None
+        exit_layers: list[int] = []
+        thresholds: list[float] = []
+        for number, st in enumerate(s.stages, 1):
+            if number == 1:
+                model = EarlyExitLM(len(corpus.vocab), st.layers, s.model).to(device)
+                exit_layers = [st.layers]
+                task = SequenceTask(model, batches["train"], validation, exit_layers, [])
+            else:
+                below = s.stages[number - 2].layers
+                mined = self.mine(model, number - 1, below, st.hard_ratio, batches, corpus)
+                thresholds = [*thresholds, mined.threshold]
+                model = model.grow(st.layers)
+                model.freeze_lower(below, freeze_head=st.freeze_head)
+                exit_layers = [*exit_layers, st.layers]
+                task = HardTokenTask(model, mined.hard, s.data.batch_size, validation,
+                                     exit_layers, thresholds, hard_from_layer=below)
+            trainable, total = count_parameters(model)
+            self.where = f"stage {number}"
+            self.emit(ev.StageStarted(
+                stage=number, layers=st.layers, trainable_params=trainable,
+                total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
+                training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
+                batches=task.num_batches(), context=st.context or "sequence"))
+            outcome, best_state = run_stage(number, task, st, s.optimizer, self.control,
+                                            self.emit, s.run.progress_events_per_epoch)
+            checkpoint = self.run_dir / f"stage-{number}-best.pt"
+            atomic_torch_save(checkpoint, {
+                "model": best_state, "stage": number, "layers": st.layers,
+                "vocab_size": len(corpus.vocab), "exit_layers": exit_layers,
+                "thresholds": thresholds, "best_epoch": outcome.best_epoch})
+            stage_summary = {**outcome.__dict__, "layers": st.layers,
+                             "checkpoint": str(checkpoint)}
+            self.summary["stages"].append(stage_summary)
+            self.write_summary("running")
+            self.emit(ev.StageEnded(
+                stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
+                best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
+                stopped_early=outcome.stopped_early, seconds=outcome.seconds,
+                checkpoint=str(checkpoint), best_hard_ppl=outcome.best_hard_ppl))
+            self.control.boundary(f"stage-{number}", f"after stage {number}")
+
+        self.where = "final evaluation"
+        split = s.evaluation.split
+        final = evaluate(model, batches[split], exit_layers, thresholds,
+                         check=lambda i: self.control.checkpoint(self.where))
+        ratios = final.exit_ratios
+        self.emit(ev.Evaluated(
+            split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
+            exit_layers=exit_layers, exit_ratios=ratios, shallow_ratio=ratios[0],
+            deep_ratio=1.0 - ratios[0], compute_cost=final.compute_cost,
+            honest_cost=final.honest_cost, thresholds=thresholds))
+        self.summary["final"] = {
+            "split": split, "tokens": final.tokens, "accuracy": final.accuracy,
+            "ppl": final.ppl, "exit_layers": exit_layers, "exit_ratios": ratios,
+            "compute_cost": final.compute_cost, "honest_cost": final.honest_cost,
+            "thresholds": thresholds}
+        self.control.boundary("evaluation", "after the final evaluation")
+        self.write_summary("finished")
+        return self.summary
+
+    def mine(self, model: EarlyExitLM, stage: int, exit_layer: int, ratio: float,
+             batches: dict, corpus: Corpus):
+        s = self.s
+        self.where = f"mining after stage {stage}"
+        split = s.mining.split
+        source = batches[split]
+        passed = exit_pass(model, source, exit_layer,
+                           check=lambda i: self.control.checkpoint(self.where))
+        mined = mine(passed, source.y, ratio, exit_layer)
+        edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
+        self.emit(ev.ThresholdComputed(
+            stage=stage, exit_layer=exit_layer, threshold=mined.threshold, target_ratio=ratio,
+            split=split, tokens=mined.total, histogram_edges=edges, histogram_counts=counts))
+        hard = mined.hard
+        nll = passed.stats.nll[hard.positions]
+        hard_ppl = float(torch.exp(nll.double().mean())) if len(hard) else float("nan")
+        count = len(hard)
+        record = {"stage": stage, "exit_layer": exit_layer, "threshold": mined.threshold,
+                  "target_ratio": ratio, "split": split, "count": count, "total": mined.total,
+                  "ratio": count / mined.total,
+                  "mean_confidence": float(hard.confidences.mean()) if count else float("nan"),
+                  "hard_ppl": hard_ppl}
+        self.summary["mining"].append(record)
+        self.emit(ev.HardExamplesCollected(
+            stage=stage, count=count, total=mined.total, ratio=record["ratio"],
+            mean_confidence=record["mean_confidence"], hard_ppl=hard_ppl, split=split,
+            top_words=top_words(hard.targets, corpus.vocab, s.mining.top_words),
+            examples=examples_in_context(hard, _to(corpus.batches[split], "cpu"),
+                                         corpus.vocab, s.mining.examples)))
+        if count == 0:
+            raise DataError(f"mining after stage {stage} found no hard tokens "
+                            f"(threshold {mined.threshold:.4g}); raise stages."
+                            f"{stage + 1}.hard_ratio")
+        self.control.boundary(f"mining-{stage}", f"after mining at stage {stage}'s exit")
+        return mined
+
+
+def _to(batches, device):
+    from .data import Batches
+
+    device = torch.device(device)
+    if batches.x.device == device:
+        return batches
+    return Batches(batches.x.to(device), batches.y.to(device))

@@ -1,0 +1,106 @@
+"""The run directory: `runs/<UTC timestamp>-<name>/`, written atomically, never overwritten."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RunDirError(Exception):
+    """The run directory cannot be made or written. str(error) is one line for a person."""
+
+
+def create_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
+    root = Path(runs_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"run.runs_dir {str(root)!r} cannot be created: {e.strerror}") from None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for attempt in range(1000):
+        suffix = "" if attempt == 0 else f"-{attempt + 1}"
+        path = root / f"{stamp}-{name}{suffix}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunDirError(f"run.runs_dir {str(root)!r} is not writable: {e.strerror}"
+                              ) from None
+        probe_writable(path)
+        return path
+    raise RunDirError(f"too many runs named {name!r} this second in {str(root)!r}")
+
+
+def probe_writable(path: Path, need_bytes: int = 64 << 20) -> None:
+    """Fails early, before any training, if the directory cannot take the run's files."""
+    try:
+        atomic_write_bytes(path / ".probe", b"ok")
+        (path / ".probe").unlink()
+        free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+    except OSError as e:
+        raise RunDirError(f"run directory {str(path)!r} is not writable: {e.strerror}") from None
+    if free < need_bytes:
+        raise RunDirError(f"run directory {str(path)!r} has only {free >> 20} MiB free; "
+                          f"a run needs at least {need_bytes >> 20} MiB")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Loads a checkpoint with weights_only=True: tensors and plain containers, no code."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as e:  # truncated zip, pickle with code, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: "
+                              f"{first[:200]}") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not an ashem checkpoint "
+                              "(no 'model' entry)")
+    return data
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, truncated, unsafe or of the wrong shape."""

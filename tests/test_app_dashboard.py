@@ -1,0 +1,373 @@
+"""Pilot tests of the dashboard, driven by replayed event lists (no engine thread, except a
+fake runner that only emits events)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+from app_events import (
+    FakeControl, RUN_DIR, cancelled_after, make_events, plain, until, write_events,
+)
+
+from ashem_app.app import AshemApp
+from ashem_app.screens.confirm import ConfirmScreen
+from ashem_app.screens.help import HelpScreen
+from ashem_app.screens.inspect import InspectScreen
+from ashem_app.widgets.charts import Chart, Charts, PplChart
+from ashem_app.widgets.eventlog import EventLog
+from ashem_app.widgets.timeline import StepBox
+from ashem_engine.events import BatchProgress, Paused, Resumed
+
+SIZE = (100, 30)
+
+
+def text(app: AshemApp, selector: str) -> str:
+    return plain(app.screen.query_one(selector))
+
+
+def log_text(app: AshemApp) -> str:
+    """The log panel's text, wrapped lines joined again."""
+    return "".join(strip.text for strip in app.dashboard.query_one(EventLog).lines)
+
+
+def boxes(app: AshemApp) -> dict[str, StepBox]:
+    return {b.step.id: b for b in app.dashboard.query(StepBox)}
+
+
+def mid_stage1():
+    return until(make_events(), predicate=lambda e: isinstance(e, BatchProgress)
+                 and e.stage == 1 and e.epoch == 2 and e.batch == 80)
+
+
+async def until_true(pilot, condition, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    await pilot.pause()
+    assert condition()
+
+
+async def test_every_panel_shows_the_figures_of_a_finished_run():
+    app = AshemApp(events=make_events())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        header = text(app, "#header-left") + text(app, "#header-right")
+        for part in ("reference", "cpu", "×2", "REPLAY", "30:52", "FINISHED"):
+            assert part in header
+        b = boxes(app)
+        assert list(b) == ["stage-1", "mining-1", "stage-2", "evaluation"]
+        assert all(box.has_class("-done") for box in b.values())
+        assert "985.59" in plain(b["stage-1"]) and "0.1596" in plain(b["mining-1"])
+        assert "776.71" in plain(b["evaluation"])
+        cards = {c: text(app, f"#card-{c}") for c in
+                 ("val-ppl", "val-acc", "hard-ppl", "threshold", "hard-tokens", "routing",
+                  "cost")}
+        assert "781.24" in cards["val-ppl"] and "best 776.71" in cards["val-ppl"]
+        assert "15.75 %" in cards["val-acc"] and "15.80 %" in cards["val-acc"]
+        assert "675.27" in cards["hard-ppl"] and "2,854.97" in cards["hard-ppl"]
+        assert "0.1596" in cards["threshold"]
+        assert "32,768 / 65,536" in cards["hard-tokens"] and "0.0653" in cards["hard-tokens"]
+        assert "72.6 % / 27.4 %" in cards["routing"]
+        assert "63.72 %" in cards["cost"] and "123.4 %" in cards["cost"]
+        assert "Stage 2" in text(app, "#progress-epoch") and "7/50" in text(app,
+                                                                             "#progress-epoch")
+        stats = text(app, "#progress-stats")
+        assert "512/512" in stats and "1,507" in stats and "tok/s" in stats
+        assert "finished in 30:52" in text(app, "#progress-status")
+        log = log_text(app)
+        assert "threshold 0.1596" in log and "run finished" in log
+        assert all(chart.draws >= 1 for chart in app.dashboard.query(Chart))
+        # replay: pause/continue disabled
+        assert app.check_action("toggle_pause", ()) is None
+        await pilot.press("space")
+        assert app.view.status == "finished"
+
+
+async def test_progress_during_a_live_epoch():
+    app = AshemApp(control=FakeControl())
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(mid_stage1())
+        await pilot.pause()
+        assert "1/50" not in text(app, "#progress-epoch")
+        assert "2/50" in text(app, "#progress-epoch")
+        stats = text(app, "#progress-stats")
+        assert "80/160" in stats and "1,646 tok/s" in stats and "ETA 1:40" in stats
+        assert "RUNNING" in text(app, "#header-right")
+        b = boxes(app)
+        assert b["stage-1"].has_class("-running") and "ep 1/50" in plain(b["stage-1"])
+        assert b["mining-1"].has_class("-pending")
+
+
+async def test_batch_progress_is_batched_and_never_redraws_the_charts():
+    app = AshemApp(control=FakeControl(), refresh_interval=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(until(make_events(), kind="EpochEnded"))
+        await pilot.pause()
+        redraws, draws = app.redraws, app.dashboard.query_one(PplChart).draws
+
+        def engine():  # BatchProgress from another thread, as the engine sends them
+            for b in range(1, 161):
+                app.ingest(BatchProgress(stage=1, epoch=2, batch=b, batches=160, loss=5.0,
+                                         tokens_per_s=1000.0 + b, eta_s=1.0, t=100.0 + b))
+
+        thread = threading.Thread(target=engine)
+        thread.start()
+        thread.join()
+        await until_true(pilot, lambda: "1,160 tok/s" in text(app, "#progress-stats"))
+        assert app.redraws == redraws
+        assert app.dashboard.query_one(PplChart).draws == draws
+        assert app.events_applied == len(until(make_events(), kind="EpochEnded")) + 160
+
+
+async def test_pause_and_resume_call_the_control_and_show_where():
+    control = FakeControl()
+    app = AshemApp(control=control)
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(mid_stage1())
+        await pilot.press("space")
+        assert control.calls == ["pause"]
+        assert "pausing" in text(app, "#progress-status")
+        app.feed([Paused(where="stage 1, epoch 2, batch 81/160", reason="user", t=200.0)])
+        await pilot.pause()
+        assert "paused at stage 1, epoch 2, batch 81/160" in text(app, "#progress-status")
+        assert "PAUSED" in text(app, "#header-right")
+        assert app.screen is app.dashboard  # a user pause opens no screen
+        await pilot.press("space")
+        assert control.calls == ["pause", "resume"]
+        app.feed([Resumed(where="stage 1, epoch 2, batch 81/160", t=210.0)])
+        await pilot.pause()
+        assert "RUNNING" in text(app, "#header-right")
+
+
+async def test_keymap_rebinds_by_binding_id():
+    control = FakeControl()
+    app = AshemApp(control=control)
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(mid_stage1())
+        app.set_keymap({"ashem.pause": "p"})
+        await pilot.press("p")
+        assert control.calls == ["pause"]
+
+
+async def test_transition_screens_open_on_pause_at_and_their_keys_work():
+    control = FakeControl()
+    events = make_events()
+    app = AshemApp(control=control)
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(until(events, boundary="stage-1"))
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, InspectScreen) and screen.step_id == "stage-1"
+        summary = text(app, "#stage-summary")
+        assert "best epoch" in summary and "985.59" in summary and "16.17 %" in summary
+        assert "stopped early  yes" in " ".join(summary.split(" ")) or "yes" in summary
+        assert "1,043.10" in text(app, "#stage-epochs")
+        assert "holding at boundary stage-1" in text(app, "#inspect-status")
+        # back: the run stays held
+        await pilot.press("escape")
+        assert app.screen is app.dashboard and control.calls == []
+        assert app.view.held_at == "stage-1"
+        # reopen from the timeline by number, then continue
+        await pilot.press("1")
+        assert isinstance(app.screen, InspectScreen) and app.screen.step_id == "stage-1"
+        await pilot.press("c")
+        assert control.calls == ["resume"] and app.screen is app.dashboard
+
+        n = len(until(events, boundary="stage-1"))
+        app.feed(until(events, boundary="mining-1")[n:])
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, InspectScreen) and screen.step_id == "mining-1"
+        figures = text(app, "#hard-figures")
+        assert "0.1596" in figures and "32,768 / 65,536" in figures and "0.0653" in figures
+        assert "2,854.97" in figures
+        words = text(app, "#top-words")
+        assert "the" in words and "2,113" in words
+        examples = text(app, "#hard-examples")
+        assert "[japan]" in examples and "released in" in examples and "0.0412" in examples
+        assert screen.query_one("#inspect-confidence").draws == 1
+        # ← goes to the previous step's screen
+        await pilot.press("left")
+        assert isinstance(app.screen, InspectScreen) and app.screen.step_id == "stage-1"
+        await pilot.press("right")
+        assert app.screen.step_id == "mining-1"
+        # abort: asks, cancels the run, keeps the app
+        await pilot.press("a")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        assert control.calls == ["resume", "cancel"]
+        assert app.screen is app.dashboard and app.is_running
+        app.feed(cancelled_after(until(events, boundary="mining-1"))[-1:])
+        await pilot.pause()
+        assert app.view.status == "cancelled" and "CANCELLED" in text(app, "#header-right")
+
+
+async def test_evaluation_screen_and_clicking_the_timeline():
+    app = AshemApp(events=make_events())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.screen is app.dashboard  # replay: nothing pops up by itself
+        await pilot.click(".step-evaluation")
+        screen = app.screen
+        assert isinstance(screen, InspectScreen) and screen.step_id == "evaluation"
+        ev = text(app, "#evaluation")
+        for part in ("15.80 %", "776.71", "exit @ layer 2", "72.6 %", "63.72 %", "123.4 %"):
+            assert part in ev
+        assert app.screen.check_action("continue_run", ()) is None  # replay: disabled
+        await pilot.press("c")
+        assert isinstance(app.screen, InspectScreen)
+        await pilot.press("escape", "i")
+        assert app.screen.step_id == "mining-1"  # the latest transition
+
+
+async def test_quit_while_running_asks_then_cancels_and_exits():
+    control = FakeControl()
+    app = AshemApp(control=control)
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(mid_stage1())
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.screen is app.dashboard and control.calls == []
+        await pilot.press("q", "y")
+        await pilot.pause()
+    assert control.calls == ["cancel"]
+    assert app.return_code == 0
+
+
+async def test_quit_from_a_held_transition_screen():
+    control = FakeControl()
+    app = AshemApp(control=control)
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(until(make_events(), boundary="mining-1"))
+        await pilot.pause()
+        assert isinstance(app.screen, InspectScreen)
+        await pilot.press("q", "y")
+        await pilot.pause()
+    assert control.calls == ["cancel"]
+
+
+async def test_quit_after_the_run_ended_does_not_ask():
+    app = AshemApp(control=FakeControl(), events=make_events())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0 and app.control.calls == []
+
+
+async def test_engine_failure_is_shown_and_the_app_stays_up():
+    control = FakeControl()
+    app = AshemApp(control=control)
+    async with app.run_test(size=SIZE) as pilot:
+        app.feed(make_events(fail_at="stage-2"))
+        await pilot.pause()
+        assert app.view.status == "failed" and "FAILED" in text(app, "#header-right")
+        assert "NaN" in text(app, "#progress-status")
+        assert "run FAILED (numeric)" in log_text(app)
+        assert any("NaN" in n.message for n in app._notifications)
+        assert boxes(app)["stage-2"].has_class("-failed")
+        await pilot.press("q")  # no run to cancel: quits at once
+    assert control.calls == [] and app.return_code == 1
+
+
+async def test_exception_escaping_the_worker_becomes_a_failure():
+    def boom(settings, sinks=(), control=None):
+        sinks[0](make_events()[0])
+        raise RuntimeError("boom in the engine")
+
+    settings = SimpleNamespace(run=SimpleNamespace(pause_at=()))
+    app = AshemApp(settings=settings, runner=boom)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_true(pilot, lambda: app.view.status == "failed")
+        assert app.view.failed.error_kind == "internal"
+        assert "boom in the engine" in app.view.failed.message
+        assert "boom in the engine" in log_text(app)
+        assert any("boom" in n.message for n in app._notifications)
+        assert app.is_running
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
+async def test_engine_thread_events_reach_the_ui():
+    def fake_engine(settings, sinks=(), control=None):
+        for event in make_events(hold=False):
+            sinks[0](event)
+        return SimpleNamespace(status="finished")
+
+    settings = SimpleNamespace(run=SimpleNamespace(pause_at=()))
+    app = AshemApp(settings=settings, runner=fake_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_true(pilot, lambda: app.engine_done.is_set() and app.view.terminal)
+        assert app.view.status == "finished" and app.view.evaluation.ppl == 776.71
+        assert not app.run_active
+        await pilot.press("q")
+
+
+async def test_replay_follows_a_growing_file_and_never_pops_up(tmp_path):
+    events = make_events()
+    part = until(events, boundary="mining-1")
+    path = write_events(part, tmp_path / "run" / "events.jsonl", torn_tail='{"kind": "Res')
+    app = AshemApp(replay_path=path, poll_interval=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.view.count == len(part) and app.view.held_at == "mining-1"
+        assert app.screen is app.dashboard and not app.is_live
+        with open(path, "w") as f:  # the writer completes its line and goes on
+            for e in events:
+                f.write(json.dumps(e.to_dict()) + "\n")
+        # rewrite == same prefix; the follower continues from its offset
+        await until_true(pilot, lambda: app.view.status == "finished")
+        assert app.screen is app.dashboard
+        assert app.view.evaluation is not None
+
+
+async def test_export_screenshot_help_log_scale_and_charts(tmp_path):
+    app = AshemApp(events=make_events(), output_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("e")
+        rows = (tmp_path / "reference-metrics.csv").read_text().splitlines()
+        assert len(rows) == 12 and rows[0].startswith("stage,epoch,train_ppl")
+        doc = json.loads((tmp_path / "reference-metrics.json").read_text())
+        assert doc["run"]["run_dir"] == RUN_DIR
+        await pilot.press("s")
+        assert len(list(tmp_path.glob("*.svg"))) == 1
+        assert any(".svg" in n.message for n in app._notifications)
+        charts = app.dashboard.query_one(Charts)
+        ppl = app.dashboard.query_one(PplChart)
+        draws = ppl.draws
+        await pilot.press("l")
+        assert charts.log_y and ppl.draws == draws + 1
+        await pilot.press("n")
+        assert charts.selected == 1
+        shown = [c.id for c in app.dashboard.query(Chart) if c.styles.display != "none"]
+        assert shown == ["chart-hard"]  # narrow: one chart at a time
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "Pause the run at the next batch boundary" in text(app, "#help-table")
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+
+
+async def test_wide_terminal_shows_all_charts():
+    app = AshemApp(events=make_events())
+    async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.pause()
+        assert app.dashboard.has_class("-wide")
+        shown = [c for c in app.dashboard.query(Chart) if c.styles.display != "none"]
+        assert len(shown) == 4 and all(c.size.height >= 8 for c in shown)
+
+
+async def test_command_palette_runs_registry_actions(tmp_path):
+    app = AshemApp(events=make_events(), output_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"export")
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert (tmp_path / "reference-metrics.csv").exists()
