@@ -84,6 +84,7 @@ class AshemApp(App[int]):
         self._inbox: deque[Event] = deque()
         self._note = ""
         self._loaded = False  # initial replay events applied; later ones may notify/pop up
+        self._ui_ready = False
         self._quitting = False
         self._follower: Optional[EventFollower] = None
         self._engine_worker: Optional[Worker] = None
@@ -118,17 +119,22 @@ class AshemApp(App[int]):
 
     # -- start -----------------------------------------------------------------------------
     def on_ready(self) -> None:
+        self._ui_ready = True
         self.dashboard.show_view(self.view, True, self.mode, self._note)
         self.set_interval(self.refresh_interval, self._drain, name="ashem-refresh")
-        if self._initial:
-            self.feed(self._initial)
-            self._initial = []
+        # What was there before we started is history: no notifications, no pop-ups.
+        early = list(self._inbox)
+        self._inbox.clear()
+        history = self._initial
+        self._initial = []
         if self.replay_path is not None:
             self._follower = EventFollower(self.replay_path)
-            self.feed(self._follower.poll())
+            history = [*history, *self._follower.poll()]
             if not self._follower.done:
                 self.set_interval(self.poll_interval, self._poll, name="ashem-follow")
+        self.feed(history)
         self._loaded = True
+        self.feed(early)  # fed or sent before the screen was ready: live events
         if self.settings is not None and self._runner is not None:
             self._start_engine()
 
@@ -201,7 +207,7 @@ class AshemApp(App[int]):
         self._drain()
 
     def _drain(self) -> None:
-        if not self._inbox:
+        if not self._inbox or not self._ui_ready:
             return
         batch: list[Event] = []
         while True:

@@ -29,7 +29,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         n = h.shape[0]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if want_h else None
-        grad_w = torch.zeros_like(weight) if want_w else None
+        grad_w = torch.empty_like(weight) if want_w else None
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         buf = torch.empty(min(chunk, n), weight.shape[0], dtype=h.dtype, device=h.device)
         scale = 1.0 / n
@@ -49,7 +49,9 @@ class _FusedHeadLoss(torch.autograd.Function):
                 logits[rows, yc] -= scale
                 if want_h:
                     torch.mm(logits, weight, out=grad_h[start:stop])
-                if want_w:
+                if want_w and start == 0:
+                    torch.mm(logits.t(), hc, out=grad_w)  # no zero-fill of a 18 MB tensor
+                elif want_w:
                     grad_w.addmm_(logits.t(), hc)
         ctx.grads = (grad_h, grad_w)
         return (total / n).to(h.dtype)
@@ -58,6 +60,8 @@ class _FusedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.grads
         ctx.grads = None
+        if grad_out.device.type == "cpu" and grad_out.item() == 1.0:
+            return grad_h, grad_w, None, None  # the usual case: skip two full-size copies
         return (grad_h * grad_out if grad_h is not None else None,
                 grad_w * grad_out if grad_w is not None else None, None, None)
 

@@ -42,7 +42,8 @@ class Chart(PlotextPlot):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._key: Any = object()
-        self.draws = 0  # for tests: how often the plot was rebuilt
+        self._args: tuple = (None, {})
+        self.draws = 0  # for tests: how often the data changed and the plot was redrawn
 
     def data_key(self, view: RunView, **opts) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -55,12 +56,20 @@ class Chart(PlotextPlot):
         if key == self._key:
             return
         self._key = key
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+        self._args = (view, opts)
         self.draws += 1
-        self.draw(plt, view, **opts)
         self.refresh()
+
+    def render(self):
+        # A fresh figure for every render (only on data change or resize): plotext keeps
+        # state between builds at different sizes, which made bars differ by a cell.
+        view, opts = self._args
+        self.plt.clear_figure()
+        if view is None:
+            self.empty(self.plt, "")
+        else:
+            self.draw(self.plt, view, **opts)
+        return super().render()
 
     @staticmethod
     def empty(plt, message: str) -> None:
@@ -196,8 +205,9 @@ class RoutingChart(Chart):
         if ev is not None:
             names = [f"exit @ layer {layer}" for layer in ev.exit_layers]
             values = [r * 100 for r in ev.exit_ratios]
-            plt.bar(names, values, orientation="horizontal", width=0.5,
-                    color=[BARS[i % len(BARS)] for i in range(len(values))])
+            # one colour: with a colour per bar, plotext's pick for a shared cell depends on
+            # set order (hash seed), which made screenshots differ between processes
+            plt.bar(names, values, orientation="horizontal", width=0.5, color=BARS[0])
             plt.xlim(0, 100)
             plt.title("final routing " + " / ".join(fmt.pct(r) for r in ev.exit_ratios))
             return

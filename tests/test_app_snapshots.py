@@ -1,0 +1,37 @@
+"""Snapshot tests (pytest-textual-snapshot): the dashboard and the transition screen from
+the replay fixture, at fixed terminal sizes. Update with `pytest --snapshot-update`."""
+from __future__ import annotations
+
+from app_events import FakeControl, make_events, until
+
+from ashem_app.app import AshemApp
+
+
+def test_dashboard_finished_run(snap_compare):
+    assert snap_compare(AshemApp(events=make_events()), terminal_size=(100, 30))
+
+
+def test_dashboard_wide(snap_compare):
+    assert snap_compare(AshemApp(events=make_events()), terminal_size=(160, 45))
+
+
+def test_dashboard_mid_stage_two(snap_compare):
+    events = until(make_events(), predicate=lambda e: e.kind == "EpochEnded" and e.stage == 2
+                   and e.epoch == 3)
+    app = AshemApp(control=FakeControl(), events=events)
+    assert snap_compare(app, terminal_size=(100, 30))
+
+
+def test_transition_screen_at_mining(snap_compare):
+    app = AshemApp(control=FakeControl())
+
+    async def hold(pilot):
+        app.feed(until(make_events(), boundary="mining-1"))  # pops the screen up
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=hold)
+
+
+def test_help_screen(snap_compare):
+    assert snap_compare(AshemApp(events=make_events()), terminal_size=(100, 30),
+                        press=["question_mark"])
