@@ -190,13 +190,17 @@ class Pipeline:
                 total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
                 training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
                 batches=task.num_batches(), context=st.context or "sequence"))
-            outcome, best_state = run_stage(number, task, st, s.optimizer, self.control,
-                                            self.emit, s.run.progress_events_per_epoch)
             checkpoint = self.run_dir / f"stage-{number}-best.pt"
-            atomic_torch_save(checkpoint, {
-                "model": best_state, "stage": number, "layers": st.layers,
-                "vocab_size": len(corpus.vocab), "exit_layers": exit_layers,
-                "thresholds": thresholds, "best_epoch": outcome.best_epoch})
+
+            def save_best(epoch, state, number=number, st=st, checkpoint=checkpoint,
+                          exit_layers=exit_layers, thresholds=thresholds):
+                atomic_torch_save(checkpoint, {
+                    "model": state, "stage": number, "layers": st.layers,
+                    "vocab_size": len(corpus.vocab), "exit_layers": exit_layers,
+                    "thresholds": thresholds, "best_epoch": epoch})
+
+            outcome, _ = run_stage(number, task, st, s.optimizer, self.control, self.emit,
+                                   s.run.progress_events_per_epoch, on_improved=save_best)
             stage_summary = {**outcome.__dict__, "layers": st.layers,
                              "checkpoint": str(checkpoint)}
             self.summary["stages"].append(stage_summary)

@@ -166,9 +166,12 @@ def snapshot(model: EarlyExitLM) -> dict:
 
 def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSettings,
               control: RunControl, emit: Callable[[Event], None],
-              progress_events_per_epoch: int = 100) -> tuple[StageOutcome, dict]:
+              progress_events_per_epoch: int = 100,
+              on_improved: Optional[Callable[[int, dict], None]] = None
+              ) -> tuple[StageOutcome, dict]:
     """Trains with early stopping on validation PPL (strictly lower is better), restores the
-    best weights, and returns the outcome and the best state dict."""
+    best weights, and returns the outcome and the best state dict. `on_improved(epoch, state)`
+    is called at every new best, so the best checkpoint is on disk whatever happens next."""
     model = task.model
     optimizer = make_optimizer(model, cfg.lr, opt)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -217,6 +220,8 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             best_ppl, best_acc, best_hard, best_epoch = result.ppl, result.accuracy, hard, epoch
             best_state = snapshot(model)
             counter = 0
+            if on_improved:
+                on_improved(epoch, best_state)
         else:
             counter += 1
         shallow = result.exit_ratios[0] if len(task.exit_layers) > 1 else None
