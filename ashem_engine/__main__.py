@@ -1,4 +1,5 @@
-"""Headless command line: `ashem-engine run [--settings F] [--set table.key=value]...`.
+"""Headless command line: `ashem-engine run [--settings F] [--set table.key=value]...` and
+`ashem-engine resume RUN_DIR`.
 
 Just one more consumer of the engine's events: it prints progress lines like the spec's
 debug prints and ends with the table of the spec's figures against this run's. A headless
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="TABLE.KEY=VALUE", help="override one setting (repeatable)")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
+    resume = sub.add_parser("resume", help="continue a cancelled or killed run")
+    resume.add_argument("run_dir", help="the run directory, e.g. runs/20261125T180000Z-ashem")
+    resume.add_argument("--quiet", action="store_true", help="print only the final table")
     return parser
 
 
@@ -54,7 +58,7 @@ class ProgressPrinter:
         self.out.flush()
 
     def __call__(self, e: ev.Event) -> None:
-        if self.quiet and not isinstance(e, (ev.RunFailed,)):
+        if self.quiet:
             return
         handler = getattr(self, f"on_{e.kind}", None)
         if handler:
@@ -140,17 +144,20 @@ class ProgressPrinter:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command != "run":
-        build_parser().print_help(sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in ("run", "resume"):
+        parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        settings = load_settings(args.settings, args.overrides)
-    except SettingsError as e:
-        print(f"ashem-engine: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    settings = None
+    if args.command == "run":
+        try:
+            settings = load_settings(args.settings, args.overrides)
+        except SettingsError as e:
+            print(f"ashem-engine: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
-    from .run import run_ashem  # torch loads here, after the cheap checks
+    from .run import resume_ashem, run_ashem  # torch loads here, after the cheap checks
 
     control = RunControl(pause_at=(), hold_at_boundaries=False)
 
@@ -160,8 +167,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         control.cancel()
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    printer = ProgressPrinter(sys.stdout, args.quiet)
     try:
-        result = run_ashem(settings, [ProgressPrinter(sys.stdout, args.quiet)], control)
+        if settings is not None:
+            result = run_ashem(settings, [printer], control)
+        else:
+            result = resume_ashem(args.run_dir, [printer], control)
     finally:
         signal.signal(signal.SIGINT, previous)
     if args.quiet and result.status == "finished":
@@ -172,7 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CANCELLED
     error = result.error
     print(f"ashem-engine: error: {error.message}", file=sys.stderr)
-    return EXIT_BAD_INPUT if error.error_kind in ("data", "run_dir") else EXIT_FAILED
+    bad_input = ("data", "run_dir", "resume", "checkpoint")
+    return EXIT_BAD_INPUT if error.error_kind in bad_input else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ final routed evaluation. Every figure goes out as an event; nothing is printed.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -22,11 +23,13 @@ import torch
 from . import events as ev
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError, load_corpus
-from .mining import exit_pass, examples_in_context, histogram, mine, top_words
+from .mining import (HardTokens, MiningResult, exit_pass, examples_in_context, histogram, mine,
+                     top_words)
 from .model import EarlyExitLM, count_parameters
-from .rundir import RunDirError, atomic_torch_save, atomic_write_json, create_run_dir
+from .rundir import (CheckpointError, RunDirError, atomic_torch_save, atomic_write_json,
+                     create_run_dir, load_checkpoint, probe_writable)
 from .routing import evaluate
-from .settings import Settings
+from .settings import Settings, SettingsError, settings_from_dict
 from .stages import HardTokenTask, NumericFault, SequenceTask, run_stage
 
 
@@ -69,21 +72,74 @@ def machine_description() -> dict:
             "python": platform.python_version()}
 
 
+PROGRESS = "progress.pt"
+
+
 def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
               control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
               ) -> RunResult:
-    """Runs every stage; never raises for cancel or failure (see RunResult.status)."""
+    """Runs every stage in a new run directory; never raises for cancel or failure
+    (see RunResult.status)."""
     sinks = list(sinks)
-    control = control or RunControl(pause_at=settings.run.pause_at)
     try:
         run_dir = create_run_dir(settings.run.runs_dir, settings.run.name)
     except RunDirError as e:
-        failure = ev.RunFailed(error_kind="run_dir", message=str(e), where="start")
-        for sink in sinks:
-            sink(failure)
-        return RunResult("failed", None, error=failure)
-
+        return _failed_before_start(sinks, "run_dir", str(e))
     atomic_write_json(run_dir / "settings.json", settings.to_dict())
+    return _drive(settings, run_dir, sinks, control, corpus, resume=None)
+
+
+def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
+                 control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
+                 ) -> RunResult:
+    """Continues a cancelled or killed run from its last finished epoch (or stage), in the
+    same run directory, with the settings it was started with."""
+    sinks = list(sinks)
+    try:
+        settings, progress = read_resume_point(run_dir)
+        probe_writable(Path(run_dir))
+    except (ResumeError, RunDirError, SettingsError, CheckpointError) as e:
+        return _failed_before_start(sinks, "resume", str(e))
+    return _drive(settings, Path(run_dir), sinks, control, corpus, resume=progress)
+
+
+class ResumeError(Exception):
+    """A run directory that cannot be resumed. str(error) is one line for a person."""
+
+
+def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[dict]]:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ResumeError(f"run directory {str(path)!r} does not exist")
+    try:
+        raw = json.loads((path / "settings.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResumeError(f"{str(path)!r} is not an ashem run directory (no settings.json)"
+                          ) from None
+    except ValueError as e:
+        raise ResumeError(f"{str(path / 'settings.json')!r} is not valid JSON: {e}") from None
+    settings = settings_from_dict(raw)
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        summary = {}
+    if summary.get("status") == "finished":
+        raise ResumeError(f"run {str(path)!r} has already finished; nothing to resume")
+    if not (path / PROGRESS).exists():
+        return settings, None  # killed before its first epoch ended: start over in place
+    return settings, load_checkpoint(path / PROGRESS)
+
+
+def _failed_before_start(sinks: list, kind: str, message: str) -> RunResult:
+    failure = ev.RunFailed(error_kind=kind, message=message, where="start")
+    for sink in sinks:
+        sink(failure)
+    return RunResult("failed", None, error=failure)
+
+
+def _drive(settings: Settings, run_dir: Path, sinks: list, control: Optional[RunControl],
+           corpus: Optional[Corpus], resume: Optional[dict]) -> RunResult:
+    control = control or RunControl(pause_at=settings.run.pause_at)
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
     emit = ev.Emitter(jsonl, *sinks)
     control.on_pause = lambda where, reason, boundary: emit(
@@ -91,7 +147,7 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
     control.on_resume = lambda where: emit(ev.Resumed(where=where))
     pipeline = Pipeline(settings, run_dir, emit, control)
     try:
-        summary = pipeline.run(corpus)
+        summary = pipeline.run(corpus, resume)
         emit(ev.RunFinished(run_dir=str(run_dir), seconds=round(emit.elapsed(), 3),
                             summary=summary))
         return RunResult("finished", run_dir, summary)
@@ -100,8 +156,9 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
         emit(ev.RunCancelled(run_dir=str(run_dir), where=c.where,
                              seconds=round(emit.elapsed(), 3)))
         return RunResult("cancelled", run_dir, pipeline.summary)
-    except (DataError, NumericFault, RunDirError) as e:
-        kind = {DataError: "data", NumericFault: "numeric", RunDirError: "run_dir"}[type(e)]
+    except (DataError, NumericFault, RunDirError, CheckpointError) as e:
+        kind = {DataError: "data", NumericFault: "numeric", RunDirError: "run_dir",
+                CheckpointError: "checkpoint"}[type(e)]
         return pipeline.fail(kind, str(e), getattr(e, "where", pipeline.where))
     except Exception as e:  # anything unexpected still ends as an event, not a traceback
         tb = traceback.extract_tb(e.__traceback__)
@@ -114,6 +171,9 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
 
 
 class Pipeline:
+    """One run, stage by stage. Everything needed to continue after a finished epoch or
+    stage goes to progress.pt (and the mined tokens of a stage to stage-N-hard.pt)."""
+
     def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
                  control: RunControl):
         self.s = settings
@@ -135,14 +195,21 @@ class Pipeline:
 
     def write_summary(self, status: str) -> None:
         self.summary["status"] = status
-        self.summary["seconds"] = round(self.emit.elapsed(), 3)
+        self.summary["seconds"] = round(self.summary.get("seconds_before", 0.0)
+                                        + self.emit.elapsed(), 3)
         atomic_write_json(self.run_dir / "summary.json", self.summary)
 
     def log(self, message: str, level: str = "info") -> None:
         self.emit(ev.Log(level=level, message=message))
 
+    def save_progress(self, **point) -> None:
+        point["rng"] = torch.get_rng_state()
+        point["summary"] = json.dumps({k: self.summary[k] for k in ("stages", "mining")})
+        point["seconds_before"] = self.summary.get("seconds_before", 0.0) + self.emit.elapsed()
+        atomic_torch_save(self.run_dir / PROGRESS, point)
+
     # -------------------------------------------------------------------------------------
-    def run(self, corpus: Optional[Corpus]) -> dict:
+    def run(self, corpus: Optional[Corpus], resume: Optional[dict] = None) -> dict:
         s = self.s
         threads = choose_threads(s.run.threads)
         torch.set_num_threads(threads)
@@ -151,66 +218,47 @@ class Pipeline:
         self.where = "loading data"
         if corpus is None:
             corpus = load_corpus(s.data)
+        self.corpus = corpus
         batches = {k: _to(v, device) for k, v in corpus.batches.items()}
+        self.batches = batches
+        self.device = device
         self.summary.update(device=str(device), threads=threads, data_source=corpus.source,
                             vocab_size=len(corpus.vocab))
+        if resume is not None:
+            restored = json.loads(resume["summary"])
+            self.summary.update(restored)
+            self.summary["seconds_before"] = resume["seconds_before"]
         self.emit(ev.RunStarted(
             name=s.run.name, run_dir=str(self.run_dir), device=str(device), threads=threads,
             settings=s.to_dict(), vocab_size=len(corpus.vocab),
             train_tokens=batches["train"].tokens, val_tokens=batches["validation"].tokens,
             test_tokens=batches["test"].tokens,
             stages=[{"stage": i, "layers": st.layers, "max_epochs": st.max_epochs}
-                    for i, st in enumerate(s.stages, 1)]))
+                    for i, st in enumerate(s.stages, 1)], resumed=resume is not None))
         self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
                  f"{len(batches['train'])} train and {len(batches['validation'])} validation "
                  f"batches of {s.data.batch_size} × {s.data.seq_len}")
 
-        validation = batches["validation"]
         model: Optional[EarlyExitLM] = None
         exit_layers: list[int] = []
         thresholds: list[float] = []
-        for number, st in enumerate(s.stages, 1):
-            if number == 1:
+        first = 1
+        if resume is not None:
+            first, model, exit_layers, thresholds = self.restore(resume)
+        for number in range(first, len(s.stages) + 1):
+            st = s.stages[number - 1]
+            stage_resume = None
+            if resume is not None and number == resume["stage"] and not resume["stage_done"]:
+                stage_resume = resume
+                task = self.task_for(number, model, exit_layers, thresholds)
+            elif number == 1:
                 model = EarlyExitLM(len(corpus.vocab), st.layers, s.model).to(device)
                 exit_layers = [st.layers]
-                task = SequenceTask(model, batches["train"], validation, exit_layers, [])
+                task = self.task_for(1, model, exit_layers, thresholds)
             else:
-                below = s.stages[number - 2].layers
-                mined = self.mine(model, number - 1, below, st.hard_ratio, batches, corpus)
-                thresholds = [*thresholds, mined.threshold]
-                model = model.grow(st.layers)
-                model.freeze_lower(below, freeze_head=st.freeze_head)
-                exit_layers = [*exit_layers, st.layers]
-                task = HardTokenTask(model, mined.hard, s.data.batch_size, validation,
-                                     exit_layers, thresholds, hard_from_layer=below)
-            trainable, total = count_parameters(model)
-            self.where = f"stage {number}"
-            self.emit(ev.StageStarted(
-                stage=number, layers=st.layers, trainable_params=trainable,
-                total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
-                training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
-                batches=task.num_batches(), context=st.context or "sequence"))
-            checkpoint = self.run_dir / f"stage-{number}-best.pt"
-
-            def save_best(epoch, state, number=number, st=st, checkpoint=checkpoint,
-                          exit_layers=exit_layers, thresholds=thresholds):
-                atomic_torch_save(checkpoint, {
-                    "model": state, "stage": number, "layers": st.layers,
-                    "vocab_size": len(corpus.vocab), "exit_layers": exit_layers,
-                    "thresholds": thresholds, "best_epoch": epoch})
-
-            outcome, _ = run_stage(number, task, st, s.optimizer, self.control, self.emit,
-                                   s.run.progress_events_per_epoch, on_improved=save_best)
-            stage_summary = {**outcome.__dict__, "layers": st.layers,
-                             "checkpoint": str(checkpoint)}
-            self.summary["stages"].append(stage_summary)
-            self.write_summary("running")
-            self.emit(ev.StageEnded(
-                stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
-                best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
-                stopped_early=outcome.stopped_early, seconds=outcome.seconds,
-                checkpoint=str(checkpoint), best_hard_ppl=outcome.best_hard_ppl))
-            self.control.boundary(f"stage-{number}", f"after stage {number}")
+                model, exit_layers, thresholds, task = self.grow_stage(
+                    number, model, exit_layers, thresholds)
+            self.train(number, task, exit_layers, thresholds, stage_resume)
 
         self.where = "final evaluation"
         split = s.evaluation.split
@@ -231,12 +279,114 @@ class Pipeline:
         self.write_summary("finished")
         return self.summary
 
-    def mine(self, model: EarlyExitLM, stage: int, exit_layer: int, ratio: float,
-             batches: dict, corpus: Corpus):
-        s = self.s
+    # -- the pieces of a stage ------------------------------------------------------------
+    def grow_stage(self, number: int, model: EarlyExitLM, exit_layers: list[int],
+                   thresholds: list[float]):
+        """Mine at the previous exit, grow and freeze, fix the hard-token order, save."""
+        st, below = self.s.stages[number - 1], self.s.stages[number - 2].layers
+        mined = self.mine(model, number - 1, below, st.hard_ratio)
+        thresholds = [*thresholds, mined.threshold]
+        model = model.grow(st.layers)
+        model.freeze_lower(below, freeze_head=st.freeze_head)
+        exit_layers = [*exit_layers, st.layers]
+        order = torch.randperm(len(mined.hard))
+        hard = mined.hard
+        atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
+            "hidden": hard.hidden.cpu(), "targets": hard.targets.cpu(),
+            "confidences": hard.confidences.cpu(), "positions": hard.positions.cpu(),
+            "order": order, "threshold": mined.threshold})
+        self.save_progress(stage=number, epoch=0, stage_done=False, model=model.state_dict(),
+                           optimizer=None, early=None, exit_layers=exit_layers,
+                           thresholds=thresholds)
+        task = HardTokenTask(model, hard, order, self.s.data.batch_size,
+                             self.batches["validation"], exit_layers, thresholds,
+                             hard_from_layer=below)
+        self.control.boundary(f"mining-{number - 1}",
+                              f"after mining at stage {number - 1}'s exit")
+        return model, exit_layers, thresholds, task
+
+    def task_for(self, number: int, model: EarlyExitLM, exit_layers, thresholds):
+        if number == 1:
+            return SequenceTask(model, self.batches["train"], self.batches["validation"],
+                                exit_layers, [])
+        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
+        hard = HardTokens(saved["hidden"].to(self.device), saved["targets"].to(self.device),
+                          saved["confidences"].to(self.device),
+                          saved["positions"].to(self.device))
+        return HardTokenTask(model, hard, saved["order"], self.s.data.batch_size,
+                             self.batches["validation"], exit_layers, thresholds,
+                             hard_from_layer=self.s.stages[number - 2].layers)
+
+    def train(self, number: int, task, exit_layers, thresholds, resume: Optional[dict]):
+        s, st, model = self.s, self.s.stages[number - 1], task.model
+        trainable, total = count_parameters(model)
+        self.where = f"stage {number}"
+        self.emit(ev.StageStarted(
+            stage=number, layers=st.layers, trainable_params=trainable,
+            total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
+            training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
+            batches=task.num_batches(), context=st.context or "sequence"))
+        checkpoint = self.run_dir / f"stage-{number}-best.pt"
+
+        def save_best(epoch, state):
+            atomic_torch_save(checkpoint, {
+                "model": state, "stage": number, "layers": st.layers,
+                "vocab_size": len(self.corpus.vocab), "exit_layers": exit_layers,
+                "thresholds": thresholds, "best_epoch": epoch})
+
+        def save_epoch(progress):
+            self.save_progress(stage=number, stage_done=False, exit_layers=exit_layers,
+                               thresholds=thresholds, **progress)
+
+        if resume is not None and resume["epoch"] > 0 and checkpoint.exists():
+            resume = {**resume, "best_state": load_checkpoint(checkpoint)["model"]}
+        outcome, _ = run_stage(number, task, st, s.optimizer, self.control, self.emit,
+                               s.run.progress_events_per_epoch, on_improved=save_best,
+                               on_epoch_end=save_epoch,
+                               resume=resume if resume and resume["epoch"] > 0 else None)
+        self.summary["stages"].append({**outcome.__dict__, "layers": st.layers,
+                                       "checkpoint": str(checkpoint)})
+        self.write_summary("running")
+        self.save_progress(stage=number, epoch=outcome.epochs, stage_done=True, model=None,
+                           optimizer=None, early=None, exit_layers=exit_layers,
+                           thresholds=thresholds)
+        self.emit(ev.StageEnded(
+            stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
+            best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
+            stopped_early=outcome.stopped_early, seconds=outcome.seconds,
+            checkpoint=str(checkpoint), best_hard_ppl=outcome.best_hard_ppl))
+        self.control.boundary(f"stage-{number}", f"after stage {number}")
+
+    def restore(self, resume: dict):
+        """The model and routing state at a resume point; returns the stage to go on with."""
+        number = resume["stage"]
+        st = self.s.stages[number - 1]
+        torch.set_rng_state(resume["rng"])
+        model = EarlyExitLM(len(self.corpus.vocab), st.layers, self.s.model).to(self.device)
+        if resume["stage_done"]:
+            state = load_checkpoint(self.run_dir / f"stage-{number}-best.pt")["model"]
+        else:
+            state = resume["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"the saved model does not fit the run's settings: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if number > 1:
+            model.freeze_lower(self.s.stages[number - 2].layers,
+                               freeze_head=st.freeze_head)
+        torch.set_rng_state(resume["rng"])  # building the skeleton drew random numbers
+        self.log(f"resumed at stage {number}, " + (
+            "after the stage" if resume["stage_done"] else f"after epoch {resume['epoch']}"))
+        next_stage = number + 1 if resume["stage_done"] else number
+        return next_stage, model, list(resume["exit_layers"]), list(resume["thresholds"])
+
+    def mine(self, model: EarlyExitLM, stage: int, exit_layer: int,
+             ratio: float) -> MiningResult:
+        s, corpus = self.s, self.corpus
         self.where = f"mining after stage {stage}"
         split = s.mining.split
-        source = batches[split]
+        source = self.batches[split]
         passed = exit_pass(model, source, exit_layer,
                            check=lambda i: self.control.checkpoint(self.where))
         mined = mine(passed, source.y, ratio, exit_layer)
@@ -253,6 +403,7 @@ class Pipeline:
                   "ratio": count / mined.total,
                   "mean_confidence": float(hard.confidences.mean()) if count else float("nan"),
                   "hard_ppl": hard_ppl}
+        self.summary["mining"] = [m for m in self.summary["mining"] if m["stage"] != stage]
         self.summary["mining"].append(record)
         self.emit(ev.HardExamplesCollected(
             stage=stage, count=count, total=mined.total, ratio=record["ratio"],
@@ -264,7 +415,6 @@ class Pipeline:
             raise DataError(f"mining after stage {stage} found no hard tokens "
                             f"(threshold {mined.threshold:.4g}); raise stages."
                             f"{stage + 1}.hard_ratio")
-        self.control.boundary(f"mining-{stage}", f"after mining at stage {stage}'s exit")
         return mined
 
 

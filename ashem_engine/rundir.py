@@ -86,7 +86,7 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, required: str = "model") -> dict:
     """Loads a checkpoint with weights_only=True: tensors and plain containers, no code."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,9 +96,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: "
                               f"{first[:200]}") from None
-    if not isinstance(data, dict) or "model" not in data:
+    if not isinstance(data, dict) or required not in data:
         raise CheckpointError(f"checkpoint {str(path)!r} is not an ashem checkpoint "
-                              "(no 'model' entry)")
+                              f"(no {required!r} entry)")
     return data
 
 

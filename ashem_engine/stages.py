@@ -133,11 +133,10 @@ class HardTokenTask(StageTask):
     """A later stage in the spec's token context: each hard token's stored hidden state goes
     through the new layers as a sequence of length 1. Shuffled once, then fixed batches."""
 
-    def __init__(self, model, hard: HardTokens, batch_size: int, validation, exit_layers,
-                 thresholds, hard_from_layer: int, generator: Optional[torch.Generator] = None):
+    def __init__(self, model, hard: HardTokens, order: torch.Tensor, batch_size: int,
+                 validation, exit_layers, thresholds, hard_from_layer: int):
         super().__init__(model, validation, exit_layers, thresholds, hard=hard,
                          hard_from_layer=hard_from_layer)
-        order = torch.randperm(len(hard), generator=generator)
         self.order = [order[i:i + batch_size] for i in range(0, len(hard), batch_size)]
 
     def num_batches(self) -> int:
@@ -164,25 +163,68 @@ def snapshot(model: EarlyExitLM) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@dataclass
+class EarlyStopping:
+    """Early stopping on validation PPL: strictly lower is better; stop after `patience`
+    epochs in a row without improvement. Plain data, so a resumed run can restore it."""
+
+    patience: int
+    epoch: int = 0  # epochs finished
+    best_ppl: float = math.inf
+    best_acc: float = 0.0
+    best_hard: Optional[float] = None
+    best_epoch: int = 0
+    counter: int = 0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+
+    def update(self, epoch: int, ppl: float, acc: float, hard: Optional[float]) -> bool:
+        self.epoch = epoch
+        if ppl < self.best_ppl:
+            self.best_ppl, self.best_acc, self.best_hard, self.best_epoch = ppl, acc, hard, epoch
+            self.counter = 0
+            return True
+        self.counter += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.counter >= self.patience
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
 def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSettings,
               control: RunControl, emit: Callable[[Event], None],
               progress_events_per_epoch: int = 100,
-              on_improved: Optional[Callable[[int, dict], None]] = None
-              ) -> tuple[StageOutcome, dict]:
+              on_improved: Optional[Callable[[int, dict], None]] = None,
+              on_epoch_end: Optional[Callable[[dict], None]] = None,
+              resume: Optional[dict] = None) -> tuple[StageOutcome, dict]:
     """Trains with early stopping on validation PPL (strictly lower is better), restores the
-    best weights, and returns the outcome and the best state dict. `on_improved(epoch, state)`
-    is called at every new best, so the best checkpoint is on disk whatever happens next."""
+    best weights, and returns the outcome and the best state dict.
+
+    `on_improved(epoch, state)` runs at every new best, so the best checkpoint is on disk
+    whatever happens next; `on_epoch_end(progress)` gets everything needed to resume after
+    this epoch; `resume` is such a progress dict (plus "best_state") to continue from.
+    """
     model = task.model
     optimizer = make_optimizer(model, cfg.lr, opt)
     params = [p for p in model.parameters() if p.requires_grad]
     batches = task.num_batches()
     every = max(1, math.ceil(batches / progress_events_per_epoch))
-    best_ppl, best_acc, best_hard, best_epoch = math.inf, 0.0, None, 0
+    early = EarlyStopping(cfg.patience)
     best_state = snapshot(model)
-    counter, history, stage_seconds, stopped_early = 0, [], 0.0, False
+    if resume is not None:
+        early = EarlyStopping(**resume["early"])
+        if resume.get("optimizer"):
+            optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("best_state") is not None:
+            best_state = resume["best_state"]
 
-    epoch = 0
-    for epoch in range(1, cfg.max_epochs + 1):
+    epoch = early.epoch
+    while epoch < cfg.max_epochs and not early.should_stop:
+        epoch += 1
         model.train()
         busy, loss_sum, tokens = 0.0, 0.0, 0
         for b in range(batches):
@@ -201,8 +243,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             tokens += task.tokens_in(b)
             if (b + 1) % every == 0 or b + 1 == batches:
                 rate = tokens / busy if busy > 0 else 0.0
-                left = sum(task.tokens_in(i) for i in range(b + 1, batches)) if b + 1 < batches \
-                    else 0
+                left = sum(task.tokens_in(i) for i in range(b + 1, batches))
                 emit(BatchProgress(stage=stage, epoch=epoch, batch=b + 1, batches=batches,
                                    loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
                                    eta_s=round(left / rate, 1) if rate > 0 else 0.0))
@@ -212,31 +253,29 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
         result = task.validate(lambda i: control.checkpoint(where))
         hard = task.hard_ppl()
         busy += time.perf_counter() - started
-        stage_seconds += busy
 
         train_ppl = math.exp(loss_sum / batches)
-        improved = result.ppl < best_ppl
+        improved = early.update(epoch, result.ppl, result.accuracy, hard)
+        early.seconds = round(early.seconds + busy, 3)
         if improved:
-            best_ppl, best_acc, best_hard, best_epoch = result.ppl, result.accuracy, hard, epoch
             best_state = snapshot(model)
-            counter = 0
             if on_improved:
                 on_improved(epoch, best_state)
-        else:
-            counter += 1
         shallow = result.exit_ratios[0] if len(task.exit_layers) > 1 else None
-        record = EpochRecord(epoch, train_ppl, result.ppl, result.accuracy, hard, shallow,
-                             improved, round(busy, 3))
-        history.append(record.__dict__)
+        early.history.append(EpochRecord(epoch, train_ppl, result.ppl, result.accuracy, hard,
+                                         shallow, improved, round(busy, 3)).__dict__)
         emit(EpochEnded(stage=stage, epoch=epoch, train_ppl=train_ppl, val_ppl=result.ppl,
-                        val_acc=result.accuracy, improved=improved, patience_counter=counter,
-                        patience=cfg.patience, best_epoch=best_epoch, best_val_ppl=best_ppl,
+                        val_acc=result.accuracy, improved=improved,
+                        patience_counter=early.counter, patience=cfg.patience,
+                        best_epoch=early.best_epoch, best_val_ppl=early.best_ppl,
                         seconds=round(busy, 3), hard_ppl=hard, shallow_ratio=shallow))
-        if counter >= cfg.patience:
-            stopped_early = True
-            break
+        # After the event: a kill in between repeats this epoch rather than losing it.
+        if on_epoch_end:
+            on_epoch_end({"epoch": epoch, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "early": early.to_dict()})
 
     model.load_state_dict(best_state)
-    outcome = StageOutcome(stage, epoch, best_epoch, best_ppl, best_acc, best_hard,
-                           stopped_early, round(stage_seconds, 3), history)
+    outcome = StageOutcome(stage, epoch, early.best_epoch, early.best_ppl, early.best_acc,
+                           early.best_hard, early.should_stop, early.seconds,
+                           list(early.history))
     return outcome, best_state
