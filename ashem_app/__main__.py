@@ -86,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if app.engine_running:
             if app.control is not None:
                 app.control.cancel()
-            app.engine_done.wait(timeout=0.4)
+            app.engine_done.wait(timeout=0.3)
     code = app.return_code if app.return_code is not None else app.exit_code
     if app._exception is not None:  # an exception escaped Textual: it printed it already
         code = 1

@@ -48,7 +48,7 @@ def default_runner(settings, sinks=(), control=None):
 
 
 class AshemApp(App[int]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "ashem"
     BINDINGS = keys.bindings("app")
     COMMANDS = App.COMMANDS | {AshemCommands}
@@ -61,7 +61,7 @@ class AshemApp(App[int]):
                  replay_path: Optional[str | Path] = None, events: Iterable[Event] = (),
                  auto_inspect: Optional[bool] = None, poll_interval: float = 0.5,
                  refresh_interval: float = 0.25, output_dir: Optional[str | Path] = None,
-                 quit_grace: float = 1.5) -> None:
+                 quit_grace: float = 1.2) -> None:
         super().__init__()
         self.settings = settings
         self._runner = runner or (default_runner if settings is not None else None)
@@ -87,6 +87,7 @@ class AshemApp(App[int]):
         self._ui_ready = False
         self._quitting = False
         self._follower: Optional[EventFollower] = None
+        self._follow_timer = None
         self._engine_worker: Optional[Worker] = None
         self.engine_done = threading.Event()
         self.events_applied = 0
@@ -131,7 +132,8 @@ class AshemApp(App[int]):
             self._follower = EventFollower(self.replay_path)
             history = [*history, *self._follower.poll()]
             if not self._follower.done:
-                self.set_interval(self.poll_interval, self._poll, name="ashem-follow")
+                self._follow_timer = self.set_interval(self.poll_interval, self._poll,
+                                                       name="ashem-follow")
         self.feed(history)
         self._loaded = True
         self.feed(early)  # fed or sent before the screen was ready: live events
@@ -144,6 +146,8 @@ class AshemApp(App[int]):
         events = self._follower.poll()
         if events:
             self.feed(events)
+        if self._follower.done and self._follow_timer is not None:
+            self._follow_timer.stop()
 
     # -- the engine thread -----------------------------------------------------------------
     def _start_engine(self) -> None:

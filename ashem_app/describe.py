@@ -31,7 +31,8 @@ def _body(e: Event) -> Optional[Text | str]:
     if isinstance(e, BatchProgress):
         return None
     if isinstance(e, RunStarted):
-        return (f"run {e.name!r} started on {e.device} ({e.threads} threads) · vocab "
+        verb = "resumed" if e.resumed else "started"
+        return (f"run {e.name!r} {verb} on {e.device} ({e.threads} threads) · vocab "
                 f"{fmt.integer(e.vocab_size)} · train {fmt.integer(e.train_tokens)} / val "
                 f"{fmt.integer(e.val_tokens)} tokens · {e.run_dir}")
     if isinstance(e, StageStarted):

@@ -2,6 +2,7 @@
 
 `EventFollower.poll()` returns the events of the complete lines written since the last poll;
 a torn last line (a writer mid-write, or killed) is kept back until its newline arrives.
+A resumed run appends to the same file (a new RunStarted with resumed=True).
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Optional
 
 from ashem_engine.events import Event, event_from_dict
 
-TERMINAL_KINDS = ("RunFinished", "RunCancelled", "RunFailed")
+# After RunFinished nothing more comes; after RunCancelled / RunFailed an
+# `ashem-engine resume` may append a new session to the same file, so we keep following.
+FINAL_KINDS = ("RunFinished",)
 
 
 class ReplayError(Exception):
@@ -36,7 +39,7 @@ class EventFollower:
         self.path = Path(path)
         self._offset = 0
         self._partial = b""
-        self.done = False  # a terminal event was read
+        self.done = False  # RunFinished was read: nothing more will come
         self.skipped = 0  # complete lines that were not valid events
 
     def poll(self, max_bytes: Optional[int] = None) -> list[Event]:
@@ -63,6 +66,6 @@ class EventFollower:
                 self.skipped += 1
                 continue
             out.append(event)
-            if event.kind in TERMINAL_KINDS:
+            if event.kind in FINAL_KINDS:
                 self.done = True
         return out

@@ -199,12 +199,15 @@ def _plan(started: RunStarted) -> tuple[StagePlan, ...]:
 
 def reduce(view: RunView, event: Event) -> RunView:
     """The next view after `event`. Pure: `view` is not modified."""
-    changes: dict = {"t": max(view.t, event.t), "count": view.count + 1}
+    # t: the run clock of the latest event (a resumed run starts its clock again)
+    changes: dict = {"t": event.t, "count": view.count + 1}
     running = "running" if view.status == "waiting" else view.status
     if isinstance(event, BatchProgress):
         changes.update(progress=event, status=running)
     elif isinstance(event, RunStarted):
-        changes.update(started=event, plan=_plan(event), status="running")
+        # a resumed run (same directory, same file) carries on from what was finished
+        changes.update(started=event, plan=_plan(event), status="running", pause=None,
+                       progress=None, cancelled=None, failed=None, finished=None)
     elif isinstance(event, StageStarted):
         changes.update(stage_started={**view.stage_started, event.stage: event},
                        progress=None, status=running)

@@ -7,8 +7,6 @@ no final norm, the head untied from the embedding (SPEC_NOTES, "Model").
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -134,16 +132,16 @@ class EarlyExitLM(nn.Module):
         return self.head(self.hidden(x))
 
     def grow(self, num_layers: int) -> "EarlyExitLM":
-        """A deeper model: embedding, existing blocks and head copied, new blocks fresh."""
+        """A deeper model: built whole and freshly initialised (as the reference does, so the
+        random stream matches), then the embedding, existing blocks and head copied in."""
         if num_layers <= self.num_layers:
             raise ValueError(f"cannot grow {self.num_layers} layers to {num_layers}")
-        grown = copy.deepcopy(self)
-        for _ in range(num_layers - self.num_layers):
-            block = Block(self.cfg).to(self.head.weight.device)
-            init_block(block, self.cfg.linear_init_std)
-            grown.layers.append(block)
-        for p in grown.parameters():
-            p.requires_grad_(True)
+        grown = EarlyExitLM(self.vocab_size, num_layers, self.cfg).to(self.head.weight.device)
+        with torch.no_grad():
+            grown.embedding.weight.copy_(self.embedding.weight)
+            for old, new in zip(self.layers, grown.layers):
+                new.load_state_dict(old.state_dict())
+            grown.head.weight.copy_(self.head.weight)
         return grown
 
     def freeze_lower(self, num_layers: int, freeze_head: bool = False) -> None:

@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 def load_checkpoint(path: str | os.PathLike, required: str = "model") -> dict:
     """Loads a checkpoint with weights_only=True: tensors and plain containers, no code."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles; we refuse them
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as e:  # truncated zip, pickle with code, ...

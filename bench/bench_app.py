@@ -117,6 +117,8 @@ async def _run_app(settings, size, interval: float) -> dict[str, Any]:
                                    daemon=True)
         presser.start()
         while not app.engine_done.is_set():
+            if app._exception is not None:
+                raise app._exception
             await asyncio.sleep(0.1)
         stop.set()
         presser.join(10)

@@ -140,3 +140,38 @@ def test_key_registry_feeds_bindings_help_and_palette():
 def test_failed_event_from_fixture_has_run_dir():
     failed = make_events(fail_at="stage-2")[-1]
     assert isinstance(failed, RunFailed) and failed.run_dir == RUN_DIR
+
+
+def test_a_resumed_run_carries_on_in_the_same_view(tmp_path):
+    events = make_events()
+    head = cancelled_after(until(events, predicate=lambda e: e.kind == "EpochEnded"
+                                 and e.stage == 2 and e.epoch == 2))
+    view = reduce_all(head)
+    assert view.status == "cancelled"
+    started = events[0]
+    resumed = type(started)(**{k: v for k, v in started.__dict__.items() if k != "t"})
+    resumed.resumed, resumed.t = True, 3.0
+    view = reduce(view, resumed)
+    assert view.status == "running" and view.cancelled is None and view.t == 3.0
+    assert len(view.stage_epochs(2)) == 2 and view.step_state(view.step("stage-2")) == "running"
+    assert "run 'reference' resumed on cpu" in describe(resumed).plain
+    # the follower keeps reading after RunCancelled (a resume appends), stops after RunFinished
+    path = write_events(head, tmp_path / "events.jsonl")
+    follower = EventFollower(path)
+    follower.poll()
+    assert not follower.done
+    with open(path, "a") as f:
+        f.write(json.dumps(resumed.to_dict()) + "\n")
+        f.write(json.dumps(events[-1].to_dict()) + "\n")
+    assert [e.kind for e in follower.poll()] == ["RunStarted", "RunFinished"]
+    assert follower.done
+
+
+def test_docs_list_every_key():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "APP.md").read_text()
+    for scope in ("app", "inspect"):
+        for spec in keys.specs(scope):
+            if not spec.group:
+                assert f"`{keys.display_key(spec)}`" in doc, spec.id

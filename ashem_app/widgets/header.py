@@ -20,8 +20,7 @@ STATE_STYLE = {
 
 
 class RunHeader(Horizontal):
-    """`show(view, mode, note)`: mode is "live" or "replay"; note is an optional UI hint
-    (e.g. "pausing…")."""
+    """`show(view, mode)`: mode is "live" or "replay"."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="header-left")
@@ -45,8 +44,7 @@ class RunHeader(Horizontal):
             label = f"HELD @ {view.held_at}"
         right.append("   ")
         right.append(f"{icon} {label}", style=style)
-        if note:
-            right.append(f"  {note}", style="italic yellow")
         right.append(" ")
-        self.query_one("#header-left", Static).update(left)
-        self.query_one("#header-right", Static).update(right)
+        # fixed widths in app.tcss: no relayout on every tick
+        self.query_one("#header-left", Static).update(left, layout=False)
+        self.query_one("#header-right", Static).update(right, layout=False)

@@ -58,18 +58,20 @@ class ProgressPanel(Vertical):
         stats = self.query_one("#progress-stats", Static)
         bar = self.query_one("#progress-bar", ProgressBar)
         if p is None:
-            epoch.update(Text("epoch –", style="dim"))
-            stats.update("")
+            epoch.update(Text("epoch –", style="dim"), layout=False)
+            stats.update("", layout=False)
             bar.update(total=1, progress=0)  # not None: an indeterminate bar animates
         else:
             max_epochs = view.max_epochs(p.stage)
             epoch.update(Text.assemble(("Stage ", "dim"), (str(p.stage), "bold"),
                                        ("  epoch ", "dim"),
-                                       (f"{p.epoch}/{max_epochs or '?'}", "bold")))
+                                       (f"{p.epoch}/{max_epochs or '?'}", "bold")),
+                         layout=False)
             bar.update(total=p.batches, progress=p.batch)
             stats.update(Text.assemble(
                 ("batch ", "dim"), f"{p.batch}/{p.batches}",
                 ("  ", ""), (fmt.rate(p.tokens_per_s), "bold"), (" tok/s", "dim"),
                 ("  ETA ", "dim"), fmt.duration(p.eta_s),
-                ("  loss ", "dim"), fmt.num(p.loss, 3)))
-        self.query_one("#progress-status", Static).update(status_line(view, note))
+                ("  loss ", "dim"), fmt.num(p.loss, 3)), layout=False)
+        self.query_one("#progress-status", Static).update(status_line(view, note),
+                                                           layout=False)

@@ -1,0 +1,168 @@
+"""The headless command line (`python -m ashem_engine`) and the engine's import hygiene, each
+in a fresh interpreter."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+from synthetic import synthetic_splits, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "settings.toml"
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    e.pop("ASHEM_DATA", None)
+    return e
+
+
+def cli(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ashem_engine", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def sets(*overrides: str) -> list[str]:
+    out = []
+    for o in overrides:
+        out += ["--set", o]
+    return out
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    return ["run", "--settings", str(SHIPPED),
+            *sets(*TINY, f"data.path={data}", "run.runs_dir=runs", *extra)]
+
+
+def single_error_line(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("ashem-engine") and ": error: " in lines[0]
+    return lines[0]
+
+
+# -- bad input: exit 2, one line on stderr ----------------------------------------------------
+
+def test_bad_settings_value(tmp_path):
+    p = cli(tmp_path, "run", "--settings", str(SHIPPED), "--set", "data.batch_size=0")
+    line = single_error_line(p)
+    assert "data.batch_size" in line and "0" in line
+    assert p.stdout == ""
+
+
+def test_unknown_settings_key(tmp_path):
+    line = single_error_line(cli(tmp_path, "run", "--settings", str(SHIPPED),
+                                 "--set", "model.depth=4"))
+    assert "model.depth" in line
+
+
+def test_missing_default_settings_file(tmp_path):
+    line = single_error_line(cli(tmp_path, "run"))  # no ./settings.toml in tmp
+    assert "settings.toml" in line
+
+
+@pytest.mark.parametrize("args", [("run", "--bogus"), ("--bogus",), ("run", "--set"),
+                                  ("launch",)])
+def test_unknown_option_or_command(tmp_path, args):
+    line = single_error_line(cli(tmp_path, *args))
+    assert "--help" in line
+
+
+def test_no_command_shows_help_and_exits_2(tmp_path):
+    p = cli(tmp_path)
+    assert p.returncode == 2 and "run" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_missing_data_directory(tmp_path):
+    p = cli(tmp_path, "run", "--settings", str(SHIPPED),
+            *sets(*TINY, f"data.path={tmp_path / 'no-data'}", "run.runs_dir=runs"))
+    line = single_error_line(p)
+    assert "data.path" in line and "no-data" in line
+
+
+def test_resume_of_a_missing_run_directory(tmp_path):
+    line = single_error_line(cli(tmp_path, "resume", str(tmp_path / "runs" / "nope")))
+    assert "nope" in line
+
+
+# -- a whole tiny run -------------------------------------------------------------------------
+
+def test_tiny_run_prints_progress_and_the_comparison_table(tmp_path):
+    p = cli(tmp_path, *tiny_args(tmp_path, "stages.1.max_epochs=2", "stages.2.max_epochs=2"))
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    out = p.stdout
+    for text in ("Stage 1:", "Epoch 1", "Val PPL:", "Threshold:", "Hard examples:", "Stage 2:",
+                 "Final evaluation", "spec (L4)", "ref (CPU)", "this run", "Finished in"):
+        assert text in out, text
+    assert out.index("Threshold:") < out.index("Hard examples:") < out.index("Final evaluation")
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "summary.json").is_file()
+    assert str(runs[0].name) in out
+
+
+def test_ctrl_c_cancels_cleanly(tmp_path):
+    args = tiny_args(tmp_path, "stages.1.max_epochs=50", "stages.1.patience=50",
+                     "run.progress_events_per_epoch=1")
+    proc = subprocess.Popen([sys.executable, "-m", "ashem_engine", *args], cwd=tmp_path,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        seen = []
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("Epoch 1"):
+                break
+            assert time.monotonic() < deadline, "no epoch finished"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Cancelled at stage 1" in out and "Traceback" not in err
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert (run_dir / "stage-1-best.pt").is_file()
+
+
+# -- import hygiene -----------------------------------------------------------------------------
+
+def test_engine_never_imports_textual(tmp_path):
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    script = textwrap.dedent(f"""
+        import importlib, pkgutil, sys
+        import ashem_engine
+        names = [m.name for m in pkgutil.iter_modules(ashem_engine.__path__)]
+        for name in names:
+            importlib.import_module("ashem_engine." + name)
+        from ashem_engine.settings import load_settings
+        from ashem_engine.run import run_ashem
+        overrides = {list(TINY)!r} + ["data.path={data}", "run.runs_dir={tmp_path / 'runs'}",
+                                      "stages.1.max_epochs=1", "stages.2.max_epochs=1"]
+        result = run_ashem(load_settings(None, overrides))
+        assert result.status == "finished", result.error
+        bad = sorted(m for m in sys.modules
+                     if m.split(".")[0] in ("textual", "ashem_app", "plotext", "rich"))
+        print("MODULES", sorted(names))
+        print("BAD", bad)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "BAD []" in p.stdout, p.stdout
+    for module in ("settings", "data", "model", "head", "mining", "routing", "stages", "run",
+                   "control", "events", "rundir", "reference", "__main__"):
+        assert f"'{module}'" in p.stdout

@@ -1,0 +1,208 @@
+"""Settings: loading, `--set` overrides, and one-line errors that name the key and the value."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ashem_engine.settings import (DEFAULT_STAGES, Settings, SettingsError, load_settings,
+                                   parse_override, settings_from_dict, validate)
+
+SHIPPED = Path(__file__).resolve().parents[1] / "settings.toml"
+
+
+def error_of(overrides=(), path=None) -> str:
+    with pytest.raises(SettingsError) as info:
+        load_settings(path, list(overrides))
+    message = str(info.value)
+    assert "\n" not in message, f"not one line: {message!r}"
+    assert message.strip() == message and message
+    return message
+
+
+# -- the shipped file and the defaults ------------------------------------------------------
+
+def test_shipped_settings_file_equals_builtin_defaults():
+    assert SHIPPED.is_file()
+    assert load_settings(SHIPPED) == Settings()
+    assert load_settings(None) == Settings()
+
+
+def test_defaults_are_the_spec_setup():
+    s = Settings()
+    validate(s)
+    assert (s.run.seed, s.data.seq_len, s.data.batch_size, s.data.train_samples) == \
+        (42, 32, 64, 10000)
+    assert (s.model.dim, s.model.heads, s.model.ffn_hidden) == (64, 4, 256)
+    assert [(st.layers, st.lr, st.patience) for st in s.stages] == [(2, 1e-3, 1), (4, 1e-4, 3)]
+    assert s.stages[1].hard_ratio == 0.5 and s.stages[1].context == "token"
+    assert not s.stages[1].freeze_head
+    assert s.mining.split == "validation" and s.evaluation.split == "validation"
+
+
+def test_to_dict_round_trips_through_settings_from_dict():
+    s = load_settings(None, ["run.name=x", "stages.3.layers=6", "stages.3.lr=1e-4",
+                             "stages.3.hard_ratio=0.3", "stages.3.context=sequence",
+                             "run.pause_at=['mining-2']"])
+    assert settings_from_dict(s.to_dict()) == s
+
+
+# -- overrides -----------------------------------------------------------------------------
+
+def test_override_values_are_typed_toml_or_bare_strings():
+    assert parse_override("run.seed=7") == (["run", "seed"], 7)
+    assert parse_override("stages.2.lr=2e-4") == (["stages", "2", "lr"], 2e-4)
+    assert parse_override("run.name=demo") == (["run", "name"], "demo")
+    assert parse_override("run.name='quoted'") == (["run", "name"], "quoted")
+    assert parse_override("run.pause_at=[]") == (["run", "pause_at"], [])
+    assert parse_override("stages.2.freeze_head=true") == (["stages", "2", "freeze_head"], True)
+
+
+def test_overrides_apply():
+    s = load_settings(None, ["run.seed=7", "run.name=demo", "stages.2.lr=2e-4",
+                             "data.eval_fraction=1", "stages.1.lr=1", "run.pause_at=[]",
+                             "data.path=/some/where"])
+    assert s.run.seed == 7 and isinstance(s.run.seed, int)
+    assert s.run.name == "demo"
+    assert s.stages[1].lr == 2e-4
+    assert s.stages[0].lr == 1.0 and isinstance(s.stages[0].lr, float)  # int -> float
+    assert s.data.eval_fraction == 1.0 and isinstance(s.data.eval_fraction, float)
+    assert s.run.pause_at == ()
+    assert s.data.path == "/some/where"
+    # everything not overridden keeps its default
+    assert s.stages[1].patience == 3 and s.model == Settings().model
+
+
+def test_pause_at_accepts_a_bare_word():
+    assert load_settings(None, ["run.pause_at=evaluation"]).run.pause_at == ("evaluation",)
+
+
+def test_override_adds_a_third_stage():
+    s = load_settings(None, ["stages.3.layers=6", "stages.3.lr=5e-5", "stages.3.hard_ratio=0.4",
+                             "stages.3.context=token", "run.pause_at=['mining-2']"])
+    assert len(s.stages) == 3
+    assert s.stages[:2] == DEFAULT_STAGES
+    third = s.stages[2]
+    assert (third.layers, third.lr, third.hard_ratio, third.context) == (6, 5e-5, 0.4, "token")
+    assert third.patience == 1 and third.max_epochs == 50  # dataclass defaults
+
+
+def test_override_cannot_skip_a_stage_number():
+    message = error_of(["stages.4.lr=1e-3"])
+    assert "stages.4.lr" in message and "there are 2 stages" in message
+
+
+def test_override_without_equals_sign():
+    assert "run.seed" in error_of(["run.seed"])
+
+
+def test_override_on_top_of_a_file(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('[run]\nseed = 3\nname = "file"\npause_at = ["stage-1"]\n\n[[stages]]\nlayers = 3\nlr = 0.01\n')
+    s = load_settings(f, ["run.seed=4"])
+    assert (s.run.seed, s.run.name) == (4, "file")
+    assert len(s.stages) == 1 and s.stages[0].layers == 3
+    s2 = load_settings(f, ["stages.2.layers=5", "stages.2.lr=1e-4",
+                           "stages.2.hard_ratio=0.5", "stages.2.context=token"])
+    assert [st.layers for st in s2.stages] == [3, 5]
+
+
+# -- errors: one line, naming key and value --------------------------------------------------
+
+@pytest.mark.parametrize("override, key, value", [
+    # wrong types
+    ("run.seed=x", "run.seed", "'x'"),
+    ("run.seed=true", "run.seed", "True"),
+    ("run.seed=1.5", "run.seed", "1.5"),
+    ("data.batch_size='64'", "data.batch_size", "'64'"),
+    ("stages.1.lr=true", "stages.1.lr", "True"),
+    ("stages.2.freeze_head=1", "stages.2.freeze_head", "1"),
+    ("run.pause_at=[1]", "run.pause_at", "[1]"),
+    # out of range
+    ("stages.2.hard_ratio=0", "stages.2.hard_ratio", "0.0"),
+    ("stages.2.hard_ratio=1", "stages.2.hard_ratio", "1.0"),
+    ("stages.2.hard_ratio=1.5", "stages.2.hard_ratio", "1.5"),
+    ("stages.2.layers=2", "stages.2.layers", "2"),
+    ("stages.2.layers=1", "stages.2.layers", "1"),
+    ("stages.1.lr=0", "stages.1.lr", "0.0"),
+    ("stages.1.lr=-1e-3", "stages.1.lr", "-0.001"),
+    ("stages.1.patience=0", "stages.1.patience", "0"),
+    ("stages.1.hard_ratio=0.5", "stages.1.hard_ratio", "0.5"),
+    ("stages.2.context=paragraph", "stages.2.context", "'paragraph'"),
+    ("data.batch_size=0", "data.batch_size", "0"),
+    ("data.seq_len=0", "data.seq_len", "0"),
+    ("data.eval_fraction=0", "data.eval_fraction", "0.0"),
+    ("model.heads=3", "model.heads", "3"),
+    ("model.heads=0", "model.heads", "0"),
+    ("run.device=tpu", "run.device", "'tpu'"),
+    ("mining.split=test", "mining.split", "'test'"),
+    ("evaluation.split=train", "evaluation.split", "'train'"),
+    ("run.pause_at=['stage-9']", "run.pause_at", "stage-9"),
+    ("run.pause_at=['mining-2']", "run.pause_at", "mining-2"),  # no stage 3 to mine for
+    ("run.pause_at=['later']", "run.pause_at", "later"),
+    ("run.name=a/b", "run.name", "'a/b'"),
+])
+def test_bad_value_names_key_and_value(override, key, value):
+    message = error_of([override])
+    assert key in message
+    assert value in message
+
+
+def test_heads_must_divide_dim_message_says_so():
+    assert "must divide model.dim (64)" in error_of(["model.heads=3"])
+
+
+def test_unknown_table():
+    message = error_of(["colour.scheme=dark"])
+    assert "unknown table [colour]" in message
+
+
+def test_unknown_table_in_file(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text("[trainer]\nlr = 1\n")
+    assert "[trainer]" in error_of(path=f)
+
+
+def test_unknown_key_names_it_and_lists_allowed():
+    message = error_of(["run.sed=1"])
+    assert "run.sed" in message and "seed" in message
+    message = error_of(["stages.2.learning_rate=1e-4"])
+    assert "stages.2.learning_rate" in message and "lr" in message
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path):
+    f = tmp_path / "broken.toml"
+    f.write_text('[run]\nname = "x"\nseed = = 3\n')
+    message = error_of(path=f)
+    assert "broken.toml" in message and "line 3" in message
+
+
+def test_missing_file(tmp_path):
+    message = error_of(path=tmp_path / "nope.toml")
+    assert "nope.toml" in message and "does not exist" in message
+
+
+def test_non_utf8_file(tmp_path):
+    f = tmp_path / "latin1.toml"
+    f.write_bytes(b'[run]\nname = "caf\xe9"\n')
+    assert "latin1.toml" in error_of(path=f)
+
+
+def test_stages_must_be_array_of_tables(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('stages = "two"\n')
+    assert "stages" in error_of(path=f)
+
+
+@pytest.mark.xfail(strict=True, reason="apply_override assumes the file's `stages` is a list of "
+                   "tables: AttributeError instead of SettingsError (settings.py apply_override)")
+def test_stage_override_on_a_malformed_stages_value(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('stages = "two"\n')
+    assert "stages" in error_of(["stages.1.lr=1e-3"], path=f)
+
+
+def test_settings_are_frozen():
+    s = Settings()
+    with pytest.raises(Exception):
+        s.run.seed = 1  # type: ignore[misc]
