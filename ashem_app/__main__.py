@@ -56,7 +56,10 @@ def _load_settings(path: str, overrides: Sequence[str]):
         return None, f"settings: cannot read {path}: {err.strerror or err}"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
+    """The command line. With `hard_exit` (the console script), the process ends right
+    after the app has closed and the engine thread has stopped: interpreter teardown with
+    torch and datasets loaded takes another second or more, and quitting must be quick."""
     args = build_parser().parse_args(argv)
     from .app import AshemApp  # after argument checks: errors stay fast and quiet
     from .replay import ReplayError, resolve_events_path
@@ -90,7 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     code = app.return_code if app.return_code is not None else app.exit_code
     if app._exception is not None:  # an exception escaped Textual: it printed it already
         code = 1
-    if app.engine_running:
+    if hard_exit or app.engine_running:
+        # Everything the run wrote is closed (events, summary, checkpoints are written
+        # atomically by the engine); only buffered stdio is left to flush.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

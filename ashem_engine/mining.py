@@ -71,17 +71,24 @@ def hard_mask(confidences: torch.Tensor, threshold: float) -> torch.Tensor:
     return confidences < threshold
 
 
-def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int
-         ) -> MiningResult:
+def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int,
+         reaching: Optional[torch.Tensor] = None) -> MiningResult:
+    """Threshold = the `ratio` quantile of the confidences of the tokens that reach this
+    exit (`reaching`: a mask, default every token); hard = those of them strictly below it.
+    At the first exit every token reaches it: exactly the spec's rule. At a later exit of an
+    N-stage cascade only the tokens the earlier exits did not let go count."""
     confidences = passed.stats.confidence
-    threshold = quantile_threshold(confidences, ratio)
-    mask = hard_mask(confidences, threshold)
+    if reaching is None:
+        reaching = torch.ones_like(confidences, dtype=torch.bool)
+    population = confidences[reaching]
+    threshold = quantile_threshold(population, ratio)
+    mask = reaching & hard_mask(confidences, threshold)
     positions = mask.nonzero().squeeze(1)
     hard = HardTokens(hidden=passed.hidden[positions].clone(),
                       targets=targets.reshape(-1)[positions].clone(),
                       confidences=confidences[positions].clone(),
                       positions=positions)
-    return MiningResult(exit_layer, threshold, confidences.numel(), hard, confidences)
+    return MiningResult(exit_layer, threshold, int(population.numel()), hard, population)
 
 
 def histogram(confidences: torch.Tensor, bins: int) -> tuple[list[float], list[int]]:

@@ -28,7 +28,7 @@ from .mining import (HardTokens, MiningResult, exit_pass, examples_in_context, h
 from .model import EarlyExitLM, count_parameters
 from .rundir import (CheckpointError, RunDirError, atomic_torch_save, atomic_write_json,
                      create_run_dir, load_checkpoint, probe_writable)
-from .routing import evaluate
+from .routing import evaluate, exits_here
 from .settings import Settings, SettingsError, settings_from_dict
 from .stages import HardTokenTask, NumericFault, SequenceTask, run_stage
 
@@ -284,7 +284,8 @@ class Pipeline:
                    thresholds: list[float]):
         """Mine at the previous exit, grow and freeze, fix the hard-token order, save."""
         st, below = self.s.stages[number - 1], self.s.stages[number - 2].layers
-        mined = self.mine(model, number - 1, below, st.hard_ratio)
+        mined = self.mine(model, number - 1, below, st.hard_ratio, exit_layers[:-1],
+                          thresholds)
         thresholds = [*thresholds, mined.threshold]
         model = model.grow(st.layers)
         model.freeze_lower(below, freeze_head=st.freeze_head)
@@ -381,15 +382,20 @@ class Pipeline:
         next_stage = number + 1 if resume["stage_done"] else number
         return next_stage, model, list(resume["exit_layers"]), list(resume["thresholds"])
 
-    def mine(self, model: EarlyExitLM, stage: int, exit_layer: int,
-             ratio: float) -> MiningResult:
+    def mine(self, model: EarlyExitLM, stage: int, exit_layer: int, ratio: float,
+             earlier_exits: list[int], earlier_thresholds: list[float]) -> MiningResult:
         s, corpus = self.s, self.corpus
         self.where = f"mining after stage {stage}"
         split = s.mining.split
         source = self.batches[split]
-        passed = exit_pass(model, source, exit_layer,
-                           check=lambda i: self.control.checkpoint(self.where))
-        mined = mine(passed, source.y, ratio, exit_layer)
+        check = lambda i: self.control.checkpoint(self.where)  # noqa: E731
+        passed = exit_pass(model, source, exit_layer, check=check)
+        reaching = None
+        for layer, threshold in zip(earlier_exits, earlier_thresholds):
+            earlier = exit_pass(model, source, layer, check=check).stats.confidence
+            stays = ~exits_here(earlier, threshold)
+            reaching = stays if reaching is None else reaching & stays
+        mined = mine(passed, source.y, ratio, exit_layer, reaching)
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         self.emit(ev.ThresholdComputed(
             stage=stage, exit_layer=exit_layer, threshold=mined.threshold, target_ratio=ratio,

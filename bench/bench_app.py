@@ -133,7 +133,7 @@ async def _run_app(settings, size, interval: float) -> dict[str, Any]:
     return figures
 
 
-def run_in_app(settings, size=(100, 30), interval: float = 0.5) -> dict[str, Any]:
+def run_in_app(settings, size=(100, 30), interval: float = 1.0) -> dict[str, Any]:
     return asyncio.run(_run_app(settings, size, interval))
 
 
@@ -151,7 +151,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    metavar="TABLE.KEY=VALUE")
     p.add_argument("--repeats", type=int, default=2, help="headless/app pairs (default 2)")
     p.add_argument("--size", default="100x30", help="terminal size of the app run")
-    p.add_argument("--key-interval", type=float, default=0.5)
+    p.add_argument("--key-interval", type=float, default=1.0,
+                   help="seconds between key presses during training (default 1)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args(argv)
     runs_dir = tempfile.mkdtemp(prefix="ashem-bench-")

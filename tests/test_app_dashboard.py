@@ -233,6 +233,9 @@ async def test_quit_while_running_asks_then_cancels_and_exits():
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
         assert app.screen is app.dashboard and control.calls == []
+        await pilot.press("ctrl+q")  # Textual's own quit key asks too
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("escape")
         await pilot.press("q", "y")
         await pilot.pause()
     assert control.calls == ["cancel"]

@@ -21,7 +21,8 @@ SHIPPED = REPO / "settings.toml"
 
 def env() -> dict:
     e = dict(os.environ)
-    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
+             OMP_NUM_THREADS="1")  # a busy 2-core machine: no spinning second thread
     e.pop("ASHEM_DATA", None)
     return e
 
@@ -92,15 +93,10 @@ def test_missing_data_directory(tmp_path):
     assert "data.path" in line and "no-data" in line
 
 
-def test_resume_of_a_missing_run_directory(tmp_path):
-    line = single_error_line(cli(tmp_path, "resume", str(tmp_path / "runs" / "nope")))
-    assert "nope" in line
-
-
 # -- a whole tiny run -------------------------------------------------------------------------
 
 def test_tiny_run_prints_progress_and_the_comparison_table(tmp_path):
-    p = cli(tmp_path, *tiny_args(tmp_path, "stages.1.max_epochs=2", "stages.2.max_epochs=2"))
+    p = cli(tmp_path, *tiny_args(tmp_path, "stages.1.max_epochs=1", "stages.2.max_epochs=1"))
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     out = p.stdout

@@ -143,7 +143,8 @@ def test_evaluate_two_exits_equals_brute_force():
     assert result.compute_cost == pytest.approx(sum(batch_costs) / 3)
     assert result.exit_layers == [2, 4] and result.thresholds == [tau]
     assert result.honest_cost == pytest.approx(honest_cost(
-        [n_shallow / 96, 1 - n_shallow / 96], [2, 4], block_macs_per_token(CFG, 8), head_macs_per_token(CFG, VOCAB)))
+        [n_shallow / 96, 1 - n_shallow / 96], [2, 4], block_macs_per_token(CFG, 8),
+        head_macs_per_token(CFG, VOCAB)))
 
     # the frozen first exit's hidden states, computed once, give the same result
     lower = torch.stack([model.hidden(batches.x[i], stop=2) for i in range(3)])

@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def tiny_run(tmp_path_factory):
 def test_run_directory_holds_settings_events_checkpoints_summary(tiny_run):
     settings, result, events = tiny_run
     d = result.run_dir
-    assert d.parent == tiny_settings.__globals__["Path"](settings.run.runs_dir)
+    assert d.parent == Path(settings.run.runs_dir)
     assert d.name.endswith("-tiny")
     names = {p.name for p in d.iterdir()}
     assert {"events.jsonl", "settings.json", "stage-1-best.pt", "stage-2-best.pt",
@@ -214,6 +215,21 @@ def test_final_evaluation_is_the_restored_best_stage2_model(tiny_run):
                                                / 4)
     assert one(events, ev.StageEnded, stage=2).best_val_ppl == pytest.approx(final.ppl,
                                                                              rel=1e-6)
+
+
+def test_stage2_hard_ppl_is_the_new_layers_on_the_mined_tokens_alone(tiny_run):
+    settings, result, events = tiny_run
+    corpus = tiny_corpus(settings)
+    stage1 = model_from(result.run_dir / "stage-1-best.pt", settings)
+    stage2 = model_from(result.run_dir / "stage-2-best.pt", settings)
+    passed = exit_pass(stage1, corpus.batches["validation"], 2)
+    mask = passed.stats.confidence < one(events, ev.ThresholdComputed).threshold
+    with torch.no_grad():
+        out = stage2.run_layers(passed.hidden[mask][:, None, :], 2, 4)[:, 0, :]
+        nll = torch.nn.functional.cross_entropy(stage2.head(out), corpus.batches[
+            "validation"].y.reshape(-1)[mask], reduction="none")
+    assert one(events, ev.StageEnded, stage=2).best_hard_ppl == \
+        pytest.approx(math.exp(nll.double().mean()), rel=1e-5)
 
 
 def test_sound_protocol_splits(tmp_path):
@@ -416,9 +432,10 @@ def test_unwritable_runs_dir_is_a_failed_result(tmp_path):
     assert result.error.error_kind == "run_dir" and events == [result.error]
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation.split=test with a test split too small for "
-                   "one batch is only noticed after all training: ZeroDivisionError in "
-                   "routing.evaluate, reported as an 'internal' failure")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="evaluation.split=test with a test split too small for one batch is "
+                   "only noticed after all training: ZeroDivisionError in routing.evaluate, "
+                   "reported as an 'internal' failure")
 def test_unusable_evaluation_split_fails_before_training(tmp_path):
     settings = tiny_settings(tmp_path, "evaluation.split=test", "stages.1.max_epochs=1",
                              "stages.2.max_epochs=1")

@@ -98,7 +98,8 @@ def test_override_without_equals_sign():
 
 def test_override_on_top_of_a_file(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text('[run]\nseed = 3\nname = "file"\npause_at = ["stage-1"]\n\n[[stages]]\nlayers = 3\nlr = 0.01\n')
+    f.write_text('[run]\nseed = 3\nname = "file"\npause_at = ["stage-1"]\n\n'
+                 '[[stages]]\nlayers = 3\nlr = 0.01\n')
     s = load_settings(f, ["run.seed=4"])
     assert (s.run.seed, s.run.name) == (4, "file")
     assert len(s.stages) == 1 and s.stages[0].layers == 3
@@ -194,8 +195,9 @@ def test_stages_must_be_array_of_tables(tmp_path):
     assert "stages" in error_of(path=f)
 
 
-@pytest.mark.xfail(strict=True, reason="apply_override assumes the file's `stages` is a list of "
-                   "tables: AttributeError instead of SettingsError (settings.py apply_override)")
+@pytest.mark.xfail(strict=True, raises=AttributeError,
+                   reason="apply_override assumes the file's `stages` is a list of tables: "
+                   "AttributeError instead of SettingsError (settings.py apply_override)")
 def test_stage_override_on_a_malformed_stages_value(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text('stages = "two"\n')

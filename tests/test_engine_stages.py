@@ -201,3 +201,67 @@ def test_non_finite_loss_is_a_numeric_fault():
         drive([5, 4], patience=1, task=task)
     assert info.value.where == "stage 1, epoch 1, batch 1"
     assert "nan" in str(info.value)
+
+
+# -- the real tasks --------------------------------------------------------------------------
+
+def test_sequence_task_loss_is_mean_cross_entropy_of_the_full_model():
+    from ashem_engine.stages import SequenceTask
+    m = model()
+    g = torch.Generator().manual_seed(1)
+    train = Batches(torch.randint(0, VOCAB, (2, 3, 5), generator=g),
+                    torch.randint(0, VOCAB, (2, 3, 5), generator=g))
+    task = SequenceTask(m, train, None, [2], [])
+    assert task.num_batches() == 2 and task.tokens_in(1) == 15
+    expected = torch.nn.functional.cross_entropy(m(train.x[1]).reshape(-1, VOCAB),
+                                                 train.y[1].reshape(-1))
+    assert torch.allclose(task.loss(1), expected, atol=1e-5)
+
+
+def test_hard_token_task_feeds_each_token_alone_through_the_new_layers():
+    from ashem_engine.mining import HardTokens
+    from ashem_engine.stages import HardTokenTask
+    grown = model().grow(4)
+    grown.freeze_lower(2)
+    g = torch.Generator().manual_seed(2)
+    k = 10
+    hard = HardTokens(hidden=torch.randn(k, 16, generator=g),
+                      targets=torch.randint(0, VOCAB, (k,), generator=g),
+                      confidences=torch.rand(k, generator=g), positions=torch.arange(k))
+    order = torch.randperm(k, generator=g)
+    task = HardTokenTask(grown, hard, order, 4, None, [2, 4], [0.5], hard_from_layer=2)
+    assert task.num_batches() == 3 and [task.tokens_in(i) for i in range(3)] == [4, 4, 2]
+    assert torch.equal(torch.cat(task.order), order)
+    idx = order[8:]
+    with torch.no_grad():
+        out = torch.stack([grown.run_layers(hard.hidden[i].reshape(1, 1, 16), 2, 4)[0, 0]
+                           for i in idx.tolist()])
+        expected = torch.nn.functional.cross_entropy(grown.head(out), hard.targets[idx])
+        assert torch.allclose(task.loss(2), expected, atol=1e-5)
+        all_out = torch.stack([grown.run_layers(h.reshape(1, 1, 16), 2, 4)[0, 0]
+                               for h in hard.hidden])
+        hard_ppl = math.exp(torch.nn.functional.cross_entropy(grown.head(all_out),
+                                                              hard.targets).item())
+    assert task.hard_ppl() == pytest.approx(hard_ppl, rel=1e-5)
+
+
+def test_validate_caches_the_frozen_first_exit():
+    from ashem_engine.routing import evaluate
+    from ashem_engine.stages import SequenceTask
+    grown = model().grow(4)
+    grown.freeze_lower(2)
+    g = torch.Generator().manual_seed(3)
+    validation = Batches(torch.randint(0, VOCAB, (2, 3, 5), generator=g),
+                         torch.randint(0, VOCAB, (2, 3, 5), generator=g))
+    task = SequenceTask(grown, validation, validation, [2, 4], [0.05])
+    first = task.validate(lambda i: None)
+    assert task._lower_hidden is not None and task._lower_hidden.shape == (2, 3, 5, 16)
+    plain = evaluate(grown, validation, [2, 4], [0.05])
+    assert first.nll_sum == pytest.approx(plain.nll_sum, rel=1e-6)
+    assert first.exit_counts == plain.exit_counts
+    with torch.no_grad():  # the head and the new layers change: the cache stays valid
+        grown.head.weight.mul_(1.5)
+        grown.layers[3].ffn.w2.weight.mul_(0.5)
+    again = task.validate(lambda i: None)
+    plain = evaluate(grown, validation, [2, 4], [0.05])
+    assert again.nll_sum == pytest.approx(plain.nll_sum, rel=1e-6)

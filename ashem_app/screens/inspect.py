@@ -190,10 +190,8 @@ class InspectScreen(Screen[None]):
                     with Horizontal(classes="inspect-row"):
                         yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
                                        classes="narrow")
-                        yield _section("Epochs", "", id="stage-epochs")
-                    if view.epochs:
-                        chart = PplChart(id="inspect-ppl", classes="inspect-chart")
-                        yield chart
+                        yield PplChart(id="inspect-ppl", classes="inspect-chart")
+                    yield _section(f"Stage {step.stage} epochs", "", id="stage-epochs")
                 elif step.kind == "mining":
                     with Horizontal(classes="inspect-row"):
                         yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
@@ -209,11 +207,11 @@ class InspectScreen(Screen[None]):
                 else:
                     last = view.stages[-1] if view.stages else 1
                     with Horizontal(classes="inspect-row"):
-                        yield _section(f"Stage {last} summary", "", id="stage-summary",
-                                       classes="narrow")
                         yield _section("Final evaluation", "", id="evaluation",
                                        classes="narrow")
-                        yield RoutingChart(id="inspect-routing", classes="inspect-chart")
+                        yield _section(f"Stage {last} summary", "", id="stage-summary",
+                                       classes="narrow")
+                    yield RoutingChart(id="inspect-routing", classes="inspect-chart")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
