@@ -81,7 +81,7 @@ class StageSettings:
     max_epochs: int = 50
     patience: int = 1
     hard_ratio: Optional[float] = None  # stages >= 2: quantile of the previous exit's confidence
-    context: Optional[str] = None  # stages >= 2: "token" (spec) or "sequence"
+    context: Optional[str] = None  # stages >= 2: "token" (the spec's; the only one so far)
     freeze_head: bool = False  # stages >= 2: keep the shared output head fixed
 
 
@@ -321,8 +321,9 @@ def validate(s: Settings) -> None:
         else:
             _check(st.hard_ratio is not None and 0 < st.hard_ratio < 1, f"{k}.hard_ratio",
                    st.hard_ratio, "must be in (0, 1), e.g. 0.5")
-            _check(st.context in ("token", "sequence"), f"{k}.context", st.context,
-                   "allowed: token, sequence")
+            _check(st.context == "token", f"{k}.context", st.context,
+                   "allowed: token (new layers see each hard token's hidden state alone, "
+                   "as the spec; 'sequence' is not implemented yet)")
 
 
 def _valid_boundary(name: str, n_stages: int) -> bool:
