@@ -180,6 +180,8 @@ class AshemApp(App[int]):
             return
         if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
+        if not self.screen_stack:  # the app is already closing
+            return
         self._drain()
         if not self.view.terminal:
             t = self.view.t
@@ -222,7 +224,7 @@ class AshemApp(App[int]):
         self._apply(batch)
 
     def _apply(self, batch: list[Event]) -> None:
-        view = self.view
+        old = view = self.view
         log = self.dashboard.query_one(EventLog)
         structural: list[Event] = []
         for event in batch:
@@ -244,7 +246,8 @@ class AshemApp(App[int]):
                 show = getattr(screen, "show_view", None)
                 if show is not None:
                     show(view, True)
-            self.refresh_bindings()
+            if (old.status, old.held_at) != (view.status, view.held_at):
+                self.refresh_bindings()  # what is enabled depends on these only
             for event in structural:
                 self._react(event)
 

@@ -7,6 +7,7 @@ token k · batch · seq_len and its row j at 32 · j further on; only full batch
 """
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import socket
@@ -137,7 +138,7 @@ def read_local_rows(directory: Path) -> dict[str, list[str]]:
                             f"{', '.join(SPLIT_FILES.values())}")
         files[split] = str(f)
     for split, f in files.items():
-        _check_utf8(Path(f))
+        _check_utf8(Path(f), split)
     from datasets import load_dataset
 
     _quiet_datasets()
@@ -150,20 +151,25 @@ def read_local_rows(directory: Path) -> dict[str, list[str]]:
     return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
 
 
-def _check_utf8(path: Path) -> None:
+def _check_utf8(path: Path, split: str = "") -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
     with open(path, "rb") as f:
-        offset = 0
         for chunk in iter(lambda: f.read(1 << 22), b""):
             try:
-                chunk.decode("utf-8")
+                decoder.decode(chunk)
             except UnicodeDecodeError as e:
-                if e.start >= len(chunk) - 4:  # a character split across chunks
-                    f.seek(offset + e.start)
-                    offset += e.start
-                    continue
-                raise DataError(f"{str(path)!r} is not UTF-8 text (bad byte at offset "
-                                f"{offset + e.start})") from None
+                raise DataError(f"{str(path)!r} is not UTF-8 text (bad byte near offset "
+                                f"{offset + max(e.start, 0)})") from None
             offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{str(path)!r} is not UTF-8 text (it ends inside a character)"
+                        ) from None
+    if offset == 0:
+        what = f" (the {split} split)" if split else ""
+        raise DataError(f"{str(path)!r}{what} is empty")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -88,6 +88,8 @@ def evaluate(model: EarlyExitLM, batches: Batches, exit_layers: Sequence[int],
     tokens attend to earlier ones. `lower_hidden` (batches, B, T, dim) can hold the frozen
     first exit's hidden states, computed once per stage instead of once per epoch.
     """
+    if len(batches) == 0:
+        raise ValueError("evaluate needs at least one batch")
     weight = model.head.weight
     dim = weight.shape[1]
     seq_len = batches.x.shape[-1]

@@ -220,6 +220,11 @@ class Pipeline:
             corpus = load_corpus(s.data)
         self.corpus = corpus
         batches = {k: _to(v, device) for k, v in corpus.batches.items()}
+        for key, split in (("mining.split", s.mining.split),
+                           ("evaluation.split", s.evaluation.split)):
+            if len(batches[split]) == 0:
+                raise DataError(f"{key} = {split!r}, but the {split} split of {corpus.source} "
+                                "is too small for one batch")
         self.batches = batches
         self.device = device
         self.summary.update(device=str(device), threads=threads, data_source=corpus.source,

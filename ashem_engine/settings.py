@@ -168,6 +168,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise SettingsError(f"--set {item!r}: stage keys look like stages.2.lr=1e-4")
         number = int(parts[1])
         stages = raw.setdefault("stages", [dataclasses.asdict(s) for s in DEFAULT_STAGES])
+        if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+            raise SettingsError("stages must be an array of tables ([[stages]])")
         stages[:] = [{k: v for k, v in s.items() if v is not None} for s in stages]
         if not 1 <= number <= len(stages) + 1:
             raise SettingsError(
@@ -220,7 +222,8 @@ def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
     for key, value in table.items():
         if key not in known:
             raise SettingsError(
-                f"unknown key {prefix}.{key}; allowed in {prefix}: {', '.join(known)}")
+                f"unknown key {prefix}.{key} = {value!r}; allowed in {prefix}: "
+                f"{', '.join(known)}")
         values[key] = _coerce(f"{prefix}.{key}", value, known[key].type)
     missing = [f.name for f in fields(cls)
                if f.name not in values and f.default is dataclasses.MISSING
@@ -330,6 +333,6 @@ def _valid_boundary(name: str, n_stages: int) -> bool:
     if name == "evaluation":
         return True
     kind, _, number = name.partition("-")
-    if kind not in ("stage", "mining") or not number.isdigit():
+    if kind not in ("stage", "mining") or not number.isdigit() or str(int(number)) != number:
         return False
     return 1 <= int(number) <= (n_stages if kind == "stage" else n_stages - 1)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,17 +115,16 @@ def test_ctrl_c_cancels_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ashem_engine", *args], cwd=tmp_path,
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    watchdog = threading.Timer(120, proc.kill)  # a hung run must not hang the suite
+    watchdog.start()
     try:
-        seen = []
-        deadline = time.monotonic() + 90
         for line in proc.stdout:
-            seen.append(line)
             if line.startswith("Epoch 1"):
                 break
-            assert time.monotonic() < deadline, "no epoch finished"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err

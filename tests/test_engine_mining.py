@@ -153,3 +153,16 @@ def test_examples_in_context_show_the_words_before_the_target():
         assert ex["context"][-1] == vocab.words[int(flat_x[pos])]
         assert 1 <= len(ex["context"]) <= 3
     assert examples_in_context(result.hard, batches, vocab, k=0) == []
+
+
+def test_later_exit_mines_only_among_the_tokens_that_reach_it():
+    conf = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
+    reaching = torch.tensor([True, True, False, True, False, True, True, False])
+    passed, targets = hand_pass(conf)
+    result = mine(passed, targets, 0.5, exit_layer=4, reaching=reaching)
+    population = conf[reaching]  # 0.9 0.1 0.2 0.3 0.6
+    assert result.threshold == torch.quantile(population, 0.5).item()
+    assert result.total == 5 and torch.equal(result.confidences, population)
+    assert result.hard.positions.tolist() == [1, 3]  # 0.1, 0.2; never a token that left
+    everyone = mine(passed, targets, 0.5, exit_layer=2)
+    assert everyone.total == 8 and everyone.hard.positions.tolist() == [1, 3, 5, 7]

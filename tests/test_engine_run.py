@@ -260,6 +260,17 @@ def test_three_stages(tmp_path):
     for k in s2:
         if not k.startswith("head."):
             assert torch.equal(s2[k], s3[k]), k
+    # the second threshold is the quantile over the tokens that exit 1 does not let go
+    model = model_from(result.run_dir / "stage-2-best.pt", settings)
+    validation = tiny_corpus(settings).batches["validation"]
+    first_threshold = one(events, ev.ThresholdComputed, stage=1).threshold
+    stays = exit_pass(model, validation, 2).stats.confidence < first_threshold
+    deep = exit_pass(model, validation, 4).stats.confidence[stays]
+    second = one(events, ev.ThresholdComputed, stage=2)
+    assert second.tokens == int(stays.sum()) < 448
+    assert second.threshold == pytest.approx(torch.quantile(deep, 0.5).item(), abs=1e-7)
+    assert one(events, ev.HardExamplesCollected, stage=2).count == \
+        int((deep < second.threshold).sum())
 
 
 # -- determinism and silence ------------------------------------------------------------------
@@ -328,17 +339,23 @@ class Background:
         return self.result
 
 
-def test_pause_at_stage_boundary_holds_until_resume(tmp_path):
+@pytest.mark.parametrize("boundary, before, after", [
+    ("stage-1", "StageEnded", "ThresholdComputed"),
+    ("mining-1", "HardExamplesCollected", "StageStarted"),
+    ("evaluation", "Evaluated", "RunFinished"),
+])
+def test_pause_at_boundary_holds_until_resume(tmp_path, boundary, before, after):
     settings = tiny_settings(tmp_path, "stages.1.max_epochs=1", "stages.2.max_epochs=1")
-    control = RunControl(pause_at=["stage-1"])
+    control = RunControl(pause_at=[boundary])
     bg = Background(settings, control)
     assert bg.paused.wait(60), "no Paused event"
     paused = one(bg.events, ev.Paused)
-    assert (paused.boundary, paused.reason, paused.where) == ("stage-1", "pause_at",
-                                                              "after stage 1")
-    assert of(bg.events, ev.StageEnded, stage=1)
-    assert not of(bg.events, ev.StageStarted, stage=2)
-    assert not of(bg.events, ev.ThresholdComputed)
+    assert (paused.boundary, paused.reason) == (boundary, "pause_at")
+    assert bg.events[-2].kind == before
+    if boundary == "stage-1":
+        assert paused.where == "after stage 1"
+        assert not of(bg.events, ev.StageStarted, stage=2)
+        assert not of(bg.events, ev.ThresholdComputed)
     held = len(bg.events)
     time.sleep(0.3)
     assert len(bg.events) == held and bg.thread.is_alive() and control.paused
@@ -346,7 +363,7 @@ def test_pause_at_stage_boundary_holds_until_resume(tmp_path):
     result = bg.join()
     assert result.status == "finished"
     kinds = [e.kind for e in bg.events[held - 1:] if e.kind != "BatchProgress"]
-    assert kinds[:4] == ["Paused", "Resumed", "ThresholdComputed", "HardExamplesCollected"]
+    assert kinds[:3] == ["Paused", "Resumed", after]
     assert kinds[-1] == "RunFinished"
 
 
@@ -432,10 +449,6 @@ def test_unwritable_runs_dir_is_a_failed_result(tmp_path):
     assert result.error.error_kind == "run_dir" and events == [result.error]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="evaluation.split=test with a test split too small for one batch is "
-                   "only noticed after all training: ZeroDivisionError in routing.evaluate, "
-                   "reported as an 'internal' failure")
 def test_unusable_evaluation_split_fails_before_training(tmp_path):
     settings = tiny_settings(tmp_path, "evaluation.split=test", "stages.1.max_epochs=1",
                              "stages.2.max_epochs=1")

@@ -10,6 +10,7 @@ from textual.widgets import Static
 
 from .. import fmt
 from ..state import RunView
+from . import set_text
 
 CARDS = (
     ("val-ppl", "Val PPL"),
@@ -93,7 +94,7 @@ class MetricCard(Static):
         text = Text(value, style="bold", overflow="ellipsis", no_wrap=True)
         text.append("\n")
         text.append(sub or " ", style="dim")
-        self.update(text)
+        set_text(self, text)
 
 
 class MetricCards(Grid):

@@ -8,6 +8,7 @@ from textual.widgets import Static
 
 from .. import fmt
 from ..state import RunView
+from . import set_text
 
 STATE_STYLE = {
     "waiting": ("…", "WAITING", "dim"),
@@ -46,5 +47,5 @@ class RunHeader(Horizontal):
         right.append(f"{icon} {label}", style=style)
         right.append(" ")
         # fixed widths in app.tcss: no relayout on every tick
-        self.query_one("#header-left", Static).update(left, layout=False)
-        self.query_one("#header-right", Static).update(right, layout=False)
+        set_text(self.query_one("#header-left", Static), left)
+        set_text(self.query_one("#header-right", Static), right)

@@ -8,6 +8,7 @@ from textual.widgets import ProgressBar, Static
 
 from .. import fmt
 from ..state import RunView
+from . import set_text
 
 
 def status_line(view: RunView, note: str = "") -> Text:
@@ -58,20 +59,20 @@ class ProgressPanel(Vertical):
         stats = self.query_one("#progress-stats", Static)
         bar = self.query_one("#progress-bar", ProgressBar)
         if p is None:
-            epoch.update(Text("epoch –", style="dim"), layout=False)
-            stats.update("", layout=False)
-            bar.update(total=1, progress=0)  # not None: an indeterminate bar animates
+            set_text(epoch, Text("epoch –", style="dim"))
+            set_text(stats, "")
+            if bar.total != 1 or bar.progress != 0:
+                bar.update(total=1, progress=0)  # not None: an indeterminate bar animates
         else:
             max_epochs = view.max_epochs(p.stage)
-            epoch.update(Text.assemble(("Stage ", "dim"), (str(p.stage), "bold"),
-                                       ("  epoch ", "dim"),
-                                       (f"{p.epoch}/{max_epochs or '?'}", "bold")),
-                         layout=False)
-            bar.update(total=p.batches, progress=p.batch)
-            stats.update(Text.assemble(
+            set_text(epoch, Text.assemble(("Stage ", "dim"), (str(p.stage), "bold"),
+                                          ("  epoch ", "dim"),
+                                          (f"{p.epoch}/{max_epochs or '?'}", "bold")))
+            if bar.total != p.batches or bar.progress != p.batch:
+                bar.update(total=p.batches, progress=p.batch)
+            set_text(stats, Text.assemble(
                 ("batch ", "dim"), f"{p.batch}/{p.batches}",
                 ("  ", ""), (fmt.rate(p.tokens_per_s), "bold"), (" tok/s", "dim"),
                 ("  ETA ", "dim"), fmt.duration(p.eta_s),
-                ("  loss ", "dim"), fmt.num(p.loss, 3)), layout=False)
-        self.query_one("#progress-status", Static).update(status_line(view, note),
-                                                           layout=False)
+                ("  loss ", "dim"), fmt.num(p.loss, 3)))
+        set_text(self.query_one("#progress-status", Static), status_line(view, note))

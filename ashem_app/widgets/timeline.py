@@ -14,6 +14,7 @@ from textual.widgets import Static
 
 from .. import fmt
 from ..state import RunView, Step
+from . import set_text
 
 ICONS = {"pending": "○", "running": "▶", "held": "⏸", "done": "✓", "failed": "✗",
          "cancelled": "■"}
@@ -64,8 +65,10 @@ class StepBox(Static):
         state = view.step_state(self.step)
         for s in ICONS:
             self.set_class(s == state, f"-{s}")
-        self.border_title = f"{self.number} {ICONS[state]} {self.step.label}"
-        self.update(Text(step_figure(view, self.step), overflow="ellipsis", no_wrap=True))
+        title = f"{self.number} {ICONS[state]} {self.step.label}"
+        if self.border_title != title:
+            self.border_title = title
+        set_text(self, Text(step_figure(view, self.step), overflow="ellipsis", no_wrap=True))
 
     def on_click(self, event: events.Click) -> None:
         event.stop()
