@@ -63,6 +63,7 @@ class Evaluation:
     compute_cost: float  # averaged per batch, as the reference does
     honest_cost: float
     thresholds: list = field(default_factory=list)
+    macs_per_token: float = 0.0  # what honest_cost is relative to: absolute, per token
 
     @property
     def ppl(self) -> float:
@@ -132,7 +133,9 @@ def evaluate(model: EarlyExitLM, batches: Batches, exit_layers: Sequence[int],
         batch_costs.append(spec_compute_cost(batch_counts, exit_layers))
     fractions = [c / tokens for c in counts]
     cfg = model.cfg
-    honest = honest_cost(fractions, exit_layers, block_macs_per_token(cfg, seq_len),
-                         head_macs_per_token(cfg, model.vocab_size))
+    block, head = block_macs_per_token(cfg, seq_len), head_macs_per_token(cfg, model.vocab_size)
+    honest = honest_cost(fractions, exit_layers, block, head)
+    plain = exit_layers[-1] * block + head
     return Evaluation(tokens, nll_sum, correct, list(exit_layers), counts,
-                      sum(batch_costs) / len(batch_costs), honest, list(thresholds))
+                      sum(batch_costs) / len(batch_costs), honest, list(thresholds),
+                      honest * plain)

@@ -279,7 +279,7 @@ class Pipeline:
             "split": split, "tokens": final.tokens, "accuracy": final.accuracy,
             "ppl": final.ppl, "exit_layers": exit_layers, "exit_ratios": ratios,
             "compute_cost": final.compute_cost, "honest_cost": final.honest_cost,
-            "thresholds": thresholds}
+            "macs_per_token": final.macs_per_token, "thresholds": thresholds}
         self.control.boundary("evaluation", "after the final evaluation")
         self.write_summary("finished")
         return self.summary
