@@ -7,7 +7,6 @@ import json
 import threading
 from types import SimpleNamespace
 
-import pytest
 from app_events import (
     FakeControl, RUN_DIR, cancelled_after, make_events, plain, until, write_events,
 )

@@ -1,8 +1,6 @@
 """Metric cards: one small box per figure, each a picked event field."""
 from __future__ import annotations
 
-from typing import Optional
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid
@@ -90,7 +88,7 @@ class MetricCard(Static):
         super().__init__(id=f"card-{card_id}", classes="card")
         self.border_title = title
 
-    def set_value(self, value: str, sub: str, highlight: Optional[str] = None) -> None:
+    def set_value(self, value: str, sub: str) -> None:
         text = Text(value, style="bold", overflow="ellipsis", no_wrap=True)
         text.append("\n")
         text.append(sub or " ", style="dim")

@@ -61,15 +61,22 @@ class Chart(PlotextPlot):
         self.refresh()
 
     def render(self):
-        # A fresh figure for every render (only on data change or resize): plotext keeps
-        # state between builds at different sizes, which made bars differ by a cell.
+        # Built again only when the data or the size changed: flipping between charts (n)
+        # while training runs then costs no plotext build. A fresh figure for every build:
+        # plotext keeps state between builds at different sizes (bars moved by a cell).
+        key = (self._key, self.size, self.app.theme)
+        cached = getattr(self, "_rendered", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         view, opts = self._args
         self.plt.clear_figure()
         if view is None:
             self.empty(self.plt, "")
         else:
             self.draw(self.plt, view, **opts)
-        return super().render()
+        rendered = super().render()
+        self._rendered = (key, rendered)
+        return rendered
 
     @staticmethod
     def empty(plt, message: str) -> None:

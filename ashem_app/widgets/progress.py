@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import ProgressBar, Static
+from textual.widgets import Static
 
 from .. import fmt
 from ..state import RunView
@@ -38,18 +38,41 @@ def status_line(view: RunView, note: str = "") -> Text:
     if view.progress is None or view.progress.stage != step.stage:
         return Text(f"stage {step.stage}: starting…", style="cyan")
     last = view.last_epoch(step.stage)
-    if last is not None and last.epoch == view.progress.epoch and \
-            view.progress.batch >= view.progress.batches:
-        return Text(f"stage {step.stage}: validating epoch {last.epoch}…", style="cyan")
+    p = view.progress
+    if p.batch >= p.batches and (last is None or last.epoch < p.epoch):
+        return Text(f"stage {step.stage}: validating epoch {p.epoch}…", style="cyan")
     return Text(f"stage {step.stage}: training", style="green")
+
+
+class BatchBar(Static):
+    """A one-line bar of batch / batches. (Textual's ProgressBar draws a gradient cell by
+    cell, about 5 ms a frame; this one is a single styled Text.)"""
+
+    def show(self, done: int, total: int) -> None:
+        width = max(1, self.size.width - 6)
+        filled = width * done // total if total > 0 else 0
+        text = Text()
+        text.append("━" * filled, style="bold green")
+        text.append("━" * (width - filled), style="grey23")
+        text.append(f" {100 * done // total if total > 0 else 0:3d}%")
+        set_text(self, text)
+
+    def on_resize(self) -> None:
+        last = getattr(self, "_last_args", None)
+        if last:
+            self._ashem_last = None
+            self.show(*last)
+
+    def set(self, done: int, total: int) -> None:
+        self._last_args = (done, total)
+        self.show(done, total)
 
 
 class ProgressPanel(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="progress-row"):
             yield Static(id="progress-epoch")
-            yield ProgressBar(total=1, show_eta=False, show_percentage=True,
-                              id="progress-bar")
+            yield BatchBar(id="progress-bar")
             yield Static(id="progress-stats")
         yield Static(id="progress-status")
 
@@ -57,19 +80,17 @@ class ProgressPanel(Vertical):
         p = view.progress
         epoch = self.query_one("#progress-epoch", Static)
         stats = self.query_one("#progress-stats", Static)
-        bar = self.query_one("#progress-bar", ProgressBar)
+        bar = self.query_one("#progress-bar", BatchBar)
         if p is None:
             set_text(epoch, Text("epoch –", style="dim"))
             set_text(stats, "")
-            if bar.total != 1 or bar.progress != 0:
-                bar.update(total=1, progress=0)  # not None: an indeterminate bar animates
+            bar.set(0, 0)
         else:
             max_epochs = view.max_epochs(p.stage)
             set_text(epoch, Text.assemble(("Stage ", "dim"), (str(p.stage), "bold"),
                                           ("  epoch ", "dim"),
                                           (f"{p.epoch}/{max_epochs or '?'}", "bold")))
-            if bar.total != p.batches or bar.progress != p.batch:
-                bar.update(total=p.batches, progress=p.batch)
+            bar.set(p.batch, p.batches)
             set_text(stats, Text.assemble(
                 ("batch ", "dim"), f"{p.batch}/{p.batches}",
                 ("  ", ""), (fmt.rate(p.tokens_per_s), "bold"), (" tok/s", "dim"),

@@ -63,8 +63,10 @@ class StepBox(Static):
 
     def show(self, view: RunView) -> None:
         state = view.step_state(self.step)
-        for s in ICONS:
-            self.set_class(s == state, f"-{s}")
+        if getattr(self, "_state", None) != state:
+            self._state = state
+            for s in ICONS:
+                self.set_class(s == state, f"-{s}")
         title = f"{self.number} {ICONS[state]} {self.step.label}"
         if self.border_title != title:
             self.border_title = title
