@@ -2,6 +2,7 @@
 
     ashem [--settings settings.toml] [--set table.key=value ...] [--paused]
     ashem --replay runs/<id>        # a finished run, or one a headless engine still writes
+    ashem --resume runs/<id>        # continue a cancelled or killed run
 
 Bad settings or arguments: one line on stderr, exit code 2, nothing started.
 """
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the run held; press space to begin")
     p.add_argument("--replay", metavar="RUN_DIR",
                    help="show a run from its events.jsonl (follows it while it is written)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a cancelled or killed run from its last finished epoch")
     p.add_argument("--popups", action="store_true",
                    help="in replay, open transition screens by themselves")
     return p
@@ -72,6 +75,23 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
         except ReplayError as err:
             return _fail(f"replay: {err}")
         app = AshemApp(replay_path=path, auto_inspect=args.popups)
+    elif args.resume:
+        if args.overrides:
+            return _fail("error: --set does not apply to --resume (a run keeps its settings)")
+        from ashem_engine.run import ResumeError, read_resume_point, resume_ashem
+        from ashem_engine.rundir import CheckpointError
+        from ashem_engine.settings import SettingsError
+
+        try:
+            settings, _ = read_resume_point(args.resume)
+        except (ResumeError, SettingsError, CheckpointError) as err:
+            return _fail(f"resume: {err}")
+        run_dir = args.resume
+
+        def resume_runner(settings, sinks=(), control=None):
+            return resume_ashem(run_dir, sinks=sinks, control=control)
+
+        app = AshemApp(settings=settings, runner=resume_runner, start_paused=args.paused)
     else:
         settings, error = _load_settings(args.settings, args.overrides)
         if error:

@@ -217,6 +217,8 @@ class Pipeline:
         seed_everything(s.run.seed)
         self.where = "loading data"
         if corpus is None:
+            source = s.data.path or os.environ.get("ASHEM_DATA") or "the hub"
+            self.log(f"loading data from {source}")
             corpus = load_corpus(s.data)
         self.corpus = corpus
         batches = {k: _to(v, device) for k, v in corpus.batches.items()}

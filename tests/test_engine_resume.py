@@ -199,3 +199,26 @@ def test_unwritable_runs_dir_is_reported_before_training(tmp_path):
     assert result.status == "failed" and result.error.error_kind == "run_dir"
     assert [e.kind for e in events] == ["RunFailed"]
     assert blocker.read_text() == "not a directory"
+
+
+def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
+    import ashem_engine.rundir as rundir
+
+    class Tiny:
+        f_bavail, f_frsize = 10, 4096  # 40 KB free
+
+    monkeypatch.setattr(rundir.os, "statvfs", lambda path: Tiny())
+    settings = tiny_settings(tmp_path)
+    events = []
+    result = run_ashem(settings, [events.append], corpus=tiny_corpus(settings))
+    assert result.status == "failed" and result.error.error_kind == "run_dir"
+    assert "MiB free" in result.error.message
+    assert [e.kind for e in events] == ["RunFailed"]
+
+
+def test_app_resume_bad_run_dir_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ashem_app", "--resume", str(tmp_path / "no")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
