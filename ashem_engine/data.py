@@ -68,6 +68,10 @@ class Corpus:
     batches: dict[str, Batches]  # "train", "validation", "test"
     source: str
 
+    def __post_init__(self) -> None:
+        # Sizes are known up front, so reporting them reads no split's tokens.
+        self.sizes = {k: (len(v), v.tokens) for k, v in dict.items(self.batches)}
+
 
 def tokenize(rows: Sequence[str]) -> list[str]:
     out: list[str] = []

@@ -143,6 +143,21 @@ class Evaluated(Event):
 
 
 @dataclass
+class SweepComputed(Event):
+    """Quality against honest cost over a range of exit thresholds, after the final report.
+
+    `series`: [{"name", "kind": "sweep" | "baseline", "signal": str | None,
+    "points": [point, ...]}]; a point: {"quantile", "thresholds", "ppl", "accuracy",
+    "exit_ratios", "deep_ratio", "spec_cost", "honest_cost", "macs_per_token", "pareto"}.
+    honest_cost is relative to `plain_macs_per_token`, this run's plain deepest model."""
+
+    split: str
+    tokens: int
+    plain_macs_per_token: float
+    series: list
+
+
+@dataclass
 class Paused(Event):
     where: str  # e.g. "stage 1, epoch 2, batch 40/160" or a boundary name
     reason: str  # "user" or "pause_at"
@@ -186,8 +201,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         RunStarted, StageStarted, BatchProgress, EpochEnded, StageEnded, ThresholdComputed,
-        HardExamplesCollected, Evaluated, Paused, Resumed, Log, RunFinished, RunCancelled,
-        RunFailed,
+        HardExamplesCollected, Evaluated, SweepComputed, Paused, Resumed, Log, RunFinished,
+        RunCancelled, RunFailed,
     )
 }
 

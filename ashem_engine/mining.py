@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from .data import Batches, Vocabulary
 from .head import ExitStats, exit_stats
 from .model import EarlyExitLM
+from .routing import advance, exits_here
 
 
 @dataclass
@@ -23,6 +24,7 @@ class ExitPass:
 
     hidden: torch.Tensor  # (tokens, dim), in batch order
     stats: ExitStats
+    reaching: Optional[torch.Tensor] = None  # (tokens,) bool: not let go by an earlier exit
 
 
 @dataclass
@@ -47,20 +49,36 @@ class MiningResult:
 
 @torch.no_grad()
 def exit_pass(model: EarlyExitLM, batches: Batches, exit_layer: int,
-              check: Optional[callable] = None) -> ExitPass:
-    hidden, nll, conf, correct = [], [], [], []
+              check: Optional[callable] = None, earlier_exits: Sequence[int] = (),
+              earlier_thresholds: Sequence[float] = (), modes: Sequence[str] = ()
+              ) -> ExitPass:
+    """Every token of a split up to an exit. In a cascade the earlier exits route first
+    (`modes`: how the layers after each earlier exit run, as at inference) and `reaching`
+    marks the tokens they did not let go."""
+    hidden, nll, conf, correct, reaching = [], [], [], [], []
     weight = model.head.weight
+    exits = [*earlier_exits, exit_layer]
     for i in range(len(batches)):
         if check:
             check(i)
-        h = model.hidden(batches.x[i], stop=exit_layer).reshape(-1, weight.shape[1])
-        s = exit_stats(h, weight, batches.y[i])
+        x, y = batches.x[i], batches.y[i].reshape(-1)
+        h = model.hidden(x, stop=exits[0])
+        active = torch.ones(y.numel(), dtype=torch.bool, device=y.device)
+        for e in range(1, len(exits)):
+            flat = h.reshape(-1, weight.shape[1])
+            stays = ~exits_here(exit_stats(flat, weight, y).confidence, earlier_thresholds[e - 1])
+            active &= stays
+            h = advance(model, h, exits[e - 1], exits[e], modes[e - 1], active.view(x.shape))
+        h = h.reshape(-1, weight.shape[1])
+        s = exit_stats(h, weight, y)
         hidden.append(h)
         nll.append(s.nll)
         conf.append(s.confidence)
         correct.append(s.correct)
+        reaching.append(active)
     return ExitPass(torch.cat(hidden), ExitStats(torch.cat(nll), torch.cat(conf),
-                                                 torch.cat(correct)))
+                                                 torch.cat(correct)),
+                    torch.cat(reaching) if earlier_exits else None)
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:
@@ -78,6 +96,8 @@ def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int,
     At the first exit every token reaches it: exactly the spec's rule. At a later exit of an
     N-stage cascade only the tokens the earlier exits did not let go count."""
     confidences = passed.stats.confidence
+    if reaching is None:
+        reaching = passed.reaching
     if reaching is None:
         reaching = torch.ones_like(confidences, dtype=torch.bool)
     population = confidences[reaching]

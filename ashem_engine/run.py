@@ -28,9 +28,12 @@ from .mining import (HardTokens, MiningResult, exit_pass, examples_in_context, h
 from .model import EarlyExitLM, count_parameters
 from .rundir import (CheckpointError, RunDirError, atomic_torch_save, atomic_write_json,
                      create_run_dir, load_checkpoint, probe_writable)
-from .routing import evaluate, exits_here
+from .compare import SWEEP_FILE, mark_pareto
+from .costs import CLASSIFIER, CostModel, inference_modes
+from .routing import evaluate
 from .settings import Settings, SettingsError, settings_from_dict
-from .stages import HardTokenTask, NumericFault, SequenceTask, run_stage
+from .sweep import single_point, sweep, train_classifiers
+from .stages import HardTokenTask, MaskedSequenceTask, NumericFault, SequenceTask, run_stage
 
 
 @dataclass
@@ -221,14 +224,14 @@ class Pipeline:
             self.log(f"loading data from {source}")
             corpus = load_corpus(s.data)
         self.corpus = corpus
-        batches = {k: _to(v, device) for k, v in corpus.batches.items()}
         for key, split in (("mining.split", s.mining.split),
                            ("evaluation.split", s.evaluation.split)):
-            if len(batches[split]) == 0:
+            if corpus.sizes[split][0] == 0:
                 raise DataError(f"{key} = {split!r}, but the {split} split of {corpus.source} "
                                 "is too small for one batch")
-        self.batches = batches
+        self._splits: dict = {}
         self.device = device
+        sizes = corpus.sizes
         self.summary.update(device=str(device), threads=threads, data_source=corpus.source,
                             vocab_size=len(corpus.vocab))
         if resume is not None:
@@ -238,12 +241,12 @@ class Pipeline:
         self.emit(ev.RunStarted(
             name=s.run.name, run_dir=str(self.run_dir), device=str(device), threads=threads,
             settings=s.to_dict(), vocab_size=len(corpus.vocab),
-            train_tokens=batches["train"].tokens, val_tokens=batches["validation"].tokens,
-            test_tokens=batches["test"].tokens,
+            train_tokens=sizes["train"][1], val_tokens=sizes["validation"][1],
+            test_tokens=sizes["test"][1],
             stages=[{"stage": i, "layers": st.layers, "max_epochs": st.max_epochs}
                     for i, st in enumerate(s.stages, 1)], resumed=resume is not None))
         self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
-                 f"{len(batches['train'])} train and {len(batches['validation'])} validation "
+                 f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
                  f"batches of {s.data.batch_size} × {s.data.seq_len}")
 
         model: Optional[EarlyExitLM] = None
@@ -269,8 +272,9 @@ class Pipeline:
 
         self.where = "final evaluation"
         split = s.evaluation.split
-        final = evaluate(model, batches[split], exit_layers, thresholds,
-                         check=lambda i: self.control.checkpoint(self.where))
+        modes = self.modes(len(s.stages))
+        final = evaluate(model, self.split(split), exit_layers, thresholds,
+                         check=lambda i: self.control.checkpoint(self.where), modes=modes)
         ratios = final.exit_ratios
         self.emit(ev.Evaluated(
             split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
@@ -281,10 +285,59 @@ class Pipeline:
             "split": split, "tokens": final.tokens, "accuracy": final.accuracy,
             "ppl": final.ppl, "exit_layers": exit_layers, "exit_ratios": ratios,
             "compute_cost": final.compute_cost, "honest_cost": final.honest_cost,
-            "macs_per_token": final.macs_per_token, "thresholds": thresholds}
+            "macs_per_token": final.macs_per_token, "thresholds": thresholds,
+            "inference_modes": list(modes)}
+        if s.evaluation.sweep_points:
+            self.run_sweep(model, exit_layers, thresholds, modes, final)
         self.control.boundary("evaluation", "after the final evaluation")
         self.write_summary("finished")
         return self.summary
+
+    def run_sweep(self, model: EarlyExitLM, exit_layers: list, thresholds: list, modes: tuple,
+                  final) -> None:
+        """PPL against honest cost for the signals of evaluation.signals over
+        evaluation.sweep_points thresholds, the run's own point and the stage-1 model alone;
+        all on the report split, calibrated on the mining split. -> sweep.json + an event."""
+        s = self.s
+        self.where = "threshold sweep"
+        check = lambda i: self.control.checkpoint(self.where)  # noqa: E731
+        report, mining = self.split(s.evaluation.split), self.split(s.mining.split)
+        cfg, vocab, seq_len = model.cfg, model.vocab_size, report.x.shape[-1]
+        costs = CostModel(cfg, vocab, seq_len, tuple(exit_layers), modes)
+        plain = costs.plain()
+        series = []
+        if len(exit_layers) > 1:
+            classifiers = None
+            if CLASSIFIER in s.evaluation.signals:
+                classifiers = train_classifiers(model, mining, exit_layers, thresholds, modes,
+                                                s.run.seed, check)
+                atomic_torch_save(self.run_dir / "exit-classifiers.pt",
+                                  {"classifiers": [c.state_dict() for c in classifiers]})
+            series += sweep(model, mining, report, exit_layers, modes, s.evaluation.signals,
+                            s.evaluation.sweep_points, classifiers, check)
+            series.append(single_point("ASHEM · as run", final, costs, plain))
+            first_layers = s.stages[0].layers
+            base = EarlyExitLM(vocab, first_layers, s.model).to(self.device).eval()
+            base.load_state_dict(load_checkpoint(self.run_dir / "stage-1-best.pt")["model"])
+            alone = evaluate(base, report, [first_layers], [], check)
+            series.append(single_point(f"stage-1 model ({first_layers} layers)", alone,
+                                       CostModel(cfg, vocab, seq_len, (first_layers,), ()),
+                                       plain))
+        else:
+            series.append(single_point(f"plain model ({exit_layers[0]} layers)", final, costs,
+                                       plain))
+        mark_pareto([p for x in series for p in x["points"]])
+        self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
+                                   plain_macs_per_token=plain, series=series))
+        protocol = {"mining_split": s.mining.split, "evaluation_split": s.evaluation.split,
+                    "inference": s.evaluation.inference,
+                    "contexts": [st.context for st in s.stages[1:]],
+                    "freeze_head": [st.freeze_head for st in s.stages[1:]]}
+        atomic_write_json(self.run_dir / SWEEP_FILE, {
+            "name": s.run.name, "run_dir": str(self.run_dir), "protocol": protocol,
+            "split": s.evaluation.split, "tokens": final.tokens,
+            "plain_macs_per_token": plain, "series": series})
+        self.summary["sweep"] = str(self.run_dir / SWEEP_FILE)
 
     # -- the pieces of a stage ------------------------------------------------------------
     def grow_stage(self, number: int, model: EarlyExitLM, exit_layers: list[int],
@@ -306,24 +359,51 @@ class Pipeline:
         self.save_progress(stage=number, epoch=0, stage_done=False, model=model.state_dict(),
                            optimizer=None, early=None, exit_layers=exit_layers,
                            thresholds=thresholds)
-        task = HardTokenTask(model, hard, order, self.s.data.batch_size,
-                             self.batches["validation"], exit_layers, thresholds,
-                             hard_from_layer=below)
+        task = self.task_for(number, model, exit_layers, thresholds, hard=(hard, order))
         self.control.boundary(f"mining-{number - 1}",
                               f"after mining at stage {number - 1}'s exit")
         return model, exit_layers, thresholds, task
 
-    def task_for(self, number: int, model: EarlyExitLM, exit_layers, thresholds):
+    def modes(self, stages: int) -> tuple:
+        """Inference modes of the layers after each exit of the first `stages` stages."""
+        return inference_modes(self.s.stages[:stages], self.s.evaluation.inference)
+
+    def task_for(self, number: int, model: EarlyExitLM, exit_layers, thresholds, hard=None):
+        """The training task of a stage; `hard` = (HardTokens, order) just mined, else they
+        are read back from stage-N-hard.pt (resume)."""
         if number == 1:
-            return SequenceTask(model, self.batches["train"], self.batches["validation"],
+            return SequenceTask(model, self.split("train"), self.split("validation"),
                                 exit_layers, [])
-        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
-        hard = HardTokens(saved["hidden"].to(self.device), saved["targets"].to(self.device),
-                          saved["confidences"].to(self.device),
-                          saved["positions"].to(self.device))
-        return HardTokenTask(model, hard, saved["order"], self.s.data.batch_size,
-                             self.batches["validation"], exit_layers, thresholds,
-                             hard_from_layer=self.s.stages[number - 2].layers)
+        if hard is None:
+            saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt",
+                                    required="hidden")
+            hard = (HardTokens(saved["hidden"].to(self.device),
+                               saved["targets"].to(self.device),
+                               saved["confidences"].to(self.device),
+                               saved["positions"].to(self.device)), saved["order"])
+        tokens, order = hard
+        below = self.s.stages[number - 2].layers
+        if self.s.stages[number - 1].context == "sequence":
+            source = self.split(self.s.mining.split)
+            lower = exit_pass(model, source, below, None, exit_layers[:-2], thresholds[:-1],
+                              self.modes(number - 1)).hidden
+            mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
+            mask[tokens.positions] = True
+            return MaskedSequenceTask(model, lower.view(*source.x.shape, -1),
+                                      mask.view(source.x.shape), source,
+                                      self.split("validation"), exit_layers, thresholds,
+                                      hard_from_layer=below, modes=self.modes(number))
+        return HardTokenTask(model, tokens, order, self.s.data.batch_size,
+                             self.split("validation"), exit_layers, thresholds,
+                             hard_from_layer=below, modes=self.modes(number))
+
+    def split(self, name: str):
+        """A split's batches on the run's device, read from the corpus on first use (so a
+        split no step needs, such as the report split until the final report, is never
+        read)."""
+        if name not in self._splits:
+            self._splits[name] = _to(self.corpus.batches[name], self.device)
+        return self._splits[name]
 
     def train(self, number: int, task, exit_layers, thresholds, resume: Optional[dict]):
         s, st, model = self.s, self.s.stages[number - 1], task.model
@@ -394,15 +474,11 @@ class Pipeline:
         s, corpus = self.s, self.corpus
         self.where = f"mining after stage {stage}"
         split = s.mining.split
-        source = self.batches[split]
+        source = self.split(split)
         check = lambda i: self.control.checkpoint(self.where)  # noqa: E731
-        passed = exit_pass(model, source, exit_layer, check=check)
-        reaching = None
-        for layer, threshold in zip(earlier_exits, earlier_thresholds):
-            earlier = exit_pass(model, source, layer, check=check).stats.confidence
-            stays = ~exits_here(earlier, threshold)
-            reaching = stays if reaching is None else reaching & stays
-        mined = mine(passed, source.y, ratio, exit_layer, reaching)
+        passed = exit_pass(model, source, exit_layer, check, earlier_exits,
+                           earlier_thresholds, self.modes(stage))
+        mined = mine(passed, source.y, ratio, exit_layer)
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         self.emit(ev.ThresholdComputed(
             stage=stage, exit_layer=exit_layer, threshold=mined.threshold, target_ratio=ratio,
@@ -422,7 +498,7 @@ class Pipeline:
             stage=stage, count=count, total=mined.total, ratio=record["ratio"],
             mean_confidence=record["mean_confidence"], hard_ppl=hard_ppl, split=split,
             top_words=top_words(hard.targets, corpus.vocab, s.mining.top_words),
-            examples=examples_in_context(hard, _to(corpus.batches[split], "cpu"),
+            examples=examples_in_context(hard, _to(source, "cpu"),
                                          corpus.vocab, s.mining.examples)))
         if count == 0:
             raise DataError(f"mining after stage {stage} found no hard tokens "

@@ -72,6 +72,12 @@ class MiningSettings:
 @dataclass(frozen=True)
 class EvaluationSettings:
     split: str = "validation"
+    # How layers above an exit run at inference: "spec" (over whole sequences, every token,
+    # as the reference) or "as_trained" (token context: each token alone; sequence context:
+    # whole sequences with exited tokens frozen at their exit state).
+    inference: str = "spec"
+    sweep_points: int = 21  # thresholds in the quality/cost sweep after the report; 0 = none
+    signals: tuple = ("softmax", "classifier")  # exit signals the sweep compares
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class StageSettings:
     max_epochs: int = 50
     patience: int = 1
     hard_ratio: Optional[float] = None  # stages >= 2: quantile of the previous exit's confidence
-    context: Optional[str] = None  # stages >= 2: "token" (the spec's; the only one so far)
+    context: Optional[str] = None  # stages >= 2: "token" (the spec's) or "sequence"
     freeze_head: bool = False  # stages >= 2: keep the shared output head fixed
 
 
@@ -104,6 +110,7 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["run"]["pause_at"] = list(self.run.pause_at)
+        out["evaluation"]["signals"] = list(self.evaluation.signals)
         out["stages"] = [{k: v for k, v in s.items() if v is not None} for s in out["stages"]]
         return out
 
@@ -302,6 +309,16 @@ def validate(s: Settings) -> None:
     _check(s.mining.examples >= 0, "mining.examples", s.mining.examples, "must be >= 0")
     _check(s.evaluation.split in ("validation", "test"), "evaluation.split",
            s.evaluation.split, "allowed: validation, test")
+    _check(s.evaluation.inference in ("spec", "as_trained"), "evaluation.inference",
+           s.evaluation.inference, "allowed: spec, as_trained")
+    _check(s.evaluation.sweep_points == 0 or s.evaluation.sweep_points >= 2,
+           "evaluation.sweep_points", s.evaluation.sweep_points,
+           "must be 0 (no sweep) or >= 2")
+    _check(len(s.evaluation.signals) >= 1 and len(set(s.evaluation.signals))
+           == len(s.evaluation.signals) and all(x in ("softmax", "classifier")
+                                                for x in s.evaluation.signals),
+           "evaluation.signals", list(s.evaluation.signals),
+           "a list without repeats of: softmax, classifier")
 
     _check(len(s.stages) >= 1, "stages", [], "at least one [[stages]] table is needed")
     previous_layers = 0
@@ -324,9 +341,9 @@ def validate(s: Settings) -> None:
         else:
             _check(st.hard_ratio is not None and 0 < st.hard_ratio < 1, f"{k}.hard_ratio",
                    st.hard_ratio, "must be in (0, 1), e.g. 0.5")
-            _check(st.context == "token", f"{k}.context", st.context,
+            _check(st.context in ("token", "sequence"), f"{k}.context", st.context,
                    "allowed: token (new layers see each hard token's hidden state alone, "
-                   "as the spec; 'sequence' is not implemented yet)")
+                   "as the spec) or sequence (whole sequences, loss at hard tokens only)")
 
 
 def _valid_boundary(name: str, n_stages: int) -> bool:

@@ -20,7 +20,8 @@ from .events import BatchProgress, EpochEnded, Event
 from .head import exit_stats, head_loss
 from .mining import HardTokens
 from .model import EarlyExitLM
-from .routing import Evaluation, evaluate
+from .costs import PROPAGATED
+from .routing import Evaluation, advance, evaluate
 from .settings import OptimizerSettings, StageSettings
 
 
@@ -61,8 +62,9 @@ class StageTask:
 
     def __init__(self, model: EarlyExitLM, validation: Batches, exit_layers: list[int],
                  thresholds: list[float], hard: Optional[HardTokens] = None,
-                 hard_from_layer: int = 0):
+                 hard_from_layer: int = 0, modes: Optional[tuple] = None):
         self.model = model
+        self.modes = modes
         self.validation = validation
         self.exit_layers = exit_layers
         self.thresholds = thresholds
@@ -91,7 +93,7 @@ class StageTask:
                     self.model.hidden(self.validation.x[i], stop=self.exit_layers[0])
                     for i in range(len(self.validation))])
         return evaluate(self.model, self.validation, self.exit_layers, self.thresholds,
-                        check=check, lower_hidden=self._lower_hidden)
+                        check=check, lower_hidden=self._lower_hidden, modes=self.modes)
 
     @torch.no_grad()
     def hard_ppl(self) -> Optional[float]:
@@ -134,9 +136,9 @@ class HardTokenTask(StageTask):
     through the new layers as a sequence of length 1. Shuffled once, then fixed batches."""
 
     def __init__(self, model, hard: HardTokens, order: torch.Tensor, batch_size: int,
-                 validation, exit_layers, thresholds, hard_from_layer: int):
+                 validation, exit_layers, thresholds, hard_from_layer: int, modes=None):
         super().__init__(model, validation, exit_layers, thresholds, hard=hard,
-                         hard_from_layer=hard_from_layer)
+                         hard_from_layer=hard_from_layer, modes=modes)
         self.order = [order[i:i + batch_size] for i in range(0, len(hard), batch_size)]
 
     def num_batches(self) -> int:
@@ -150,6 +152,45 @@ class HardTokenTask(StageTask):
         h = self.hard.hidden[idx][:, None, :]
         out = self.model.run_layers(h, self.hard_from_layer, self.model.num_layers)[:, 0, :]
         return head_loss(out, self.model.head.weight, self.hard.targets[idx])
+
+
+class MaskedSequenceTask(StageTask):
+    """A later stage in the sequence context: the new layers see whole sequences of the
+    mining split, the loss counts only the hard tokens. The other tokens left at an earlier
+    exit: they keep their exit state in the new layers (state propagation), which is exactly
+    how the real early exit runs them at inference, so training and inference agree.
+    `lower` (batches, B, T, dim): the frozen layers' output, computed once."""
+
+    def __init__(self, model, lower: torch.Tensor, hard_mask: torch.Tensor, targets: Batches,
+                 validation, exit_layers, thresholds, hard_from_layer: int, modes=None):
+        super().__init__(model, validation, exit_layers, thresholds,
+                         hard_from_layer=hard_from_layer, modes=modes)
+        keep = hard_mask.flatten(1).any(1).nonzero().squeeze(1)  # batches with a hard token
+        self.lower, self.mask, self.y = lower[keep], hard_mask[keep], targets.y[keep]
+
+    def num_batches(self) -> int:
+        return self.lower.shape[0]
+
+    def tokens_in(self, index: int) -> int:
+        return int(self.mask[index].sum())
+
+    def upper(self, index: int) -> torch.Tensor:
+        deep = self.mask[index]
+        return advance(self.model, self.lower[index], self.hard_from_layer,
+                       self.model.num_layers, PROPAGATED, deep)[deep]
+
+    def loss(self, index: int) -> torch.Tensor:
+        return head_loss(self.upper(index), self.model.head.weight,
+                         self.y[index][self.mask[index]])
+
+    @torch.no_grad()
+    def hard_ppl(self) -> Optional[float]:
+        nll_sum, count = 0.0, 0
+        for i in range(self.num_batches()):
+            s = exit_stats(self.upper(i), self.model.head.weight, self.y[i][self.mask[i]])
+            nll_sum += float(s.nll.double().sum())
+            count += len(s)
+        return math.exp(nll_sum / count)
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):

@@ -164,6 +164,11 @@ SAMPLES = [
                  exit_layers=[2, 4], exit_ratios=[0.704, 0.296], shallow_ratio=0.704,
                  deep_ratio=0.296, compute_cost=0.6482, honest_cost=1.2, thresholds=[0.15],
                  t=7.0),
+    ev.SweepComputed(split="validation", tokens=65536, plain_macs_per_token=4.74e6, series=[
+        {"name": "ASHEM · max-softmax", "kind": "sweep", "signal": "softmax", "points": [
+            {"quantile": 0.5, "thresholds": [0.16], "ppl": 780.0, "accuracy": 0.158,
+             "exit_ratios": [0.7, 0.3], "deep_ratio": 0.3, "spec_cost": 0.65,
+             "honest_cost": 1.25, "macs_per_token": 5.9e6, "pareto": True}]}], t=7.5),
     ev.Paused(where="after stage 1", reason="pause_at", boundary="stage-1", t=8.0),
     ev.Resumed(where="after stage 1", t=9.0),
     ev.Log(level="warning", message="ünïcode — fine", t=10.0),

@@ -23,7 +23,7 @@ from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from synthetic import synthetic_splits
 
-PATHS = {"run_dir", "checkpoint", "runs_dir"}
+PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir"}
 
 
 def scrub(value):
@@ -105,7 +105,7 @@ def test_event_order(tiny_run):
     kinds = [e.kind for e in events if not isinstance(e, (ev.BatchProgress, ev.EpochEnded))]
     assert kinds == ["RunStarted", "Log", "StageStarted", "StageEnded", "ThresholdComputed",
                      "HardExamplesCollected", "StageStarted", "StageEnded", "Evaluated",
-                     "RunFinished"]
+                     "SweepComputed", "RunFinished"]
     started = one(events, ev.RunStarted)
     assert started.vocab_size == 176 and started.train_tokens == 56 * 32
     assert started.val_tokens == 14 * 32 and started.threads == 1
@@ -342,7 +342,7 @@ class Background:
 @pytest.mark.parametrize("boundary, before, after", [
     ("stage-1", "StageEnded", "ThresholdComputed"),
     ("mining-1", "HardExamplesCollected", "StageStarted"),
-    ("evaluation", "Evaluated", "RunFinished"),
+    ("evaluation", "SweepComputed", "RunFinished"),
 ])
 def test_pause_at_boundary_holds_until_resume(tmp_path, boundary, before, after):
     settings = tiny_settings(tmp_path, "stages.1.max_epochs=1", "stages.2.max_epochs=1")

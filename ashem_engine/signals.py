@@ -1,0 +1,48 @@
+"""A cheaper exit signal: a linear classifier on the exit's hidden state.
+
+Max-softmax needs the whole output head (dim × vocabulary MACs) at the exit just to decide,
+and a token that then goes deeper has paid for a head it throws away. The exit classifier
+reads the same hidden state with dim MACs: sigmoid(w·h + b), trained to predict the exit's
+max-softmax confidence (soft binary cross-entropy) on the tokens of the mining split. It is
+calibrated by the same quantile rule as max-softmax, so the two route the same fraction of
+tokens and can be compared at equal deep ratios.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class ExitClassifier:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight = weight  # (dim,)
+        self.bias = bias  # ()
+
+    @torch.no_grad()
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(h.reshape(-1, self.weight.shape[0]) @ self.weight + self.bias)
+
+    def state_dict(self) -> dict:
+        return {"weight": self.weight.cpu(), "bias": self.bias.cpu()}
+
+
+def train_exit_classifier(hidden: torch.Tensor, confidence: torch.Tensor, steps: int = 300,
+                          lr: float = 0.05, seed: int = 0) -> ExitClassifier:
+    """Full-batch Adam on (tokens, dim) hidden states; deterministic for a given seed.
+    Features are standardised while training and the scaling folded into w and b."""
+    hidden = hidden.reshape(-1, hidden.shape[-1]).float()
+    target = confidence.reshape(-1).float()
+    mean, std = hidden.mean(0), hidden.std(0).clamp_min(1e-6)
+    x = (hidden - mean) / std
+    generator = torch.Generator().manual_seed(seed)
+    w = (torch.randn(x.shape[1], generator=generator) * 0.01).to(x.device).requires_grad_()
+    b = torch.zeros((), device=x.device).requires_grad_()
+    optimizer = torch.optim.Adam([w, b], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(x @ w + b, target)
+            loss.backward()
+            optimizer.step()
+    w, b = w.detach(), b.detach()
+    return ExitClassifier(w / std, b - (mean / std) @ w)
