@@ -30,8 +30,8 @@ def train_exit_classifier(hidden: torch.Tensor, confidence: torch.Tensor, steps:
                           lr: float = 0.05, seed: int = 0) -> ExitClassifier:
     """Full-batch Adam on (tokens, dim) hidden states; deterministic for a given seed.
     Features are standardised while training and the scaling folded into w and b."""
-    hidden = hidden.reshape(-1, hidden.shape[-1]).float()
-    target = confidence.reshape(-1).float()
+    hidden = hidden.detach().reshape(-1, hidden.shape[-1]).float()
+    target = confidence.detach().reshape(-1).float()
     mean, std = hidden.mean(0), hidden.std(0).clamp_min(1e-6)
     x = (hidden - mean) / std
     generator = torch.Generator().manual_seed(seed)

@@ -1,0 +1,100 @@
+"""The real early exit computes only what the decision needs, and gives the same exits,
+hidden states, logits and NLLs as computing everything (routing.route_everything)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ashem_engine.costs import PROPAGATED, SEQUENCE, TOKEN
+from ashem_engine.head import exit_stats
+from ashem_engine.inference import early_exit, sparse_block
+from ashem_engine.model import EarlyExitLM
+from ashem_engine.routing import route_everything
+from ashem_engine.settings import ModelSettings
+from ashem_engine.signals import train_exit_classifier
+from engine_support import single_thread  # noqa: F401  (autouse fixture)
+
+CFG = ModelSettings(dim=16, heads=2, ffn_hidden=32)
+VOCAB = 50
+
+
+def setup(layers: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = EarlyExitLM(VOCAB, layers, CFG).eval()
+    x = torch.randint(0, VOCAB, (6, 8))
+    y = torch.randint(0, VOCAB, (6, 8))
+    return model, x, y
+
+
+def median_thresholds(model, x, y, exits, classifier=None):
+    h = model.hidden(x, stop=exits[0]).reshape(-1, CFG.dim)
+    conf = exit_stats(h, model.head.weight, y).confidence
+    scores = conf if classifier is None else classifier.score(h)
+    return [float(scores.median())] + [0.03] * (len(exits) - 2), h, conf
+
+
+@pytest.mark.parametrize("mode", [TOKEN, PROPAGATED, SEQUENCE])
+@pytest.mark.parametrize("signal", ["softmax", "classifier"])
+def test_real_exit_equals_compute_everything(mode, signal):
+    model, x, y = setup(4)
+    classifiers = None
+    if signal == "classifier":
+        h = model.hidden(x, stop=2).reshape(-1, CFG.dim)
+        conf = exit_stats(h, model.head.weight, y).confidence
+        classifiers = [train_exit_classifier(h, conf, steps=50)]
+    thresholds, _, _ = median_thresholds(model, x, y, [2, 4],
+                                         classifiers[0] if classifiers else None)
+    full = route_everything(model, x, y, [2, 4], thresholds, (mode,), classifiers)
+    real = early_exit(model, x, y, [2, 4], thresholds, (mode,), classifiers)
+    assert torch.equal(full.exit_index, real.exit_index)
+    counts = torch.bincount(real.exit_index, minlength=2)
+    assert counts.min() > 0  # both exits are used: the comparison is not vacuous
+    torch.testing.assert_close(real.hidden, full.hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.head(real.hidden), model.head(full.hidden),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(real.nll, full.nll, atol=1e-5, rtol=1e-5)
+    assert torch.equal(real.correct, full.correct)
+
+
+@pytest.mark.parametrize("mode", [TOKEN, PROPAGATED, SEQUENCE])
+def test_real_exit_equals_compute_everything_three_exits(mode):
+    model, x, y = setup(6, seed=3)
+    h2 = model.hidden(x, stop=2).reshape(-1, CFG.dim)
+    c2 = exit_stats(h2, model.head.weight, y).confidence
+    c4 = exit_stats(model.hidden(x, stop=4).reshape(-1, CFG.dim), model.head.weight,
+                    y).confidence
+    thresholds = [float(c2.quantile(0.6)), float(c4.quantile(0.5))]
+    full = route_everything(model, x, y, [2, 4, 6], thresholds, (mode, mode))
+    real = early_exit(model, x, y, [2, 4, 6], thresholds, (mode, mode))
+    assert torch.equal(full.exit_index, real.exit_index)
+    assert torch.bincount(real.exit_index, minlength=3).min() > 0
+    torch.testing.assert_close(real.hidden, full.hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(real.nll, full.nll, atol=1e-5, rtol=1e-5)
+
+
+def test_token_mode_is_not_sequence_mode():
+    """Upper layers over single tokens differ from over sequences: the modes matter."""
+    model, x, y = setup(4)
+    thresholds, _, _ = median_thresholds(model, x, y, [2, 4])
+    token = early_exit(model, x, y, [2, 4], thresholds, (TOKEN,))
+    sequence = early_exit(model, x, y, [2, 4], thresholds, (SEQUENCE,))
+    deep = token.exit_index == 1
+    assert not torch.allclose(token.hidden[deep], sequence.hidden[deep])
+
+
+def test_sparse_block_all_active_is_the_block_and_none_active_changes_nothing():
+    model, x, _ = setup(2)
+    h = model.hidden(x, stop=1)
+    block = model.layers[1]
+    everyone = torch.ones(h.shape[:2], dtype=torch.bool)
+    torch.testing.assert_close(sparse_block(block, h, everyone), block(h), atol=1e-5,
+                               rtol=1e-5)
+    assert torch.equal(sparse_block(block, h, ~everyone), h)
+
+
+def test_propagated_exited_tokens_keep_their_state():
+    model, x, y = setup(4)
+    thresholds, h2, conf = median_thresholds(model, x, y, [2, 4])
+    real = early_exit(model, x, y, [2, 4], thresholds, (PROPAGATED,))
+    left = real.exit_index == 0
+    assert torch.equal(real.hidden[left], h2[left])
