@@ -130,6 +130,20 @@ class ProgressPrinter:
                   f"honest cost {100 * e.honest_cost:.1f}% of the plain "
                   f"{e.exit_layers[-1]}-layer model (blocks and every head)")
 
+    def on_SweepComputed(self, e: ev.SweepComputed) -> None:
+        self.line(f"Threshold sweep ({e.split}): PPL at honest cost, % of the plain model")
+        for series in e.series:
+            points = series["points"]
+            if len(points) > 5:  # a curve: its ends, quartiles and middle
+                step = (len(points) - 1) / 4
+                points = [points[round(k * step)] for k in range(5)]
+            text = "  ".join(
+                (f"q={p['quantile']:.2f} " if p["quantile"] is not None else "")
+                + f"{p['ppl']:.1f}@{100 * p['honest_cost']:.1f}%"
+                + ("*" if p["pareto"] else "") for p in points)
+            self.line(f"  {series['name']}: {text}")
+        self.line("  (* = Pareto-optimal; all points in sweep.json)")
+
     def on_Log(self, e: ev.Log) -> None:
         if e.level != "debug":
             self.line(f"[{e.level}] {e.message}")

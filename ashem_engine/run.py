@@ -315,17 +315,18 @@ class Pipeline:
                                   {"classifiers": [c.state_dict() for c in classifiers]})
             series += sweep(model, mining, report, exit_layers, modes, s.evaluation.signals,
                             s.evaluation.sweep_points, classifiers, check)
-            series.append(single_point("ASHEM · as run", final, costs, plain))
+            series.append(single_point("ASHEM · as run", final, costs, plain,
+                                       exit_layers[-1]))
             first_layers = s.stages[0].layers
             base = EarlyExitLM(vocab, first_layers, s.model).to(self.device).eval()
             base.load_state_dict(load_checkpoint(self.run_dir / "stage-1-best.pt")["model"])
             alone = evaluate(base, report, [first_layers], [], check)
             series.append(single_point(f"stage-1 model ({first_layers} layers)", alone,
                                        CostModel(cfg, vocab, seq_len, (first_layers,), ()),
-                                       plain))
+                                       plain, exit_layers[-1]))
         else:
             series.append(single_point(f"plain model ({exit_layers[0]} layers)", final, costs,
-                                       plain))
+                                       plain, exit_layers[0]))
         mark_pareto([p for x in series for p in x["points"]])
         self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
                                    plain_macs_per_token=plain, series=series))

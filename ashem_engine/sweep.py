@@ -158,11 +158,12 @@ def sweep(model: EarlyExitLM, mining: Batches, report: Batches, exit_layers: Seq
     return series
 
 
-def single_point(name: str, evaluation, costs: CostModel, plain: float,
+def single_point(name: str, evaluation, costs: CostModel, plain: float, deepest: int,
                  kind: str = "baseline", signal: Optional[str] = None) -> dict:
     """A series of one point: a baseline model, or the run's own final evaluation. `plain`:
-    the MACs per token honest_cost is relative to (the run's plain deepest model)."""
+    the MACs per token honest_cost is relative to (the run's plain deepest model), and
+    `deepest` its layers, which the spec's cost counts against."""
+    spec_cost = evaluation.compute_cost * evaluation.exit_layers[-1] / deepest
     p = _point(None, evaluation.thresholds, evaluation.tokens, evaluation.nll_sum,
-               evaluation.correct, evaluation.exit_counts, evaluation.compute_cost, costs,
-               plain)
+               evaluation.correct, evaluation.exit_counts, spec_cost, costs, plain)
     return {"name": name, "kind": kind, "signal": signal, "points": [p]}
