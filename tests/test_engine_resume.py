@@ -222,3 +222,21 @@ def test_app_resume_bad_run_dir_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_resume_in_the_sequence_context_reaches_the_same_numbers(tmp_path):
+    """The sequence context rebuilds its frozen lower states from the saved hard tokens."""
+    settings = tiny_settings(tmp_path, "stages.2.max_epochs=3", "stages.2.context=sequence",
+                             "evaluation.inference=as_trained", "mining.split=train",
+                             "evaluation.sweep_points=0")
+    whole = run_ashem(settings, [], corpus=tiny_corpus(settings))
+    assert whole.status == "finished"
+    control = RunControl()
+    first = run_ashem(settings, [cancel_when(control, lambda e: isinstance(e, ev.EpochEnded)
+                                             and (e.stage, e.epoch) == (2, 1))], control,
+                      corpus=tiny_corpus(settings))
+    assert first.status == "cancelled"
+    second = resume_ashem(first.run_dir, [], corpus=tiny_corpus(settings))
+    assert second.status == "finished", second.error
+    assert final_numbers(second.summary) == final_numbers(whole.summary)
+    assert not (second.run_dir / "sweep.json").exists()  # sweep_points = 0: no sweep
