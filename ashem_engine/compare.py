@@ -44,9 +44,30 @@ def read_sweep(run_dir: str | os.PathLike) -> dict:
                               "evaluation.sweep_points > 0 can be compared") from None
     except ValueError as e:
         raise ComparisonError(f"{str(path / SWEEP_FILE)!r} is not valid JSON: {e}") from None
-    if not isinstance(sweep, dict) or not isinstance(sweep.get("series"), list):
-        raise ComparisonError(f"{str(path / SWEEP_FILE)!r} is not an ashem sweep")
+    check_sweep(sweep, str(path / SWEEP_FILE))
     return sweep
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_sweep(sweep: object, where: str) -> None:
+    """What combine() and a chart need of every series and point, or one line saying what
+    is missing: a broken file is refused when it is read, not a traceback later."""
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("series"), list):
+        raise ComparisonError(f"{where!r} is not an ashem sweep (no list of series)")
+    try:
+        for s in sweep["series"]:
+            name = s["name"]
+            for p in s["points"]:
+                missing = [k for k in ("ppl", "macs_per_token") if not _number(p.get(k))]
+                if missing:
+                    raise ComparisonError(f"{where!r}: a point of series {name!r} has no "
+                                          f"number for {missing[0]}")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ComparisonError(f"{where!r} is not a complete ashem sweep "
+                              f"({type(err).__name__}: {err})") from None
 
 
 def combine(sweeps: Iterable[dict]) -> dict:

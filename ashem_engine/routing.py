@@ -107,9 +107,12 @@ class RoutedTokens:
 def route_everything(model: EarlyExitLM, x: torch.Tensor, y: torch.Tensor,
                      exit_layers: Sequence[int], thresholds: Sequence[float],
                      modes: Sequence[str], classifiers: Optional[Sequence] = None,
-                     lower: Optional[torch.Tensor] = None) -> RoutedTokens:
+                     lower: Optional[torch.Tensor] = None, all_heads: bool = False
+                     ) -> RoutedTokens:
     """One batch through every block for every token (the reference routed evaluation);
-    each exit's head runs for the tokens still undecided there."""
+    each exit's head runs for the tokens still undecided there, or with `all_heads` for
+    every token at every exit, deciding afterwards (what the bench calls computing
+    everything; the results are the same)."""
     weight = model.head.weight
     y = y.reshape(-1)
     n, last = y.numel(), len(exit_layers) - 1
@@ -125,8 +128,14 @@ def route_everything(model: EarlyExitLM, x: torch.Tensor, y: torch.Tensor,
         else:
             h = advance(model, h, exit_layers[e - 1], layer, modes[e - 1],
                         active.view(x.shape))
-        flat = h.reshape(n, -1)[undecided]
-        s = exit_stats(flat, weight, y[undecided])
+        if all_heads:
+            everyone = exit_stats(h.reshape(n, -1), weight, y)
+            s = type(everyone)(everyone.nll[undecided], everyone.confidence[undecided],
+                               everyone.correct[undecided])
+            flat = h.reshape(n, -1)[undecided]
+        else:
+            flat = h.reshape(n, -1)[undecided]
+            s = exit_stats(flat, weight, y[undecided])
         if e < last:
             leave = exits_here(exit_scores(flat, s, classifiers[e] if classifiers else None),
                                thresholds[e])

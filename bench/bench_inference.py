@@ -4,7 +4,9 @@ everything, and the real early exit (inference.py), on the report split of a fin
     python bench/bench_inference.py RUN_DIR [--data DIR] [--device cpu|cuda] [--batches N]
                                     [--repeats R] [--threads T] [--json FILE]
 
-RUN_DIR is a finished two-exit run with a sweep (its stage-1 and final checkpoints, its exit
+"Compute everything" runs every block and every exit's head for every token and decides
+afterwards; the real early exit runs only what the decision needs. RUN_DIR is a finished
+two-exit run with a sweep (its stage-1 and final checkpoints, its exit
 classifier and sweep.json). The routed paths use the run's inference modes; max-softmax
 uses the run's own threshold, the exit classifier its q = 0.5 threshold from the sweep. Each
 path's decisions are checked against computing everything before it is timed. Tokens/s is
@@ -107,7 +109,8 @@ def main() -> int:
     for signal, (thresholds, clf) in signals.items():
         paths.append((f"routed, compute everything ({signal})",
                       lambda x, y, t=thresholds, c=clf: route_everything(
-                          model, x, y, exit_layers, t, modes, c), signal, "everything"))
+                          model, x, y, exit_layers, t, modes, c, all_heads=True),
+                      signal, "everything"))
         paths.append((f"real early exit ({signal})",
                       lambda x, y, t=thresholds, c=clf: early_exit(
                           model, x, y, exit_layers, t, modes, c), signal, "real"))

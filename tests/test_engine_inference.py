@@ -98,3 +98,12 @@ def test_propagated_exited_tokens_keep_their_state():
     real = early_exit(model, x, y, [2, 4], thresholds, (PROPAGATED,))
     left = real.exit_index == 0
     assert torch.equal(real.hidden[left], h2[left])
+
+
+def test_all_heads_changes_the_work_not_the_result():
+    model, x, y = setup(4)
+    thresholds, _, _ = median_thresholds(model, x, y, [2, 4])
+    a = route_everything(model, x, y, [2, 4], thresholds, (TOKEN,))
+    b = route_everything(model, x, y, [2, 4], thresholds, (TOKEN,), all_heads=True)
+    assert torch.equal(a.exit_index, b.exit_index)
+    torch.testing.assert_close(a.nll, b.nll)
