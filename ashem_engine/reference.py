@@ -123,4 +123,13 @@ def format_table(summary: dict) -> str:
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    settings = summary.get("settings", {})
+    differs = [f"{k} = {v!r}" for k, v in (
+        ("mining.split", settings.get("mining", {}).get("split", "validation")),
+        ("evaluation.split", settings.get("evaluation", {}).get("split", "validation")),
+        ("evaluation.inference", settings.get("evaluation", {}).get("inference", "spec")),
+    ) if v not in ("validation", "spec")]
+    if differs:
+        lines.append(f"(the spec and reference figures are the spec's protocol; this run has "
+                     f"{', '.join(differs)}: its numbers answer a different question)")
     return "\n".join(lines)
