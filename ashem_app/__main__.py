@@ -3,8 +3,11 @@
     ashem [--settings settings.toml] [--set table.key=value ...] [--paused]
     ashem --replay runs/<id>        # a finished run, or one a headless engine still writes
     ashem --resume runs/<id>        # continue a cancelled or killed run
+    ashem --compare runs/<a> runs/<b> ...           # only the comparison screen (no run)
+    ashem --replay runs/<id> --compare runs/<a> ... # the replay, compared with those runs (c)
 
-Bad settings or arguments: one line on stderr, exit code 2, nothing started.
+Bad settings or arguments (also a --compare directory without a readable sweep.json): one
+line on stderr, exit code 2, nothing started.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train an early-exit LM with ASHEM in a terminal "
                                        "dashboard, or replay a run.")
-    p.add_argument("--settings", metavar="FILE", default="settings.toml",
+    p.add_argument("--settings", metavar="FILE",
                    help="settings file (default: ./settings.toml)")
     p.add_argument("--set", metavar="TABLE.KEY=VALUE", action="append", default=[],
                    dest="overrides", help="override one setting (repeatable)")
@@ -37,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a cancelled or killed run from its last finished epoch")
     p.add_argument("--popups", action="store_true",
                    help="in replay, open transition screens by themselves")
+    p.add_argument("--compare", metavar="RUN_DIR", nargs="+", default=[],
+                   help="compare the threshold sweeps (sweep.json) of these finished runs: "
+                        "alone, only the comparison screen; with --replay, added to the "
+                        "replayed run's comparison (key c)")
     return p
 
 
@@ -65,8 +72,19 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
     torch and datasets loaded takes another second or more, and quitting must be quick."""
     args = build_parser().parse_args(argv)
     from .app import AshemApp  # after argument checks: errors stay fast and quiet
+    from .comparison import CompareApp, ComparisonError, comparison_of, load_sweeps
     from .replay import ReplayError, resolve_events_path
 
+    compared: list[dict] = []
+    if args.compare:
+        if args.overrides or args.paused:
+            return _fail("error: --set and --paused do not apply to --compare")
+        if args.resume or args.settings:
+            return _fail("error: --compare goes alone or with --replay (no run is trained)")
+        try:
+            compared = load_sweeps(args.compare)
+        except ComparisonError as err:
+            return _fail(f"compare: {err}")
     if args.replay:
         if args.overrides or args.paused:
             return _fail("error: --set and --paused do not apply to --replay")
@@ -74,7 +92,9 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
             path = resolve_events_path(args.replay)
         except ReplayError as err:
             return _fail(f"replay: {err}")
-        app = AshemApp(replay_path=path, auto_inspect=args.popups)
+        app = AshemApp(replay_path=path, auto_inspect=args.popups, compare=compared)
+    elif args.compare:
+        app = CompareApp(comparison_of(None, compared))
     elif args.resume:
         if args.overrides:
             return _fail("error: --set does not apply to --resume (a run keeps its settings)")
@@ -93,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
 
         app = AshemApp(settings=settings, runner=resume_runner, start_paused=args.paused)
     else:
-        settings, error = _load_settings(args.settings, args.overrides)
+        settings, error = _load_settings(args.settings or "settings.toml", args.overrides)
         if error:
             return _fail(error)
         app = AshemApp(settings=settings, start_paused=args.paused)
@@ -103,17 +123,21 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
     # up to the last finished step).
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+
+    def engine_running() -> bool:  # a CompareApp runs no engine
+        return isinstance(app, AshemApp) and app.engine_running
+
     try:
         app.run(loop=loop)
     finally:
-        if app.engine_running:
+        if engine_running():
             if app.control is not None:
                 app.control.cancel()
             app.engine_done.wait(timeout=0.3)
-    code = app.return_code if app.return_code is not None else app.exit_code
+    code = app.return_code if app.return_code is not None else getattr(app, "exit_code", 0)
     if app._exception is not None:  # an exception escaped Textual: it printed it already
         code = 1
-    if hard_exit or app.engine_running:
+    if hard_exit or engine_running():
         # Everything the run wrote is closed (events, summary, checkpoints are written
         # atomically by the engine); only buffered stdio is left to flush.
         sys.stdout.flush()

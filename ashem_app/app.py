@@ -6,6 +6,9 @@ Three ways to get events:
 - attached: a `control` but no settings (tests): events come from `feed()`;
 - replay: `replay_path` (followed while the writer is still going) or a list of `events`.
 
+`compare`: the sweeps of other runs (`ashem --compare`), shown with this run's own sweep on
+the comparison screen (`c`).
+
 Events are reduced into a `RunView` (state.py). High-rate BatchProgress events only update
 the header and progress panel, at most `refresh_interval` apart; the other panels and the
 charts are redrawn only when a structural event (epoch end, mining, …) arrives.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from textual.app import App
 from textual.message import Message
@@ -23,13 +26,15 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from ashem_engine.events import (
-    BatchProgress, Event, Paused, RunCancelled, RunFailed, RunFinished,
+    BatchProgress, Event, Paused, RunCancelled, RunFailed, RunFinished, SweepComputed,
 )
 
 from . import keys
 from .commands import AshemCommands
+from .comparison import ComparisonError, comparison_of
 from .export import export_metrics
 from .replay import EventFollower
+from .screens.compare import ComparisonScreen
 from .screens.confirm import ConfirmScreen
 from .screens.dashboard import DashboardScreen
 from .screens.help import HelpScreen
@@ -61,7 +66,7 @@ class AshemApp(App[int]):
                  replay_path: Optional[str | Path] = None, events: Iterable[Event] = (),
                  auto_inspect: Optional[bool] = None, poll_interval: float = 0.5,
                  refresh_interval: float = 0.25, output_dir: Optional[str | Path] = None,
-                 quit_grace: float = 1.2) -> None:
+                 quit_grace: float = 1.2, compare: Sequence[dict] = ()) -> None:
         super().__init__()
         self.settings = settings
         self._runner = runner or (default_runner if settings is not None else None)
@@ -78,6 +83,7 @@ class AshemApp(App[int]):
         self.refresh_interval = refresh_interval
         self.output_dir = Path(output_dir) if output_dir else None
         self.quit_grace = quit_grace
+        self.compare_sweeps = list(compare)
 
         self.view = RunView()
         self.dashboard = DashboardScreen()
@@ -269,6 +275,10 @@ class AshemApp(App[int]):
         elif isinstance(event, RunFinished):
             if self._loaded or self.is_live:
                 self.notify(f"{event.run_dir}", title="Run finished")
+        elif isinstance(event, SweepComputed):
+            for screen in self.screen_stack:
+                if isinstance(screen, ComparisonScreen):
+                    self._refresh_comparison(screen)
 
     @property
     def exit_code(self) -> int:
@@ -380,6 +390,27 @@ class AshemApp(App[int]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
+    def comparison(self) -> dict:
+        """This run's sweep (once it has one) with the sweeps given by --compare, combined
+        by the engine. Raises ComparisonError (one line) on a sweep that is not complete."""
+        return comparison_of(self.view, self.compare_sweeps)
+
+    def action_open_compare(self) -> None:
+        if isinstance(self.screen, ComparisonScreen):
+            return
+        try:
+            comparison = self.comparison()
+        except ComparisonError as err:
+            self.notify(str(err), title="Cannot compare", severity="error")
+            return
+        self.push_screen(ComparisonScreen(comparison))
+
+    def _refresh_comparison(self, screen: ComparisonScreen) -> None:
+        try:
+            screen.show_comparison(self.comparison())
+        except ComparisonError as err:
+            self.notify(str(err), title="Cannot compare", severity="error")
+
     # -- charts, export, screenshot --------------------------------------------------------
     def action_toggle_log_y(self) -> None:
         charts = self.dashboard.query_one(Charts)
@@ -421,5 +452,5 @@ class AshemApp(App[int]):
         self.notify(saved, title="Screenshot saved", timeout=8)
 
 
-DASHBOARD_ONLY = ("next_chart", "toggle_log_y", "inspect_current")
+DASHBOARD_ONLY = ("next_chart", "toggle_log_y", "inspect_current", "open_compare")
 _TERMINAL = ("RunFinished", "RunCancelled", "RunFailed")

@@ -8,7 +8,7 @@ from rich.text import Text
 from ashem_engine.events import (
     BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, Paused, Resumed,
     RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
-    ThresholdComputed,
+    SweepComputed, ThresholdComputed,
 )
 
 from . import fmt
@@ -69,6 +69,10 @@ def _body(e: Event) -> Optional[Text | str]:
                     f"{fmt.pct(e.accuracy, 2)} · exits {ratios} · compute cost "
                     f"{fmt.pct(e.compute_cost, 2)} · honest cost {fmt.pct(e.honest_cost, 1)}",
                     style="bold")
+    if isinstance(e, SweepComputed):
+        names = ", ".join(str(s.get("name", "?")) for s in e.series)
+        return (f"threshold sweep ({e.split}, {fmt.integer(e.tokens)} tokens): {names} · "
+                "c: compare")
     if isinstance(e, Paused):
         if e.reason == "pause_at":
             return Text(f"holding at boundary {e.boundary} ({e.where})", style="cyan")

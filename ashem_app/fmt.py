@@ -25,11 +25,11 @@ def ppl(x: Optional[float]) -> str:
     return num(x, 2)
 
 
-def pct(x: Optional[float], digits: int = 1) -> str:
-    """A fraction in [0, 1] shown as a percentage."""
+def pct(x: Optional[float], digits: int = 1, sign: bool = True) -> str:
+    """A fraction in [0, 1] shown as a percentage (without the % where a header says it)."""
     if _bad(x):
         return num(x)
-    return f"{x * 100:.{digits}f} %"
+    return f"{x * 100:.{digits}f}" + (" %" if sign else "")
 
 
 def integer(x: Optional[int]) -> str:

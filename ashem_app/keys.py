@@ -16,10 +16,11 @@ from textual.binding import Binding
 
 # Scopes: where a key is live. "app" keys work on the dashboard (and every screen that does
 # not shadow them); the others belong to one screen each.
-SCOPES = ("app", "inspect", "confirm", "help")
+SCOPES = ("app", "inspect", "compare", "confirm", "help")
 SCOPE_TITLES = {
     "app": "Dashboard",
     "inspect": "Transition / inspection screen",
+    "compare": "Comparison screen",
     "confirm": "Confirmation dialogs",
     "help": "This help",
 }
@@ -80,6 +81,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
                help="Toggle a logarithmic y axis on the PPL charts"),
     ActionSpec("ashem.next_chart", "n", "next_chart", "Chart", palette=True,
                help="Show the next chart (narrow terminals show one chart at a time)"),
+    ActionSpec("ashem.compare", "c", "open_compare", "Compare", palette=True,
+               help="Compare runs: PPL against MACs per token and the Pareto frontier"),
     ActionSpec("ashem.export", "e", "export_metrics", "Export", palette=True,
                help="Write the metrics table as metrics.csv and metrics.json "
                     "(into the run directory; the current directory in replay)"),
@@ -102,6 +105,12 @@ ACTIONS: tuple[ActionSpec, ...] = (
                key_display="←", help="Inspect the previous timeline step"),
     ActionSpec("ashem.inspect.next", "right", "step(1)", "Next step", scope="inspect",
                key_display="→", help="Inspect the next timeline step"),
+    # -- comparison screen -----------------------------------------------------------------
+    ActionSpec("ashem.compare-zoom", "z", "toggle_zoom", "Zoom", scope="compare",
+               help="Toggle the chart's y range: all points / near the Pareto front"),
+    ActionSpec("ashem.compare.close", "escape,q", "close", "Close", scope="compare",
+               key_display="esc/q",
+               help="Close the comparison (with ashem --compare: quit)"),
     # -- confirmation dialogs --------------------------------------------------------------
     ActionSpec("ashem.confirm.yes", "y", "answer(True)", "Yes", scope="confirm"),
     ActionSpec("ashem.confirm.no", "n,escape", "answer(False)", "No", scope="confirm",

@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 from ashem_engine.events import (
     BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, Paused, Resumed,
     RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
-    ThresholdComputed,
+    SweepComputed, ThresholdComputed,
 )
 
 TERMINAL = ("finished", "failed", "cancelled")
@@ -47,6 +47,7 @@ class RunView:
     thresholds: dict = field(default_factory=dict)  # stage -> ThresholdComputed
     hard: dict = field(default_factory=dict)  # stage -> HardExamplesCollected
     evaluation: Optional[Evaluated] = None
+    sweep: Optional[SweepComputed] = None  # the latest threshold sweep (after evaluation)
     progress: Optional[BatchProgress] = None
     pause: Optional[Paused] = None  # set while paused
     holds: tuple[Paused, ...] = ()  # every pause_at hold seen (the transitions)
@@ -221,6 +222,8 @@ def reduce(view: RunView, event: Event) -> RunView:
         changes.update(hard={**view.hard, event.stage: event}, status=running)
     elif isinstance(event, Evaluated):
         changes.update(evaluation=event, status=running)
+    elif isinstance(event, SweepComputed):
+        changes.update(sweep=event, status=running)
     elif isinstance(event, Paused):
         changes.update(pause=event)
         if not view.terminal:

@@ -1,1 +1,1 @@
-"""Screens: dashboard, transition inspection, confirmation, help."""
+"""Screens: dashboard, transition inspection, comparison, confirmation, help."""

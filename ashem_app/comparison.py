@@ -1,0 +1,92 @@
+"""Sweeps for the comparison screen, and the app of `ashem --compare` (no run, no dashboard).
+
+- `run_sweep(view)`: the shown run's latest `SweepComputed` as a sweep dict (the shape of a
+  sweep.json), or None before it arrives;
+- `load_sweeps(run_dirs)`: the sweeps of `--compare` run directories; anything that cannot be
+  compared raises `ComparisonError` with a one-line message;
+- `comparison_of(view, others)`: `ashem_engine.compare.combine` of both, the one authority on
+  labels and Pareto flags. Nothing is computed here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from textual.app import App
+from textual.screen import Screen
+
+from ashem_engine.compare import SWEEP_FILE, ComparisonError, combine, read_sweep
+
+from . import keys
+from .screens.compare import ComparisonScreen
+from .screens.help import HelpScreen
+from .state import RunView
+
+__all__ = ["CompareApp", "ComparisonError", "comparison_of", "load_sweeps", "run_sweep"]
+
+
+def protocol(settings: Optional[dict]) -> dict:
+    """The run's protocol as its sweep.json states it, read from its settings (RunStarted)."""
+    settings = settings or {}
+    evaluation = settings.get("evaluation", {})
+    later = [st for st in settings.get("stages", [])[1:] if isinstance(st, dict)]
+    return {"mining_split": settings.get("mining", {}).get("split"),
+            "evaluation_split": evaluation.get("split"),
+            "inference": evaluation.get("inference"),
+            "contexts": [st.get("context") for st in later],
+            "freeze_head": [st.get("freeze_head") for st in later]}
+
+
+def run_sweep(view: RunView) -> Optional[dict]:
+    event = view.sweep
+    if event is None:
+        return None
+    return {"name": view.name or "this run", "split": event.split, "tokens": event.tokens,
+            "plain_macs_per_token": event.plain_macs_per_token,
+            "protocol": protocol(view.started.settings if view.started else None),
+            "series": event.series}
+
+
+def _combined(sweeps: Sequence[dict]) -> dict:
+    try:
+        return combine(sweeps)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        names = ", ".join(str(s.get("name", "?")) for s in sweeps if isinstance(s, dict))
+        raise ComparisonError(f"the sweep of {names or 'a run'} is not complete "
+                              f"({type(err).__name__}: {err})") from None
+
+
+def load_sweeps(run_dirs: Sequence[str]) -> list[dict]:
+    """Each directory's sweep.json, checked. A sweep without a name takes the directory's."""
+    sweeps = []
+    for run_dir in run_dirs:
+        sweep = read_sweep(run_dir)  # a run directory, or its sweep.json
+        path = Path(run_dir)
+        path = path if path.is_file() else path / SWEEP_FILE
+        sweep.setdefault("name", path.resolve().parent.name)
+        sweeps.append(sweep)
+    return sweeps
+
+
+def comparison_of(view: Optional[RunView], others: Sequence[dict] = ()) -> dict:
+    own = run_sweep(view) if view is not None else None
+    return _combined([own, *others] if own is not None else list(others))
+
+
+class CompareApp(App[int]):
+    """`ashem --compare RUN_DIR ...`: only the comparison screen; closing it quits."""
+
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "ashem · compare"
+    BINDINGS = [keys.by_id("ashem.help").binding()]
+
+    def __init__(self, comparison: dict) -> None:
+        super().__init__()
+        self.comparison = comparison
+
+    def get_default_screen(self) -> Screen:
+        return ComparisonScreen(self.comparison)
+
+    def action_show_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())

@@ -1,0 +1,148 @@
+"""The comparison screen: quality against honest compute cost, across runs.
+
+Shows the dict `ashem_engine.compare.combine` returns (every figure and every Pareto flag
+comes from there): the Pareto chart (PPL against MACs per token), a warning when the series
+were reported on different splits, and a table with one row per point. Without any sweep it
+says what is needed. z toggles the chart's y range between all points and near the Pareto
+front (display scaling only, see `widgets.pareto`); it starts zoomed when the zoom hides
+at least one point. esc / q close it (with `ashem --compare`, where it is the app's only
+screen, they quit).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from .. import fmt, keys
+from ..widgets.pareto import ParetoChart, hidden_by_zoom, style
+
+PARETO_MARK = "★"
+COLUMNS = ("series", "quantile", "PPL", "acc %", "deep %", "honest %", "spec %",
+           "MMAC/tok", PARETO_MARK)
+
+NOTHING = ("Nothing to compare yet. A comparison needs a threshold sweep: a finished run "
+           "with evaluation.sweep_points > 0 (its SweepComputed event, or sweep.json in its "
+           "run directory), or  ashem --compare RUN_DIR [RUN_DIR ...]")
+
+
+def has_points(comparison: dict) -> bool:
+    return any(s.get("points") for s in comparison.get("series", []))
+
+
+def summary(comparison: dict) -> Text:
+    series = comparison.get("series", [])
+    runs = list(dict.fromkeys(s.get("run", "?") for s in series))
+    splits = "/".join(comparison.get("splits", [])) or fmt.DASH
+    text = Text(f"{len(series)} series · {len(runs)} run{'s' * (len(runs) != 1)} · "
+                f"{splits} · ", style="bold")
+    text.append(f"{PARETO_MARK} Pareto-optimal · honest/spec: % of plain deepest model",
+                style="dim")
+    return text
+
+
+def split_warning(comparison: dict) -> Optional[Text]:
+    if not comparison.get("mixed_splits"):
+        return None
+    per_run = dict.fromkeys(f"{s.get('run', '?')}: {s.get('split', '?')}"
+                            for s in comparison.get("series", []))
+    return Text(f"⚠ The series were reported on different splits ({'; '.join(per_run)}): "
+                "their PPLs do not compare directly.", style="bold yellow")
+
+
+def _quantile(q: Any) -> str:
+    return f"{q:.2f}" if isinstance(q, (int, float)) else fmt.DASH
+
+
+def _mmacs(macs: Any) -> str:
+    """MACs per token in millions, 4 significant digits (tiny test models have 0.01)."""
+    if not isinstance(macs, (int, float)):
+        return fmt.DASH
+    m = macs / 1e6
+    return f"{m:,.0f}" if abs(m) >= 1000 else f"{m:#.4g}".rstrip(".")
+
+
+def table_rows(comparison: dict) -> list[list[Text]]:
+    """One row per point, in series order; the series' marker in its colour first."""
+    rows = []
+    for i, s in enumerate(comparison.get("series", [])):
+        color, marker = style(i)
+        for p in s.get("points", []):
+            pareto = bool(p.get("pareto"))
+            cells = [_quantile(p.get("quantile")), fmt.ppl(p.get("ppl")),
+                     fmt.pct(p.get("accuracy"), 2, sign=False),
+                     fmt.pct(p.get("deep_ratio"), sign=False),
+                     fmt.pct(p.get("honest_cost"), sign=False),
+                     fmt.pct(p.get("spec_cost"), sign=False),
+                     _mmacs(p.get("macs_per_token")), PARETO_MARK if pareto else ""]
+            cell_style = "bold green" if pareto else ""
+            label = Text(f"{marker} ", style=f"rgb{color}")
+            label.append(str(s.get("label", "?")), style=cell_style)
+            rows.append([label, *(Text(c, style=cell_style, justify="right")
+                                  for c in cells)])
+    return rows
+
+
+class ComparisonScreen(Screen[None]):
+    BINDINGS = keys.bindings("compare")
+
+    def __init__(self, comparison: dict) -> None:
+        super().__init__(classes="compare")
+        self.comparison = comparison
+        self.zoom_choice: Optional[bool] = None  # None: the default, until z is pressed
+
+    @property
+    def zoomed(self) -> bool:
+        """The chart's y range near the Pareto front: by default when that hides a point."""
+        if self.zoom_choice is not None:
+            return self.zoom_choice
+        return hidden_by_zoom(self.comparison) > 0
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compare-box") as box:
+            box.border_title = " Comparison · PPL against honest compute cost "
+            yield Static(id="compare-summary")
+            yield Static(id="compare-warning")
+            yield Static(NOTHING, id="compare-empty")
+            yield ParetoChart(id="compare-chart")
+            yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for name in COLUMNS:
+            table.add_column(name, key=name)
+        self.show_comparison(self.comparison)
+
+    def show_comparison(self, comparison: dict) -> None:
+        """Show another comparison (a new sweep of the run arrived)."""
+        self.comparison = comparison
+        shown = has_points(comparison)
+        warning = split_warning(comparison)
+        self.query_one("#compare-summary", Static).update(summary(comparison))
+        self.query_one("#compare-summary").display = shown
+        self.query_one("#compare-warning", Static).update(warning or "")
+        self.query_one("#compare-warning").display = warning is not None
+        self.query_one("#compare-empty").display = not shown
+        chart = self.query_one(ParetoChart)
+        chart.display = shown
+        chart.show(comparison, zoomed=self.zoomed)
+        table = self.query_one(DataTable)
+        table.display = shown
+        table.clear()
+        for n, row in enumerate(table_rows(comparison)):
+            table.add_row(*row, key=str(n))
+
+    def action_toggle_zoom(self) -> None:
+        self.zoom_choice = not self.zoomed
+        self.query_one(ParetoChart).show(self.comparison, zoomed=self.zoomed)
+
+    def action_close(self) -> None:
+        if self.app.screen_stack[0] is self:  # `ashem --compare`: the app's only screen
+            self.app.exit(0)
+        else:
+            self.dismiss(None)

@@ -1,0 +1,360 @@
+"""The comparison screen (PPL against MACs per token, the Pareto frontier), the `c` key, and
+`ashem --compare`. The sweeps are plain dicts built here and combined by
+`ashem_engine.compare.combine`, the one authority on Pareto flags; no training."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+from app_events import make_events, plain
+
+from ashem_app import keys
+from ashem_app.__main__ import main
+from ashem_app.app import AshemApp
+from ashem_app.comparison import CompareApp, comparison_of, load_sweeps
+from ashem_app.screens.compare import NOTHING, PARETO_MARK, ComparisonScreen
+from ashem_app.screens.help import help_table
+from ashem_app.state import reduce_all
+from ashem_app.widgets.pareto import (FULL_TITLE, ZOOM_RULE, ZOOMED_TITLE, ParetoChart,
+                                      hidden_by_zoom, zoom_top)
+from ashem_engine.compare import combine
+from ashem_engine.events import SweepComputed
+from test_app_cli import ROOT, one_line_error
+from test_app_process import Terminal
+
+SIZE = (100, 30)
+PLAIN_MACS = 4_730_000.0  # MACs per token of the plain deepest model of the reference run
+
+
+def point(quantile, ppl, macs, accuracy, deep, spec) -> dict:
+    return {"quantile": quantile, "thresholds": [] if quantile is None else [quantile / 4],
+            "ppl": ppl, "accuracy": accuracy, "exit_ratios": [1 - deep, deep],
+            "deep_ratio": deep, "spec_cost": spec, "honest_cost": macs / PLAIN_MACS,
+            "macs_per_token": macs, "pareto": False}
+
+
+def sweep_series() -> list[dict]:
+    """21 thresholds (quantile 0 … 1): PPL falls as more tokens go deep, then rises a little
+    past 0.8, so the last four points are beaten by cheaper ones; plus the plain 4-layer
+    model as a baseline (beaten too)."""
+    points = []
+    for i in range(21):
+        q = i / 20
+        ppl = round(770 + 130 * (1 - q) ** 2 + 100 * max(0.0, q - 0.8), 2)
+        points.append(point(q, ppl, PLAIN_MACS * (0.55 + 0.5 * q), 0.150 + 0.008 * q, q,
+                            0.5 + 0.5 * q))
+    baseline = point(None, 790.0, PLAIN_MACS, 0.157, 1.0, 1.0)
+    return [{"name": "confidence sweep", "kind": "sweep", "signal": "confidence",
+             "points": points},
+            {"name": "plain 4 layers", "kind": "baseline", "signal": None,
+             "points": [baseline]}]
+
+
+def sweep_event(t: float = 0.0) -> SweepComputed:
+    return SweepComputed(split="validation", tokens=65_536, plain_macs_per_token=PLAIN_MACS,
+                         series=sweep_series(), t=t)
+
+
+def other_run(split: str = "validation") -> dict:
+    """A second run: one point, cheaper than every point of the sweep (Pareto-optimal)."""
+    return {"name": "scratch-2L", "split": split, "tokens": 65_536,
+            "plain_macs_per_token": PLAIN_MACS / 2, "protocol": {},
+            "series": [{"name": "plain 2 layers", "kind": "baseline", "signal": None,
+                        "points": [point(None, 905.0, PLAIN_MACS / 2, 0.145, 1.0, 1.0)]}]}
+
+
+def replay_with_sweep() -> list:
+    """The fixture run with its SweepComputed just before RunFinished."""
+    events = make_events()
+    *head, finished = events
+    return [*head, sweep_event(t=finished.t), finished]
+
+
+def outlier_run() -> dict:
+    """A third run far above the rest (PPL 2000, beaten by the cheap end of the sweep)."""
+    return {"name": "outlier", "split": "validation", "tokens": 65_536,
+            "plain_macs_per_token": PLAIN_MACS, "protocol": {},
+            "series": [{"name": "bad model", "kind": "baseline", "signal": None,
+                        "points": [point(None, 2000.0, PLAIN_MACS * 0.6, 0.1, 1.0, 1.0)]}]}
+
+
+def reference_sweep() -> dict:
+    return {"name": "reference", "split": "validation", "tokens": 65_536,
+            "plain_macs_per_token": PLAIN_MACS, "series": sweep_series()}
+
+
+def table_cells(screen: ComparisonScreen) -> list[list[str]]:
+    table = screen.query_one("#compare-table")
+    return [[c.plain for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def expected_flags(sweeps: list[dict]) -> list[bool]:
+    return [p["pareto"] for s in combine(sweeps)["series"] for p in s["points"]]
+
+
+# -- state and keys ------------------------------------------------------------------------
+def test_the_reducer_keeps_the_latest_sweep():
+    view = reduce_all(make_events())
+    assert view.sweep is None
+    first, second = sweep_event(t=1.0), sweep_event(t=2.0)
+    view = reduce_all([first, second], view)
+    assert view.sweep is second and view.status == "finished"
+
+
+def test_the_keys_are_registered_for_the_footer_help_and_palette():
+    assert keys.by_id("ashem.compare").key == "c"
+    assert keys.by_id("ashem.compare") in keys.palette_actions()
+    assert "c" in [b.key for b in keys.bindings("app") if b.show]
+    assert keys.by_id("ashem.compare-zoom").key == "z"
+    assert "z" in [b.key for b in keys.bindings("compare") if b.show]
+    assert [k for k, _ in keys.help_rows("compare")] == ["z", "esc/q"]
+    text = plain_table(help_table())
+    assert "Comparison screen" in text and "Pareto frontier" in text
+
+
+def plain_table(renderable) -> str:
+    class Holder:
+        content = renderable
+
+    return plain(Holder())
+
+
+def test_the_comparison_of_a_run_is_the_engines_combine():
+    view = reduce_all(replay_with_sweep())
+    comparison = comparison_of(view, [other_run()])
+    expected = combine([reference_sweep(), other_run()])
+    assert [s["label"] for s in comparison["series"]] == \
+        ["reference · confidence sweep", "reference · plain 4 layers",
+         "scratch-2L · plain 2 layers"]
+    assert [[p["pareto"] for p in s["points"]] for s in comparison["series"]] == \
+        [[p["pareto"] for p in s["points"]] for s in expected["series"]]
+    assert comparison["series"][0]["protocol"] == {
+        "mining_split": None, "evaluation_split": None, "inference": None,
+        "contexts": [None], "freeze_head": [None]}  # the fixture's settings leave them out
+
+
+# -- the screen ----------------------------------------------------------------------------
+async def test_c_opens_the_comparison_of_a_replayed_run_and_escape_closes_it():
+    app = AshemApp(events=replay_with_sweep(), compare=[other_run()])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("c")
+        screen = app.screen
+        assert isinstance(screen, ComparisonScreen)
+        rows = table_cells(screen)
+        assert len(rows) == 21 + 1 + 1  # one row per point
+        flags = expected_flags([reference_sweep(), other_run()])
+        assert [r[-1] == PARETO_MARK for r in rows] == flags
+        assert sum(flags) == 18  # quantiles 0 … 0.8 and the cheap 2-layer run
+        assert rows[0][1:] == ["0.00", "900.00", "15.00", "0.0", "55.0", "50.0", "2.602",
+                               PARETO_MARK]
+        assert rows[21][0].endswith("reference · plain 4 layers") and rows[21][1] == "–"
+        assert rows[21][-1] == ""
+        assert not screen.query_one("#compare-warning").display
+        assert not screen.query_one("#compare-empty").display
+        assert screen.query_one(ParetoChart).draws == 1
+        assert "3 series · 2 runs · validation" in plain(screen.query_one("#compare-summary"))
+        await pilot.press("c")  # not again on top of itself
+        assert len(app.screen_stack) == 2
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+        await pilot.press("c")
+        await pilot.press("q")  # q closes the comparison, it does not quit
+        assert app.screen is app.dashboard and app.is_running
+
+
+async def test_the_command_palette_opens_it():
+    app = AshemApp(events=replay_with_sweep())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"compare")
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ComparisonScreen)
+        assert len(table_cells(app.screen)) == 22
+
+
+async def test_different_splits_are_flagged():
+    app = AshemApp(events=replay_with_sweep(), compare=[other_run(split="test")])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        warning = app.screen.query_one("#compare-warning")
+        assert warning.display
+        text = plain(warning)
+        assert "different splits" in text
+        assert "reference: validation" in text and "scratch-2L: test" in text
+
+
+async def test_before_the_sweep_the_screen_says_what_is_needed_then_fills_in():
+    events = make_events()
+    app = AshemApp(events=events[:-1])  # evaluated, no sweep yet, not finished
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        screen = app.screen
+        assert isinstance(screen, ComparisonScreen)
+        assert screen.query_one("#compare-empty").display
+        assert "evaluation.sweep_points > 0" in NOTHING and "ashem --compare" in NOTHING
+        assert not screen.query_one("#compare-table").display
+        app.feed([sweep_event(t=events[-1].t), events[-1]])  # the sweep arrives
+        await pilot.pause()
+        assert not screen.query_one("#compare-empty").display
+        assert len(table_cells(screen)) == 22
+
+
+async def test_before_the_sweep_the_other_runs_are_shown():
+    app = AshemApp(events=make_events(), compare=[other_run()])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        rows = table_cells(app.screen)
+        assert len(rows) == 1 and rows[0][-1] == PARETO_MARK
+
+
+async def test_compare_app_has_only_the_comparison_and_q_quits():
+    app = CompareApp(combine([reference_sweep(), other_run()]))
+    async with app.run_test(size=SIZE) as pilot:
+        assert isinstance(app.screen, ComparisonScreen)
+        assert len(table_cells(app.screen)) == 23
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0
+
+
+def chart_text(chart: ParetoChart) -> str:
+    return chart.render().plain
+
+
+def test_the_zoom_range_is_the_pareto_front_plus_a_tenth_of_the_lowest_ppl():
+    comparison = combine([reference_sweep(), other_run(), outlier_run()])
+    lowest = 770 + 130 * 0.2 ** 2  # quantile 0.8
+    assert zoom_top(comparison) == pytest.approx(905.0 + 0.1 * lowest)  # 905: scratch-2L
+    assert hidden_by_zoom(comparison) == 1
+    assert hidden_by_zoom(combine([reference_sweep(), other_run()])) == 0
+
+
+async def test_z_toggles_the_zoom_which_leaves_out_the_outlier_but_not_its_row():
+    comparison = combine([reference_sweep(), other_run(), outlier_run()])
+    flags = expected_flags([reference_sweep(), other_run(), outlier_run()])
+    app = CompareApp(comparison)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        chart = screen.query_one(ParetoChart)
+        assert screen.zoomed  # the default: the zoom hides a point
+        assert chart.hidden == 1
+        low, high = chart.ylim
+        assert low <= 775.2 and zoom_top(comparison) <= high < 2000.0
+        assert chart.xlim[0] < PLAIN_MACS * 0.55 / 1e6 and chart.xlim[1] > PLAIN_MACS * 1.05 / 1e6
+        text = chart_text(chart)
+        assert ZOOMED_TITLE in text and ZOOM_RULE in text and FULL_TITLE not in text
+        rows = table_cells(screen)
+        assert len(rows) == 21 + 1 + 1 + 1  # the table lists every point, zoomed or not
+        assert rows[-1][0].endswith("outlier · bad model") and rows[-1][2] == "2,000.00"
+        assert [r[-1] == PARETO_MARK for r in rows] == flags  # the engine's flags
+
+        await pilot.press("z")
+        await pilot.pause()
+        assert not screen.zoomed
+        assert chart.hidden == 0 and chart.ylim[1] >= 2000.0 and chart.ylim[0] <= 775.2
+        text = chart_text(chart)
+        assert FULL_TITLE in text and ZOOMED_TITLE not in text
+        assert len(table_cells(screen)) == 24
+
+        await pilot.press("z")
+        await pilot.pause()
+        assert screen.zoomed and chart.ylim[1] < 2000.0
+        assert ZOOMED_TITLE in chart_text(chart)
+
+
+async def test_without_an_outlier_the_full_view_is_the_default():
+    app = CompareApp(combine([reference_sweep(), other_run()]))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        chart = screen.query_one(ParetoChart)
+        assert not screen.zoomed and chart.hidden == 0
+        assert FULL_TITLE in chart_text(chart)
+        await pilot.press("z")
+        await pilot.pause()
+        assert screen.zoomed and chart.hidden == 0  # nothing to leave out: the same range
+        assert ZOOMED_TITLE in chart_text(chart)
+
+
+def test_snapshot_of_the_comparison_screen(snap_compare):
+    app = AshemApp(events=replay_with_sweep(), compare=[other_run(split="test")])
+    assert snap_compare(app, terminal_size=SIZE, press=["c"])
+
+
+# -- the command line ----------------------------------------------------------------------
+def write_sweep(run_dir, sweep: dict):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "sweep.json").write_text(json.dumps(sweep), encoding="utf-8")
+    return run_dir
+
+
+def test_compare_errors_are_one_line(capsys, tmp_path):
+    good = write_sweep(tmp_path / "good", other_run())
+    assert main(["--compare", str(good), str(tmp_path / "absent")], hard_exit=False) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("ashem: compare:") and "absent" in err and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["--compare", str(tmp_path / "empty")], hard_exit=False) == 2
+    assert "no sweep.json" in one_line_error(capsys)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "sweep.json").write_text("{not json", encoding="utf-8")
+    assert main(["--compare", str(tmp_path / "bad")], hard_exit=False) == 2
+    assert "not valid JSON" in one_line_error(capsys)
+    broken = other_run()
+    del broken["series"][0]["points"][0]["macs_per_token"]
+    write_sweep(tmp_path / "broken", broken)
+    assert main(["--compare", str(tmp_path / "broken")], hard_exit=False) == 2
+    err = one_line_error(capsys)
+    assert "'plain 2 layers'" in err and "macs_per_token" in err
+    del broken["series"][0]["points"]
+    write_sweep(tmp_path / "broken", broken)
+    assert main(["--compare", str(tmp_path / "broken")], hard_exit=False) == 2
+    assert "not a complete ashem sweep" in one_line_error(capsys)
+
+
+def test_compare_refuses_run_options(capsys, tmp_path):
+    good = str(write_sweep(tmp_path / "good", other_run()))
+    assert main(["--compare", good, "--set", "run.seed=1"], hard_exit=False) == 2
+    assert "--compare" in one_line_error(capsys)
+    assert main(["--compare", good, "--paused"], hard_exit=False) == 2
+    assert "--compare" in one_line_error(capsys)
+    assert main(["--compare", good, "--resume", str(tmp_path)], hard_exit=False) == 2
+    one_line_error(capsys)
+
+
+def test_compare_with_a_bad_replay_is_one_line(capsys, tmp_path):
+    good = str(write_sweep(tmp_path / "good", other_run()))
+    assert main(["--replay", str(tmp_path / "nothing"), "--compare", good],
+                hard_exit=False) == 2
+    assert "no events file" in one_line_error(capsys)
+
+
+def test_a_sweep_without_a_name_takes_its_directory_name(tmp_path):
+    nameless = {k: v for k, v in other_run().items() if k != "name"}
+    (sweep,) = load_sweeps([str(write_sweep(tmp_path / "run-b", nameless))])
+    assert sweep["name"] == "run-b"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pty")
+def test_compare_alone_runs_no_dashboard_and_q_quits(tmp_path):
+    """The real `python -m ashem_app --compare A B` in a pseudo-terminal."""
+    a = write_sweep(tmp_path / "a", reference_sweep())
+    b = write_sweep(tmp_path / "b", other_run())
+    term = Terminal([sys.executable, "-m", "ashem_app", "--compare", str(a), str(b)],
+                    cwd=ROOT)
+    try:
+        term.wait_for(b"Pareto", timeout=60)
+        term.send("q")
+        deadline = time.monotonic() + 10
+        while term.proc.poll() is None and time.monotonic() < deadline:
+            term.read(0.05)
+        assert term.proc.poll() == 0, term.seen[-2000:]
+        assert b"REPLAY" not in term.seen and b"Pause/Resume" not in term.seen
+    finally:
+        term.close()
