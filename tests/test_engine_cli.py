@@ -159,5 +159,6 @@ def test_engine_never_imports_textual(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "BAD []" in p.stdout, p.stdout
     for module in ("settings", "data", "model", "head", "mining", "routing", "stages", "run",
-                   "control", "events", "rundir", "reference", "__main__"):
+                   "control", "events", "rundir", "reference", "__main__", "costs",
+                   "inference", "signals", "sweep", "compare"):
         assert f"'{module}'" in p.stdout

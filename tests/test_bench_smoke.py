@@ -1,0 +1,58 @@
+"""The benches of docs/RESULTS.md still run: on a tiny finished run, in seconds."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ashem_engine.run import run_ashem
+from conftest import tiny_corpus, tiny_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_sound_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    settings = tiny_settings(tmp, "mining.split=train", "evaluation.split=test",
+                             "stages.2.context=sequence", "evaluation.inference=as_trained",
+                             "stages.2.freeze_head=true", "stages.2.max_epochs=2",
+                             "evaluation.sweep_points=5")
+    result = run_ashem(settings, [], corpus=tiny_corpus(settings))
+    assert result.status == "finished", result.error
+    return settings, result.run_dir
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bench_inference_checks_the_real_exit_and_times_every_path(tiny_sound_run):
+    settings, run_dir = tiny_sound_run
+    p = bench("bench/bench_inference.py", str(run_dir), "--data", settings.data.path,
+              "--batches", "2", "--repeats", "1", "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for path in ("2-layer model (stage 1)", "4-layer model, no exit",
+                 "routed, compute everything (softmax)", "real early exit (softmax)",
+                 "routed, compute everything (classifier)", "real early exit (classifier)"):
+        assert any(line.startswith(path) for line in lines), p.stdout
+    assert sum("same exits" in line for line in lines) == 2
+
+
+def test_protocols_table_from_finished_runs(tiny_sound_run, tmp_path):
+    _, run_dir = tiny_sound_run
+    csv_file = tmp_path / "all.csv"
+    p = bench("bench/protocols.py", "--table", str(run_dir), "--csv", str(csv_file))
+    assert p.returncode == 0, p.stderr
+    assert "| tiny | ASHEM · max-softmax | 0.50 |" in p.stdout
+    assert "| tiny | stage-1 model (2 layers) |" in p.stdout
+    rows = csv_file.read_text().splitlines()
+    assert len(rows) == 1 + 5 + 5 + 1 + 1  # header, two sweeps, as run, stage-1 model
+    p = bench("bench/protocols.py", "--table", str(tmp_path / "missing"))
+    assert p.returncode == 2 and "does not exist" in p.stderr
