@@ -20,7 +20,7 @@ from .data import Batches
 from .head import exit_stats
 from .mining import exit_pass, quantile_threshold
 from .model import EarlyExitLM
-from .routing import advance, evaluate, route, spec_compute_cost
+from .routing import advance, evaluate, exits_here, route, spec_compute_cost
 from .signals import ExitClassifier, train_exit_classifier
 
 
@@ -110,6 +110,40 @@ class _Table:
                 sum(batch_costs) / len(batch_costs))
 
 
+class _Propagated:
+    """Two exits, upper layers propagated: the first exit's states and statistics do not
+    depend on the threshold, so they are computed once; each threshold re-runs only the
+    upper layers and the deep tokens' head."""
+
+    def __init__(self, model, batches: Batches, exit_layers, classifiers, check):
+        self.model, self.batches, self.exit_layers = model, batches, list(exit_layers)
+        self.lower, self.first, self.scores = [], [], []
+        for i in range(len(batches)):
+            if check:
+                check(i)
+            h = model.hidden(batches.x[i], stop=exit_layers[0])
+            flat = h.reshape(-1, h.shape[-1])
+            self.lower.append(h)
+            self.first.append(exit_stats(flat, model.head.weight, batches.y[i]))
+            self.scores.append(classifiers[0].score(flat) if classifiers else None)
+
+    def point(self, thresholds, signal: str, exit_layers):
+        weight, (low, high) = self.model.head.weight, self.exit_layers
+        nll_sum, correct, counts, batch_costs = 0.0, 0, [0, 0], []
+        for i, (h, first) in enumerate(zip(self.lower, self.first)):
+            y = self.batches.y[i].reshape(-1)
+            scores = first.confidence if signal == SOFTMAX else self.scores[i]
+            deep = ~exits_here(scores, thresholds[0])
+            upper = advance(self.model, h, low, high, PROPAGATED, deep.view(h.shape[:2]))
+            s = exit_stats(upper.reshape(y.numel(), -1)[deep], weight, y[deep])
+            nll_sum += float(first.nll[~deep].double().sum()) + float(s.nll.double().sum())
+            correct += int(first.correct[~deep].sum()) + int(s.correct.sum())
+            batch = [int((~deep).sum()), int(deep.sum())]
+            counts = [a + b for a, b in zip(counts, batch)]
+            batch_costs.append(spec_compute_cost(batch, exit_layers))
+        return nll_sum, correct, counts, sum(batch_costs) / len(batch_costs)
+
+
 def _point(q, thresholds, tokens, nll_sum, correct, counts, spec_cost, costs: CostModel,
            plain: float):
     fractions = [c / tokens for c in counts]
@@ -129,8 +163,12 @@ def sweep(model: EarlyExitLM, mining: Batches, report: Batches, exit_layers: Seq
     exit_layers, modes = list(exit_layers), tuple(modes)
     seq_len = report.x.shape[-1]
     first = exit_pass(model, mining, exit_layers[0], check)
-    table = None if PROPAGATED in modes else _Table(model, report, exit_layers, modes,
-                                                    classifiers, check)
+    if PROPAGATED not in modes:
+        table = _Table(model, report, exit_layers, modes, classifiers, check)
+    elif len(exit_layers) == 2:
+        table = _Propagated(model, report, exit_layers, classifiers, check)
+    else:
+        table = None  # a later exit's states depend on every earlier decision
     series = []
     for signal in signals:
         clf = classifiers if signal == CLASSIFIER else None

@@ -56,12 +56,17 @@ def test_routed_fraction_is_monotone_in_the_threshold(model, mode):
             assert math.isfinite(p["ppl"]) and 0 <= p["accuracy"] <= 1
 
 
-def test_sweep_points_equal_a_routed_evaluation(model):
-    """The fast table used for routing-independent modes gives evaluate's numbers."""
+@pytest.mark.parametrize("mode", [TOKEN, PROPAGATED])
+@pytest.mark.parametrize("signal", ["softmax", "classifier"])
+def test_sweep_points_equal_a_routed_evaluation(model, mode, signal):
+    """The sweep's shortcuts (one pass for routing-independent modes; the first exit
+    computed once when propagating) give evaluate's numbers."""
     mining, report = batches(1), batches(2)
-    (series,) = sweep(model, mining, report, [2, 4], (TOKEN,), ["softmax"], 5)
-    for p in series["points"][1:-1]:
-        r = evaluate(model, report, [2, 4], p["thresholds"], modes=(TOKEN,))
+    classifiers = train_classifiers(model, mining, [2, 4], [0.05], (mode,), seed=0)
+    (series,) = sweep(model, mining, report, [2, 4], (mode,), [signal], 5, classifiers)
+    for p in series["points"]:
+        r = evaluate(model, report, [2, 4], p["thresholds"], modes=(mode,),
+                     classifiers=classifiers if signal == "classifier" else None)
         assert p["ppl"] == pytest.approx(r.ppl, rel=1e-5)
         assert p["accuracy"] == pytest.approx(r.accuracy)
         assert p["exit_ratios"] == pytest.approx(r.exit_ratios)
