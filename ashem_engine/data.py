@@ -8,11 +8,14 @@ token k · batch · seq_len and its row j at 32 · j further on; only full batch
 from __future__ import annotations
 
 import codecs
+import hashlib
 import logging
+import lzma
 import os
 import socket
 import warnings
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -23,6 +26,12 @@ from .settings import DataSettings
 SPLIT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
 UNK, PAD = "<unk>", "<pad>"
 HUB_HOST = ("huggingface.co", 443)
+EMBEDDED = ("wikitext", "wikitext-2-raw-v1")  # shipped in ashem_engine/corpus/, see its README
+EMBEDDED_SHA256 = {
+    "train": "6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57",
+    "validation": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+    "test": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
+}
 
 
 class DataError(Exception):
@@ -205,16 +214,46 @@ def read_hub_rows(settings: DataSettings,
     return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
 
 
+def read_embedded_rows() -> dict[str, list[str]]:
+    """WikiText-2 raw from the package's own xz copy, each file's sha256 checked. Rows are
+    the files' lines; tokens do not depend on where rows break, so they equal the files'."""
+    folder = resources.files(__package__) / "corpus"
+    rows = {}
+    for split, name in SPLIT_FILES.items():
+        try:
+            raw = lzma.decompress((folder / f"{name}.xz").read_bytes())
+        except (OSError, lzma.LZMAError) as e:
+            raise DataError(f"the copy of {name} shipped with ashem cannot be read ({e}); "
+                            f"reinstall ashem, or set data.path") from None
+        if hashlib.sha256(raw).hexdigest() != EMBEDDED_SHA256[split]:
+            raise DataError(f"the copy of {name} shipped with ashem is damaged (its sha256 "
+                            "differs); reinstall ashem, or set data.path") from None
+        rows[split] = raw.decode("utf-8").split("\n")
+    return rows
+
+
+def describe_source(settings: DataSettings) -> str:
+    """Where load_corpus will read from, in words, without reading anything."""
+    local = resolve_local_path(settings)
+    if local is not None:
+        return str(local)
+    if (settings.hub_name, settings.hub_config) == EMBEDDED:
+        return f"embedded:{'/'.join(EMBEDDED)}"
+    return f"hub:{settings.hub_name}/{settings.hub_config}"
+
+
 def load_corpus(settings: DataSettings,
                 reachable: Callable[[], bool] = hub_reachable) -> Corpus:
+    """data.path, else $ASHEM_DATA, else the embedded copy (for its hub configuration),
+    else the hub."""
     local = resolve_local_path(settings)
     if local is not None:
         rows = read_local_rows(local)
-        source = str(local)
+    elif (settings.hub_name, settings.hub_config) == EMBEDDED:
+        rows = read_embedded_rows()
     else:
         rows = read_hub_rows(settings, reachable)
-        source = f"hub:{settings.hub_name}/{settings.hub_config}"
-    return corpus_from_rows(rows, settings, source)
+    return corpus_from_rows(rows, settings, describe_source(settings))
 
 
 def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,

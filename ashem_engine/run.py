@@ -22,7 +22,7 @@ import torch
 
 from . import events as ev
 from .control import Cancelled, RunControl
-from .data import Corpus, DataError, load_corpus
+from .data import Corpus, DataError, describe_source, load_corpus
 from .mining import (HardTokens, MiningResult, exit_pass, examples_in_context, histogram, mine,
                      top_words)
 from .model import EarlyExitLM, count_parameters
@@ -220,8 +220,7 @@ class Pipeline:
         seed_everything(s.run.seed)
         self.where = "loading data"
         if corpus is None:
-            source = s.data.path or os.environ.get("ASHEM_DATA") or "the hub"
-            self.log(f"loading data from {source}")
+            self.log(f"loading data from {describe_source(s.data)}")
             corpus = load_corpus(s.data)
         self.corpus = corpus
         for key, split in (("mining.split", s.mining.split),

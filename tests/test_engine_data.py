@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import builtins
+import lzma
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
 
 from ashem_engine import data
-from ashem_engine.data import (DataError, build_vocabulary, corpus_from_rows, cut_lengths,
-                               hub_reachable, load_corpus, make_batches, read_hub_rows,
+from ashem_engine.data import (SPLIT_FILES, DataError, build_vocabulary, corpus_from_rows,
+                               cut_lengths, describe_source, hub_reachable, load_corpus, make_batches, read_hub_rows,
                                read_local_rows, tokenize)
 from ashem_engine.settings import DataSettings, load_settings
 from conftest import SHARED_DATA, tiny_corpus
@@ -261,7 +263,8 @@ def test_hub_unreachable_is_a_quick_data_error():
 def test_load_corpus_without_path_goes_to_the_hub(monkeypatch):
     monkeypatch.delenv("ASHEM_DATA", raising=False)
     asked = []
-    message = data_error(load_corpus, DataSettings(), reachable=lambda: asked.append(1) or False)
+    other = DataSettings(hub_config="wikitext-103-raw-v1")  # not the embedded configuration
+    message = data_error(load_corpus, other, reachable=lambda: asked.append(1) or False)
     assert asked == [1] and "data.path" in message
 
 
@@ -271,3 +274,44 @@ def test_hub_reachable_respects_offline_mode(monkeypatch, variable):
     started = time.monotonic()
     assert hub_reachable(timeout=30) is False
     assert time.monotonic() - started < 0.5
+
+
+# -- the embedded copy ---------------------------------------------------------------------
+
+@pytest.mark.skipif(not (SHARED_DATA / "wiki.train.raw").is_file(),
+                    reason="shared WikiText-2 files not present")
+def test_the_embedded_copy_is_the_shared_data_byte_for_byte():
+    folder = resources.files("ashem_engine") / "corpus"
+    for name in SPLIT_FILES.values():
+        shipped = lzma.decompress((folder / f"{name}.xz").read_bytes())
+        assert shipped == (SHARED_DATA / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "wiki.train.raw").is_file(),
+                    reason="shared WikiText-2 files not present")
+def test_the_embedded_corpus_equals_the_one_read_from_files(monkeypatch):
+    """Same vocabulary and the same batches, so every figure of a run is the same."""
+    monkeypatch.delenv("ASHEM_DATA", raising=False)
+    embedded = load_corpus(DataSettings(), reachable=lambda: pytest.fail("hub consulted"))
+    files = load_corpus(DataSettings(path=str(SHARED_DATA)))
+    assert embedded.source == "embedded:wikitext/wikitext-2-raw-v1"
+    assert embedded.vocab.words == files.vocab.words
+    for split in SPLIT_FILES:
+        assert torch.equal(embedded.batches[split].x, files.batches[split].x), split
+        assert torch.equal(embedded.batches[split].y, files.batches[split].y), split
+
+
+def test_where_data_comes_from(monkeypatch, tmp_path):
+    monkeypatch.delenv("ASHEM_DATA", raising=False)
+    assert describe_source(DataSettings()) == "embedded:wikitext/wikitext-2-raw-v1"
+    assert describe_source(DataSettings(hub_config="wikitext-103-raw-v1")) == \
+        "hub:wikitext/wikitext-103-raw-v1"
+    monkeypatch.setenv("ASHEM_DATA", str(tmp_path))
+    assert describe_source(DataSettings()) == str(tmp_path)
+    assert describe_source(DataSettings(path="/d")) == "/d"  # data.path comes first
+
+
+def test_a_damaged_embedded_copy_is_one_line(monkeypatch):
+    monkeypatch.setitem(data.EMBEDDED_SHA256, "validation", "0" * 64)
+    message = data_error(data.read_embedded_rows)
+    assert "wiki.valid.raw" in message and "damaged" in message and "\n" not in message
