@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train an early-exit LM with ASHEM in a terminal "
                                        "dashboard, or replay a run.")
     p.add_argument("--settings", metavar="FILE",
-                   help="settings file (default: ./settings.toml)")
+                   help="settings file (default: ./settings.toml, else the built-in defaults)")
     p.add_argument("--set", metavar="TABLE.KEY=VALUE", action="append", default=[],
                    dest="overrides", help="override one setting (repeatable)")
     p.add_argument("--paused", action="store_true",
@@ -52,12 +52,13 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _load_settings(path: str, overrides: Sequence[str]):
+def _load_settings(given: Optional[str], overrides: Sequence[str]):
     """Settings, or an error line. The engine's settings module is the one authority."""
-    try:
-        from ashem_engine.settings import SettingsError, load_settings
-    except ImportError as err:  # pragma: no cover - only before the engine exists
-        return None, f"the engine's settings module is not available ({err})"
+    from ashem_engine.settings import SettingsError, choose_settings_file, load_settings
+
+    path, notice = choose_settings_file(given)
+    if notice:
+        print(f"{PROG}: {notice}", file=sys.stderr)
     try:
         return load_settings(path, overrides=tuple(overrides)), None
     except SettingsError as err:
@@ -113,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
 
         app = AshemApp(settings=settings, runner=resume_runner, start_paused=args.paused)
     else:
-        settings, error = _load_settings(args.settings or "settings.toml", args.overrides)
+        settings, error = _load_settings(args.settings, args.overrides)
         if error:
             return _fail(error)
         app = AshemApp(settings=settings, start_paused=args.paused)

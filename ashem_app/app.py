@@ -25,6 +25,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from ashem_engine.exitcodes import exit_code
 from ashem_engine.events import (
     BatchProgress, Event, Paused, RunCancelled, RunFailed, RunFinished, SweepComputed,
 )
@@ -282,7 +283,13 @@ class AshemApp(App[int]):
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.view.status == "failed" else 0
+        """The engine's rule (exitcodes.exit_code) for the run this app trains; 0 when it
+        only shows a run. Quitting before the engine has confirmed the cancel is a cancel."""
+        if not self.is_live:
+            return 0
+        status = self.view.status if self.view.terminal or not self._quitting else "cancelled"
+        failed = self.view.failed
+        return exit_code(status, failed.error_kind if failed else None)
 
     def leave(self) -> None:
         self.exit(self.exit_code, return_code=self.exit_code)

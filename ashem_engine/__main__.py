@@ -1,10 +1,10 @@
-"""Headless command line: `ashem-engine run [--settings F] [--set table.key=value]...` and
-`ashem-engine resume RUN_DIR`.
+"""Headless command line: `ashem-engine run [--settings F] [--set table.key=value]...`,
+`ashem-engine resume RUN_DIR` and `ashem-engine init [FILE]`.
 
 Just one more consumer of the engine's events: it prints progress lines like the spec's
 debug prints and ends with the table of the spec's figures against this run's. A headless
 run never holds at stage boundaries. Exit codes: 0 finished, 1 failed while running,
-2 bad input (command line, settings, data, run directory), 130 cancelled (Ctrl-C).
+2 bad input (command line, settings, data, run directory), 130 cancelled (Ctrl-C): exitcodes.exit_code, the same rule as `ashem`.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from typing import Optional, Sequence, TextIO
 
 from . import events as ev
 from .control import RunControl
+from .exitcodes import EXIT_BAD_INPUT, EXIT_OK, exit_code
 from .reference import format_table
-from .settings import SettingsError, load_settings
+from .settings import (LOCAL_FILE, SettingsError, choose_settings_file, load_settings,
+                       write_default_settings)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -31,14 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train an early-exit LM with ASHEM, headless.")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
     run = sub.add_parser("run", help="run every stage with the given settings")
-    run.add_argument("--settings", default="settings.toml",
-                     help="settings file (default: ./settings.toml)")
+    run.add_argument("--settings", default=None,
+                     help="settings file (default: ./settings.toml, else the built-in defaults)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="TABLE.KEY=VALUE", help="override one setting (repeatable)")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
     resume = sub.add_parser("resume", help="continue a cancelled or killed run")
     resume.add_argument("run_dir", help="the run directory, e.g. runs/20261125T180000Z-ashem")
     resume.add_argument("--quiet", action="store_true", help="print only the final table")
+    init = sub.add_parser("init", help="write the commented default settings.toml to edit")
+    init.add_argument("file", nargs="?", default=LOCAL_FILE,
+                      help="where to write it (default: ./settings.toml; never overwritten)")
     return parser
 
 
@@ -157,19 +161,37 @@ class ProgressPrinter:
         self.line(f"Cancelled at {e.where}; what was finished is in {e.run_dir}")
 
 
+def bad_input(message: object) -> int:
+    print(f"ashem-engine: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def init(file: str) -> int:
+    try:
+        written = write_default_settings(file)
+    except SettingsError as e:
+        return bad_input(e)
+    print(f"wrote {written}: the spec's set-up, one comment per key")
+    return EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "init":
+        return init(args.file)
     if args.command not in ("run", "resume"):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     settings = None
     if args.command == "run":
+        path, notice = choose_settings_file(args.settings)
         try:
-            settings = load_settings(args.settings, args.overrides)
+            settings = load_settings(path, args.overrides)
         except SettingsError as e:
-            print(f"ashem-engine: error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return bad_input(e)
+        if notice:
+            print(f"ashem-engine: {notice}", file=sys.stderr)
 
     from .run import resume_ashem, run_ashem  # torch loads here, after the cheap checks
 
@@ -191,14 +213,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGINT, previous)
     if args.quiet and result.status == "finished":
         print(format_table(result.summary))
-    if result.status == "finished":
-        return EXIT_OK
-    if result.status == "cancelled":
-        return EXIT_CANCELLED
-    error = result.error
-    print(f"ashem-engine: error: {error.message}", file=sys.stderr)
-    bad_input = ("data", "run_dir", "resume", "checkpoint")
-    return EXIT_BAD_INPUT if error.error_kind in bad_input else EXIT_FAILED
+    if result.status == "failed":
+        print(f"ashem-engine: error: {result.error.message}", file=sys.stderr)
+        return exit_code(result.status, result.error.error_kind)
+    return exit_code(result.status)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import tomli
 
 SPLITS = ("train", "validation", "test")
+LOCAL_FILE = "settings.toml"
+DEFAULTS_NOTICE = (f"no ./{LOCAL_FILE} here: using the built-in defaults (the spec's set-up); "
+                   f"'ashem-engine init' writes them to ./{LOCAL_FILE} to edit")
 BOUNDARIES_HELP = "stage-N, mining-N or evaluation"
 
 
@@ -156,6 +160,38 @@ def load_settings(path: str | os.PathLike | None = "settings.toml",
     return settings_from_dict(raw)
 
 
+def choose_settings_file(given: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """The file to load and a notice for the user: the given file, else ./settings.toml,
+    else None (the built-in defaults, which equal the shipped settings.toml)."""
+    if given is not None:
+        return given, None
+    if Path(LOCAL_FILE).is_file():
+        return LOCAL_FILE, None
+    return None, DEFAULTS_NOTICE
+
+
+def default_settings_text() -> str:
+    """The commented settings.toml shipped with the package: the spec's set-up."""
+    return (resources.files(__package__) / "default_settings.toml").read_text("utf-8")
+
+
+def write_default_settings(path: str | os.PathLike = LOCAL_FILE) -> Path:
+    """Writes the commented defaults to `path`, atomically; never replaces an existing file."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(default_settings_text(), encoding="utf-8")
+        os.link(temporary, target)  # fails if target exists: nothing is overwritten
+    except FileExistsError:
+        raise SettingsError(f"{str(target)!r} already exists; nothing was written (remove it "
+                            "or name another file)") from None
+    except OSError as e:
+        raise SettingsError(f"cannot write {str(target)!r}: {e.strerror}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
@@ -211,11 +247,29 @@ def settings_from_dict(raw: dict[str, Any]) -> Settings:
     else:
         if not isinstance(stages_raw, list) or not all(isinstance(s, dict) for s in stages_raw):
             raise SettingsError("stages must be an array of tables ([[stages]])")
-        built["stages"] = tuple(
-            _build(StageSettings, s, f"stages.{i + 1}") for i, s in enumerate(stages_raw))
+        built["stages"] = _build_stages(stages_raw)
     settings = Settings(**built)
     validate(settings)
     return settings
+
+
+def stage_defaults(number: int, previous_layers: int) -> dict[str, Any]:
+    """A stage's missing keys take the spec's values: stage 1's for the first stage, stage
+    2's for every later one, which is two layers deeper than the stage before it."""
+    spec = DEFAULT_STAGES[0 if number == 1 else 1]
+    values = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}
+    if number > 1:
+        values["layers"] = previous_layers + 2
+    return values
+
+
+def _build_stages(tables: list[dict[str, Any]]) -> tuple:
+    stages: list[StageSettings] = []
+    for number, table in enumerate(tables, start=1):
+        previous_layers = stages[-1].layers if stages else 0
+        stages.append(_build(StageSettings, table, f"stages.{number}",
+                             stage_defaults(number, previous_layers)))
+    return tuple(stages)
 
 
 def _type_name(t: Any) -> str:
@@ -223,9 +277,10 @@ def _type_name(t: Any) -> str:
             tuple: "a list of strings"}.get(t, str(t))
 
 
-def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, table: dict[str, Any], prefix: str,
+           defaults: Optional[dict[str, Any]] = None) -> Any:
     known = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     for key, value in table.items():
         if key not in known:
             raise SettingsError(
@@ -264,86 +319,114 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise SettingsError(f"{key} = {value!r}: {allowed}")
 
 
-def validate(s: Settings) -> None:
-    r, d, m, o = s.run, s.data, s.model, s.optimizer
-    _check(bool(r.name) and "/" not in r.name and r.name.strip() == r.name, "run.name", r.name,
-           "must be a non-empty name without '/' or surrounding spaces")
-    _check(r.seed >= 0, "run.seed", r.seed, "must be >= 0")
-    _check(bool(r.runs_dir), "run.runs_dir", r.runs_dir, "must be a directory path")
-    _check(r.device in ("cpu", "cuda", "auto"), "run.device", r.device,
+def validate(settings: Settings) -> None:
+    _validate_run(settings.run, len(settings.stages))
+    _validate_data(settings.data)
+    _validate_model(settings.model)
+    _validate_optimizer(settings.optimizer)
+    _validate_mining(settings.mining)
+    _validate_evaluation(settings.evaluation)
+    _validate_stages(settings.stages)
+
+
+def _validate_run(run: RunSettings, n_stages: int) -> None:
+    _check(bool(run.name) and "/" not in run.name and run.name.strip() == run.name, "run.name",
+           run.name, "must be a non-empty name without '/' or surrounding spaces")
+    _check(run.seed >= 0, "run.seed", run.seed, "must be >= 0")
+    _check(bool(run.runs_dir), "run.runs_dir", run.runs_dir, "must be a directory path")
+    _check(run.device in ("cpu", "cuda", "auto"), "run.device", run.device,
            "allowed: cpu, cuda, auto")
-    _check(r.threads >= 0, "run.threads", r.threads, "must be >= 0 (0 = chosen by ashem)")
-    _check(r.progress_events_per_epoch >= 1, "run.progress_events_per_epoch",
-           r.progress_events_per_epoch, "must be >= 1")
-    for b in r.pause_at:
-        _check(_valid_boundary(b, len(s.stages)), "run.pause_at", list(r.pause_at),
+    _check(run.threads >= 0, "run.threads", run.threads, "must be >= 0 (0 = chosen by ashem)")
+    _check(run.progress_events_per_epoch >= 1, "run.progress_events_per_epoch",
+           run.progress_events_per_epoch, "must be >= 1")
+    for boundary in run.pause_at:
+        _check(_valid_boundary(boundary, n_stages), "run.pause_at", list(run.pause_at),
                f"each entry must be {BOUNDARIES_HELP} for an existing stage")
 
-    _check(d.train_samples >= 1, "data.train_samples", d.train_samples, "must be >= 1")
-    _check(0 < d.eval_fraction <= 1, "data.eval_fraction", d.eval_fraction,
+
+def _validate_data(data: DataSettings) -> None:
+    _check(data.train_samples >= 1, "data.train_samples", data.train_samples, "must be >= 1")
+    _check(0 < data.eval_fraction <= 1, "data.eval_fraction", data.eval_fraction,
            "must be in (0, 1]")
-    _check(d.seq_len >= 1, "data.seq_len", d.seq_len, "must be >= 1")
-    _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
-    _check(bool(d.hub_name), "data.hub_name", d.hub_name, "must be a dataset name")
+    _check(data.seq_len >= 1, "data.seq_len", data.seq_len, "must be >= 1")
+    _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be >= 1")
+    _check(bool(data.hub_name), "data.hub_name", data.hub_name, "must be a dataset name")
 
-    _check(m.dim >= 1, "model.dim", m.dim, "must be >= 1")
-    _check(m.heads >= 1 and m.dim % m.heads == 0, "model.heads", m.heads,
-           f"must divide model.dim ({m.dim})")
-    _check((m.dim // max(m.heads, 1)) % 2 == 0, "model.heads", m.heads,
+
+def _validate_model(model: ModelSettings) -> None:
+    _check(model.dim >= 1, "model.dim", model.dim, "must be >= 1")
+    _check(model.heads >= 1 and model.dim % model.heads == 0, "model.heads", model.heads,
+           f"must divide model.dim ({model.dim})")
+    _check((model.dim // max(model.heads, 1)) % 2 == 0, "model.heads", model.heads,
            "the head dimension (dim / heads) must be even for rotary embeddings")
-    _check(m.ffn_hidden >= 1, "model.ffn_hidden", m.ffn_hidden, "must be >= 1")
-    _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "must be > 0")
-    _check(m.rope_base > 1, "model.rope_base", m.rope_base, "must be > 1")
-    _check(m.linear_init_std > 0, "model.linear_init_std", m.linear_init_std, "must be > 0")
-    _check(m.embedding_init_std > 0, "model.embedding_init_std", m.embedding_init_std,
-           "must be > 0")
+    for key in ("ffn_hidden", "norm_eps", "linear_init_std", "embedding_init_std"):
+        value = getattr(model, key)
+        _check(value > 0, f"model.{key}", value, "must be >= 1" if key == "ffn_hidden"
+               else "must be > 0")
+    _check(model.rope_base > 1, "model.rope_base", model.rope_base, "must be > 1")
 
-    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0")
-    _check(o.grad_clip > 0, "optimizer.grad_clip", o.grad_clip, "must be > 0")
 
-    _check(s.mining.split in ("train", "validation"), "mining.split", s.mining.split,
+def _validate_optimizer(optimizer: OptimizerSettings) -> None:
+    _check(optimizer.weight_decay >= 0, "optimizer.weight_decay", optimizer.weight_decay,
+           "must be >= 0")
+    _check(optimizer.grad_clip > 0, "optimizer.grad_clip", optimizer.grad_clip, "must be > 0")
+
+
+def _validate_mining(mining: MiningSettings) -> None:
+    _check(mining.split in ("train", "validation"), "mining.split", mining.split,
            "allowed: train, validation")
-    _check(s.mining.histogram_bins >= 2, "mining.histogram_bins", s.mining.histogram_bins,
+    _check(mining.histogram_bins >= 2, "mining.histogram_bins", mining.histogram_bins,
            "must be >= 2")
-    _check(s.mining.top_words >= 0, "mining.top_words", s.mining.top_words, "must be >= 0")
-    _check(s.mining.examples >= 0, "mining.examples", s.mining.examples, "must be >= 0")
-    _check(s.evaluation.split in ("validation", "test"), "evaluation.split",
-           s.evaluation.split, "allowed: validation, test")
-    _check(s.evaluation.inference in ("spec", "as_trained"), "evaluation.inference",
-           s.evaluation.inference, "allowed: spec, as_trained")
-    _check(s.evaluation.sweep_points == 0 or s.evaluation.sweep_points >= 2,
-           "evaluation.sweep_points", s.evaluation.sweep_points,
-           "must be 0 (no sweep) or >= 2")
-    _check(len(s.evaluation.signals) >= 1 and len(set(s.evaluation.signals))
-           == len(s.evaluation.signals) and all(x in ("softmax", "classifier")
-                                                for x in s.evaluation.signals),
-           "evaluation.signals", list(s.evaluation.signals),
-           "a list without repeats of: softmax, classifier")
+    _check(mining.top_words >= 0, "mining.top_words", mining.top_words, "must be >= 0")
+    _check(mining.examples >= 0, "mining.examples", mining.examples, "must be >= 0")
 
-    _check(len(s.stages) >= 1, "stages", [], "at least one [[stages]] table is needed")
+
+def _validate_evaluation(evaluation: EvaluationSettings) -> None:
+    _check(evaluation.split in ("validation", "test"), "evaluation.split", evaluation.split,
+           "allowed: validation, test")
+    _check(evaluation.inference in ("spec", "as_trained"), "evaluation.inference",
+           evaluation.inference, "allowed: spec, as_trained")
+    _check(evaluation.sweep_points == 0 or evaluation.sweep_points >= 2,
+           "evaluation.sweep_points", evaluation.sweep_points, "must be 0 (no sweep) or >= 2")
+    signals = evaluation.signals
+    _check(len(signals) >= 1 and len(set(signals)) == len(signals)
+           and all(x in ("softmax", "classifier") for x in signals),
+           "evaluation.signals", list(signals), "a list without repeats of: softmax, classifier")
+
+
+def _validate_stages(stages: tuple) -> None:
+    _check(len(stages) >= 1, "stages", [], "at least one [[stages]] table is needed")
     previous_layers = 0
-    for i, st in enumerate(s.stages, start=1):
-        k = f"stages.{i}"
-        _check(st.layers > previous_layers, f"{k}.layers", st.layers,
-               "must be >= 1" if i == 1 else
-               f"must be greater than stages.{i - 1}.layers ({previous_layers})")
-        previous_layers = st.layers
-        _check(st.lr > 0, f"{k}.lr", st.lr, "must be > 0")
-        _check(st.max_epochs >= 1, f"{k}.max_epochs", st.max_epochs, "must be >= 1")
-        _check(st.patience >= 1, f"{k}.patience", st.patience, "must be >= 1")
-        if i == 1:
-            _check(st.hard_ratio is None, f"{k}.hard_ratio", st.hard_ratio,
-                   "stage 1 trains on all data; hard_ratio belongs to stages 2 and later")
-            _check(st.context is None, f"{k}.context", st.context,
-                   "stage 1 sees whole sequences; context belongs to stages 2 and later")
-            _check(not st.freeze_head, f"{k}.freeze_head", st.freeze_head,
-                   "stage 1 must train its output head")
+    for number, stage in enumerate(stages, start=1):
+        key = f"stages.{number}"
+        _check(stage.layers > previous_layers, f"{key}.layers", stage.layers,
+               "must be >= 1" if number == 1 else
+               f"must be greater than stages.{number - 1}.layers ({previous_layers})")
+        previous_layers = stage.layers
+        _check(stage.lr > 0, f"{key}.lr", stage.lr, "must be > 0")
+        _check(stage.max_epochs >= 1, f"{key}.max_epochs", stage.max_epochs, "must be >= 1")
+        _check(stage.patience >= 1, f"{key}.patience", stage.patience, "must be >= 1")
+        if number == 1:
+            _validate_first_stage(stage)
         else:
-            _check(st.hard_ratio is not None and 0 < st.hard_ratio < 1, f"{k}.hard_ratio",
-                   st.hard_ratio, "must be in (0, 1), e.g. 0.5")
-            _check(st.context in ("token", "sequence"), f"{k}.context", st.context,
-                   "allowed: token (new layers see each hard token's hidden state alone, "
-                   "as the spec) or sequence (whole sequences, loss at hard tokens only)")
+            _validate_later_stage(stage, key)
+
+
+def _validate_first_stage(stage: StageSettings) -> None:
+    _check(stage.hard_ratio is None, "stages.1.hard_ratio", stage.hard_ratio,
+           "stage 1 trains on all data; hard_ratio belongs to stages 2 and later")
+    _check(stage.context is None, "stages.1.context", stage.context,
+           "stage 1 sees whole sequences; context belongs to stages 2 and later")
+    _check(not stage.freeze_head, "stages.1.freeze_head", stage.freeze_head,
+           "stage 1 must train its output head")
+
+
+def _validate_later_stage(stage: StageSettings, key: str) -> None:
+    _check(stage.hard_ratio is not None and 0 < stage.hard_ratio < 1, f"{key}.hard_ratio",
+           stage.hard_ratio, "must be in (0, 1), e.g. 0.5")
+    _check(stage.context in ("token", "sequence"), f"{key}.context", stage.context,
+           "allowed: token (new layers see each hard token's hidden state alone, "
+           "as the spec) or sequence (whole sequences, loss at hard tokens only)")
 
 
 def _valid_boundary(name: str, n_stages: int) -> bool:

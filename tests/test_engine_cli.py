@@ -2,6 +2,7 @@
 in a fresh interpreter."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,9 +70,24 @@ def test_unknown_settings_key(tmp_path):
     assert "model.depth" in line
 
 
-def test_missing_default_settings_file(tmp_path):
-    line = single_error_line(cli(tmp_path, "run"))  # no ./settings.toml in tmp
-    assert "settings.toml" in line
+def test_without_settings_file_the_defaults_run_and_it_says_so(tmp_path):
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    p = cli(tmp_path, "run", "--quiet", *sets(*TINY, f"data.path={data}", "run.runs_dir=runs",
+                                              "stages.1.max_epochs=1", "stages.2.max_epochs=1"))
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("\n") == 1 and "built-in defaults" in p.stderr
+    settings = json.loads(next((tmp_path / "runs").glob("*/settings.json")).read_text())
+    assert settings["optimizer"] == {"weight_decay": 0.01, "grad_clip": 1.0}  # not from a file
+
+
+def test_init_writes_settings_toml_once(tmp_path):
+    first = cli(tmp_path, "init")
+    assert first.returncode == 0 and "settings.toml" in first.stdout
+    assert (tmp_path / "settings.toml").read_text() == SHIPPED.read_text()
+    (tmp_path / "settings.toml").write_text("# edited\n")
+    again = single_error_line(cli(tmp_path, "init"))
+    assert "already exists" in again
+    assert (tmp_path / "settings.toml").read_text() == "# edited\n"
 
 
 @pytest.mark.parametrize("args", [("run", "--bogus"), ("--bogus",), ("run", "--set"),
@@ -162,3 +178,23 @@ def test_engine_never_imports_textual(tmp_path):
                    "control", "events", "rundir", "reference", "__main__", "costs",
                    "inference", "signals", "sweep", "compare"):
         assert f"'{module}'" in p.stdout
+
+
+# -- one exit-code rule -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("status, kind, code", [
+    ("finished", None, 0), ("failed", "numeric", 1), ("failed", "internal", 1),
+    ("failed", "data", 2), ("failed", "checkpoint", 2), ("failed", "run_dir", 2),
+    ("failed", "resume", 2), ("cancelled", None, 130)])
+def test_one_exit_code_rule_for_both_commands(status, kind, code):
+    from ashem_engine.exitcodes import exit_code
+
+    assert exit_code(status, kind) == code
+
+
+def test_the_docs_state_the_same_exit_code_rule():
+    rule = ("0 finished, 1 failed while running, 2 bad input (command line, settings, data, "
+            "run directory, checkpoint), 130 cancelled")
+    for doc in (REPO / "README.md", REPO / "docs" / "APP.md"):
+        text = " ".join(doc.read_text().split())
+        assert rule in text, doc

@@ -140,17 +140,37 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"model": Evil()}, f)
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
-        load_checkpoint(path)
+    assert_refused(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def assert_refused(path):
+    """One line naming the file as unreadable; never torch's advice to load it unsafely."""
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "not a readable ashem checkpoint" in message and str(path) in message
+    assert "weights_only" not in message and "\n" not in message
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
     path = tmp_path / "cut.pt"
     torch.save({"model": {"w": torch.zeros(1000)}}, path)
     path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(CheckpointError):
-        load_checkpoint(path)
+    assert_refused(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"PK\x03\x04broken"])
+def test_corrupt_checkpoint_is_refused(tmp_path, content):
+    path = tmp_path / "progress.pt"
+    path.write_bytes(content)
+    assert_refused(path)
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, path)  # a checkpoint, but not ashem's
+    assert_refused(path)
 
 
 def test_resume_with_wrong_shape_checkpoint_fails_cleanly(uninterrupted, tmp_path):
@@ -181,6 +201,22 @@ def test_resume_cli_bad_inputs(tmp_path):
     assert notrun.returncode == 2 and "settings.json" in notrun.stderr
     unknown = cli("resume", "--frobnicate", "x")
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+
+
+def test_resume_of_a_corrupt_progress_file_is_one_line(uninterrupted, tmp_path):
+    settings, _ = uninterrupted
+    control = RunControl()
+    first = run_ashem(settings, [cancel_when(
+        control, lambda e: isinstance(e, ev.StageEnded) and e.stage == 1)], control,
+        corpus=tiny_corpus(settings))
+    (first.run_dir / "progress.pt").write_bytes(b"not a checkpoint")
+    before = {p.name: p.read_bytes() for p in first.run_dir.iterdir()}
+    proc = subprocess.run([sys.executable, "-m", "ashem_engine", "resume", str(first.run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "not a readable ashem checkpoint" in proc.stderr
+    assert "weights_only" not in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in first.run_dir.iterdir()} == before  # nothing lost
 
 
 def test_finished_run_is_not_resumed(uninterrupted, tmp_path):

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from ashem_engine.settings import (DEFAULT_STAGES, Settings, SettingsError, load_settings,
-                                   parse_override, settings_from_dict, validate)
+from ashem_engine.settings import (DEFAULT_STAGES, DEFAULTS_NOTICE, Settings, SettingsError,
+                                   choose_settings_file, default_settings_text, load_settings,
+                                   parse_override, settings_from_dict, validate,
+                                   write_default_settings)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "settings.toml"
 
@@ -26,6 +28,28 @@ def test_shipped_settings_file_equals_builtin_defaults():
     assert SHIPPED.is_file()
     assert load_settings(SHIPPED) == Settings()
     assert load_settings(None) == Settings()
+
+
+def test_the_package_ships_the_same_commented_settings_file():
+    assert default_settings_text() == SHIPPED.read_text(encoding="utf-8")
+
+
+def test_init_writes_the_defaults_and_never_overwrites(tmp_path):
+    target = write_default_settings(tmp_path / "settings.toml")
+    assert load_settings(target) == Settings()
+    target.write_text("# mine\n")
+    with pytest.raises(SettingsError, match="already exists; nothing was written"):
+        write_default_settings(target)
+    assert target.read_text() == "# mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.toml"]  # no temp left
+
+
+def test_without_a_settings_file_the_defaults_are_used_and_said(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert choose_settings_file(None) == (None, DEFAULTS_NOTICE)
+    assert choose_settings_file("other.toml") == ("other.toml", None)
+    (tmp_path / "settings.toml").write_text("")
+    assert choose_settings_file(None) == ("settings.toml", None)
 
 
 def test_defaults_are_the_spec_setup():
@@ -84,7 +108,23 @@ def test_override_adds_a_third_stage():
     assert s.stages[:2] == DEFAULT_STAGES
     third = s.stages[2]
     assert (third.layers, third.lr, third.hard_ratio, third.context) == (6, 5e-5, 0.4, "token")
-    assert third.patience == 1 and third.max_epochs == 50  # dataclass defaults
+    # keys left out take the spec's stage-2 values, as for every later stage
+    assert third.patience == 3 and third.max_epochs == 50 and third.freeze_head is False
+
+
+def test_a_stage_table_may_leave_out_every_key(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[[stages]]\n[[stages]]\n[[stages]]\nhard_ratio = 0.3\n")
+    stages = load_settings(path).stages
+    assert stages[:2] == DEFAULT_STAGES  # the spec's two stages
+    third = stages[2]
+    assert (third.layers, third.lr, third.patience, third.hard_ratio, third.context) == \
+        (6, 1e-4, 3, 0.3, "token")  # two layers deeper than stage 2
+
+
+def test_a_stage_default_still_meets_the_rules():
+    message = error_of(["stages.2.layers=8", "stages.3.layers=7"])
+    assert "stages.3.layers" in message and "greater than stages.2.layers (8)" in message
 
 
 def test_override_cannot_skip_a_stage_number():
