@@ -316,7 +316,7 @@ async def test_replay_follows_a_growing_file_and_never_pops_up(tmp_path):
     app = AshemApp(replay_path=path, poll_interval=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        assert app.view.count == len(part) and app.view.held_at == "mining-1"
+        assert app.view.events_seen == len(part) and app.view.held_at == "mining-1"
         assert app.screen is app.dashboard and not app.is_live
         with open(path, "w") as f:  # the writer completes its line and goes on
             for e in events:

@@ -32,7 +32,7 @@ async def test_tiny_run_holds_continues_and_finishes(tmp_path):
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, InspectScreen) and screen.step_id == "mining-1"
-        hard = app.view.hard[1]
+        hard = app.view.hard_collected[1]
         assert f"{hard.count:,} / {hard.total:,}" in plain(screen.query_one("#hard-figures"))
         await pilot.press("c")
         await wait_for(lambda: app.view.terminal)
@@ -45,7 +45,7 @@ async def test_tiny_run_holds_continues_and_finishes(tmp_path):
                  (run_dir / "events.jsonl").read_text().splitlines()]
         assert kinds.count("Paused") == 1 and kinds.count("Resumed") == 1
         assert kinds[-1] == "RunFinished"
-        assert app.view.count == len(kinds)  # the app saw every event the file has
+        assert app.view.events_seen == len(kinds)  # the app saw every event the file has
         await pilot.press("e")
         assert (run_dir / "metrics.csv").exists() and (run_dir / "metrics.json").exists()
         await pilot.press("q")

@@ -98,8 +98,8 @@ def epochs_table(view: RunView, stage: int) -> Table:
 
 
 def hard_figures(view: RunView, stage: int):
-    th = view.thresholds.get(stage)
-    hard = view.hard.get(stage)
+    th = view.threshold_computed.get(stage)
+    hard = view.hard_collected.get(stage)
     rows: list[tuple[str, str]] = []
     if th:
         rows += [("threshold", fmt.conf(th.threshold)),
@@ -117,7 +117,7 @@ def hard_figures(view: RunView, stage: int):
 
 
 def top_words(view: RunView, stage: int, limit: int = 12) -> Table:
-    hard = view.hard.get(stage)
+    hard = view.hard_collected.get(stage)
     table = Table(box=None, padding=(0, 1), header_style="bold dim", expand=False)
     table.add_column("hard word")
     table.add_column("count", justify="right")
@@ -127,7 +127,7 @@ def top_words(view: RunView, stage: int, limit: int = 12) -> Table:
 
 
 def examples(view: RunView, stage: int, limit: int = 6) -> Text:
-    hard = view.hard.get(stage)
+    hard = view.hard_collected.get(stage)
     text = Text()
     for ex in (hard.examples if hard else [])[:limit]:
         context = " ".join(str(w) for w in ex.get("context", []))

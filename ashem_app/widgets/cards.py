@@ -44,8 +44,8 @@ def card_values(view: RunView) -> dict[str, tuple[str, str]]:
                             f"s{last.stage} e{last.epoch} · {fmt.duration(last.seconds)}")
 
     mining = view.last_mining_stage
-    hard = view.hard.get(mining) if mining is not None else None
-    th = view.thresholds.get(mining) if mining is not None else None
+    hard = view.hard_collected.get(mining) if mining is not None else None
+    th = view.threshold_computed.get(mining) if mining is not None else None
     last_hard = next((e for e in reversed(view.epochs) if e.hard_ppl is not None), None)
     if last_hard is not None:
         ref = f"mined {fmt.ppl(hard.hard_ppl)}" if hard else ""

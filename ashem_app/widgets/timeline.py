@@ -35,8 +35,8 @@ def step_figure(view: RunView, step: Step) -> str:
         plan = [p for p in view.plan if p.stage == step.stage]
         return f"{plan[0].layers} layers" if plan else ""
     if step.kind == "mining":
-        th = view.thresholds.get(step.stage)
-        hard = view.hard.get(step.stage)
+        th = view.threshold_computed.get(step.stage)
+        hard = view.hard_collected.get(step.stage)
         if th is not None and hard is not None:
             return f"thr {fmt.conf(th.threshold)} · {fmt.integer(hard.count)}"
         if th is not None:
