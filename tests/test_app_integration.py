@@ -13,6 +13,7 @@ from app_events import plain
 from conftest import tiny_settings
 
 from ashem_app.app import AshemApp
+from ashem_app.sources import LiveSource
 from ashem_app.screens.inspect import InspectScreen
 
 
@@ -26,7 +27,7 @@ async def wait_for(condition, timeout: float = 90.0) -> None:
 
 async def test_tiny_run_holds_continues_and_finishes(tmp_path):
     settings = tiny_settings(tmp_path, 'run.pause_at=["mining-1"]')
-    app = AshemApp(settings=settings)
+    app = AshemApp(LiveSource(settings))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(lambda: app.view.held_at == "mining-1")
         await pilot.pause()
@@ -37,7 +38,7 @@ async def test_tiny_run_holds_continues_and_finishes(tmp_path):
         await pilot.press("c")
         await wait_for(lambda: app.view.terminal)
         assert app.view.status == "finished", app.view.failed
-        await wait_for(app.engine_done.is_set, 10)
+        await wait_for(lambda: app.source.ended, 10)
         await pilot.pause()
         assert app.screen is app.dashboard and not app.run_active
         run_dir = Path(app.view.run_dir)

@@ -43,7 +43,6 @@ class Chart(PlotextPlot):
         super().__init__(**kwargs)
         self._key: Any = object()
         self._args: tuple = (None, {})
-        self.draws = 0  # for tests: how often the data changed and the plot was redrawn
 
     def data_key(self, view: RunView, **opts) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -57,7 +56,6 @@ class Chart(PlotextPlot):
             return
         self._key = key
         self._args = (view, opts)
-        self.draws += 1
         self.refresh()
 
     def render(self):
