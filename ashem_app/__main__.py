@@ -15,7 +15,10 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, NoReturn, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from textual.app import App
 
 PROG = "ashem"
 
@@ -53,18 +56,18 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _load_settings(given: Optional[str], overrides: Sequence[str]):
-    """Settings, or an error line. The engine's settings module is the one authority."""
+    """Settings, the defaults notice if any, or an error line. The engine's settings module is the one authority."""
     from ashem_engine.settings import SettingsError, choose_settings_file, load_settings
 
     path, notice = choose_settings_file(given)
-    if notice:
+    if notice:  # also shown in the app; printed so that it stays on screen after it
         print(f"{PROG}: {notice}", file=sys.stderr)
     try:
-        return load_settings(path, overrides=tuple(overrides)), None
+        return load_settings(path, overrides=tuple(overrides)), notice, None
     except SettingsError as err:
-        return None, f"settings: {err}"
+        return None, notice, f"settings: {err}"
     except OSError as err:
-        return None, f"settings: cannot read {path}: {err.strerror or err}"
+        return None, notice, f"settings: cannot read {path}: {err.strerror or err}"
 
 
 def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
@@ -72,9 +75,15 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
     after the app has closed and the engine thread has stopped: interpreter teardown with
     torch and datasets loaded takes another second or more, and quitting must be quick."""
     args = build_parser().parse_args(argv)
-    from .app import AshemApp  # after argument checks: errors stay fast and quiet
+    app_or_code = _make_app(args)
+    if isinstance(app_or_code, int):
+        return app_or_code
+    return _run(app_or_code, hard_exit)
+
+
+def _make_app(args: argparse.Namespace) -> Union["App[int]", int]:
+    """The app the arguments ask for, or the exit code of a one-line error."""
     from .comparison import CompareApp, ComparisonError, comparison_of, load_sweeps
-    from .replay import ReplayError, resolve_events_path
 
     compared: list[dict] = []
     if args.compare:
@@ -87,58 +96,80 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
         except ComparisonError as err:
             return _fail(f"compare: {err}")
     if args.replay:
-        if args.overrides or args.paused:
-            return _fail("error: --set and --paused do not apply to --replay")
-        try:
-            path = resolve_events_path(args.replay)
-        except ReplayError as err:
-            return _fail(f"replay: {err}")
-        app = AshemApp(replay_path=path, auto_inspect=args.popups, compare=compared)
-    elif args.compare:
-        app = CompareApp(comparison_of(None, compared))
-    elif args.resume:
-        if args.overrides:
-            return _fail("error: --set does not apply to --resume (a run keeps its settings)")
-        from ashem_engine.run import ResumeError, read_resume_point, resume_ashem
-        from ashem_engine.rundir import CheckpointError
-        from ashem_engine.settings import SettingsError
+        return _replay_app(args, compared)
+    if args.compare:
+        return CompareApp(comparison_of(None, compared))
+    if args.resume:
+        return _resume_app(args)
+    return _new_run_app(args)
 
-        try:
-            settings, _ = read_resume_point(args.resume)
-        except (ResumeError, SettingsError, CheckpointError) as err:
-            return _fail(f"resume: {err}")
-        run_dir = args.resume
 
-        def resume_runner(settings, sinks=(), control=None):
-            return resume_ashem(run_dir, sinks=sinks, control=control)
+def _replay_app(args: argparse.Namespace, compared: list[dict]) -> Union["App[int]", int]:
+    from .app import AshemApp  # after argument checks: errors stay fast and quiet
+    from .replay import ReplayError, resolve_events_path
+    from .sources import FollowSource
 
-        app = AshemApp(settings=settings, runner=resume_runner, start_paused=args.paused)
-    else:
-        settings, error = _load_settings(args.settings, args.overrides)
-        if error:
-            return _fail(error)
-        app = AshemApp(settings=settings, start_paused=args.paused)
+    if args.overrides or args.paused:
+        return _fail("error: --set and --paused do not apply to --replay")
+    try:
+        path = resolve_events_path(args.replay)
+    except ReplayError as err:
+        return _fail(f"replay: {err}")
+    return AshemApp(FollowSource(path), popups=args.popups, compare=compared)
 
-    # Our own loop: asyncio.run() would wait for the engine thread at exit; we give it a
-    # short grace after a cancel and then leave (the run directory is already consistent
-    # up to the last finished step).
+
+def _resume_app(args: argparse.Namespace) -> Union["App[int]", int]:
+    from ashem_engine.run import ResumeError, read_resume_point, resume_ashem
+    from ashem_engine.rundir import CheckpointError
+    from ashem_engine.settings import SettingsError
+
+    from .app import AshemApp
+    from .sources import LiveSource
+
+    if args.overrides:
+        return _fail("error: --set does not apply to --resume (a run keeps its settings)")
+    try:
+        settings, _ = read_resume_point(args.resume)
+    except (ResumeError, SettingsError, CheckpointError) as err:
+        return _fail(f"resume: {err}")
+    run_dir = args.resume
+
+    def resume_runner(settings, sinks=(), control=None):
+        return resume_ashem(run_dir, sinks=sinks, control=control)
+
+    return AshemApp(LiveSource(settings, runner=resume_runner, start_paused=args.paused))
+
+
+def _new_run_app(args: argparse.Namespace) -> Union["App[int]", int]:
+    from .app import AshemApp
+    from .sources import LiveSource
+
+    settings, notice, error = _load_settings(args.settings, args.overrides)
+    if error:
+        return _fail(error)
+    return AshemApp(LiveSource(settings, start_paused=args.paused), notice=notice)
+
+
+def _run(app: "App[int]", hard_exit: bool) -> int:
+    """Runs the app; its exit code. Our own loop: asyncio.run() would wait for the engine
+    thread at exit; we give it a short grace after a cancel and then leave (the run
+    directory is already consistent up to the last finished step)."""
+    from .app import AshemApp
+
+    source = app.source if isinstance(app, AshemApp) else None  # a CompareApp runs none
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-
-    def engine_running() -> bool:  # a CompareApp runs no engine
-        return isinstance(app, AshemApp) and app.engine_running
-
     try:
         app.run(loop=loop)
     finally:
-        if engine_running():
-            if app.control is not None:
-                app.control.cancel()
-            app.engine_done.wait(timeout=0.3)
+        engine_left = source is not None and source.engine_running
+        if engine_left:
+            source.cancel()
+            engine_left = not source.wait(timeout=0.3)
     code = app.return_code if app.return_code is not None else getattr(app, "exit_code", 0)
     if app._exception is not None:  # an exception escaped Textual: it printed it already
         code = 1
-    if hard_exit or engine_running():
+    if hard_exit or engine_left:
         # Everything the run wrote is closed (events, summary, checkpoints are written
         # atomically by the engine); only buffered stdio is left to flush.
         sys.stdout.flush()

@@ -1,56 +1,48 @@
 """AshemApp: the Textual dashboard around an ASHEM run.
 
-Three ways to get events:
-- live: `settings` given; the engine runs in a Textual thread worker, its sink hands events to
-  the UI thread (`ingest`, thread-safe, never blocks the engine);
-- attached: a `control` but no settings (tests): events come from `feed()`;
-- replay: `replay_path` (followed while the writer is still going) or a list of `events`.
+The app holds one `EventSource` (sources.py): the live engine in a thread worker, a replay,
+a followed events.jsonl, or an attached run. Its mode is which source it holds: a live
+source can be paused, resumed and cancelled; a replay cannot.
+
+Events are reduced into a `RunView` (state.py), which the app passes to the screens it
+shows. High-rate BatchProgress events only update the header and progress panel, at most
+`refresh_interval` apart; the other panels and the charts are redrawn only when a
+structural event (epoch end, mining, …) arrives.
+
+Screens and widgets ask for things by posting messages (messages.py): `ContinueRun`,
+`AbortRun`, `StepSelected`; the app handles them here.
 
 `compare`: the sweeps of other runs (`ashem --compare`), shown with this run's own sweep on
 the comparison screen (`c`).
-
-Events are reduced into a `RunView` (state.py). High-rate BatchProgress events only update
-the header and progress panel, at most `refresh_interval` apart; the other panels and the
-charts are redrawn only when a structural event (epoch end, mining, …) arrives.
 """
 from __future__ import annotations
 
-import threading
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from textual.app import App
-from textual.message import Message
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from ashem_engine.exitcodes import exit_code
 from ashem_engine.events import (
-    BatchProgress, Event, Paused, RunCancelled, RunFailed, RunFinished, SweepComputed,
+    BatchProgress, Event, Paused, Resumed, RunCancelled, RunFailed, RunFinished,
+    SweepComputed,
 )
 
 from . import keys
 from .commands import AshemCommands
 from .comparison import ComparisonError, comparison_of
 from .export import export_metrics
-from .replay import EventFollower
+from .messages import AbortRun, ContinueRun, EventsWaiting, StepSelected
 from .screens.compare import ComparisonScreen
 from .screens.confirm import ConfirmScreen
 from .screens.dashboard import DashboardScreen
 from .screens.help import HelpScreen
 from .screens.inspect import InspectScreen
+from .sources import EventSource
 from .state import RunView, reduce
-from .widgets.charts import Charts
-from .widgets.eventlog import EventLog
-
-Runner = Callable[..., Any]
-
-
-def default_runner(settings, sinks=(), control=None):
-    from ashem_engine.run import run_ashem  # the engine is imported only when a run starts
-
-    return run_ashem(settings, sinks=sinks, control=control)
 
 
 class AshemApp(App[int]):
@@ -59,68 +51,33 @@ class AshemApp(App[int]):
     BINDINGS = keys.bindings("app")
     COMMANDS = App.COMMANDS | {AshemCommands}
 
-    class Wake(Message):
-        """Posted (from any thread) when structural events wait in the inbox."""
-
-    def __init__(self, *, settings: Any = None, runner: Optional[Runner] = None,
-                 control: Any = None, start_paused: bool = False,
-                 replay_path: Optional[str | Path] = None, events: Iterable[Event] = (),
-                 auto_inspect: Optional[bool] = None, poll_interval: float = 0.5,
-                 refresh_interval: float = 0.25, output_dir: Optional[str | Path] = None,
-                 quit_grace: float = 1.2, compare: Sequence[dict] = ()) -> None:
+    def __init__(self, source: EventSource, *, compare: Sequence[dict] = (),
+                 popups: Optional[bool] = None, output_dir: Optional[str | Path] = None,
+                 refresh_interval: float = 0.25, quit_grace: float = 1.2,
+                 notice: Optional[str] = None) -> None:
+        """`popups`: transition screens open by themselves (default: for a live run).
+        `notice`: one line to tell the user at the start (e.g. built-in settings in use)."""
         super().__init__()
-        self.settings = settings
-        self._runner = runner or (default_runner if settings is not None else None)
-        if settings is not None and control is None:
-            from ashem_engine.control import RunControl
-
-            control = RunControl(pause_at=tuple(settings.run.pause_at),
-                                 start_paused=start_paused)
-        self.control = control
-        self.replay_path = Path(replay_path) if replay_path else None
-        self._initial = list(events)
-        self.auto_inspect = self.is_live if auto_inspect is None else auto_inspect
-        self.poll_interval = poll_interval
-        self.refresh_interval = refresh_interval
-        self.output_dir = Path(output_dir) if output_dir else None
-        self.quit_grace = quit_grace
+        self.source = source
+        self.notice = notice
         self.compare_sweeps = list(compare)
+        self.popups = source.live if popups is None else popups
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.refresh_interval = refresh_interval
+        self.quit_grace = quit_grace
 
         self.view = RunView()
         self.dashboard = DashboardScreen()
         self._inbox: deque[Event] = deque()
         self._note = ""
-        self._loaded = False  # initial replay events applied; later ones may notify/pop up
+        self._loaded = False  # the history is shown; later events may notify and pop up
         self._ui_ready = False
         self._quitting = False
-        self._follower: Optional[EventFollower] = None
-        self._follow_timer = None
-        self._engine_worker: Optional[Worker] = None
-        self.engine_done = threading.Event()
-        self.events_applied = 0
-        self.redraws = 0  # structural redraws (for tests / the bench)
-
-    # -- properties ------------------------------------------------------------------------
-    @property
-    def is_live(self) -> bool:
-        return self.control is not None
-
-    @property
-    def mode(self) -> str:
-        return "live" if self.is_live else "replay"
-
-    @property
-    def engine_running(self) -> bool:
-        return self._engine_worker is not None and not self.engine_done.is_set()
 
     @property
     def run_active(self) -> bool:
-        """A live run that has not ended (quitting must cancel it first)."""
-        if not self.is_live or self.view.terminal:
-            return False
-        if self._engine_worker is not None:
-            return not self.engine_done.is_set()
-        return True
+        """A run we steer that has not ended: quitting asks first, then cancels it."""
+        return self.source.live and not self.source.ended and not self.view.terminal
 
     def get_default_screen(self) -> Screen:
         return self.dashboard
@@ -128,97 +85,50 @@ class AshemApp(App[int]):
     # -- start -----------------------------------------------------------------------------
     def on_ready(self) -> None:
         self._ui_ready = True
-        self.dashboard.show_view(self.view, True, self.mode, self._note)
+        if self.notice:
+            self.notify(self.notice, title="Settings", timeout=10)
+        self._show_dashboard(True)
         self.set_interval(self.refresh_interval, self._drain, name="ashem-refresh")
         # What was there before we started is history: no notifications, no pop-ups.
         early = list(self._inbox)
         self._inbox.clear()
-        history = self._initial
-        self._initial = []
-        if self.replay_path is not None:
-            self._follower = EventFollower(self.replay_path)
-            history = [*history, *self._follower.poll()]
-            if not self._follower.done:
-                self._follow_timer = self.set_interval(self.poll_interval, self._poll,
-                                                       name="ashem-follow")
-        self.feed(history)
+        self.feed(self.source.history())
         self._loaded = True
         self.feed(early)  # fed or sent before the screen was ready: live events
-        if self.settings is not None and self._runner is not None:
-            self._start_engine()
+        self.source.start(self)
 
-    def _poll(self) -> None:
-        if self._follower is None:
-            return
-        events = self._follower.poll()
-        if events:
-            self.feed(events)
-        if self._follower.done and self._follow_timer is not None:
-            self._follow_timer.stop()
-
-    # -- the engine thread -----------------------------------------------------------------
-    def _start_engine(self) -> None:
-        self.engine_done.clear()
-        self._engine_worker = self.run_worker(
-            self._engine_main, name="engine", group="engine", thread=True,
-            exit_on_error=False, description="ASHEM run")
-
-    def _engine_main(self) -> Any:
-        try:
-            return self._runner(self.settings, sinks=(self.ingest,), control=self.control)
-        finally:
-            self.engine_done.set()
-
+    # -- events in -------------------------------------------------------------------------
     def ingest(self, event: Event) -> None:
         """The engine's sink. Thread-safe and non-blocking: queue, and wake the UI thread
         for anything but BatchProgress (those wait for the next refresh tick)."""
         self._inbox.append(event)
         if not isinstance(event, BatchProgress):
             try:
-                self.post_message(self.Wake())
+                self.post_message(EventsWaiting())
             except Exception:  # the app is closing; the events are on disk anyway
                 pass
 
-    def on_ashem_app_wake(self, _: Wake) -> None:
-        self._drain()
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self._engine_worker:
-            return
-        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
-            return
-        if not self.screen_stack:  # the app is already closing
-            return
-        self._drain()
-        if not self.view.terminal:
-            t = self.view.t
-            if event.state == WorkerState.ERROR:
-                err = event.worker.error
-                self.feed([RunFailed(error_kind="internal",
-                                     message=f"{type(err).__name__}: {err}",
-                                     where="engine worker", run_dir=self.view.run_dir, t=t)])
-            elif event.state == WorkerState.SUCCESS:
-                result = event.worker.result
-                status = getattr(result, "status", None)
-                if status == "cancelled":
-                    self.feed([RunCancelled(run_dir=self.view.run_dir, where="engine",
-                                            seconds=t, t=t)])
-                else:
-                    error = getattr(result, "error", None) or \
-                        "the engine ended without a final event"
-                    self.feed([RunFailed(error_kind="internal", message=str(error),
-                                         where="engine worker", run_dir=self.view.run_dir,
-                                         t=t)])
-        self.refresh_bindings()
-        if self._quitting:
-            self.leave()
-
-    # -- events -> view --------------------------------------------------------------------
     def feed(self, events: Iterable[Event]) -> None:
         """Apply events now (UI thread)."""
         self._inbox.extend(events)
         self._drain()
 
+    def on_events_waiting(self, _: EventsWaiting) -> None:
+        self._drain()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if not self.screen_stack:  # the app is already closing
+            return
+        self._drain()
+        closing = self.source.engine_ended(event.worker, event.state, self.view)
+        if closing is None:
+            return
+        self.feed(closing)
+        self.refresh_bindings()
+        if self._quitting:
+            self.leave()
+
+    # -- events -> view --------------------------------------------------------------------
     def _drain(self) -> None:
         if not self._inbox or not self._ui_ready:
             return
@@ -232,50 +142,49 @@ class AshemApp(App[int]):
 
     def _apply(self, batch: list[Event]) -> None:
         old = view = self.view
-        log = self.dashboard.query_one(EventLog)
         structural: list[Event] = []
         for event in batch:
             view = reduce(view, event)
             if not isinstance(event, BatchProgress):
                 structural.append(event)
-                log.add(event)
         self.view = view
-        self.events_applied += len(batch)
-        if any(e.kind in ("Paused", "Resumed") or e.kind in _TERMINAL for e in structural):
+        self.dashboard.log_events(structural)
+        if any(isinstance(e, _NOTE_ENDS) for e in structural):
             self._note = ""
         if self._quitting and not view.terminal:
             self._note = "cancelling…"
-        self.dashboard.show_view(view, bool(structural), self.mode, self._note)
-        if structural:
-            self.redraws += 1
-            self.sub_title = view.name
-            for screen in self.screen_stack[1:]:
-                show = getattr(screen, "show_view", None)
-                if show is not None:
-                    show(view, True)
-            if (old.status, old.held_at) != (view.status, view.held_at):
-                self.refresh_bindings()  # what is enabled depends on these only
-            for event in structural:
-                self._react(event)
+        self._show_dashboard(bool(structural))
+        if not structural:
+            return
+        self.sub_title = view.name
+        for screen in self.screen_stack[1:]:
+            if isinstance(screen, InspectScreen):
+                screen.show_view(view)
+        if (old.status, old.held_at) != (view.status, view.held_at):
+            self.refresh_bindings()  # what is enabled depends on these only
+        for event in structural:
+            self._react(event)
+
+    def _show_dashboard(self, structural: bool) -> None:
+        self.dashboard.show_view(self.view, structural, self.source.live, self._note)
 
     def _react(self, event: Event) -> None:
         """Side effects of an event: notifications, the transition screen."""
+        news = self._loaded or self.source.live  # a replay's history is not news
         if isinstance(event, Paused) and event.reason == "pause_at" and event.boundary:
-            if self.auto_inspect and self._loaded and not self.view.terminal:
+            if self.popups and self._loaded and not self.view.terminal:
                 self.open_step(event.boundary, auto=True)
-        elif isinstance(event, RunFailed):
-            if self._loaded or self.is_live:
-                self.notify(f"{event.message}\n({event.error_kind}, at {event.where})",
-                            title="Run failed", severity="error", timeout=20)
+        elif isinstance(event, RunFailed) and news:
+            self.notify(f"{event.message}\n({event.error_kind}, at {event.where})",
+                        title="Run failed", severity="error", timeout=20)
         elif isinstance(event, RunCancelled):
-            if self._loaded or self.is_live:
+            if news:
                 self.notify(f"cancelled at {event.where}", title="Run cancelled",
                             severity="warning")
             if self._quitting:
                 self.leave()
-        elif isinstance(event, RunFinished):
-            if self._loaded or self.is_live:
-                self.notify(f"{event.run_dir}", title="Run finished")
+        elif isinstance(event, RunFinished) and news:
+            self.notify(f"{event.run_dir}", title="Run finished")
         elif isinstance(event, SweepComputed):
             for screen in self.screen_stack:
                 if isinstance(screen, ComparisonScreen):
@@ -285,7 +194,7 @@ class AshemApp(App[int]):
     def exit_code(self) -> int:
         """The engine's rule (exitcodes.exit_code) for the run this app trains; 0 when it
         only shows a run. Quitting before the engine has confirmed the cancel is a cancel."""
-        if not self.is_live:
+        if not self.source.live:
             return 0
         status = self.view.status if self.view.terminal or not self._quitting else "cancelled"
         failed = self.view.failed
@@ -297,38 +206,37 @@ class AshemApp(App[int]):
     # -- run control -----------------------------------------------------------------------
     def _set_note(self, note: str) -> None:
         self._note = note
-        self.dashboard.show_view(self.view, False, self.mode, note)
+        self._show_dashboard(False)
 
-    def resume_run(self) -> None:
-        if self.control is None or self.view.terminal:
-            return
-        self.control.resume()
-        self._set_note("resuming…")
+    def _steerable(self) -> bool:
+        return self.source.live and not self.view.terminal
 
-    def abort_run(self) -> None:
-        if self.control is None or self.view.terminal:
-            return
-        self.control.cancel()
-        self._set_note("cancelling…")
-        self.notify("the run stops at the next batch boundary", title="Aborting")
+    def on_continue_run(self, _: ContinueRun) -> None:
+        if self._steerable():
+            self.source.resume()
+            self._set_note("resuming…")
+
+    def on_abort_run(self, _: AbortRun) -> None:
+        if self._steerable():
+            self.source.cancel()
+            self._set_note("cancelling…")
+            self.notify("the run stops at the next batch boundary", title="Aborting")
 
     def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
         if action in DASHBOARD_ONLY:
             return self.screen is self.dashboard  # False: hidden elsewhere
         if action == "toggle_pause":
-            return True if self.is_live and not self.view.terminal else None
+            return True if self._steerable() else None
         return True
 
     def action_toggle_pause(self) -> None:
-        control = self.control
-        if control is None or self.view.terminal:
+        if not self._steerable():
             self.bell()
-            return
-        if self.view.status == "paused" or control.paused:
-            control.resume()
+        elif self.view.status == "paused" or self.source.paused:
+            self.source.resume()
             self._set_note("resuming…")
         else:
-            control.pause()
+            self.source.pause()
             self._set_note("pausing at the next batch…")
 
     def action_request_quit(self) -> None:
@@ -350,15 +258,17 @@ class AshemApp(App[int]):
         if not yes:
             return
         self._quitting = True
-        if self.control is not None:
-            self.control.cancel()
-        if self.engine_running:
+        self.source.cancel()
+        if self.source.engine_running:
             self._set_note("cancelling…")
             self.set_timer(self.quit_grace, lambda: self.leave())
         else:
             self.leave()
 
     # -- screens ---------------------------------------------------------------------------
+    def on_step_selected(self, message: StepSelected) -> None:
+        self.open_step(message.step_id)
+
     def open_step(self, step_id: str, auto: bool = False) -> None:
         view = self.view
         step = view.step(step_id)
@@ -372,9 +282,9 @@ class AshemApp(App[int]):
             if top.step_id == step_id:
                 top.show_view(view)
             else:
-                self.switch_screen(InspectScreen(step_id))
+                self.switch_screen(InspectScreen(step_id, view, self.source.live))
         elif top is self.dashboard:
-            self.push_screen(InspectScreen(step_id))
+            self.push_screen(InspectScreen(step_id, view, self.source.live))
         # over a dialog or the help: leave it; the timeline can open it later
 
     def action_open_step(self, number: int) -> None:
@@ -420,14 +330,11 @@ class AshemApp(App[int]):
 
     # -- charts, export, screenshot --------------------------------------------------------
     def action_toggle_log_y(self) -> None:
-        charts = self.dashboard.query_one(Charts)
-        charts.log_y = not charts.log_y
-        charts.show(self.view)
-        self.notify(f"log y axis {'on' if charts.log_y else 'off'}", timeout=2)
+        log_y = self.dashboard.toggle_log_y(self.view)
+        self.notify(f"log y axis {'on' if log_y else 'off'}", timeout=2)
 
     def action_next_chart(self) -> None:
-        charts = self.dashboard.query_one(Charts)
-        charts.select(charts.selected + 1)
+        self.dashboard.next_chart()
 
     def output_location(self) -> tuple[Path, str]:
         """Where exports go: the run directory when live, else the current directory
@@ -435,7 +342,7 @@ class AshemApp(App[int]):
         if self.output_dir is not None:
             return self.output_dir, f"{self.view.name or 'ashem'}-"
         run_dir = Path(self.view.run_dir) if self.view.run_dir else None
-        if self.is_live and run_dir is not None and run_dir.is_dir():
+        if self.source.live and run_dir is not None and run_dir.is_dir():
             return run_dir, ""
         return Path.cwd(), f"{self.view.name or 'ashem'}-"
 
@@ -460,4 +367,4 @@ class AshemApp(App[int]):
 
 
 DASHBOARD_ONLY = ("next_chart", "toggle_log_y", "inspect_current", "open_compare")
-_TERMINAL = ("RunFinished", "RunCancelled", "RunFailed")
+_NOTE_ENDS = (Paused, Resumed, RunFinished, RunCancelled, RunFailed)  # "resuming…" is over

@@ -32,6 +32,10 @@ def _plain(event) -> dict[str, Any] | None:
     return out
 
 
+def _by_stage(events: dict) -> list[dict[str, Any]]:
+    return [_plain(events[stage]) for stage in sorted(events)]
+
+
 def metrics_document(view: RunView) -> dict[str, Any]:
     started = view.started
     return {
@@ -42,11 +46,10 @@ def metrics_document(view: RunView) -> dict[str, Any]:
             "test_tokens": started.test_tokens},
         "status": view.status,
         "epochs": metrics_rows(view),
-        "stages": [_plain(view.stage_ended[s]) for s in sorted(view.stage_ended)],
-        "thresholds": [_plain(view.thresholds[s]) for s in sorted(view.thresholds)],
-        "hard_examples": [
-            {k: v for k, v in _plain(view.hard[s]).items() if k != "examples"}
-            for s in sorted(view.hard)],
+        "stages": _by_stage(view.stage_ended),
+        "thresholds": _by_stage(view.threshold_computed),
+        "hard_examples": [{k: v for k, v in hard.items() if k != "examples"}
+                          for hard in _by_stage(view.hard_collected)],
         "evaluation": _plain(view.evaluation),
         "failed": _plain(view.failed),
     }

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional
 
 from ashem_engine.events import (
-    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, Paused, Resumed,
+    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Paused, Resumed,
     RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
     SweepComputed, ThresholdComputed,
 )
@@ -44,8 +44,8 @@ class RunView:
     stage_started: dict = field(default_factory=dict)  # stage -> StageStarted
     epochs: tuple[EpochEnded, ...] = ()  # every EpochEnded, in order, all stages
     stage_ended: dict = field(default_factory=dict)  # stage -> StageEnded
-    thresholds: dict = field(default_factory=dict)  # stage -> ThresholdComputed
-    hard: dict = field(default_factory=dict)  # stage -> HardExamplesCollected
+    threshold_computed: dict = field(default_factory=dict)  # stage -> ThresholdComputed
+    hard_collected: dict = field(default_factory=dict)  # stage -> HardExamplesCollected
     evaluation: Optional[Evaluated] = None
     sweep: Optional[SweepComputed] = None  # the latest threshold sweep (after evaluation)
     progress: Optional[BatchProgress] = None
@@ -54,8 +54,7 @@ class RunView:
     finished: Optional[RunFinished] = None
     cancelled: Optional[RunCancelled] = None
     failed: Optional[RunFailed] = None
-    last_log: Optional[Log] = None
-    count: int = 0  # events reduced
+    events_seen: int = 0  # events reduced so far
 
     # -- derived look-ups (no arithmetic) ------------------------------------------------
     @property
@@ -121,8 +120,7 @@ class RunView:
 
     @property
     def last_mining_stage(self) -> Optional[int]:
-        done = [s for s in self.thresholds]
-        return max(done) if done else None
+        return max(self.threshold_computed) if self.threshold_computed else None
 
     def steps(self) -> list[Step]:
         out: list[Step] = []
@@ -144,14 +142,14 @@ class RunView:
         if step.kind == "stage":
             return step.stage in self.stage_ended
         if step.kind == "mining":
-            return step.stage in self.hard
+            return step.stage in self.hard_collected
         return self.evaluation is not None
 
     def step_started(self, step: Step) -> bool:
         if step.kind == "stage":
             return step.stage in self.stage_started
         if step.kind == "mining":
-            return step.stage in self.thresholds or step.stage in self.hard
+            return step.stage in self.threshold_computed or step.stage in self.hard_collected
         return self.evaluation is not None
 
     def current_step(self) -> Optional[Step]:
@@ -201,7 +199,7 @@ def _plan(started: RunStarted) -> tuple[StagePlan, ...]:
 def reduce(view: RunView, event: Event) -> RunView:
     """The next view after `event`. Pure: `view` is not modified."""
     # t: the run clock of the latest event (a resumed run starts its clock again)
-    changes: dict = {"t": event.t, "count": view.count + 1}
+    changes: dict = {"t": event.t, "events_seen": view.events_seen + 1}
     running = "running" if view.status == "waiting" else view.status
     if isinstance(event, BatchProgress):
         changes.update(progress=event, status=running)
@@ -217,9 +215,11 @@ def reduce(view: RunView, event: Event) -> RunView:
     elif isinstance(event, StageEnded):
         changes.update(stage_ended={**view.stage_ended, event.stage: event}, status=running)
     elif isinstance(event, ThresholdComputed):
-        changes.update(thresholds={**view.thresholds, event.stage: event}, status=running)
+        changes.update(threshold_computed={**view.threshold_computed, event.stage: event},
+                       status=running)
     elif isinstance(event, HardExamplesCollected):
-        changes.update(hard={**view.hard, event.stage: event}, status=running)
+        changes.update(hard_collected={**view.hard_collected, event.stage: event},
+                       status=running)
     elif isinstance(event, Evaluated):
         changes.update(evaluation=event, status=running)
     elif isinstance(event, SweepComputed):
@@ -234,8 +234,6 @@ def reduce(view: RunView, event: Event) -> RunView:
         changes.update(pause=None)
         if not view.terminal:
             changes.update(status="running")
-    elif isinstance(event, Log):
-        changes.update(last_log=event)
     elif isinstance(event, RunFinished):
         changes.update(finished=event, status="finished", pause=None)
     elif isinstance(event, RunCancelled):

@@ -90,14 +90,21 @@ def child_app(settings, size: tuple[int, int], interval: float) -> dict[str, Any
     from textual.events import Key
 
     from ashem_app.app import AshemApp
+    from ashem_app.sources import LiveSource
 
     class BenchApp(AshemApp):
-        """The real app, plus a hook that says when a key's action has reached the screen."""
+        """The real app, plus a hook that says when a key's action has reached the screen,
+        and a count of the structural redraws (batches with more than BatchProgress)."""
 
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.key_done = threading.Event()
             self.seen: list = []
+            self.redraws = 0
+
+        def _apply(self, batch) -> None:
+            self.redraws += any(e.kind != "BatchProgress" for e in batch)
+            super()._apply(batch)
 
         def ingest(self, event) -> None:
             self.seen.append(event)
@@ -128,11 +135,11 @@ def child_app(settings, size: tuple[int, int], interval: float) -> dict[str, Any
             pings.append(time.perf_counter() - t0)
 
     async def run() -> BenchApp:
-        app = BenchApp(settings=settings)
+        app = BenchApp(LiveSource(settings))
         async with app.run_test(size=size):
             presser = threading.Thread(target=press, args=(app,), daemon=True)
             presser.start()
-            while not app.engine_done.is_set():
+            while not app.source.ended:
                 if app._exception is not None:
                     raise app._exception
                 await asyncio.sleep(0.1)
@@ -147,7 +154,7 @@ def child_app(settings, size: tuple[int, int], interval: float) -> dict[str, Any
     figures = throughput(app.seen)
     figures.update(keys_ms=[round(k * 1000, 1) for k in keys],
                    pings_ms=[round(p * 1000, 1) for p in pings],
-                   app_events=app.events_applied, redraws=app.redraws)
+                   app_events=app.view.events_seen, redraws=app.redraws)
     return figures
 
 

@@ -7,6 +7,9 @@ at the default boundaries (stage-1, mining-1) like a dashboard run would.
     events = make_events()                 # the whole run, RunFinished last
     head = until(events, boundary="mining-1")   # up to and including that Paused event
     write_events(events, tmp_path / "events.jsonl")
+
+`FakeControl` stands in for a run's control, `plain` / `chart_title` read what a widget
+shows, and `count_calls` counts calls of a method (how often a panel is redrawn).
 """
 from __future__ import annotations
 
@@ -236,3 +239,21 @@ def plain(widget) -> str:
     console = Console(width=200, file=io.StringIO(), record=True, color_system=None)
     console.print(content)
     return console.export_text()
+
+
+def chart_title(chart) -> str:
+    """The first line a plotext chart shows (its title), as a person reads it."""
+    return chart.render().plain.split("\n")[0].strip()
+
+
+def count_calls(monkeypatch, cls: type, name: str) -> list:
+    """Counts calls of `cls.name` (a list of the instances called) while a test runs."""
+    calls: list = []
+    original = getattr(cls, name)
+
+    def spy(self, *args, **kwargs):
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, spy)
+    return calls

@@ -8,13 +8,16 @@ import threading
 from types import SimpleNamespace
 
 from app_events import (
-    FakeControl, RUN_DIR, cancelled_after, make_events, plain, until, write_events,
+    FakeControl, RUN_DIR, cancelled_after, chart_title, count_calls, make_events, plain,
+    until, write_events,
 )
 
 from ashem_app.app import AshemApp
+from ashem_app.sources import AttachedSource, FollowSource, LiveSource, ReplaySource
 from ashem_app.screens.confirm import ConfirmScreen
 from ashem_app.screens.help import HelpScreen
 from ashem_app.screens.inspect import InspectScreen
+from ashem_app.widgets.cards import MetricCards
 from ashem_app.widgets.charts import Chart, Charts, PplChart
 from ashem_app.widgets.eventlog import EventLog
 from ashem_app.widgets.timeline import StepBox
@@ -51,7 +54,7 @@ async def until_true(pilot, condition, timeout: float = 5.0) -> None:
 
 
 async def test_every_panel_shows_the_figures_of_a_finished_run():
-    app = AshemApp(events=make_events())
+    app = AshemApp(ReplaySource(make_events()))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         header = text(app, "#header-left") + text(app, "#header-right")
@@ -79,7 +82,7 @@ async def test_every_panel_shows_the_figures_of_a_finished_run():
         assert "finished in 30:52" in text(app, "#progress-status")
         log = log_text(app)
         assert "threshold 0.1596" in log and "run finished" in log
-        assert all(chart.draws >= 1 for chart in app.dashboard.query(Chart))
+        assert chart_title(app.dashboard.query_one(PplChart)) == "train / val PPL per epoch"
         # replay: pause/continue disabled
         assert app.check_action("toggle_pause", ()) is None
         await pilot.press("space")
@@ -87,7 +90,7 @@ async def test_every_panel_shows_the_figures_of_a_finished_run():
 
 
 async def test_progress_during_a_live_epoch():
-    app = AshemApp(control=FakeControl())
+    app = AshemApp(AttachedSource(FakeControl()))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         await pilot.pause()
@@ -101,12 +104,15 @@ async def test_progress_during_a_live_epoch():
         assert b["mining-1"].has_class("-pending")
 
 
-async def test_batch_progress_is_batched_and_never_redraws_the_charts():
-    app = AshemApp(control=FakeControl(), refresh_interval=0.05)
+async def test_batch_progress_is_batched_and_never_redraws_the_charts(monkeypatch):
+    cards = count_calls(monkeypatch, MetricCards, "show")
+    plots = count_calls(monkeypatch, PplChart, "draw")
+    app = AshemApp(AttachedSource(FakeControl()), refresh_interval=0.05)
     async with app.run_test(size=SIZE) as pilot:
         app.feed(until(make_events(), kind="EpochEnded"))
         await pilot.pause()
-        redraws, draws = app.redraws, app.dashboard.query_one(PplChart).draws
+        redraws, draws = len(cards), len(plots)
+        assert draws >= 1
 
         def engine():  # BatchProgress from another thread, as the engine sends them
             for b in range(1, 161):
@@ -117,14 +123,14 @@ async def test_batch_progress_is_batched_and_never_redraws_the_charts():
         thread.start()
         thread.join()
         await until_true(pilot, lambda: "1,160 tok/s" in text(app, "#progress-stats"))
-        assert app.redraws == redraws
-        assert app.dashboard.query_one(PplChart).draws == draws
-        assert app.events_applied == len(until(make_events(), kind="EpochEnded")) + 160
+        assert len(cards) == redraws  # no structural redraw
+        assert len(plots) == draws  # no plot built again
+        assert app.view.events_seen == len(until(make_events(), kind="EpochEnded")) + 160
 
 
 async def test_pause_and_resume_call_the_control_and_show_where():
     control = FakeControl()
-    app = AshemApp(control=control)
+    app = AshemApp(AttachedSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         await pilot.press("space")
@@ -144,7 +150,7 @@ async def test_pause_and_resume_call_the_control_and_show_where():
 
 async def test_keymap_rebinds_by_binding_id():
     control = FakeControl()
-    app = AshemApp(control=control)
+    app = AshemApp(AttachedSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         app.set_keymap({"ashem.pause": "p"})
@@ -155,7 +161,7 @@ async def test_keymap_rebinds_by_binding_id():
 async def test_transition_screens_open_on_pause_at_and_their_keys_work():
     control = FakeControl()
     events = make_events()
-    app = AshemApp(control=control)
+    app = AshemApp(AttachedSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(until(events, boundary="stage-1"))
         await pilot.pause()
@@ -188,7 +194,8 @@ async def test_transition_screens_open_on_pause_at_and_their_keys_work():
         assert "the" in words and "2,113" in words
         examples = text(app, "#hard-examples")
         assert "[japan]" in examples and "released in" in examples and "0.0412" in examples
-        assert screen.query_one("#inspect-confidence").draws == 1
+        assert chart_title(screen.query_one("#inspect-confidence")) == \
+            "confidence at layer 2 · 65,536 tokens"
         # ← goes to the previous step's screen
         await pilot.press("left")
         assert isinstance(app.screen, InspectScreen) and app.screen.step_id == "stage-1"
@@ -206,7 +213,7 @@ async def test_transition_screens_open_on_pause_at_and_their_keys_work():
 
 
 async def test_evaluation_screen_and_clicking_the_timeline():
-    app = AshemApp(events=make_events())
+    app = AshemApp(ReplaySource(make_events()))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert app.screen is app.dashboard  # replay: nothing pops up by itself
@@ -225,7 +232,7 @@ async def test_evaluation_screen_and_clicking_the_timeline():
 
 async def test_quit_while_running_asks_then_cancels_and_exits():
     control = FakeControl()
-    app = AshemApp(control=control)
+    app = AshemApp(AttachedSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         await pilot.press("q")
@@ -238,12 +245,12 @@ async def test_quit_while_running_asks_then_cancels_and_exits():
         await pilot.press("q", "y")
         await pilot.pause()
     assert control.calls == ["cancel"]
-    assert app.return_code == 0
+    assert app.return_code == 130  # the run was cancelled: the engine's exit-code rule
 
 
 async def test_quit_from_a_held_transition_screen():
     control = FakeControl()
-    app = AshemApp(control=control)
+    app = AshemApp(AttachedSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(until(make_events(), boundary="mining-1"))
         await pilot.pause()
@@ -254,16 +261,16 @@ async def test_quit_from_a_held_transition_screen():
 
 
 async def test_quit_after_the_run_ended_does_not_ask():
-    app = AshemApp(control=FakeControl(), events=make_events())
+    app = AshemApp(AttachedSource(FakeControl(), make_events()))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("q")
         await pilot.pause()
-    assert app.return_code == 0 and app.control.calls == []
+    assert app.return_code == 0 and app.source.control.calls == []
 
 
 async def test_engine_failure_is_shown_and_the_app_stays_up():
     control = FakeControl()
-    app = AshemApp(control=control)
+    app = AshemApp(AttachedSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(make_events(fail_at="stage-2"))
         await pilot.pause()
@@ -282,7 +289,7 @@ async def test_exception_escaping_the_worker_becomes_a_failure():
         raise RuntimeError("boom in the engine")
 
     settings = SimpleNamespace(run=SimpleNamespace(pause_at=()))
-    app = AshemApp(settings=settings, runner=boom)
+    app = AshemApp(LiveSource(settings, runner=boom))
     async with app.run_test(size=SIZE) as pilot:
         await until_true(pilot, lambda: app.view.status == "failed")
         assert app.view.failed.error_kind == "internal"
@@ -301,9 +308,9 @@ async def test_engine_thread_events_reach_the_ui():
         return SimpleNamespace(status="finished")
 
     settings = SimpleNamespace(run=SimpleNamespace(pause_at=()))
-    app = AshemApp(settings=settings, runner=fake_engine)
+    app = AshemApp(LiveSource(settings, runner=fake_engine))
     async with app.run_test(size=SIZE) as pilot:
-        await until_true(pilot, lambda: app.engine_done.is_set() and app.view.terminal)
+        await until_true(pilot, lambda: app.source.ended and app.view.terminal)
         assert app.view.status == "finished" and app.view.evaluation.ppl == 776.71
         assert not app.run_active
         await pilot.press("q")
@@ -313,11 +320,11 @@ async def test_replay_follows_a_growing_file_and_never_pops_up(tmp_path):
     events = make_events()
     part = until(events, boundary="mining-1")
     path = write_events(part, tmp_path / "run" / "events.jsonl", torn_tail='{"kind": "Res')
-    app = AshemApp(replay_path=path, poll_interval=0.05)
+    app = AshemApp(FollowSource(path, poll_interval=0.05))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        assert app.view.count == len(part) and app.view.held_at == "mining-1"
-        assert app.screen is app.dashboard and not app.is_live
+        assert app.view.events_seen == len(part) and app.view.held_at == "mining-1"
+        assert app.screen is app.dashboard and not app.source.live
         with open(path, "w") as f:  # the writer completes its line and goes on
             for e in events:
                 f.write(json.dumps(e.to_dict()) + "\n")
@@ -328,7 +335,7 @@ async def test_replay_follows_a_growing_file_and_never_pops_up(tmp_path):
 
 
 async def test_export_screenshot_help_log_scale_and_charts(tmp_path):
-    app = AshemApp(events=make_events(), output_dir=tmp_path)
+    app = AshemApp(ReplaySource(make_events()), output_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("e")
@@ -341,9 +348,10 @@ async def test_export_screenshot_help_log_scale_and_charts(tmp_path):
         assert any(".svg" in n.message for n in app._notifications)
         charts = app.dashboard.query_one(Charts)
         ppl = app.dashboard.query_one(PplChart)
-        draws = ppl.draws
+        assert "log y" not in chart_title(ppl)
         await pilot.press("l")
-        assert charts.log_y and ppl.draws == draws + 1
+        await pilot.pause()
+        assert charts.log_y and chart_title(ppl) == "train / val PPL per epoch · log y"
         await pilot.press("n")
         assert charts.selected == 1
         shown = [c.id for c in app.dashboard.query(Chart) if c.styles.display != "none"]
@@ -356,16 +364,19 @@ async def test_export_screenshot_help_log_scale_and_charts(tmp_path):
 
 
 async def test_wide_terminal_shows_all_charts():
-    app = AshemApp(events=make_events())
+    app = AshemApp(ReplaySource(make_events()))
     async with app.run_test(size=(160, 45)) as pilot:
         await pilot.pause()
         assert app.dashboard.has_class("-wide")
         shown = [c for c in app.dashboard.query(Chart) if c.styles.display != "none"]
         assert len(shown) == 4 and all(c.size.height >= 8 for c in shown)
+        assert [chart_title(c) for c in shown] == [
+            "train / val PPL per epoch", "hard PPL per epoch · ── mined 2,854.97",
+            "confidence at layer 2 · 65,536 tokens", "final routing 72.6 % / 27.4 %"]
 
 
 async def test_command_palette_runs_registry_actions(tmp_path):
-    app = AshemApp(events=make_events(), output_dir=tmp_path)
+    app = AshemApp(ReplaySource(make_events()), output_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+p")
         await pilot.press(*"export")
@@ -373,3 +384,11 @@ async def test_command_palette_runs_registry_actions(tmp_path):
         await pilot.press("enter")
         await pilot.pause()
         assert (tmp_path / "reference-metrics.csv").exists()
+
+
+async def test_a_startup_notice_is_shown_in_the_app():
+    """`ashem` without a settings file says in the app, too, that the defaults are in use."""
+    app = AshemApp(ReplaySource([]), notice="using the built-in defaults")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert any("built-in defaults" in n.message for n in app._notifications)

@@ -5,25 +5,26 @@ from __future__ import annotations
 from app_events import FakeControl, make_events, until
 
 from ashem_app.app import AshemApp
+from ashem_app.sources import AttachedSource, ReplaySource
 
 
 def test_dashboard_finished_run(snap_compare):
-    assert snap_compare(AshemApp(events=make_events()), terminal_size=(100, 30))
+    assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(100, 30))
 
 
 def test_dashboard_wide(snap_compare):
-    assert snap_compare(AshemApp(events=make_events()), terminal_size=(160, 45))
+    assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(160, 45))
 
 
 def test_dashboard_mid_stage_two(snap_compare):
     events = until(make_events(), predicate=lambda e: e.kind == "EpochEnded" and e.stage == 2
                    and e.epoch == 3)
-    app = AshemApp(control=FakeControl(), events=events)
+    app = AshemApp(AttachedSource(FakeControl(), events))
     assert snap_compare(app, terminal_size=(100, 30))
 
 
 def test_transition_screen_at_mining(snap_compare):
-    app = AshemApp(control=FakeControl())
+    app = AshemApp(AttachedSource(FakeControl()))
 
     async def hold(pilot):
         app.feed(until(make_events(), boundary="mining-1"))  # pops the screen up
@@ -33,5 +34,5 @@ def test_transition_screen_at_mining(snap_compare):
 
 
 def test_help_screen(snap_compare):
-    assert snap_compare(AshemApp(events=make_events()), terminal_size=(100, 30),
+    assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(100, 30),
                         press=["question_mark"])

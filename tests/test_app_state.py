@@ -30,7 +30,7 @@ def test_reducer_is_pure_and_follows_the_run():
     assert len(view.stage_epochs(1)) == 4 and len(view.stage_epochs(2)) == 7
     assert view.best_epoch(1).epoch == 3 and view.best_epoch(2).epoch == 4
     assert [p.boundary for p in view.holds] == ["stage-1", "mining-1"]
-    assert view.t == events[-1].t and view.count == len(events)
+    assert view.t == events[-1].t and view.events_seen == len(events)
 
 
 def test_steps_follow_the_stage_plan_for_n_stages():

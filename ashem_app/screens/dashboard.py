@@ -1,6 +1,9 @@
 """The dashboard: header, timeline, progress, metric cards, charts, log, footer."""
 from __future__ import annotations
 
+from typing import Iterable
+
+from ashem_engine.events import Event
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.screen import Screen
@@ -12,7 +15,7 @@ from ..widgets.charts import Charts
 from ..widgets.eventlog import EventLog
 from ..widgets.header import RunHeader
 from ..widgets.progress import ProgressPanel
-from ..widgets.timeline import StepBox, Timeline
+from ..widgets.timeline import Timeline
 
 
 class DashboardScreen(Screen[None]):
@@ -29,15 +32,29 @@ class DashboardScreen(Screen[None]):
         yield EventLog(id="log")
         yield Footer(compact=True)
 
-    def show_view(self, view: RunView, structural: bool = True, mode: str = "live",
+    def show_view(self, view: RunView, structural: bool = True, live: bool = True,
                   note: str = "") -> None:
-        """Update the panels: header and progress always, the rest on structural events."""
-        self.query_one(RunHeader).show(view, mode, note)
+        """Update the panels: header and progress always, the rest on structural events.
+        `live`: the run can be steered (else the header says REPLAY)."""
+        self.query_one(RunHeader).show(view, live)
         self.query_one(ProgressPanel).show(view, note)
         if structural:
             self.query_one(Timeline).show(view)
             self.query_one(MetricCards).show(view)
             self.query_one(Charts).show(view)
 
-    def on_step_box_selected(self, message: StepBox.Selected) -> None:
-        self.app.open_step(message.step_id)  # type: ignore[attr-defined]
+    def log_events(self, events: Iterable[Event]) -> None:
+        log = self.query_one(EventLog)
+        for event in events:
+            log.add(event)
+
+    def toggle_log_y(self, view: RunView) -> bool:
+        """A log y axis on the PPL charts, or not again; whether it is on now."""
+        charts = self.query_one(Charts)
+        charts.log_y = not charts.log_y
+        charts.show(view)
+        return charts.log_y
+
+    def next_chart(self) -> None:
+        charts = self.query_one(Charts)
+        charts.select(charts.selected + 1)

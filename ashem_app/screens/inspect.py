@@ -7,11 +7,12 @@
 
 Opened by itself when a live run holds at a boundary (Paused, reason "pause_at"), or from the
 timeline (number keys, click). Keys: c continue (resume), a abort (cancel the run, keep the
-app), esc back to the dashboard (the run stays held), ←/→ other steps.
+app), esc back to the dashboard (the run stays held), ←/→ other steps. Continue, abort and
+the other steps are messages to the app (messages.py).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from rich.table import Table
 from rich.text import Text
@@ -21,12 +22,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from .. import fmt, keys
+from ..messages import AbortRun, ContinueRun, StepSelected
 from ..state import RunView, Step
 from ..widgets.charts import ConfidenceChart, PplChart, RoutingChart
 from .confirm import ConfirmScreen
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..app import AshemApp
 
 
 def _kv_table(rows: list[tuple[str, str]]) -> Table:
@@ -98,8 +97,8 @@ def epochs_table(view: RunView, stage: int) -> Table:
 
 
 def hard_figures(view: RunView, stage: int):
-    th = view.thresholds.get(stage)
-    hard = view.hard.get(stage)
+    th = view.threshold_computed.get(stage)
+    hard = view.hard_collected.get(stage)
     rows: list[tuple[str, str]] = []
     if th:
         rows += [("threshold", fmt.conf(th.threshold)),
@@ -117,7 +116,7 @@ def hard_figures(view: RunView, stage: int):
 
 
 def top_words(view: RunView, stage: int, limit: int = 12) -> Table:
-    hard = view.hard.get(stage)
+    hard = view.hard_collected.get(stage)
     table = Table(box=None, padding=(0, 1), header_style="bold dim", expand=False)
     table.add_column("hard word")
     table.add_column("count", justify="right")
@@ -127,7 +126,7 @@ def top_words(view: RunView, stage: int, limit: int = 12) -> Table:
 
 
 def examples(view: RunView, stage: int, limit: int = 6) -> Text:
-    hard = view.hard.get(stage)
+    hard = view.hard_collected.get(stage)
     text = Text()
     for ex in (hard.examples if hard else [])[:limit]:
         context = " ".join(str(w) for w in ex.get("context", []))
@@ -163,68 +162,77 @@ def _section(title: str, body, classes: str = "", id: Optional[str] = None) -> S
 
 
 class InspectScreen(Screen[None]):
+    """`InspectScreen(step_id, view, live)`: the step of `view` (`show_view` shows a newer
+    one); `live`: the run can be continued and aborted from here."""
+
     BINDINGS = keys.bindings("inspect")
 
-    def __init__(self, step_id: str) -> None:
+    def __init__(self, step_id: str, view: RunView, live: bool) -> None:
         super().__init__(classes="inspect")
         self.step_id = step_id
-
-    @property
-    def ashem(self) -> "AshemApp":
-        return self.app  # type: ignore[return-value]
+        self.view = view
+        self.live = live
 
     @property
     def step(self) -> Step:
-        step = self.ashem.view.step(self.step_id)
+        step = self.view.step(self.step_id)
         return step or Step(self.step_id, "evaluation", None, self.step_id)
 
     def compose(self) -> ComposeResult:
         step = self.step
-        view = self.ashem.view
         with Vertical(id="inspect-box") as box:
-            box.border_title = self._title(view)
+            box.border_title = self._title()
             yield Static(id="inspect-status")
             with VerticalScroll(id="inspect-body"):
                 if step.kind == "stage":
-                    with Horizontal(classes="inspect-row"):
-                        yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
-                                       classes="narrow")
-                        yield PplChart(id="inspect-ppl", classes="inspect-chart")
-                    yield _section(f"Stage {step.stage} epochs", "", id="stage-epochs")
+                    yield from self._stage_sections(step)
                 elif step.kind == "mining":
-                    with Horizontal(classes="inspect-row"):
-                        yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
-                                       classes="narrow")
-                        yield ConfidenceChart(stage=step.stage, id="inspect-confidence",
-                                              classes="inspect-chart")
-                    with Horizontal(classes="inspect-row"):
-                        yield _section("Hard tokens", "", id="hard-figures", classes="narrow")
-                        yield _section("Hard words", "", id="top-words",
-                                       classes="narrow")
-                        yield _section("Hard tokens in context", "", id="hard-examples",
-                                       classes="wide")
+                    yield from self._mining_sections(step)
                 else:
-                    last = view.stages[-1] if view.stages else 1
-                    with Horizontal(classes="inspect-row"):
-                        yield _section("Final evaluation", "", id="evaluation",
-                                       classes="narrow")
-                        yield _section(f"Stage {last} summary", "", id="stage-summary",
-                                       classes="narrow")
-                    yield RoutingChart(id="inspect-routing", classes="inspect-chart")
+                    yield from self._evaluation_sections()
         yield Footer(compact=True)
 
-    def on_mount(self) -> None:
-        self.show_view(self.ashem.view)
+    @staticmethod
+    def _stage_sections(step: Step) -> ComposeResult:
+        with Horizontal(classes="inspect-row"):
+            yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
+                           classes="narrow")
+            yield PplChart(id="inspect-ppl", classes="inspect-chart")
+        yield _section(f"Stage {step.stage} epochs", "", id="stage-epochs")
 
-    def _title(self, view: RunView) -> str:
+    @staticmethod
+    def _mining_sections(step: Step) -> ComposeResult:
+        with Horizontal(classes="inspect-row"):
+            yield _section(f"Stage {step.stage} summary", "", id="stage-summary",
+                           classes="narrow")
+            yield ConfidenceChart(stage=step.stage, id="inspect-confidence",
+                                  classes="inspect-chart")
+        with Horizontal(classes="inspect-row"):
+            yield _section("Hard tokens", "", id="hard-figures", classes="narrow")
+            yield _section("Hard words", "", id="top-words", classes="narrow")
+            yield _section("Hard tokens in context", "", id="hard-examples", classes="wide")
+
+    def _evaluation_sections(self) -> ComposeResult:
+        last = self.view.stages[-1] if self.view.stages else 1
+        with Horizontal(classes="inspect-row"):
+            yield _section("Final evaluation", "", id="evaluation", classes="narrow")
+            yield _section(f"Stage {last} summary", "", id="stage-summary", classes="narrow")
+        yield RoutingChart(id="inspect-routing", classes="inspect-chart")
+
+    def on_mount(self) -> None:
+        self.show_view(self.view)
+
+    def _title(self) -> str:
         step = self.step
-        n = next((i for i, s in enumerate(view.steps(), start=1) if s.id == step.id), "?")
+        n = next((i for i, s in enumerate(self.view.steps(), start=1) if s.id == step.id),
+                 "?")
         what = {"stage": f"Stage {step.stage}", "mining": f"Mining after stage {step.stage}",
                 "evaluation": "Evaluation"}[step.kind]
         return f" {n} · {what} "
 
-    def _status(self, view: RunView) -> Text:
-        if view.held_at == self.step_id and self.ashem.is_live:
+    def _status(self) -> Text:
+        view = self.view
+        if view.held_at == self.step_id and self.live:
             return Text(f"⏸ The run is holding at boundary {self.step_id}. "
                         "c: continue · a: abort the run · esc: back (stays held)",
                         style="bold yellow")
@@ -234,16 +242,15 @@ class InspectScreen(Screen[None]):
         if hold is not None:
             text.append(f" · the run held here at {fmt.duration(hold.t)}", style="dim")
         text.append(f" · run {view.status}", style="dim")
-        if not self.ashem.is_live:
+        if not self.live:
             text.append(" · replay", style="bold blue")
         return text
 
-    def show_view(self, view: RunView, structural: bool = True) -> None:
-        if not structural:
-            return
+    def show_view(self, view: RunView) -> None:
+        self.view = view
         step = self.step
-        self.query_one("#inspect-box").border_title = self._title(view)
-        self.query_one("#inspect-status", Static).update(self._status(view))
+        self.query_one("#inspect-box").border_title = self._title()
+        self.query_one("#inspect-status", Static).update(self._status())
         stage = step.stage if step.stage is not None else (view.stages[-1] if view.stages
                                                            else 1)
         self._set("#stage-summary", lambda: stage_summary(view, stage))
@@ -263,21 +270,20 @@ class InspectScreen(Screen[None]):
 
     # -- actions ---------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
-        app = self.ashem
         if action == "continue_run":
-            return True if app.is_live and app.view.status == "paused" else None
+            return True if self.live and self.view.status == "paused" else None
         if action == "abort_run":
-            return True if app.is_live and not app.view.terminal else None
+            return True if self.live and not self.view.terminal else None
         return True
 
     def action_continue_run(self) -> None:
-        self.ashem.resume_run()
+        self.post_message(ContinueRun())
         self.dismiss(None)
 
     def action_abort_run(self) -> None:
         def answer(yes: Optional[bool]) -> None:
             if yes:
-                self.ashem.abort_run()
+                self.post_message(AbortRun())
                 self.dismiss(None)
 
         self.app.push_screen(ConfirmScreen("Abort the run?",
@@ -289,11 +295,9 @@ class InspectScreen(Screen[None]):
         self.dismiss(None)
 
     def action_step(self, delta: int) -> None:
-        view = self.ashem.view
-        steps = [s for s in view.steps() if view.has_detail(s)]
-        ids = [s.id for s in steps]
-        if self.step_id not in ids or not ids:
+        ids = [s.id for s in self.view.steps() if self.view.has_detail(s)]
+        if self.step_id not in ids:
             return
         i = ids.index(self.step_id) + delta
         if 0 <= i < len(ids):
-            self.app.switch_screen(InspectScreen(ids[i]))
+            self.post_message(StepSelected(ids[i]))

@@ -24,63 +24,65 @@ CARDS = (
 
 def card_values(view: RunView) -> dict[str, tuple[str, str]]:
     """card id -> (main value, sub line). Exposed for tests and export."""
-    out: dict[str, tuple[str, str]] = {}
+    return {**_epoch_cards(view), **_mining_cards(view), **_routing_cards(view)}
+
+
+def _epoch_cards(view: RunView) -> dict[str, tuple[str, str]]:
+    """Val PPL, val accuracy and train PPL: the latest epoch, and the best of its stage."""
     last = view.last_epoch()
-    stage = last.stage if last else None
-    best = view.best_epoch(stage) if stage is not None else None
-    ended = view.stage_ended.get(stage) if stage is not None else None
-    where = f"s{stage} e{best.epoch}" if best else ""
-
     if last is None:
-        out["val-ppl"] = (fmt.DASH, "")
-        out["val-acc"] = (fmt.DASH, "")
-        out["train-ppl"] = (fmt.DASH, "")
-    else:
-        out["val-ppl"] = (fmt.ppl(last.val_ppl),
-                          f"best {fmt.ppl(last.best_val_ppl)} {where}".rstrip())
-        best_acc = ended.best_val_acc if ended else (best.val_acc if best else None)
-        out["val-acc"] = (fmt.pct(last.val_acc, 2), f"at best {fmt.pct(best_acc, 2)}")
-        out["train-ppl"] = (fmt.ppl(last.train_ppl),
-                            f"s{last.stage} e{last.epoch} · {fmt.duration(last.seconds)}")
+        return {"val-ppl": (fmt.DASH, ""), "val-acc": (fmt.DASH, ""),
+                "train-ppl": (fmt.DASH, "")}
+    best = view.best_epoch(last.stage)
+    ended = view.stage_ended.get(last.stage)
+    where = f"s{last.stage} e{best.epoch}" if best else ""
+    best_acc = ended.best_val_acc if ended else (best.val_acc if best else None)
+    return {
+        "val-ppl": (fmt.ppl(last.val_ppl),
+                    f"best {fmt.ppl(last.best_val_ppl)} {where}".rstrip()),
+        "val-acc": (fmt.pct(last.val_acc, 2), f"at best {fmt.pct(best_acc, 2)}"),
+        "train-ppl": (fmt.ppl(last.train_ppl),
+                      f"s{last.stage} e{last.epoch} · {fmt.duration(last.seconds)}"),
+    }
 
+
+def _mining_cards(view: RunView) -> dict[str, tuple[str, str]]:
+    """Hard PPL, threshold and hard tokens: the latest mining and hard-token epoch."""
     mining = view.last_mining_stage
-    hard = view.hard.get(mining) if mining is not None else None
-    th = view.thresholds.get(mining) if mining is not None else None
+    hard = view.hard_collected.get(mining) if mining is not None else None
+    th = view.threshold_computed.get(mining) if mining is not None else None
     last_hard = next((e for e in reversed(view.epochs) if e.hard_ppl is not None), None)
+    out: dict[str, tuple[str, str]] = {"hard-ppl": (fmt.DASH, ""), "threshold": (fmt.DASH, ""),
+                                       "hard-tokens": (fmt.DASH, "")}
     if last_hard is not None:
         ref = f"mined {fmt.ppl(hard.hard_ppl)}" if hard else ""
         out["hard-ppl"] = (fmt.ppl(last_hard.hard_ppl), f"s{last_hard.stage} e"
                            f"{last_hard.epoch} {ref}".rstrip())
     elif hard is not None:
         out["hard-ppl"] = (fmt.ppl(hard.hard_ppl), f"stage {hard.stage} exit")
-    else:
-        out["hard-ppl"] = (fmt.DASH, "")
-
     if th is not None:
         out["threshold"] = (fmt.conf(th.threshold),
                             f"q {th.target_ratio:g} · layer {th.exit_layer}")
-    else:
-        out["threshold"] = (fmt.DASH, "")
     if hard is not None:
         out["hard-tokens"] = (f"{fmt.integer(hard.count)} / {fmt.integer(hard.total)}",
-                              f"{fmt.pct(hard.ratio)} · conf {fmt.conf(hard.mean_confidence)}")
-    else:
-        out["hard-tokens"] = (fmt.DASH, "")
-
-    ev = view.evaluation
-    last_routed = next((e for e in reversed(view.epochs) if e.shallow_ratio is not None), None)
-    if ev is not None:
-        out["routing"] = (f"{fmt.pct(ev.shallow_ratio)} / {fmt.pct(ev.deep_ratio)}",
-                          f"final · {ev.split}")
-        out["cost"] = (fmt.pct(ev.compute_cost, 2), f"honest {fmt.pct(ev.honest_cost, 1)}")
-    elif last_routed is not None:
-        out["routing"] = (f"{fmt.pct(last_routed.shallow_ratio)} shallow",
-                          f"s{last_routed.stage} e{last_routed.epoch} val")
-        out["cost"] = (fmt.DASH, "after evaluation")
-    else:
-        out["routing"] = (fmt.DASH, "")
-        out["cost"] = (fmt.DASH, "")
+                              f"{fmt.pct(hard.ratio)} · "
+                              f"conf {fmt.conf(hard.mean_confidence)}")
     return out
+
+
+def _routing_cards(view: RunView) -> dict[str, tuple[str, str]]:
+    """Shallow / deep and compute cost: the final evaluation, or the latest routed epoch."""
+    ev = view.evaluation
+    if ev is not None:
+        return {"routing": (f"{fmt.pct(ev.shallow_ratio)} / {fmt.pct(ev.deep_ratio)}",
+                            f"final · {ev.split}"),
+                "cost": (fmt.pct(ev.compute_cost, 2), f"honest {fmt.pct(ev.honest_cost, 1)}")}
+    routed = next((e for e in reversed(view.epochs) if e.shallow_ratio is not None), None)
+    if routed is not None:
+        return {"routing": (f"{fmt.pct(routed.shallow_ratio)} shallow",
+                            f"s{routed.stage} e{routed.epoch} val"),
+                "cost": (fmt.DASH, "after evaluation")}
+    return {"routing": (fmt.DASH, ""), "cost": (fmt.DASH, "")}
 
 
 class MetricCard(Static):

@@ -43,7 +43,6 @@ class Chart(PlotextPlot):
         super().__init__(**kwargs)
         self._key: Any = object()
         self._args: tuple = (None, {})
-        self.draws = 0  # for tests: how often the data changed and the plot was redrawn
 
     def data_key(self, view: RunView, **opts) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -57,7 +56,6 @@ class Chart(PlotextPlot):
             return
         self._key = key
         self._args = (view, opts)
-        self.draws += 1
         self.refresh()
 
     def render(self):
@@ -132,14 +130,15 @@ class HardPplChart(Chart):
 
 
     def data_key(self, view: RunView, log_y: bool = False, **_: Any) -> Any:
-        return (len(view.epochs), len(view.hard), log_y)
+        return (len(view.epochs), len(view.hard_collected), log_y)
 
     def draw(self, plt, view: RunView, log_y: bool = False, **_: Any) -> None:
         by_stage: dict[int, list] = {}
         for e in view.epochs:
             if e.stage >= 2 and _ok(e.hard_ppl):
                 by_stage.setdefault(e.stage, []).append(e)
-        refs = [(s, h.hard_ppl) for s, h in sorted(view.hard.items()) if _ok(h.hard_ppl)]
+        refs = [(s, h.hard_ppl) for s, h in sorted(view.hard_collected.items())
+                if _ok(h.hard_ppl)]
         if not by_stage and not refs:
             self.empty(plt, "hard PPL — after mining")
             return
@@ -180,7 +179,7 @@ class ConfidenceChart(Chart):
 
     def _event(self, view: RunView):
         stage = self.stage if self.stage is not None else view.last_mining_stage
-        return view.thresholds.get(stage) if stage is not None else None
+        return view.threshold_computed.get(stage) if stage is not None else None
 
     def data_key(self, view: RunView, **_: Any) -> Any:
         th = self._event(view)

@@ -11,12 +11,10 @@ class EventLog(RichLog):
     def __init__(self, **kwargs) -> None:
         super().__init__(max_lines=2000, wrap=True, markup=False, highlight=False,
                          auto_scroll=True, **kwargs)
-        self.lines_written = 0
 
     def add(self, event: Event) -> bool:
         line = describe(event)
         if line is None:
             return False
         self.write(line)
-        self.lines_written += 1
         return True

@@ -21,13 +21,13 @@ STATE_STYLE = {
 
 
 class RunHeader(Horizontal):
-    """`show(view, mode)`: mode is "live" or "replay"."""
+    """`show(view, live)`: `live` False says REPLAY."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="header-left")
         yield Static(id="header-right")
 
-    def show(self, view: RunView, mode: str = "live", note: str = "") -> None:
+    def show(self, view: RunView, live: bool = True) -> None:
         left = Text()
         left.append(" ASHEM ", style="bold reverse")
         left.append(" ")
@@ -35,7 +35,7 @@ class RunHeader(Horizontal):
         if view.started:
             left.append(f"  {view.started.device}", style="")
             left.append(f" ×{view.started.threads}", style="dim")
-        if mode == "replay":
+        if not live:
             left.append("  REPLAY", style="bold blue")
         right = Text()
         right.append("elapsed ", style="dim")

@@ -1,7 +1,8 @@
 """The stage timeline: Stage 1 → Mining → Stage 2 → … → Evaluation.
 
 Built from the plan in RunStarted.stages (any number of stages). Each step shows its number
-(the key that opens it), its state and its key figure; clicking a step posts `StepSelected`.
+(the key that opens it), its state and its key figure; clicking a step posts
+`messages.StepSelected`.
 """
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.widgets import Static
 
 from .. import fmt
+from ..messages import StepSelected
 from ..state import RunView, Step
 from . import set_text
 
@@ -35,8 +36,8 @@ def step_figure(view: RunView, step: Step) -> str:
         plan = [p for p in view.plan if p.stage == step.stage]
         return f"{plan[0].layers} layers" if plan else ""
     if step.kind == "mining":
-        th = view.thresholds.get(step.stage)
-        hard = view.hard.get(step.stage)
+        th = view.threshold_computed.get(step.stage)
+        hard = view.hard_collected.get(step.stage)
         if th is not None and hard is not None:
             return f"thr {fmt.conf(th.threshold)} · {fmt.integer(hard.count)}"
         if th is not None:
@@ -49,11 +50,6 @@ def step_figure(view: RunView, step: Step) -> str:
 
 class StepBox(Static):
     """One timeline step; its CSS classes say its state (-done, -running, -held, …)."""
-
-    class Selected(Message):
-        def __init__(self, step_id: str) -> None:
-            super().__init__()
-            self.step_id = step_id
 
     def __init__(self, step: Step, number: int) -> None:
         super().__init__(classes=f"step step-{step.id}")
@@ -74,7 +70,7 @@ class StepBox(Static):
 
     def on_click(self, event: events.Click) -> None:
         event.stop()
-        self.post_message(self.Selected(self.step.id))
+        self.post_message(StepSelected(self.step.id))
 
 
 class Timeline(Horizontal):
