@@ -1,0 +1,390 @@
+"""The steps of a run: train stage 1, then for every later stage "mine and grow" (mine the hard
+tokens at the previous exit, grow the model, hard-freeze what was there) and train it; then
+evaluate (the final routed evaluation) and sweep (quality against cost over thresholds).
+
+`Pipeline.steps(point)` lists the steps still to run from a resume point; each step is one
+method that takes the RunState its predecessor left. Everything needed to go on after a
+finished epoch, mining or stage goes to progress.pt (resume.py), and the mined tokens of a
+stage to stage-N-hard.pt. Every figure goes out as an event; nothing is printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from . import calls
+from . import events as ev
+from .control import RunControl
+from .data import Batches, Corpus, DataError, load_corpus
+from .model import EarlyExitLM, count_parameters
+from .resume import ResumePoint, save_resume_point
+from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
+from .settings import Settings
+from .summary import SummaryReducer
+from .sweep_step import run_sweep
+
+
+def choose_threads(requested: int) -> int:
+    """0 means: one intra-op thread per core this process may use (measured best here,
+    see docs/REPRODUCTION.md)."""
+    if requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DataError("run.device = 'cuda' but no CUDA device is available; use cpu or auto")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def machine_description() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or "unknown",
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class RunState:
+    """What a step hands on to the next."""
+
+    model: EarlyExitLM
+    exit_layers: list[int]
+    thresholds: list[float]
+    hard: Optional[tuple] = None  # (HardTokens, order) just mined, for the next stage's task
+    final: Any = None  # the final evaluation, for the sweep
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # "train stage 1", "mine and grow 2", ..., "evaluate", "sweep"
+    run: Callable[[RunState], None]
+
+
+class Pipeline:
+    """One run's steps and what they share: settings, run directory, events, control, and
+    the corpus' batches on the run's device."""
+
+    def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
+                 control: RunControl, summary: SummaryReducer):
+        self.settings = settings
+        self.run_dir = run_dir
+        self.emit = emit
+        self.control = control
+        self.summary = summary
+        self.where = "start"  # for a failure's message
+        self.point: Optional[ResumePoint] = None
+        self._batches: dict[str, Batches] = {}
+
+    # -- the plan ---------------------------------------------------------------------------
+    def steps(self, point: Optional[ResumePoint]) -> list[Step]:
+        """The steps still to run after `point` (all of them without one)."""
+        steps = []
+        for number in range(1, len(self.settings.stages) + 1):
+            if number > 1:
+                steps.append(Step(f"mine and grow {number}", partial(self.mine_and_grow,
+                                                                     number)))
+            steps.append(Step(f"train stage {number}", partial(self.train_stage, number)))
+        steps.append(Step("evaluate", self.evaluate))
+        if self.settings.evaluation.sweep_points:
+            steps.append(Step("sweep", self.sweep))
+        if point is None:
+            return steps
+        training = 2 * point.stage - 2  # stage N trains in step 2N - 2 (from 0)
+        return steps[training + 1 if point.stage_done else training:]
+
+    # -- set-up -----------------------------------------------------------------------------
+    def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
+        """Threads, device, seed and data; RunStarted; the model to go on with."""
+        self.point = point
+        threads = choose_threads(self.settings.run.threads)
+        torch.set_num_threads(threads)
+        self.device = choose_device(self.settings.run.device)
+        seed_everything(self.settings.run.seed)
+        self.corpus = self._load(corpus)
+        self._announce(threads)
+        if point is None:
+            first = self.settings.stages[0].layers
+            return RunState(self.new_model(first), [first], [])
+        return self._restore(point)
+
+    def _load(self, corpus: Optional[Corpus]) -> Corpus:
+        s = self.settings
+        self.where = "loading data"
+        if corpus is None:
+            source = s.data.path or os.environ.get("ASHEM_DATA") or "the hub"
+            self.log(f"loading data from {source}")
+            corpus = load_corpus(s.data)
+        for key, split in (("mining.split", s.mining.split),
+                           ("evaluation.split", s.evaluation.split)):
+            if corpus.sizes[split][0] == 0:
+                raise DataError(f"{key} = {split!r}, but the {split} split of {corpus.source} "
+                                "is too small for one batch")
+        return corpus
+
+    def _announce(self, threads: int) -> None:
+        s, corpus, point = self.settings, self.corpus, self.point
+        sizes = corpus.sizes
+        self.emit(ev.RunStarted(
+            name=s.run.name, run_dir=str(self.run_dir), device=str(self.device),
+            threads=threads, settings=s.to_dict(), vocab_size=len(corpus.vocab),
+            train_tokens=sizes["train"][1], val_tokens=sizes["validation"][1],
+            test_tokens=sizes["test"][1],
+            stages=[{"stage": i, "layers": st.layers, "max_epochs": st.max_epochs}
+                    for i, st in enumerate(s.stages, 1)], resumed=point is not None,
+            machine=machine_description(), data_source=corpus.source,
+            seconds_before=self.seconds_before,
+            resume_point=point.where() if point is not None else None))
+        self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
+                 f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
+                 f"batches of {s.data.batch_size} × {s.data.seq_len}")
+
+    def _restore(self, point: ResumePoint) -> RunState:
+        """The model and routing at a resume point, and torch's random state there."""
+        number = point.stage
+        st = self.settings.stages[number - 1]
+        torch.set_rng_state(point.rng)
+        model = self.new_model(st.layers)
+        weights = (load_checkpoint(self.best_checkpoint(number))["model"]
+                   if point.stage_done else point.model)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"the saved model does not fit the run's settings: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if number > 1:
+            model.freeze_lower(self.settings.stages[number - 2].layers,
+                               freeze_head=st.freeze_head)
+        torch.set_rng_state(point.rng)  # building the skeleton drew random numbers
+        self.log(f"resumed at stage {number}, " + (
+            "after the stage" if point.stage_done else f"after epoch {point.epoch}"))
+        return RunState(model, list(point.exit_layers), list(point.thresholds))
+
+    # -- step: train stage N ----------------------------------------------------------------
+    def train_stage(self, number: int, state: RunState) -> None:
+        self.where = f"stage {number}"
+        task = self._task(number, state)
+        state.hard = None
+        st = self.settings.stages[number - 1]
+        trainable, total = count_parameters(task.model)
+        self.emit(ev.StageStarted(
+            stage=number, layers=st.layers, trainable_params=trainable,
+            total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
+            training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
+            batches=task.num_batches(), context=st.context or "sequence"))
+        outcome = self._train(number, task, state)
+        self.emit(ev.StageEnded(
+            stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
+            best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
+            stopped_early=outcome.stopped_early, seconds=outcome.seconds,
+            checkpoint=str(self.best_checkpoint(number)), best_hard_ppl=outcome.best_hard_ppl))
+        self.write_summary()
+        self.save_point(number, outcome.epochs, True, state)
+        self.hold(f"stage-{number}", f"after stage {number}")
+
+    def _train(self, number: int, task, state: RunState):
+        s, st = self.settings, self.settings.stages[number - 1]
+        checkpoint = self.best_checkpoint(number)
+
+        def save_best(epoch: int, weights: dict) -> None:
+            atomic_torch_save(checkpoint, {
+                "model": weights, "stage": number, "layers": st.layers,
+                "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
+                "thresholds": state.thresholds, "best_epoch": epoch})
+
+        def save_epoch(progress: dict) -> None:
+            self.save_point(number, progress["epoch"], False, state, progress["model"],
+                            progress["optimizer"], progress["early"])
+
+        outcome, _ = calls.train_stage(number, task, st, s.optimizer, self.control, self.emit,
+                                       s.run.progress_events_per_epoch, save_best, save_epoch,
+                                       self._training_resume(number))
+        return outcome
+
+    def _training_resume(self, number: int) -> Optional[dict]:
+        """run_stage's state to go on with when the run resumes in the middle of this stage."""
+        point = self.point
+        if point is None or point.stage != number or not point.mid_stage:
+            return None
+        checkpoint = self.best_checkpoint(number)
+        best = load_checkpoint(checkpoint)["model"] if checkpoint.exists() else None
+        return point.training_state(best)
+
+    def _task(self, number: int, state: RunState):
+        """The training task of a stage, from the hard tokens just mined or, on resume, read
+        back from stage-N-hard.pt."""
+        if number == 1:
+            return calls.sequence_task(state.model, self.batches("train"),
+                                       self.batches("validation"), state.exit_layers, [])
+        tokens, order = state.hard or self._saved_hard(number)
+        below = self.settings.stages[number - 2].layers
+        common = dict(validation=self.batches("validation"), exit_layers=state.exit_layers,
+                      thresholds=state.thresholds, hard_from_layer=below,
+                      modes=self.modes(number))
+        if self.settings.stages[number - 1].context != "sequence":
+            return calls.hard_token_task(state.model, tokens, order,
+                                         self.settings.data.batch_size, **common)
+        source = self.batches(self.settings.mining.split)
+        lower = calls.pass_to_exit(state.model, source, below, None, state.exit_layers[:-2],
+                                   state.thresholds[:-1], self.modes(number - 1)).hidden
+        mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
+        mask[tokens.positions] = True
+        return calls.masked_sequence_task(state.model, lower.view(*source.x.shape, -1),
+                                          mask.view(source.x.shape), source, **common)
+
+    def _saved_hard(self, number: int) -> tuple:
+        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
+        on_device = [saved[k].to(self.device)
+                     for k in ("hidden", "targets", "confidences", "positions")]
+        return calls.hard_tokens(*on_device), saved["order"]
+
+    # -- step: mine and grow ----------------------------------------------------------------
+    def mine_and_grow(self, number: int, state: RunState) -> None:
+        """Mine at stage N-1's exit, grow to stage N and freeze what was there, fix the hard
+        tokens' order, save; then hold at the "mining-(N-1)" boundary."""
+        st, below = self.settings.stages[number - 1], self.settings.stages[number - 2].layers
+        mined = self._mine(number - 1, st.hard_ratio, state)
+        state.thresholds = [*state.thresholds, mined.threshold]
+        state.model = state.model.grow(st.layers)
+        state.model.freeze_lower(below, freeze_head=st.freeze_head)
+        state.exit_layers = [*state.exit_layers, st.layers]
+        order = torch.randperm(len(mined.hard))
+        state.hard = (mined.hard, order)
+        hard = mined.hard
+        atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
+            "hidden": hard.hidden.cpu(), "targets": hard.targets.cpu(),
+            "confidences": hard.confidences.cpu(), "positions": hard.positions.cpu(),
+            "order": order, "threshold": mined.threshold})
+        self.save_point(number, 0, False, state, model=state.model.state_dict())
+        self.hold(f"mining-{number - 1}", f"after mining at stage {number - 1}'s exit")
+
+    def _mine(self, stage: int, ratio: float, state: RunState):
+        s = self.settings
+        self.where = f"mining after stage {stage}"
+        exit_layer, source = state.exit_layers[-1], self.batches(s.mining.split)
+        passed = calls.pass_to_exit(state.model, source, exit_layer, self.check,
+                                    state.exit_layers[:-1], state.thresholds,
+                                    self.modes(stage))
+        mined = calls.mine_hard_tokens(passed, source.y, ratio, exit_layer)
+        edges, counts = calls.confidence_histogram(mined.confidences, s.mining.histogram_bins)
+        self.emit(ev.ThresholdComputed(
+            stage=stage, exit_layer=exit_layer, threshold=mined.threshold, target_ratio=ratio,
+            split=s.mining.split, tokens=mined.total, histogram_edges=edges,
+            histogram_counts=counts))
+        self._report_hard(stage, mined, passed.stats.nll, source)
+        if len(mined.hard) == 0:
+            raise DataError(f"mining after stage {stage} found no hard tokens "
+                            f"(threshold {mined.threshold:.4g}); raise stages."
+                            f"{stage + 1}.hard_ratio")
+        return mined
+
+    def _report_hard(self, stage: int, mined, nll: torch.Tensor, source: Batches) -> None:
+        s, vocab, hard = self.settings, self.corpus.vocab, mined.hard
+        count = len(hard)
+        hard_ppl = (float(torch.exp(nll[hard.positions].double().mean())) if count
+                    else float("nan"))
+        self.emit(ev.HardExamplesCollected(
+            stage=stage, count=count, total=mined.total, ratio=count / mined.total,
+            mean_confidence=float(hard.confidences.mean()) if count else float("nan"),
+            hard_ppl=hard_ppl, split=s.mining.split,
+            top_words=calls.hard_top_words(hard.targets, vocab, s.mining.top_words),
+            examples=calls.hard_examples(hard, _to(source, "cpu"), vocab,
+                                         s.mining.examples)))
+
+    # -- step: evaluate ---------------------------------------------------------------------
+    def evaluate(self, state: RunState) -> None:
+        """The final routed evaluation on evaluation.split."""
+        self.where = "final evaluation"
+        split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
+        final = calls.routed_evaluation(state.model, self.batches(split), state.exit_layers,
+                                        state.thresholds, self.check, modes)
+        state.final, ratios = final, final.exit_ratios
+        self.emit(ev.Evaluated(
+            split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
+            exit_layers=state.exit_layers, exit_ratios=ratios, shallow_ratio=ratios[0],
+            deep_ratio=1.0 - ratios[0], compute_cost=final.compute_cost,
+            honest_cost=final.honest_cost, thresholds=state.thresholds,
+            macs_per_token=final.macs_per_token, inference_modes=list(modes)))
+
+    # -- step: sweep ------------------------------------------------------------------------
+    def sweep(self, state: RunState) -> None:
+        """PPL against honest cost for the signals of evaluation.signals over
+        evaluation.sweep_points thresholds, the run's own point and the stage-1 model alone;
+        all on the report split, calibrated on the mining split. -> sweep.json + an event."""
+        self.where = "threshold sweep"
+        run_sweep(self, state)
+
+    # -- shared -----------------------------------------------------------------------------
+    @property
+    def seconds_before(self) -> float:
+        return self.point.seconds_before if self.point is not None else 0.0
+
+    def new_model(self, layers: int) -> EarlyExitLM:
+        return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)
+
+    def best_checkpoint(self, number: int) -> Path:
+        return self.run_dir / f"stage-{number}-best.pt"
+
+    def modes(self, stages: int) -> tuple:
+        """Inference modes of the layers after each exit of the first `stages` stages."""
+        return calls.modes_after_exits(self.settings.stages[:stages],
+                                       self.settings.evaluation.inference)
+
+    def batches(self, split: str) -> Batches:
+        """A split's batches on the run's device, read from the corpus on first use (so a
+        split no step needs, such as the report split until the final report, is never
+        read)."""
+        if split not in self._batches:
+            self._batches[split] = _to(self.corpus.batches[split], self.device)
+        return self._batches[split]
+
+    def check(self, batch: int) -> None:
+        self.control.checkpoint(self.where)
+
+    def hold(self, boundary: str, reason: str) -> None:
+        """A boundary: pause here if asked (run.pause_at or the user), stop if cancelled."""
+        self.control.boundary(boundary, reason)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit(ev.Log(level=level, message=message))
+
+    def write_summary(self) -> dict:
+        summary = self.summary.summary
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def save_point(self, stage: int, epoch: int, stage_done: bool, state: RunState,
+                   model: Optional[dict] = None, optimizer: Optional[dict] = None,
+                   early: Optional[dict] = None) -> None:
+        so_far = self.summary.summary
+        save_resume_point(self.run_dir, ResumePoint(
+            stage, epoch, stage_done, state.exit_layers, state.thresholds,
+            torch.get_rng_state(), self.seconds_before + self.emit.elapsed(), model,
+            optimizer, early, json.dumps({k: so_far[k] for k in ("stages", "mining")})))
+
+
+def _to(batches: Batches, device) -> Batches:
+    device = torch.device(device)
+    if batches.x.device == device:
+        return batches
+    return Batches(batches.x.to(device), batches.y.to(device))
