@@ -1,9 +1,8 @@
 """The orchestrator: settings + sinks + control -> a run directory and a result.
 
-A run is a loop over named steps (steps.py): train stage 1; mine and grow, train stage N for
-every later stage; evaluate; sweep. A resumed run starts at the step after its resume point
-(resume.py). summary.json is a reduction of the run's events (summary.py). Every figure goes
-out as an event; nothing is printed, and a cancel or a failure ends as a result.
+A run is a loop over named steps (steps.py), from the resume point of a resumed run on
+(resume.py); summary.json is a reduction of its events (summary.py). Nothing is printed, and
+a cancel or a failure ends as a result, not an exception.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from typing import Iterable, Optional
 from . import events as ev
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError
-from .resume import PROGRESS, ResumeError, ResumePoint, read_resume_point
+from .resume import ResumeError, ResumePoint, read_resume_point
 from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run_dir,
                      probe_writable)
 from .settings import Settings, SettingsError
@@ -24,8 +23,8 @@ from .stages import NumericFault
 from .steps import Pipeline, choose_threads
 from .summary import SummaryReducer, base_summary
 
-__all__ = ["PROGRESS", "ResumeError", "RunResult", "choose_threads", "read_resume_point",
-           "resume_ashem", "run_ashem"]
+__all__ = ["ResumeError", "RunResult", "choose_threads", "read_resume_point", "resume_ashem",
+           "run_ashem"]
 
 
 @dataclass
@@ -120,19 +119,10 @@ def _summary_so_far(run_dir: Path, settings: Settings) -> SummaryReducer:
     if log.exists():
         for event in ev.iter_events(log):
             summary(event)
-        _end_torn_line(log)
+        if not log.read_bytes().endswith(b"\n"):  # torn by a kill: end that line, or it
+            with open(log, "ab") as f:  # would swallow this attempt's first event
+                f.write(b"\n")
     return summary
-
-
-def _end_torn_line(log: Path) -> None:
-    """A writer killed mid-line leaves a torn last line: end it, so that it stays one bad
-    line (skipped by readers) instead of swallowing this attempt's first event."""
-    with open(log, "rb+") as f:
-        if f.seek(0, os.SEEK_END) == 0:
-            return
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) != b"\n":
-            f.write(b"\n")
 
 
 def _finished(pipeline: Pipeline) -> RunResult:

@@ -1,36 +1,38 @@
-"""The steps of a run: train stage 1, then for every later stage "mine and grow" (mine the hard
-tokens at the previous exit, grow the model, hard-freeze what was there) and train it; then
-evaluate (the final routed evaluation) and sweep (quality against cost over thresholds).
+"""The steps of a run, one Pipeline method each: "train stage N"; "mine and grow N" (mine the
+hard tokens at stage N-1's exit, grow the model to stage N, hard-freeze what was there);
+"evaluate" (the final routed evaluation); "sweep" (quality against cost over thresholds).
 
-`Pipeline.steps(point)` lists the steps still to run from a resume point; each step is one
-method that takes the RunState its predecessor left. Everything needed to go on after a
-finished epoch, mining or stage goes to progress.pt (resume.py), and the mined tokens of a
-stage to stage-N-hard.pt. Every figure goes out as an event; nothing is printed.
+A step takes the RunState its predecessor left. progress.pt (resume.py) is rewritten after
+every epoch, mining and stage; a stage's mined tokens go to stage-N-hard.pt. Each call into
+routing, mining, sweep, costs and stages is one statement in a method named for what it does.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 
-from . import calls
 from . import events as ev
+from .compare import SWEEP_FILE, mark_pareto
 from .control import RunControl
+from .costs import CLASSIFIER, CostModel, inference_modes
 from .data import Batches, Corpus, DataError, load_corpus
+from .mining import HardTokens, examples_in_context, exit_pass, histogram, mine, top_words
 from .model import EarlyExitLM, count_parameters
 from .resume import ResumePoint, save_resume_point
+from .routing import evaluate
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
 from .settings import Settings
+from .stages import HardTokenTask, MaskedSequenceTask, SequenceTask, run_stage
 from .summary import SummaryReducer
-from .sweep_step import run_sweep
+from .sweep import single_point, sweep, train_classifiers
 
 
 def choose_threads(requested: int) -> int:
@@ -75,42 +77,35 @@ class RunState:
     final: Any = None  # the final evaluation, for the sweep
 
 
-@dataclass(frozen=True)
-class Step:
-    name: str  # "train stage 1", "mine and grow 2", ..., "evaluate", "sweep"
+class Step(NamedTuple):
+    name: str  # "train stage 1", "mine and grow 2", "train stage 2", ..., "evaluate", "sweep"
     run: Callable[[RunState], None]
 
 
 class Pipeline:
-    """One run's steps and what they share: settings, run directory, events, control, and
-    the corpus' batches on the run's device."""
+    """One run's steps and what they share: settings, run directory, events, control, the
+    summary so far and the corpus' batches on the run's device."""
 
     def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
                  control: RunControl, summary: SummaryReducer):
-        self.settings = settings
-        self.run_dir = run_dir
-        self.emit = emit
-        self.control = control
-        self.summary = summary
-        self.where = "start"  # for a failure's message
+        self.settings, self.run_dir, self.emit = settings, run_dir, emit
+        self.control, self.summary = control, summary
+        self.where = "start"  # where a failure happened, for its message
         self.point: Optional[ResumePoint] = None
         self._batches: dict[str, Batches] = {}
 
-    # -- the plan ---------------------------------------------------------------------------
     def steps(self, point: Optional[ResumePoint]) -> list[Step]:
         """The steps still to run after `point` (all of them without one)."""
-        steps = []
-        for number in range(1, len(self.settings.stages) + 1):
-            if number > 1:
-                steps.append(Step(f"mine and grow {number}", partial(self.mine_and_grow,
-                                                                     number)))
-            steps.append(Step(f"train stage {number}", partial(self.train_stage, number)))
+        steps = [Step("train stage 1", partial(self.train_stage, 1))]
+        for number in range(2, len(self.settings.stages) + 1):
+            steps += [Step(f"mine and grow {number}", partial(self.mine_and_grow, number)),
+                      Step(f"train stage {number}", partial(self.train_stage, number))]
         steps.append(Step("evaluate", self.evaluate))
         if self.settings.evaluation.sweep_points:
             steps.append(Step("sweep", self.sweep))
         if point is None:
             return steps
-        training = 2 * point.stage - 2  # stage N trains in step 2N - 2 (from 0)
+        training = 2 * point.stage - 2  # the index of stage N's training step
         return steps[training + 1 if point.stage_done else training:]
 
     # -- set-up -----------------------------------------------------------------------------
@@ -123,10 +118,10 @@ class Pipeline:
         seed_everything(self.settings.run.seed)
         self.corpus = self._load(corpus)
         self._announce(threads)
-        if point is None:
-            first = self.settings.stages[0].layers
-            return RunState(self.new_model(first), [first], [])
-        return self._restore(point)
+        if point is not None:
+            return self._restore(point)
+        first = self.settings.stages[0].layers
+        return RunState(self.new_model(first), [first], [])
 
     def _load(self, corpus: Optional[Corpus]) -> Corpus:
         s = self.settings
@@ -161,8 +156,7 @@ class Pipeline:
 
     def _restore(self, point: ResumePoint) -> RunState:
         """The model and routing at a resume point, and torch's random state there."""
-        number = point.stage
-        st = self.settings.stages[number - 1]
+        number, st = point.stage, self.settings.stages[point.stage - 1]
         torch.set_rng_state(point.rng)
         model = self.new_model(st.layers)
         weights = (load_checkpoint(self.best_checkpoint(number))["model"]
@@ -183,8 +177,7 @@ class Pipeline:
     # -- step: train stage N ----------------------------------------------------------------
     def train_stage(self, number: int, state: RunState) -> None:
         self.where = f"stage {number}"
-        task = self._task(number, state)
-        state.hard = None
+        task, state.hard = self._task(number, state), None
         st = self.settings.stages[number - 1]
         trainable, total = count_parameters(task.model)
         self.emit(ev.StageStarted(
@@ -204,10 +197,9 @@ class Pipeline:
 
     def _train(self, number: int, task, state: RunState):
         s, st = self.settings, self.settings.stages[number - 1]
-        checkpoint = self.best_checkpoint(number)
 
         def save_best(epoch: int, weights: dict) -> None:
-            atomic_torch_save(checkpoint, {
+            atomic_torch_save(self.best_checkpoint(number), {
                 "model": weights, "stage": number, "layers": st.layers,
                 "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
                 "thresholds": state.thresholds, "best_epoch": epoch})
@@ -216,47 +208,48 @@ class Pipeline:
             self.save_point(number, progress["epoch"], False, state, progress["model"],
                             progress["optimizer"], progress["early"])
 
-        outcome, _ = calls.train_stage(number, task, st, s.optimizer, self.control, self.emit,
-                                       s.run.progress_events_per_epoch, save_best, save_epoch,
-                                       self._training_resume(number))
+        outcome, _ = run_stage(number, task, st, s.optimizer, self.control, self.emit,
+                               s.run.progress_events_per_epoch, on_improved=save_best,
+                               on_epoch_end=save_epoch, resume=self._training_resume(number))
         return outcome
 
     def _training_resume(self, number: int) -> Optional[dict]:
-        """run_stage's state to go on with when the run resumes in the middle of this stage."""
-        point = self.point
+        """run_stage's state to go on with, when the run resumes in the middle of stage N."""
+        point, checkpoint = self.point, self.best_checkpoint(number)
         if point is None or point.stage != number or not point.mid_stage:
             return None
-        checkpoint = self.best_checkpoint(number)
-        best = load_checkpoint(checkpoint)["model"] if checkpoint.exists() else None
-        return point.training_state(best)
+        return point.training_state(
+            load_checkpoint(checkpoint)["model"] if checkpoint.exists() else None)
 
     def _task(self, number: int, state: RunState):
-        """The training task of a stage, from the hard tokens just mined or, on resume, read
-        back from stage-N-hard.pt."""
+        """Stage N's training task, on the hard tokens just mined or read back (resume)."""
+        m, s, exits = state.model, self.settings, state.exit_layers
         if number == 1:
-            return calls.sequence_task(state.model, self.batches("train"),
-                                       self.batches("validation"), state.exit_layers, [])
+            return SequenceTask(m, self.batches("train"), self.batches("validation"), exits, [])
         tokens, order = state.hard or self._saved_hard(number)
-        below = self.settings.stages[number - 2].layers
-        common = dict(validation=self.batches("validation"), exit_layers=state.exit_layers,
-                      thresholds=state.thresholds, hard_from_layer=below,
+        common = dict(validation=self.batches("validation"), exit_layers=exits,
+                      thresholds=state.thresholds, hard_from_layer=s.stages[number - 2].layers,
                       modes=self.modes(number))
-        if self.settings.stages[number - 1].context != "sequence":
-            return calls.hard_token_task(state.model, tokens, order,
-                                         self.settings.data.batch_size, **common)
-        source = self.batches(self.settings.mining.split)
-        lower = calls.pass_to_exit(state.model, source, below, None, state.exit_layers[:-2],
-                                   state.thresholds[:-1], self.modes(number - 1)).hidden
+        if s.stages[number - 1].context != "sequence":
+            return HardTokenTask(m, tokens, order, s.data.batch_size, **common)
+        source = self.batches(s.mining.split)
+        lower = self._lower_states(number, state, source)
         mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
         mask[tokens.positions] = True
-        return calls.masked_sequence_task(state.model, lower.view(*source.x.shape, -1),
-                                          mask.view(source.x.shape), source, **common)
+        shape = source.x.shape
+        return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
+
+    def _lower_states(self, number: int, state: RunState, source: Batches) -> torch.Tensor:
+        """The frozen layers' output over the mining split (the sequence context's input)."""
+        below, modes = self.settings.stages[number - 2].layers, self.modes(number - 1)
+        exits, thresholds = state.exit_layers[:-2], state.thresholds[:-1]
+        return exit_pass(state.model, source, below, None, exits, thresholds, modes).hidden
 
     def _saved_hard(self, number: int) -> tuple:
         saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
-        on_device = [saved[k].to(self.device)
-                     for k in ("hidden", "targets", "confidences", "positions")]
-        return calls.hard_tokens(*on_device), saved["order"]
+        h, y, c, p = (saved[k].to(self.device)
+                      for k in ("hidden", "targets", "confidences", "positions"))
+        return HardTokens(h, y, c, p), saved["order"]
 
     # -- step: mine and grow ----------------------------------------------------------------
     def mine_and_grow(self, number: int, state: RunState) -> None:
@@ -268,9 +261,8 @@ class Pipeline:
         state.model = state.model.grow(st.layers)
         state.model.freeze_lower(below, freeze_head=st.freeze_head)
         state.exit_layers = [*state.exit_layers, st.layers]
-        order = torch.randperm(len(mined.hard))
-        state.hard = (mined.hard, order)
-        hard = mined.hard
+        hard, order = mined.hard, torch.randperm(len(mined.hard))
+        state.hard = (hard, order)
         atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
             "hidden": hard.hidden.cpu(), "targets": hard.targets.cpu(),
             "confidences": hard.confidences.cpu(), "positions": hard.positions.cpu(),
@@ -279,16 +271,14 @@ class Pipeline:
         self.hold(f"mining-{number - 1}", f"after mining at stage {number - 1}'s exit")
 
     def _mine(self, stage: int, ratio: float, state: RunState):
-        s = self.settings
+        s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
         self.where = f"mining after stage {stage}"
-        exit_layer, source = state.exit_layers[-1], self.batches(s.mining.split)
-        passed = calls.pass_to_exit(state.model, source, exit_layer, self.check,
-                                    state.exit_layers[:-1], state.thresholds,
-                                    self.modes(stage))
-        mined = calls.mine_hard_tokens(passed, source.y, ratio, exit_layer)
-        edges, counts = calls.confidence_histogram(mined.confidences, s.mining.histogram_bins)
+        source, modes = self.batches(s.mining.split), self.modes(stage)
+        passed = exit_pass(m, source, exits[-1], self.check, exits[:-1], thresholds, modes)
+        mined = mine(passed, source.y, ratio, exits[-1])
+        edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         self.emit(ev.ThresholdComputed(
-            stage=stage, exit_layer=exit_layer, threshold=mined.threshold, target_ratio=ratio,
+            stage=stage, exit_layer=exits[-1], threshold=mined.threshold, target_ratio=ratio,
             split=s.mining.split, tokens=mined.total, histogram_edges=edges,
             histogram_counts=counts))
         self._report_hard(stage, mined, passed.stats.nll, source)
@@ -299,40 +289,84 @@ class Pipeline:
         return mined
 
     def _report_hard(self, stage: int, mined, nll: torch.Tensor, source: Batches) -> None:
-        s, vocab, hard = self.settings, self.corpus.vocab, mined.hard
-        count = len(hard)
-        hard_ppl = (float(torch.exp(nll[hard.positions].double().mean())) if count
-                    else float("nan"))
+        s, vocab, hard = self.settings.mining, self.corpus.vocab, mined.hard
+        count, nan = len(hard), float("nan")
         self.emit(ev.HardExamplesCollected(
             stage=stage, count=count, total=mined.total, ratio=count / mined.total,
-            mean_confidence=float(hard.confidences.mean()) if count else float("nan"),
-            hard_ppl=hard_ppl, split=s.mining.split,
-            top_words=calls.hard_top_words(hard.targets, vocab, s.mining.top_words),
-            examples=calls.hard_examples(hard, _to(source, "cpu"), vocab,
-                                         s.mining.examples)))
+            mean_confidence=float(hard.confidences.mean()) if count else nan,
+            hard_ppl=float(torch.exp(nll[hard.positions].double().mean())) if count else nan,
+            split=s.split, top_words=top_words(hard.targets, vocab, s.top_words),
+            examples=examples_in_context(hard, _to(source, "cpu"), vocab, s.examples)))
 
     # -- step: evaluate ---------------------------------------------------------------------
     def evaluate(self, state: RunState) -> None:
         """The final routed evaluation on evaluation.split."""
         self.where = "final evaluation"
         split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
-        final = calls.routed_evaluation(state.model, self.batches(split), state.exit_layers,
-                                        state.thresholds, self.check, modes)
+        m, exits, thresholds = state.model, state.exit_layers, state.thresholds
+        final = evaluate(m, self.batches(split), exits, thresholds, check=self.check, modes=modes)
         state.final, ratios = final, final.exit_ratios
         self.emit(ev.Evaluated(
             split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
-            exit_layers=state.exit_layers, exit_ratios=ratios, shallow_ratio=ratios[0],
+            exit_layers=exits, exit_ratios=ratios, shallow_ratio=ratios[0],
             deep_ratio=1.0 - ratios[0], compute_cost=final.compute_cost,
-            honest_cost=final.honest_cost, thresholds=state.thresholds,
+            honest_cost=final.honest_cost, thresholds=thresholds,
             macs_per_token=final.macs_per_token, inference_modes=list(modes)))
 
     # -- step: sweep ------------------------------------------------------------------------
     def sweep(self, state: RunState) -> None:
-        """PPL against honest cost for the signals of evaluation.signals over
-        evaluation.sweep_points thresholds, the run's own point and the stage-1 model alone;
-        all on the report split, calibrated on the mining split. -> sweep.json + an event."""
+        """PPL against honest cost for each signal of evaluation.signals over
+        evaluation.sweep_points thresholds, beside the run's own point and the stage-1 model
+        alone; on the report split, calibrated on the mining split. Event and sweep.json."""
         self.where = "threshold sweep"
-        run_sweep(self, state)
+        s, final, exits = self.settings, state.final, state.exit_layers
+        costs = self._costs(state.model, tuple(exits), self.modes(len(s.stages)))
+        plain = costs.plain()
+        if len(exits) == 1:
+            name = f"plain model ({exits[0]} layers)"
+            series = [single_point(name, final, costs, plain, exits[0])]
+        else:
+            series = [*self._swept_signals(state),
+                      single_point("ASHEM · as run", final, costs, plain, exits[-1]),
+                      self._first_stage_alone(state.model, plain, exits[-1])]
+        mark_pareto([p for x in series for p in x["points"]])
+        self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
+                                   plain_macs_per_token=plain, series=series))
+        protocol = {"mining_split": s.mining.split, "evaluation_split": s.evaluation.split,
+                    "inference": s.evaluation.inference,
+                    "contexts": [st.context for st in s.stages[1:]],
+                    "freeze_head": [st.freeze_head for st in s.stages[1:]]}
+        atomic_write_json(self.run_dir / SWEEP_FILE, {
+            "name": s.run.name, "run_dir": str(self.run_dir), "protocol": protocol,
+            "split": s.evaluation.split, "tokens": final.tokens,
+            "plain_macs_per_token": plain, "series": series})
+
+    def _costs(self, model: EarlyExitLM, exit_layers: tuple, modes: tuple) -> CostModel:
+        seq_len = self.batches(self.settings.evaluation.split).x.shape[-1]
+        return CostModel(model.cfg, model.vocab_size, seq_len, exit_layers, modes)
+
+    def _swept_signals(self, state: RunState) -> list[dict]:
+        """One series per signal (the exit classifiers, trained first if a signal needs
+        them, are kept in exit-classifiers.pt)."""
+        s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
+        mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
+        modes, classifiers = self.modes(len(s.stages)), None
+        if CLASSIFIER in s.evaluation.signals:
+            seed = s.run.seed
+            classifiers = train_classifiers(m, mining, exits, thresholds, modes, seed, self.check)
+            atomic_torch_save(self.run_dir / "exit-classifiers.pt",
+                              {"classifiers": [c.state_dict() for c in classifiers]})
+        signals, points = s.evaluation.signals, s.evaluation.sweep_points
+        return sweep(m, mining, report, exits, modes, signals, points, classifiers, self.check)
+
+    def _first_stage_alone(self, model: EarlyExitLM, plain: float, deepest: int) -> dict:
+        layers = self.settings.stages[0].layers
+        base = self.new_model(layers).eval()
+        base.load_state_dict(load_checkpoint(self.best_checkpoint(1))["model"])
+        report = self.batches(self.settings.evaluation.split)
+        alone = evaluate(base, report, [layers], [], self.check)
+        costs = self._costs(model, (layers,), ())
+        return single_point(f"stage-1 model ({layers} layers)", alone, costs, plain, deepest)
 
     # -- shared -----------------------------------------------------------------------------
     @property
@@ -347,8 +381,8 @@ class Pipeline:
 
     def modes(self, stages: int) -> tuple:
         """Inference modes of the layers after each exit of the first `stages` stages."""
-        return calls.modes_after_exits(self.settings.stages[:stages],
-                                       self.settings.evaluation.inference)
+        inference = self.settings.evaluation.inference
+        return inference_modes(self.settings.stages[:stages], inference)
 
     def batches(self, split: str) -> Batches:
         """A split's batches on the run's device, read from the corpus on first use (so a
@@ -362,7 +396,7 @@ class Pipeline:
         self.control.checkpoint(self.where)
 
     def hold(self, boundary: str, reason: str) -> None:
-        """A boundary: pause here if asked (run.pause_at or the user), stop if cancelled."""
+        """Pauses here if asked to (run.pause_at or the user); raises Cancelled if cancelled."""
         self.control.boundary(boundary, reason)
 
     def log(self, message: str, level: str = "info") -> None:
@@ -376,11 +410,10 @@ class Pipeline:
     def save_point(self, stage: int, epoch: int, stage_done: bool, state: RunState,
                    model: Optional[dict] = None, optimizer: Optional[dict] = None,
                    early: Optional[dict] = None) -> None:
-        so_far = self.summary.summary
         save_resume_point(self.run_dir, ResumePoint(
             stage, epoch, stage_done, state.exit_layers, state.thresholds,
             torch.get_rng_state(), self.seconds_before + self.emit.elapsed(), model,
-            optimizer, early, json.dumps({k: so_far[k] for k in ("stages", "mining")})))
+            optimizer, early))
 
 
 def _to(batches: Batches, device) -> Batches:
