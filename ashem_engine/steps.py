@@ -1,10 +1,8 @@
 """The steps of a run, one Pipeline method each: "train stage N"; "mine and grow N" (mine the
 hard tokens at stage N-1's exit, grow the model to stage N, hard-freeze what was there);
 "evaluate" (the final routed evaluation); "sweep" (quality against cost over thresholds).
-
-A step takes the RunState its predecessor left. progress.pt (resume.py) is rewritten after
-every epoch, mining and stage; a stage's mined tokens go to stage-N-hard.pt. Each call into
-routing, mining, sweep, costs and stages is one statement in a method named for what it does.
+A step takes the RunState its predecessor left. Each call into routing, mining, sweep, costs
+and stages is one statement, in the method named for what it does.
 """
 from __future__ import annotations
 
@@ -54,18 +52,6 @@ def choose_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def machine_description() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or "unknown",
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
 @dataclass
 class RunState:
     """What a step hands on to the next."""
@@ -97,12 +83,11 @@ class Pipeline:
     def steps(self, point: Optional[ResumePoint]) -> list[Step]:
         """The steps still to run after `point` (all of them without one)."""
         steps = [Step("train stage 1", partial(self.train_stage, 1))]
-        for number in range(2, len(self.settings.stages) + 1):
-            steps += [Step(f"mine and grow {number}", partial(self.mine_and_grow, number)),
-                      Step(f"train stage {number}", partial(self.train_stage, number))]
-        steps.append(Step("evaluate", self.evaluate))
-        if self.settings.evaluation.sweep_points:
-            steps.append(Step("sweep", self.sweep))
+        for n in range(2, len(self.settings.stages) + 1):
+            steps += [Step(f"mine and grow {n}", partial(self.mine_and_grow, n)),
+                      Step(f"train stage {n}", partial(self.train_stage, n))]
+        steps += [Step("evaluate", self.evaluate)]
+        steps += [Step("sweep", self.sweep)] if self.settings.evaluation.sweep_points else []
         if point is None:
             return steps
         training = 2 * point.stage - 2  # the index of stage N's training step
@@ -111,21 +96,21 @@ class Pipeline:
     # -- set-up -----------------------------------------------------------------------------
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
         """Threads, device, seed and data; RunStarted; the model to go on with."""
-        self.point = point
-        threads = choose_threads(self.settings.run.threads)
+        s, self.point = self.settings, point
+        threads = choose_threads(s.run.threads)
         torch.set_num_threads(threads)
-        self.device = choose_device(self.settings.run.device)
-        seed_everything(self.settings.run.seed)
+        self.device = choose_device(s.run.device)
+        random.seed(s.run.seed)
+        np.random.seed(s.run.seed)
+        torch.manual_seed(s.run.seed)
         self.corpus = self._load(corpus)
         self._announce(threads)
         if point is not None:
             return self._restore(point)
-        first = self.settings.stages[0].layers
-        return RunState(self.new_model(first), [first], [])
+        return RunState(self.new_model(s.stages[0].layers), [s.stages[0].layers], [])
 
     def _load(self, corpus: Optional[Corpus]) -> Corpus:
-        s = self.settings
-        self.where = "loading data"
+        s, self.where = self.settings, "loading data"
         if corpus is None:
             source = s.data.path or os.environ.get("ASHEM_DATA") or "the hub"
             self.log(f"loading data from {source}")
@@ -138,17 +123,18 @@ class Pipeline:
         return corpus
 
     def _announce(self, threads: int) -> None:
-        s, corpus, point = self.settings, self.corpus, self.point
-        sizes = corpus.sizes
+        s, corpus, point, sizes = self.settings, self.corpus, self.point, self.corpus.sizes
+        machine = {"platform": platform.platform(), "processor": platform.processor() or
+                   "unknown", "cpus": os.cpu_count(), "torch": torch.__version__,
+                   "python": platform.python_version()}
         self.emit(ev.RunStarted(
             name=s.run.name, run_dir=str(self.run_dir), device=str(self.device),
             threads=threads, settings=s.to_dict(), vocab_size=len(corpus.vocab),
             train_tokens=sizes["train"][1], val_tokens=sizes["validation"][1],
-            test_tokens=sizes["test"][1],
+            test_tokens=sizes["test"][1], resumed=point is not None,
             stages=[{"stage": i, "layers": st.layers, "max_epochs": st.max_epochs}
-                    for i, st in enumerate(s.stages, 1)], resumed=point is not None,
-            machine=machine_description(), data_source=corpus.source,
-            seconds_before=self.seconds_before,
+                    for i, st in enumerate(s.stages, 1)], machine=machine,
+            data_source=corpus.source, seconds_before=self.seconds_before,
             resume_point=point.where() if point is not None else None))
         self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
                  f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
@@ -159,10 +145,9 @@ class Pipeline:
         number, st = point.stage, self.settings.stages[point.stage - 1]
         torch.set_rng_state(point.rng)
         model = self.new_model(st.layers)
-        weights = (load_checkpoint(self.best_checkpoint(number))["model"]
-                   if point.stage_done else point.model)
         try:
-            model.load_state_dict(weights)
+            model.load_state_dict(point.model if not point.stage_done else
+                                  load_checkpoint(self.best_checkpoint(number))["model"])
         except RuntimeError as e:
             raise CheckpointError(f"the saved model does not fit the run's settings: "
                                   f"{str(e).splitlines()[0]}") from None
@@ -176,9 +161,8 @@ class Pipeline:
 
     # -- step: train stage N ----------------------------------------------------------------
     def train_stage(self, number: int, state: RunState) -> None:
-        self.where = f"stage {number}"
+        self.where, st = f"stage {number}", self.settings.stages[number - 1]
         task, state.hard = self._task(number, state), None
-        st = self.settings.stages[number - 1]
         trainable, total = count_parameters(task.model)
         self.emit(ev.StageStarted(
             stage=number, layers=st.layers, trainable_params=trainable,
@@ -215,11 +199,10 @@ class Pipeline:
 
     def _training_resume(self, number: int) -> Optional[dict]:
         """run_stage's state to go on with, when the run resumes in the middle of stage N."""
-        point, checkpoint = self.point, self.best_checkpoint(number)
+        point, best = self.point, self.best_checkpoint(number)
         if point is None or point.stage != number or not point.mid_stage:
             return None
-        return point.training_state(
-            load_checkpoint(checkpoint)["model"] if checkpoint.exists() else None)
+        return point.training_state(load_checkpoint(best)["model"] if best.exists() else None)
 
     def _task(self, number: int, state: RunState):
         """Stage N's training task, on the hard tokens just mined or read back (resume)."""
@@ -290,13 +273,13 @@ class Pipeline:
 
     def _report_hard(self, stage: int, mined, nll: torch.Tensor, source: Batches) -> None:
         s, vocab, hard = self.settings.mining, self.corpus.vocab, mined.hard
-        count, nan = len(hard), float("nan")
+        count, nan, on_cpu = len(hard), float("nan"), _on("cpu", source)
         self.emit(ev.HardExamplesCollected(
             stage=stage, count=count, total=mined.total, ratio=count / mined.total,
             mean_confidence=float(hard.confidences.mean()) if count else nan,
             hard_ppl=float(torch.exp(nll[hard.positions].double().mean())) if count else nan,
             split=s.split, top_words=top_words(hard.targets, vocab, s.top_words),
-            examples=examples_in_context(hard, _to(source, "cpu"), vocab, s.examples)))
+            examples=examples_in_context(hard, on_cpu, vocab, s.examples)))
 
     # -- step: evaluate ---------------------------------------------------------------------
     def evaluate(self, state: RunState) -> None:
@@ -350,9 +333,8 @@ class Pipeline:
         them, are kept in exit-classifiers.pt)."""
         s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
         mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
-        modes, classifiers = self.modes(len(s.stages)), None
+        modes, classifiers, seed = self.modes(len(s.stages)), None, s.run.seed
         if CLASSIFIER in s.evaluation.signals:
-            seed = s.run.seed
             classifiers = train_classifiers(m, mining, exits, thresholds, modes, seed, self.check)
             atomic_torch_save(self.run_dir / "exit-classifiers.pt",
                               {"classifiers": [c.state_dict() for c in classifiers]})
@@ -385,11 +367,10 @@ class Pipeline:
         return inference_modes(self.settings.stages[:stages], inference)
 
     def batches(self, split: str) -> Batches:
-        """A split's batches on the run's device, read from the corpus on first use (so a
-        split no step needs, such as the report split until the final report, is never
-        read)."""
+        """A split's batches on the run's device, read from the corpus on first use (a split
+        no step needs, such as the report split until the final report, is never read)."""
         if split not in self._batches:
-            self._batches[split] = _to(self.corpus.batches[split], self.device)
+            self._batches[split] = _on(self.device, self.corpus.batches[split])
         return self._batches[split]
 
     def check(self, batch: int) -> None:
@@ -416,8 +397,5 @@ class Pipeline:
             optimizer, early))
 
 
-def _to(batches: Batches, device) -> Batches:
-    device = torch.device(device)
-    if batches.x.device == device:
-        return batches
+def _on(device, batches: Batches) -> Batches:
     return Batches(batches.x.to(device), batches.y.to(device))
