@@ -20,11 +20,8 @@ from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run
                      probe_writable)
 from .settings import Settings, SettingsError
 from .stages import NumericFault
-from .steps import Pipeline, choose_threads
+from .steps import Pipeline, choose_threads  # noqa: F401  (bench imports it from here)
 from .summary import SummaryReducer, base_summary
-
-__all__ = ["ResumeError", "RunResult", "choose_threads", "read_resume_point", "resume_ashem",
-           "run_ashem"]
 
 
 @dataclass
@@ -65,6 +62,7 @@ def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
 
 def run_steps(pipeline: Pipeline, corpus: Optional[Corpus],
               point: Optional[ResumePoint]) -> None:
+    """The run itself: set-up, then each step still to run, then the last boundary."""
     state = pipeline.start(corpus, point)
     for step in pipeline.steps(point):
         step.run(state)

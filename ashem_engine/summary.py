@@ -70,9 +70,9 @@ class SummaryReducer:
         return ahead._s
 
     def __call__(self, event: ev.Event) -> None:
-        reduce = getattr(self, f"on_{event.kind}", None)  # one method per event it reads
+        reduce = _READS.get(type(event))
         if reduce is not None:
-            reduce(event)
+            reduce(self, event)
 
     def on_RunStarted(self, e: ev.RunStarted) -> None:
         self._rewind(e.resume_point if e.resumed else NOTHING_DONE)
@@ -130,3 +130,7 @@ class SummaryReducer:
     def on_RunFailed(self, e: ev.RunFailed) -> None:
         self._s["error"] = {"kind": e.error_kind, "message": e.message, "where": e.where}
         self._s.update(status="failed", seconds=round(self._before + e.t, 3))
+
+
+_READS = {kind: getattr(SummaryReducer, f"on_{name}") for name, kind in ev.EVENT_TYPES.items()
+          if hasattr(SummaryReducer, f"on_{name}")}  # one method per event kind it reads
