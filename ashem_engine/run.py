@@ -83,13 +83,13 @@ FAILURE_KINDS = {DataError: "data", NumericFault: "numeric", RunDirError: "run_d
 def _drive(settings: Settings, run_dir: Path, sinks: list, control: Optional[RunControl],
            corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunResult:
     control = control or RunControl(pause_at=settings.run.pause_at)
-    summary = _summary_so_far(run_dir, settings)
+    reducer = _reducer_so_far(run_dir, settings)
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
-    emit = ev.Emitter(jsonl, summary, *sinks)
+    emit = ev.Emitter(jsonl, reducer, *sinks)
     control.on_pause = lambda where, reason, boundary: emit(
         ev.Paused(where=where, reason=reason, boundary=boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where=where))
-    pipeline = Pipeline(settings, run_dir, emit, control, summary)
+    pipeline = Pipeline(settings, run_dir, emit, control, reducer)
     try:
         run_steps(pipeline, corpus, point)
         return _finished(pipeline)
@@ -110,23 +110,23 @@ def _drive(settings: Settings, run_dir: Path, sinks: list, control: Optional[Run
         control.on_pause = control.on_resume = None
 
 
-def _summary_so_far(run_dir: Path, settings: Settings) -> SummaryReducer:
+def _reducer_so_far(run_dir: Path, settings: Settings) -> SummaryReducer:
     """A reducer that has seen the events of the attempts before (a resumed run)."""
-    summary = SummaryReducer(base_summary(run_dir, settings.to_dict()))
+    reducer = SummaryReducer(base_summary(run_dir, settings.to_dict()))
     log = run_dir / "events.jsonl"
     if log.exists():
         for event in ev.iter_events(log):
-            summary(event)
-        if not log.read_bytes().endswith(b"\n"):  # torn by a kill: end that line, or it
-            with open(log, "ab") as f:  # would swallow this attempt's first event
+            reducer(event)
+        if log.read_bytes()[-1:] not in (b"", b"\n"):  # torn by a kill: end that line, or
+            with open(log, "ab") as f:  # it would swallow this attempt's first event
                 f.write(b"\n")
-    return summary
+    return reducer
 
 
 def _finished(pipeline: Pipeline) -> RunResult:
     finished = ev.RunFinished(run_dir=str(pipeline.run_dir),
                               seconds=round(pipeline.emit.elapsed(), 3), summary={})
-    finished.summary = pipeline.summary.after(finished)
+    finished.summary = pipeline.reducer.after(finished)
     pipeline.emit(finished)
     return RunResult("finished", pipeline.run_dir, pipeline.write_summary())
 

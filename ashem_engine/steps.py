@@ -73,9 +73,9 @@ class Pipeline:
     summary so far and the corpus' batches on the run's device."""
 
     def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
-                 control: RunControl, summary: SummaryReducer):
+                 control: RunControl, reducer: SummaryReducer):
         self.settings, self.run_dir, self.emit = settings, run_dir, emit
-        self.control, self.summary = control, summary
+        self.control, self.reducer = control, reducer
         self.where = "start"  # where a failure happened, for its message
         self.point: Optional[ResumePoint] = None
         self._batches: dict[str, Batches] = {}
@@ -90,8 +90,8 @@ class Pipeline:
         steps += [Step("sweep", self.sweep)] if self.settings.evaluation.sweep_points else []
         if point is None:
             return steps
-        training = 2 * point.stage - 2  # the index of stage N's training step
-        return steps[training + 1 if point.stage_done else training:]
+        at = [step.name for step in steps].index(f"train stage {point.stage}")
+        return steps[at + 1 if point.stage_done else at:]
 
     # -- set-up -----------------------------------------------------------------------------
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
@@ -384,7 +384,7 @@ class Pipeline:
         self.emit(ev.Log(level=level, message=message))
 
     def write_summary(self) -> dict:
-        summary = self.summary.summary
+        summary = self.reducer.summary
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
