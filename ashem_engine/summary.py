@@ -110,9 +110,9 @@ class SummaryReducer:
         self._thresholds[e.stage] = e
 
     def on_HardExamplesCollected(self, e: ev.HardExamplesCollected) -> None:
-        record = {"stage": e.stage, **_pick(self._thresholds[e.stage], (
-            "exit_layer", "threshold", "target_ratio")), **_pick(e, (
-                "split", "count", "total", "ratio", "mean_confidence", "hard_ppl"))}
+        threshold = _pick(self._thresholds[e.stage], ("exit_layer", "threshold", "target_ratio"))
+        found = _pick(e, ("split", "count", "total", "ratio", "mean_confidence", "hard_ppl"))
+        record = {"stage": e.stage, **threshold, **found}
         self._s["mining"] = [*(m for m in self._s["mining"] if m["stage"] < e.stage), record]
 
     def on_Evaluated(self, e: ev.Evaluated) -> None:
