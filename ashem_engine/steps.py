@@ -86,8 +86,9 @@ class Pipeline:
         for n in range(2, len(self.settings.stages) + 1):
             steps += [Step(f"mine and grow {n}", partial(self.mine_and_grow, n)),
                       Step(f"train stage {n}", partial(self.train_stage, n))]
-        steps += [Step("evaluate", self.evaluate)]
-        steps += [Step("sweep", self.sweep)] if self.settings.evaluation.sweep_points else []
+        steps.append(Step("evaluate", self.final_evaluation))
+        if self.settings.evaluation.sweep_points:
+            steps.append(Step("sweep", self.threshold_sweep))
         if point is None:
             return steps
         at = [step.name for step in steps].index(f"train stage {point.stage}")
@@ -282,7 +283,7 @@ class Pipeline:
             examples=examples_in_context(hard, on_cpu, vocab, s.examples)))
 
     # -- step: evaluate ---------------------------------------------------------------------
-    def evaluate(self, state: RunState) -> None:
+    def final_evaluation(self, state: RunState) -> None:
         """The final routed evaluation on evaluation.split."""
         self.where = "final evaluation"
         split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
@@ -297,7 +298,7 @@ class Pipeline:
             macs_per_token=final.macs_per_token, inference_modes=list(modes)))
 
     # -- step: sweep ------------------------------------------------------------------------
-    def sweep(self, state: RunState) -> None:
+    def threshold_sweep(self, state: RunState) -> None:
         """PPL against honest cost for each signal of evaluation.signals over
         evaluation.sweep_points thresholds, beside the run's own point and the stage-1 model
         alone; on the report split, calibrated on the mining split. Event and sweep.json."""
