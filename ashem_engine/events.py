@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator, Optional
 
 # Fields whose values depend on the clock, not on the computation.
-TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds"})
+TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
+                           "seconds_before"})
 
 
 @dataclass
@@ -45,6 +46,12 @@ class RunStarted(Event):
     test_tokens: int
     stages: list  # one dict per stage: {"stage", "layers", "max_epochs"}
     resumed: bool = False
+    machine: Optional[dict] = None  # platform, processor, cpus, torch and python versions
+    data_source: str = ""
+    seconds_before: float = 0.0  # run time spent before this resume
+    # Where a resumed run goes on: {"stage", "epoch", "stage_done"}; what the events before
+    # reported beyond that point is void (summary.py).
+    resume_point: Optional[dict] = None
 
 
 @dataclass
@@ -140,6 +147,8 @@ class Evaluated(Event):
     compute_cost: float  # the spec's formula: blocks only, relative to the deepest model
     honest_cost: float  # blocks with attention + every head evaluation, relative to the deepest model
     thresholds: list
+    macs_per_token: Optional[float] = None
+    inference_modes: Optional[list] = None  # of the layers after each exit but the last
 
 
 @dataclass

@@ -302,5 +302,5 @@ def test_bad_checkpoints(tmp_path):
         load_checkpoint(truncated)
     not_ours = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(1)}, not_ours)
-    with pytest.raises(CheckpointError, match="not an ashem checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable ashem checkpoint"):
         load_checkpoint(not_ours)

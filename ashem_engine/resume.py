@@ -1,0 +1,83 @@
+"""Where a cancelled or killed run goes on: progress.pt, read back as a typed ResumePoint.
+It is rewritten after every finished epoch, mining and stage, with the keys it always had."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .rundir import CheckpointError, atomic_torch_save, load_checkpoint
+from .settings import Settings, settings_from_dict
+
+PROGRESS = "progress.pt"
+
+
+class ResumeError(Exception):
+    """A run directory that cannot be resumed. str(error) is one line for a person."""
+
+
+@dataclass
+class ResumePoint:
+    stage: int  # 1-based
+    epoch: int  # epochs of `stage` finished (0 after the mining that starts it)
+    stage_done: bool
+    exit_layers: list
+    thresholds: list
+    rng: torch.Tensor  # torch's random state
+    seconds_before: float  # run time up to here, over every attempt
+    model: Optional[dict] = None  # weights, while `stage` is under way
+    optimizer: Optional[dict] = None
+    early: Optional[dict] = None  # stages.EarlyStopping as a dict
+
+    @property
+    def mid_stage(self) -> bool:
+        return not self.stage_done and self.epoch > 0
+
+    def where(self) -> dict:
+        return {"stage": self.stage, "epoch": self.epoch, "stage_done": self.stage_done}
+
+    def training_state(self, best_weights: Optional[dict]) -> dict:
+        """What stages.run_stage takes to go on after epoch `epoch`."""
+        return {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
+                "early": self.early, "best_state": best_weights}
+
+
+def save_resume_point(run_dir: Path, point: ResumePoint) -> None:
+    atomic_torch_save(run_dir / PROGRESS, {f.name: getattr(point, f.name)
+                                           for f in fields(point)})
+
+
+def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[ResumePoint]]:
+    """The settings of a run that can be resumed and its resume point (None: killed before
+    its first epoch ended, it starts over in place)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ResumeError(f"run directory {str(path)!r} does not exist")
+    settings = settings_from_dict(_read_json(path / "settings.json", required=True))
+    if _read_json(path / "summary.json").get("status") == "finished":
+        raise ResumeError(f"run {str(path)!r} has already finished; nothing to resume")
+    if not (path / PROGRESS).exists():
+        return settings, None
+    raw = load_checkpoint(path / PROGRESS)  # runs from before ResumePoint also hold "summary"
+    missing = [f.name for f in fields(ResumePoint) if f.name not in raw]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path / PROGRESS)!r} is not a readable ashem "
+                              f"checkpoint (it has no {missing[0]!r}); start a new run")
+    return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)})
+
+
+def _read_json(path: Path, required: bool = False) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise ResumeError(f"{str(path.parent)!r} is not an ashem run directory (no "
+                              f"{path.name})") from None
+    except ValueError as e:
+        if required:
+            raise ResumeError(f"{str(path)!r} is not valid JSON: {e}") from None
+    return {}

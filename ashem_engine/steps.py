@@ -1,0 +1,401 @@
+"""The steps of a run, one Pipeline method each: "train stage N"; "mine and grow N" (mine the
+hard tokens at stage N-1's exit, grow the model to stage N, hard-freeze what was there);
+"evaluate" (the final routed evaluation); "sweep" (quality against cost over thresholds).
+A step takes the RunState its predecessor left. Each call into routing, mining, sweep, costs
+and stages is one statement, in the method named for what it does.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+import torch
+
+from . import events as ev
+from .compare import SWEEP_FILE, mark_pareto
+from .control import RunControl
+from .costs import CLASSIFIER, CostModel, inference_modes
+from .data import Batches, Corpus, DataError, describe_source, load_corpus
+from .mining import HardTokens, examples_in_context, exit_pass, histogram, mine, top_words
+from .model import EarlyExitLM, count_parameters
+from .resume import ResumePoint, save_resume_point
+from .routing import evaluate
+from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
+from .settings import Settings
+from .stages import HardTokenTask, MaskedSequenceTask, SequenceTask, run_stage
+from .summary import SummaryReducer
+from .sweep import single_point, sweep, train_classifiers
+
+
+def choose_threads(requested: int) -> int:
+    """0 means: one intra-op thread per core this process may use (measured best here,
+    see docs/REPRODUCTION.md)."""
+    if requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DataError("run.device = 'cuda' but no CUDA device is available; use cpu or auto")
+    return torch.device(requested)
+
+
+@dataclass
+class RunState:
+    """What a step hands on to the next."""
+
+    model: EarlyExitLM
+    exit_layers: list[int]
+    thresholds: list[float]
+    hard: Optional[tuple] = None  # (HardTokens, order) just mined, for the next stage's task
+    final: Any = None  # the final evaluation, for the sweep
+
+
+class Step(NamedTuple):
+    name: str  # "train stage 1", "mine and grow 2", "train stage 2", ..., "evaluate", "sweep"
+    run: Callable[[RunState], None]
+
+
+class Pipeline:
+    """One run's steps and what they share: settings, run directory, events, control, the
+    summary so far and the corpus' batches on the run's device."""
+
+    def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
+                 control: RunControl, reducer: SummaryReducer):
+        self.settings, self.run_dir, self.emit = settings, run_dir, emit
+        self.control, self.reducer = control, reducer
+        self.where = "start"  # where a failure happened, for its message
+        self.point: Optional[ResumePoint] = None
+        self._batches: dict[str, Batches] = {}
+
+    def steps(self, point: Optional[ResumePoint]) -> list[Step]:
+        """The steps still to run after `point` (all of them without one)."""
+        steps = [Step("train stage 1", partial(self.train_stage, 1))]
+        for n in range(2, len(self.settings.stages) + 1):
+            steps += [Step(f"mine and grow {n}", partial(self.mine_and_grow, n)),
+                      Step(f"train stage {n}", partial(self.train_stage, n))]
+        steps.append(Step("evaluate", self.final_evaluation))
+        if self.settings.evaluation.sweep_points:
+            steps.append(Step("sweep", self.threshold_sweep))
+        if point is None:
+            return steps
+        at = [step.name for step in steps].index(f"train stage {point.stage}")
+        return steps[at + 1 if point.stage_done else at:]
+
+    # -- set-up -----------------------------------------------------------------------------
+    def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
+        """Threads, device, seed and data; RunStarted; the model to go on with."""
+        s, self.point = self.settings, point
+        threads = choose_threads(s.run.threads)
+        torch.set_num_threads(threads)
+        self.device = choose_device(s.run.device)
+        random.seed(s.run.seed)
+        np.random.seed(s.run.seed)
+        torch.manual_seed(s.run.seed)
+        self.corpus = self._load(corpus)
+        self._announce(threads)
+        if point is not None:
+            return self._restore(point)
+        return RunState(self.new_model(s.stages[0].layers), [s.stages[0].layers], [])
+
+    def _load(self, corpus: Optional[Corpus]) -> Corpus:
+        s, self.where = self.settings, "loading data"
+        if corpus is None:
+            self.log(f"loading data from {describe_source(s.data)}")
+            corpus = load_corpus(s.data)
+        for key, split in (("mining.split", s.mining.split),
+                           ("evaluation.split", s.evaluation.split)):
+            if corpus.sizes[split][0] == 0:
+                raise DataError(f"{key} = {split!r}, but the {split} split of {corpus.source} "
+                                "is too small for one batch")
+        return corpus
+
+    def _announce(self, threads: int) -> None:
+        s, corpus, point, sizes = self.settings, self.corpus, self.point, self.corpus.sizes
+        machine = {"platform": platform.platform(), "processor": platform.processor() or
+                   "unknown", "cpus": os.cpu_count(), "torch": torch.__version__,
+                   "python": platform.python_version()}
+        self.emit(ev.RunStarted(
+            name=s.run.name, run_dir=str(self.run_dir), device=str(self.device),
+            threads=threads, settings=s.to_dict(), vocab_size=len(corpus.vocab),
+            train_tokens=sizes["train"][1], val_tokens=sizes["validation"][1],
+            test_tokens=sizes["test"][1], resumed=point is not None,
+            stages=[{"stage": i, "layers": st.layers, "max_epochs": st.max_epochs}
+                    for i, st in enumerate(s.stages, 1)], machine=machine,
+            data_source=corpus.source, seconds_before=self.seconds_before,
+            resume_point=point.where() if point is not None else None))
+        self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
+                 f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
+                 f"batches of {s.data.batch_size} × {s.data.seq_len}")
+
+    def _restore(self, point: ResumePoint) -> RunState:
+        """The model and routing at a resume point, and torch's random state there."""
+        number, st = point.stage, self.settings.stages[point.stage - 1]
+        torch.set_rng_state(point.rng)
+        model = self.new_model(st.layers)
+        try:
+            model.load_state_dict(point.model if not point.stage_done else
+                                  load_checkpoint(self.best_checkpoint(number))["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"the saved model does not fit the run's settings: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if number > 1:
+            model.freeze_lower(self.settings.stages[number - 2].layers,
+                               freeze_head=st.freeze_head)
+        torch.set_rng_state(point.rng)  # building the skeleton drew random numbers
+        self.log(f"resumed at stage {number}, " + (
+            "after the stage" if point.stage_done else f"after epoch {point.epoch}"))
+        return RunState(model, list(point.exit_layers), list(point.thresholds))
+
+    # -- step: train stage N ----------------------------------------------------------------
+    def train_stage(self, number: int, state: RunState) -> None:
+        self.where, st = f"stage {number}", self.settings.stages[number - 1]
+        task, state.hard = self._task(number, state), None
+        trainable, total = count_parameters(task.model)
+        self.emit(ev.StageStarted(
+            stage=number, layers=st.layers, trainable_params=trainable,
+            total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
+            training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
+            batches=task.num_batches(), context=st.context or "sequence"))
+        outcome = self._train(number, task, state)
+        self.emit(ev.StageEnded(
+            stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
+            best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
+            stopped_early=outcome.stopped_early, seconds=outcome.seconds,
+            checkpoint=str(self.best_checkpoint(number)), best_hard_ppl=outcome.best_hard_ppl))
+        self.write_summary()
+        self.save_point(number, outcome.epochs, True, state)
+        self.hold(f"stage-{number}", f"after stage {number}")
+
+    def _train(self, number: int, task, state: RunState):
+        s, st = self.settings, self.settings.stages[number - 1]
+
+        def save_best(epoch: int, weights: dict) -> None:
+            atomic_torch_save(self.best_checkpoint(number), {
+                "model": weights, "stage": number, "layers": st.layers,
+                "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
+                "thresholds": state.thresholds, "best_epoch": epoch})
+
+        def save_epoch(progress: dict) -> None:
+            self.save_point(number, progress["epoch"], False, state, progress["model"],
+                            progress["optimizer"], progress["early"])
+
+        outcome, _ = run_stage(number, task, st, s.optimizer, self.control, self.emit,
+                               s.run.progress_events_per_epoch, on_improved=save_best,
+                               on_epoch_end=save_epoch, resume=self._training_resume(number))
+        return outcome
+
+    def _training_resume(self, number: int) -> Optional[dict]:
+        """run_stage's state to go on with, when the run resumes in the middle of stage N."""
+        point, best = self.point, self.best_checkpoint(number)
+        if point is None or point.stage != number or not point.mid_stage:
+            return None
+        return point.training_state(load_checkpoint(best)["model"] if best.exists() else None)
+
+    def _task(self, number: int, state: RunState):
+        """Stage N's training task, on the hard tokens just mined or read back (resume)."""
+        m, s, exits = state.model, self.settings, state.exit_layers
+        if number == 1:
+            return SequenceTask(m, self.batches("train"), self.batches("validation"), exits, [])
+        tokens, order = state.hard or self._saved_hard(number)
+        common = dict(validation=self.batches("validation"), exit_layers=exits,
+                      thresholds=state.thresholds, hard_from_layer=s.stages[number - 2].layers,
+                      modes=self.modes(number))
+        if s.stages[number - 1].context != "sequence":
+            return HardTokenTask(m, tokens, order, s.data.batch_size, **common)
+        source = self.batches(s.mining.split)
+        lower = self._lower_states(number, state, source)
+        mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
+        mask[tokens.positions] = True
+        shape = source.x.shape
+        return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
+
+    def _lower_states(self, number: int, state: RunState, source: Batches) -> torch.Tensor:
+        """The frozen layers' output over the mining split (the sequence context's input)."""
+        below, modes = self.settings.stages[number - 2].layers, self.modes(number - 1)
+        exits, thresholds = state.exit_layers[:-2], state.thresholds[:-1]
+        return exit_pass(state.model, source, below, None, exits, thresholds, modes).hidden
+
+    def _saved_hard(self, number: int) -> tuple:
+        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
+        h, y, c, p = (saved[k].to(self.device)
+                      for k in ("hidden", "targets", "confidences", "positions"))
+        return HardTokens(h, y, c, p), saved["order"]
+
+    # -- step: mine and grow ----------------------------------------------------------------
+    def mine_and_grow(self, number: int, state: RunState) -> None:
+        """Mine at stage N-1's exit, grow to stage N and freeze what was there, fix the hard
+        tokens' order, save; then hold at the "mining-(N-1)" boundary."""
+        st, below = self.settings.stages[number - 1], self.settings.stages[number - 2].layers
+        mined = self._mine(number - 1, st.hard_ratio, state)
+        state.thresholds = [*state.thresholds, mined.threshold]
+        state.model = state.model.grow(st.layers)
+        state.model.freeze_lower(below, freeze_head=st.freeze_head)
+        state.exit_layers = [*state.exit_layers, st.layers]
+        hard, order = mined.hard, torch.randperm(len(mined.hard))
+        state.hard = (hard, order)
+        atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
+            "hidden": hard.hidden.cpu(), "targets": hard.targets.cpu(),
+            "confidences": hard.confidences.cpu(), "positions": hard.positions.cpu(),
+            "order": order, "threshold": mined.threshold})
+        self.save_point(number, 0, False, state, model=state.model.state_dict())
+        self.hold(f"mining-{number - 1}", f"after mining at stage {number - 1}'s exit")
+
+    def _mine(self, stage: int, ratio: float, state: RunState):
+        s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
+        self.where = f"mining after stage {stage}"
+        source, modes = self.batches(s.mining.split), self.modes(stage)
+        passed = exit_pass(m, source, exits[-1], self.check, exits[:-1], thresholds, modes)
+        mined = mine(passed, source.y, ratio, exits[-1])
+        edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
+        self.emit(ev.ThresholdComputed(
+            stage=stage, exit_layer=exits[-1], threshold=mined.threshold, target_ratio=ratio,
+            split=s.mining.split, tokens=mined.total, histogram_edges=edges,
+            histogram_counts=counts))
+        self._report_hard(stage, mined, passed.stats.nll, source)
+        if len(mined.hard) == 0:
+            raise DataError(f"mining after stage {stage} found no hard tokens "
+                            f"(threshold {mined.threshold:.4g}); raise stages."
+                            f"{stage + 1}.hard_ratio")
+        return mined
+
+    def _report_hard(self, stage: int, mined, nll: torch.Tensor, source: Batches) -> None:
+        s, vocab, hard = self.settings.mining, self.corpus.vocab, mined.hard
+        count, nan, on_cpu = len(hard), float("nan"), _on("cpu", source)
+        self.emit(ev.HardExamplesCollected(
+            stage=stage, count=count, total=mined.total, ratio=count / mined.total,
+            mean_confidence=float(hard.confidences.mean()) if count else nan,
+            hard_ppl=float(torch.exp(nll[hard.positions].double().mean())) if count else nan,
+            split=s.split, top_words=top_words(hard.targets, vocab, s.top_words),
+            examples=examples_in_context(hard, on_cpu, vocab, s.examples)))
+
+    # -- step: evaluate ---------------------------------------------------------------------
+    def final_evaluation(self, state: RunState) -> None:
+        """The final routed evaluation on evaluation.split."""
+        self.where = "final evaluation"
+        split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
+        m, exits, thresholds = state.model, state.exit_layers, state.thresholds
+        final = evaluate(m, self.batches(split), exits, thresholds, check=self.check, modes=modes)
+        state.final, ratios = final, final.exit_ratios
+        self.emit(ev.Evaluated(
+            split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
+            exit_layers=exits, exit_ratios=ratios, shallow_ratio=ratios[0],
+            deep_ratio=1.0 - ratios[0], compute_cost=final.compute_cost,
+            honest_cost=final.honest_cost, thresholds=thresholds,
+            macs_per_token=final.macs_per_token, inference_modes=list(modes)))
+
+    # -- step: sweep ------------------------------------------------------------------------
+    def threshold_sweep(self, state: RunState) -> None:
+        """PPL against honest cost for each signal of evaluation.signals over
+        evaluation.sweep_points thresholds, beside the run's own point and the stage-1 model
+        alone; on the report split, calibrated on the mining split. Event and sweep.json."""
+        self.where = "threshold sweep"
+        s, final, exits = self.settings, state.final, state.exit_layers
+        costs = self._costs(state.model, tuple(exits), self.modes(len(s.stages)))
+        plain = costs.plain()
+        if len(exits) == 1:
+            name = f"plain model ({exits[0]} layers)"
+            series = [single_point(name, final, costs, plain, exits[0])]
+        else:
+            series = [*self._swept_signals(state),
+                      single_point("ASHEM · as run", final, costs, plain, exits[-1]),
+                      self._first_stage_alone(state.model, plain, exits[-1])]
+        mark_pareto([p for x in series for p in x["points"]])
+        self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
+                                   plain_macs_per_token=plain, series=series))
+        protocol = {"mining_split": s.mining.split, "evaluation_split": s.evaluation.split,
+                    "inference": s.evaluation.inference,
+                    "contexts": [st.context for st in s.stages[1:]],
+                    "freeze_head": [st.freeze_head for st in s.stages[1:]]}
+        atomic_write_json(self.run_dir / SWEEP_FILE, {
+            "name": s.run.name, "run_dir": str(self.run_dir), "protocol": protocol,
+            "split": s.evaluation.split, "tokens": final.tokens,
+            "plain_macs_per_token": plain, "series": series})
+
+    def _costs(self, model: EarlyExitLM, exit_layers: tuple, modes: tuple) -> CostModel:
+        seq_len = self.batches(self.settings.evaluation.split).x.shape[-1]
+        return CostModel(model.cfg, model.vocab_size, seq_len, exit_layers, modes)
+
+    def _swept_signals(self, state: RunState) -> list[dict]:
+        """One series per signal (the exit classifiers, trained first if a signal needs
+        them, are kept in exit-classifiers.pt)."""
+        s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
+        mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
+        modes, classifiers, seed = self.modes(len(s.stages)), None, s.run.seed
+        if CLASSIFIER in s.evaluation.signals:
+            classifiers = train_classifiers(m, mining, exits, thresholds, modes, seed, self.check)
+            atomic_torch_save(self.run_dir / "exit-classifiers.pt",
+                              {"classifiers": [c.state_dict() for c in classifiers]})
+        signals, points = s.evaluation.signals, s.evaluation.sweep_points
+        return sweep(m, mining, report, exits, modes, signals, points, classifiers, self.check)
+
+    def _first_stage_alone(self, model: EarlyExitLM, plain: float, deepest: int) -> dict:
+        layers = self.settings.stages[0].layers
+        base = self.new_model(layers).eval()
+        base.load_state_dict(load_checkpoint(self.best_checkpoint(1))["model"])
+        report = self.batches(self.settings.evaluation.split)
+        alone = evaluate(base, report, [layers], [], self.check)
+        costs = self._costs(model, (layers,), ())
+        return single_point(f"stage-1 model ({layers} layers)", alone, costs, plain, deepest)
+
+    # -- shared -----------------------------------------------------------------------------
+    @property
+    def seconds_before(self) -> float:
+        return self.point.seconds_before if self.point is not None else 0.0
+
+    def new_model(self, layers: int) -> EarlyExitLM:
+        return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)
+
+    def best_checkpoint(self, number: int) -> Path:
+        return self.run_dir / f"stage-{number}-best.pt"
+
+    def modes(self, stages: int) -> tuple:
+        """Inference modes of the layers after each exit of the first `stages` stages."""
+        inference = self.settings.evaluation.inference
+        return inference_modes(self.settings.stages[:stages], inference)
+
+    def batches(self, split: str) -> Batches:
+        """A split's batches on the run's device, read from the corpus on first use (a split
+        no step needs, such as the report split until the final report, is never read)."""
+        if split not in self._batches:
+            self._batches[split] = _on(self.device, self.corpus.batches[split])
+        return self._batches[split]
+
+    def check(self, batch: int) -> None:
+        self.control.checkpoint(self.where)
+
+    def hold(self, boundary: str, reason: str) -> None:
+        """Pauses here if asked to (run.pause_at or the user); raises Cancelled if cancelled."""
+        self.control.boundary(boundary, reason)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit(ev.Log(level=level, message=message))
+
+    def write_summary(self) -> dict:
+        summary = self.reducer.summary
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def save_point(self, stage: int, epoch: int, stage_done: bool, state: RunState,
+                   model: Optional[dict] = None, optimizer: Optional[dict] = None,
+                   early: Optional[dict] = None) -> None:
+        save_resume_point(self.run_dir, ResumePoint(
+            stage, epoch, stage_done, state.exit_layers, state.thresholds,
+            torch.get_rng_state(), self.seconds_before + self.emit.elapsed(), model,
+            optimizer, early))
+
+
+def _on(device, batches: Batches) -> Batches:
+    return Batches(batches.x.to(device), batches.y.to(device))

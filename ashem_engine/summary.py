@@ -1,0 +1,136 @@
+"""summary.json as a reduction of the run's events, so that it cannot drift from them.
+
+The engine feeds each event it emits to a SummaryReducer and writes what it holds; `rebuild`
+reduces a run directory's events.jsonl to the same summary. The log of a resumed run holds
+every attempt: each RunStarted rewinds to its resume point, as the attempts after redo what
+an attempt reported beyond it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+from . import events as ev
+from .compare import SWEEP_FILE
+
+NOTHING_DONE = {"stage": 0, "epoch": 0, "stage_done": True}  # the resume point of a new run
+EPOCH = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio", "improved",
+         "seconds")
+STAGE = ("stage", "epochs", "best_epoch", "best_val_ppl", "best_val_acc", "best_hard_ppl",
+         "stopped_early", "seconds")
+FINAL = ("split", "tokens", "accuracy", "ppl", "exit_layers", "exit_ratios", "compute_cost",
+         "honest_cost", "macs_per_token", "thresholds", "inference_modes")
+
+
+def base_summary(run_dir: str | os.PathLike, settings: dict) -> dict:
+    """What is known before the first event (all a run that fails loading its data has)."""
+    return {"status": "running", "run_dir": str(run_dir), "settings": settings, "stages": [],
+            "mining": [], "final": None}
+
+
+def summarize(events: Iterable[ev.Event], base: dict) -> dict:
+    reducer = SummaryReducer(base)
+    for event in events:
+        reducer(event)
+    return reducer.summary
+
+
+def rebuild(run_dir: str | os.PathLike) -> dict:
+    """summary.json again, from a run directory's settings.json and events.jsonl."""
+    path = Path(run_dir)
+    settings = json.loads((path / "settings.json").read_text(encoding="utf-8"))
+    return summarize(ev.iter_events(path / "events.jsonl"), base_summary(path, settings))
+
+
+def _pick(event: ev.Event, names: Iterable[str]) -> dict:
+    return {name: getattr(event, name) for name in names}
+
+
+class SummaryReducer:
+    """A sink folding events into the summary; an event it does not read costs a lookup."""
+
+    def __init__(self, base: dict):
+        self._s = copy.deepcopy(base)
+        self._epochs: dict[int, list[dict]] = {}  # stage -> its epochs so far
+        self._layers: dict[int, int] = {}
+        self._thresholds: dict[int, ev.ThresholdComputed] = {}
+        self._before = 0.0  # seconds of the attempts before this one
+
+    @property
+    def summary(self) -> dict:
+        return copy.deepcopy(self._s)
+
+    def after(self, event: ev.Event) -> dict:
+        """The summary once `event` is reduced too (RunFinished carries it)."""
+        ahead = copy.deepcopy(self)
+        ahead(event)
+        return ahead._s
+
+    def __call__(self, event: ev.Event) -> None:
+        reduce = _READS.get(type(event))
+        if reduce is not None:
+            reduce(self, event)
+
+    def on_RunStarted(self, e: ev.RunStarted) -> None:
+        self._rewind(e.resume_point if e.resumed else NOTHING_DONE)
+        self._s = {"status": "running", "run_dir": e.run_dir, "settings": e.settings,
+                   "stages": self._s["stages"], "mining": self._s["mining"], "final": None,
+                   **_pick(e, ("machine", "device", "threads", "data_source", "vocab_size"))}
+        if e.resumed:
+            self._s["seconds_before"] = e.seconds_before
+        self._before = e.seconds_before
+
+    def _rewind(self, point: Optional[dict]) -> None:
+        if point is None:  # logged before resume points were; redone records replace
+            return
+        stage, epoch, done = point["stage"], point["epoch"], point["stage_done"]
+        last_done = stage if done else stage - 1
+        self._s["stages"] = [r for r in self._s["stages"] if r["stage"] <= last_done]
+        self._s["mining"] = [m for m in self._s["mining"] if m["stage"] < stage]
+        self._epochs = {n: [h for h in epochs if n < stage or h["epoch"] <= epoch]
+                        for n, epochs in self._epochs.items() if n <= stage}
+
+    def on_StageStarted(self, e: ev.StageStarted) -> None:
+        self._layers[e.stage] = e.layers
+
+    def on_EpochEnded(self, e: ev.EpochEnded) -> None:
+        before = [h for h in self._epochs.get(e.stage, []) if h["epoch"] < e.epoch]
+        self._epochs[e.stage] = [*before, _pick(e, EPOCH)]
+
+    def on_StageEnded(self, e: ev.StageEnded) -> None:
+        record = {**_pick(e, STAGE), "history": list(self._epochs.get(e.stage, [])),
+                  "layers": self._layers.get(e.stage), "checkpoint": e.checkpoint}
+        self._s["stages"] = [*(r for r in self._s["stages"] if r["stage"] < e.stage), record]
+        self._s["seconds"] = round(self._before + e.t, 3)
+
+    def on_ThresholdComputed(self, e: ev.ThresholdComputed) -> None:
+        self._thresholds[e.stage] = e
+
+    def on_HardExamplesCollected(self, e: ev.HardExamplesCollected) -> None:
+        threshold = _pick(self._thresholds[e.stage], ("exit_layer", "threshold", "target_ratio"))
+        found = _pick(e, ("split", "count", "total", "ratio", "mean_confidence", "hard_ppl"))
+        record = {"stage": e.stage, **threshold, **found}
+        self._s["mining"] = [*(m for m in self._s["mining"] if m["stage"] < e.stage), record]
+
+    def on_Evaluated(self, e: ev.Evaluated) -> None:
+        self._s["final"] = _pick(e, FINAL)
+
+    def on_SweepComputed(self, e: ev.SweepComputed) -> None:
+        self._s["sweep"] = str(Path(self._s["run_dir"]) / SWEEP_FILE)
+
+    def on_RunFinished(self, e: ev.RunFinished) -> None:
+        self._s.update(status="finished", seconds=round(self._before + e.seconds, 3))
+
+    def on_RunCancelled(self, e: ev.RunCancelled) -> None:
+        self._s.update(status="cancelled", seconds=round(self._before + e.seconds, 3))
+
+    def on_RunFailed(self, e: ev.RunFailed) -> None:
+        self._s["error"] = {"kind": e.error_kind, "message": e.message, "where": e.where}
+        self._s.update(status="failed", seconds=round(self._before + e.t, 3))
+
+
+_READS = {kind: getattr(SummaryReducer, f"on_{name}") for name, kind in ev.EVENT_TYPES.items()
+          if hasattr(SummaryReducer, f"on_{name}")}  # one method per event kind it reads
