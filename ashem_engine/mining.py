@@ -8,23 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
+from .cascade import Cascade, ExitPass, route_everything
 from .data import Batches, Vocabulary
-from .head import ExitStats, exit_stats
+from .head import ExitStats
 from .model import EarlyExitLM
-from .routing import advance, exits_here
-
-
-@dataclass
-class ExitPass:
-    """One split through the model up to an exit: hidden states and per-token statistics."""
-
-    hidden: torch.Tensor  # (tokens, dim), in batch order
-    stats: ExitStats
-    reaching: Optional[torch.Tensor] = None  # (tokens,) bool: not let go by an earlier exit
 
 
 @dataclass
@@ -48,37 +39,24 @@ class MiningResult:
 
 
 @torch.no_grad()
-def exit_pass(model: EarlyExitLM, batches: Batches, exit_layer: int,
-              check: Optional[callable] = None, earlier_exits: Sequence[int] = (),
-              earlier_thresholds: Sequence[float] = (), modes: Sequence[str] = ()
-              ) -> ExitPass:
-    """Every token of a split up to an exit. In a cascade the earlier exits route first
-    (`modes`: how the layers after each earlier exit run, as at inference) and `reaching`
-    marks the tokens they did not let go."""
-    hidden, nll, conf, correct, reaching = [], [], [], [], []
-    weight = model.head.weight
-    exits = [*earlier_exits, exit_layer]
+def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
+              check: Optional[Callable[[], None]] = None) -> ExitPass:
+    """Every token of a split up to the cascade's last exit, computing everything. The
+    earlier exits route as at inference, and `reaching` marks the tokens they did not let
+    go (None with a single exit). `check()` runs before every batch."""
+    hidden, nll, confidence, correct, reaching = [], [], [], [], []
     for i in range(len(batches)):
         if check:
-            check(i)
-        x, y = batches.x[i], batches.y[i].reshape(-1)
-        h = model.hidden(x, stop=exits[0])
-        active = torch.ones(y.numel(), dtype=torch.bool, device=y.device)
-        for e in range(1, len(exits)):
-            flat = h.reshape(-1, weight.shape[1])
-            stays = ~exits_here(exit_stats(flat, weight, y).confidence, earlier_thresholds[e - 1])
-            active &= stays
-            h = advance(model, h, exits[e - 1], exits[e], modes[e - 1], active.view(x.shape))
-        h = h.reshape(-1, weight.shape[1])
-        s = exit_stats(h, weight, y)
-        hidden.append(h)
-        nll.append(s.nll)
-        conf.append(s.confidence)
-        correct.append(s.correct)
-        reaching.append(active)
-    return ExitPass(torch.cat(hidden), ExitStats(torch.cat(nll), torch.cat(conf),
-                                                 torch.cat(correct)),
-                    torch.cat(reaching) if earlier_exits else None)
+            check()
+        routed = route_everything(model, cascade, batches.x[i], batches.y[i], every_exit=True)
+        at_exit = routed.every_exit[-1]
+        hidden.append(at_exit.hidden)
+        nll.append(at_exit.stats.nll)
+        confidence.append(at_exit.stats.confidence)
+        correct.append(at_exit.stats.correct)
+        reaching.append(routed.exit_index == cascade.last)
+    stats = ExitStats(torch.cat(nll), torch.cat(confidence), torch.cat(correct))
+    return ExitPass(torch.cat(hidden), stats, torch.cat(reaching) if cascade.last else None)
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:

@@ -29,8 +29,10 @@ from .model import EarlyExitLM, count_parameters
 from .rundir import (CheckpointError, RunDirError, atomic_torch_save, atomic_write_json,
                      create_run_dir, load_checkpoint, probe_writable)
 from .compare import SWEEP_FILE, mark_pareto
-from .costs import CLASSIFIER, CostModel, inference_modes
-from .routing import evaluate
+from .cascade import Cascade, inference_modes
+from .costs import CostModel
+from .evaluation import evaluate
+from .names import CLASSIFIER
 from .settings import Settings, SettingsError, settings_from_dict
 from .sweep import single_point, sweep, train_classifiers
 from .stages import HardTokenTask, MaskedSequenceTask, NumericFault, SequenceTask, run_stage
@@ -273,18 +275,18 @@ class Pipeline:
         self.where = "final evaluation"
         split = s.evaluation.split
         modes = self.modes(len(s.stages))
-        final = evaluate(model, self.split(split), exit_layers, thresholds,
-                         check=lambda i: self.control.checkpoint(self.where), modes=modes)
+        final = evaluate(model, self.split(split), Cascade.of(exit_layers, thresholds, modes),
+                         check=lambda: self.control.checkpoint(self.where))
         ratios = final.exit_ratios
         self.emit(ev.Evaluated(
             split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
             exit_layers=exit_layers, exit_ratios=ratios, shallow_ratio=ratios[0],
-            deep_ratio=1.0 - ratios[0], compute_cost=final.compute_cost,
+            deep_ratio=1.0 - ratios[0], compute_cost=final.spec_cost,
             honest_cost=final.honest_cost, thresholds=thresholds))
         self.summary["final"] = {
             "split": split, "tokens": final.tokens, "accuracy": final.accuracy,
             "ppl": final.ppl, "exit_layers": exit_layers, "exit_ratios": ratios,
-            "compute_cost": final.compute_cost, "honest_cost": final.honest_cost,
+            "compute_cost": final.spec_cost, "honest_cost": final.honest_cost,
             "macs_per_token": final.macs_per_token, "thresholds": thresholds,
             "inference_modes": list(modes)}
         if s.evaluation.sweep_points:
@@ -300,7 +302,7 @@ class Pipeline:
         all on the report split, calibrated on the mining split. -> sweep.json + an event."""
         s = self.s
         self.where = "threshold sweep"
-        check = lambda i: self.control.checkpoint(self.where)  # noqa: E731
+        check = lambda: self.control.checkpoint(self.where)  # noqa: E731
         report, mining = self.split(s.evaluation.split), self.split(s.mining.split)
         cfg, vocab, seq_len = model.cfg, model.vocab_size, report.x.shape[-1]
         costs = CostModel(cfg, vocab, seq_len, tuple(exit_layers), modes)
@@ -309,18 +311,19 @@ class Pipeline:
         if len(exit_layers) > 1:
             classifiers = None
             if CLASSIFIER in s.evaluation.signals:
-                classifiers = train_classifiers(model, mining, exit_layers, thresholds, modes,
-                                                s.run.seed, check)
+                classifiers = train_classifiers(model, mining, Cascade.of(
+                    exit_layers, thresholds, modes), s.run.seed, check)
                 atomic_torch_save(self.run_dir / "exit-classifiers.pt",
                                   {"classifiers": [c.state_dict() for c in classifiers]})
-            series += sweep(model, mining, report, exit_layers, modes, s.evaluation.signals,
+            series += sweep(model, mining, report, Cascade.of(exit_layers, thresholds, modes),
+                            s.evaluation.signals,
                             s.evaluation.sweep_points, classifiers, check)
             series.append(single_point("ASHEM · as run", final, costs, plain,
                                        exit_layers[-1]))
             first_layers = s.stages[0].layers
             base = EarlyExitLM(vocab, first_layers, s.model).to(self.device).eval()
             base.load_state_dict(load_checkpoint(self.run_dir / "stage-1-best.pt")["model"])
-            alone = evaluate(base, report, [first_layers], [], check)
+            alone = evaluate(base, report, Cascade.of([first_layers]), check)
             series.append(single_point(f"stage-1 model ({first_layers} layers)", alone,
                                        CostModel(cfg, vocab, seq_len, (first_layers,), ()),
                                        plain, exit_layers[-1]))
@@ -374,7 +377,7 @@ class Pipeline:
         are read back from stage-N-hard.pt (resume)."""
         if number == 1:
             return SequenceTask(model, self.split("train"), self.split("validation"),
-                                exit_layers, [])
+                                Cascade.of(exit_layers))
         if hard is None:
             saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt",
                                     required="hidden")
@@ -383,20 +386,18 @@ class Pipeline:
                                saved["confidences"].to(self.device),
                                saved["positions"].to(self.device)), saved["order"])
         tokens, order = hard
-        below = self.s.stages[number - 2].layers
+        cascade = Cascade.of(exit_layers, thresholds, self.modes(number))
         if self.s.stages[number - 1].context == "sequence":
             source = self.split(self.s.mining.split)
-            lower = exit_pass(model, source, below, None, exit_layers[:-2], thresholds[:-1],
-                              self.modes(number - 1)).hidden
+            lower = exit_pass(model, source, Cascade.of(exit_layers[:-1], thresholds[:-1],
+                                                        self.modes(number - 1))).hidden
             mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
             mask[tokens.positions] = True
             return MaskedSequenceTask(model, lower.view(*source.x.shape, -1),
                                       mask.view(source.x.shape), source,
-                                      self.split("validation"), exit_layers, thresholds,
-                                      hard_from_layer=below, modes=self.modes(number))
+                                      self.split("validation"), cascade)
         return HardTokenTask(model, tokens, order, self.s.data.batch_size,
-                             self.split("validation"), exit_layers, thresholds,
-                             hard_from_layer=below, modes=self.modes(number))
+                             self.split("validation"), cascade)
 
     def split(self, name: str):
         """A split's batches on the run's device, read from the corpus on first use (so a
@@ -429,7 +430,7 @@ class Pipeline:
 
         if resume is not None and resume["epoch"] > 0 and checkpoint.exists():
             resume = {**resume, "best_state": load_checkpoint(checkpoint)["model"]}
-        outcome, _ = run_stage(number, task, st, s.optimizer, self.control, self.emit,
+        outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
                                s.run.progress_events_per_epoch, on_improved=save_best,
                                on_epoch_end=save_epoch,
                                resume=resume if resume and resume["epoch"] > 0 else None)
@@ -476,9 +477,9 @@ class Pipeline:
         self.where = f"mining after stage {stage}"
         split = s.mining.split
         source = self.split(split)
-        check = lambda i: self.control.checkpoint(self.where)  # noqa: E731
-        passed = exit_pass(model, source, exit_layer, check, earlier_exits,
-                           earlier_thresholds, self.modes(stage))
+        check = lambda: self.control.checkpoint(self.where)  # noqa: E731
+        passed = exit_pass(model, source, Cascade.of([*earlier_exits, exit_layer],
+                                                     earlier_thresholds, self.modes(stage)), check)
         mined = mine(passed, source.y, ratio, exit_layer)
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         self.emit(ev.ThresholdComputed(

@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence
 
 import tomli
 
+from .names import INFERENCES, SIGNALS
+
 SPLITS = ("train", "validation", "test")
 BOUNDARIES_HELP = "stage-N, mining-N or evaluation"
 
@@ -309,16 +311,15 @@ def validate(s: Settings) -> None:
     _check(s.mining.examples >= 0, "mining.examples", s.mining.examples, "must be >= 0")
     _check(s.evaluation.split in ("validation", "test"), "evaluation.split",
            s.evaluation.split, "allowed: validation, test")
-    _check(s.evaluation.inference in ("spec", "as_trained"), "evaluation.inference",
-           s.evaluation.inference, "allowed: spec, as_trained")
+    _check(s.evaluation.inference in INFERENCES, "evaluation.inference",
+           s.evaluation.inference, "allowed: " + ", ".join(INFERENCES))
     _check(s.evaluation.sweep_points == 0 or s.evaluation.sweep_points >= 2,
            "evaluation.sweep_points", s.evaluation.sweep_points,
            "must be 0 (no sweep) or >= 2")
     _check(len(s.evaluation.signals) >= 1 and len(set(s.evaluation.signals))
-           == len(s.evaluation.signals) and all(x in ("softmax", "classifier")
-                                                for x in s.evaluation.signals),
+           == len(s.evaluation.signals) and all(x in SIGNALS for x in s.evaluation.signals),
            "evaluation.signals", list(s.evaluation.signals),
-           "a list without repeats of: softmax, classifier")
+           "a list without repeats of: " + ", ".join(SIGNALS))
 
     _check(len(s.stages) >= 1, "stages", [], "at least one [[stages]] table is needed")
     previous_layers = 0

@@ -1,0 +1,344 @@
+"""The cascade: a token leaves at the first exit whose signal reaches its threshold; the
+last exit takes the rest. With two exits this is the spec's two-stage inference.
+
+The exit rule, advancing hidden states from one exit to the next and routing a batch live
+here and nowhere else. A batch is routed either computing everything (every block for
+every token, deciding on the way: mining, sweeps, checks) or only what the decision needs
+(the real early exit); both give the same exits (tests/test_engine_inference.py):
+- TOKEN mode (as trained in the token context): the deep tokens' states are gathered and run
+  through the upper layers as sequences of length 1.
+- PROPAGATED mode (sequence context): an exited token keeps its exit state in the layers
+  above; each upper layer projects it to keys and values (so later deep tokens can attend to
+  it) but runs no query, attention or feed-forward for it. Deep tokens run the whole block.
+- SEQUENCE mode (the spec's evaluation): deep tokens attend to the exited tokens' real
+  upper-layer keys and values, so every token runs the upper blocks; only heads are saved.
+A token that exits by max-softmax has paid one head per exit it passed; with the exit
+classifier it pays one head, at its exit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .costs import CostModel
+from .head import ExitStats, exit_stats
+from .model import Block, EarlyExitLM, rotate_half
+from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
+from .signals import ExitClassifier
+
+
+def leaves(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The exit rule: a token leaves when its signal reaches the threshold."""
+    return scores >= threshold
+
+
+@dataclass(frozen=True)
+class Exit:
+    layer: int
+    mode: str = SEQUENCE  # how the layers from the exit below up to this one run
+    threshold: Optional[float] = None  # every exit but the last
+    classifier: Optional[ExitClassifier] = None  # the signal; max-softmax when None
+
+    @property
+    def signal(self) -> str:
+        return SOFTMAX if self.classifier is None else CLASSIFIER
+
+    def decide(self, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
+        """Which of these tokens leave here, from their (N, dim) states or statistics."""
+        scores = stats.confidence if self.classifier is None else self.classifier.score(hidden)
+        return leaves(scores, self.threshold)
+
+
+@dataclass(frozen=True)
+class Cascade:
+    exits: tuple
+
+    @classmethod
+    def of(cls, layers: Sequence[int], thresholds: Sequence[float] = (),
+           modes: Optional[Sequence[str]] = None,
+           classifiers: Optional[Sequence[ExitClassifier]] = None) -> "Cascade":
+        """From the parallel lists that run directories and events keep. `modes`: one per
+        exit after the first (default SEQUENCE); `classifiers`: one per exit before the last
+        (default max-softmax)."""
+        layers, thresholds = list(layers), list(thresholds)
+        modes = list(modes) if modes is not None else [SEQUENCE] * (len(layers) - 1)
+        if len(thresholds) != len(layers) - 1 or len(modes) != len(thresholds):
+            raise ValueError("one threshold and one mode per exit before the last")
+        for mode in modes:
+            if mode not in MODES:
+                raise ValueError(f"unknown inference mode {mode!r}")
+        classifiers = list(classifiers or [])
+        classifiers += [None] * (len(thresholds) - len(classifiers))
+        exits = [Exit(layers[0])] + [Exit(n, m) for n, m in zip(layers[1:], modes)]
+        tested = [replace(x, threshold=t, classifier=c)
+                  for x, t, c in zip(exits, thresholds, classifiers)]
+        return cls(tuple(tested + exits[len(tested):]))
+
+    @property
+    def layers(self) -> list:
+        return [x.layer for x in self.exits]
+
+    @property
+    def thresholds(self) -> list:
+        return [x.threshold for x in self.exits[:-1]]
+
+    @property
+    def modes(self) -> tuple:
+        return tuple(x.mode for x in self.exits[1:])
+
+    @property
+    def classifiers(self) -> Optional[list]:
+        found = [x.classifier for x in self.exits[:-1]]
+        return found if any(c is not None for c in found) else None
+
+    @property
+    def signal(self) -> str:
+        return self.exits[0].signal
+
+    @property
+    def last(self) -> int:
+        return len(self.exits) - 1
+
+    @property
+    def routed_sparsely_exact(self) -> bool:
+        """Whether the real early exit does the very arithmetic of computing everything:
+        every layer over whole sequences, heads for the tokens still in the cascade."""
+        return all(m == SEQUENCE for m in self.modes) and self.classifiers is None
+
+    def first(self, n: int) -> "Cascade":
+        """The first n exits; the n-th becomes the last."""
+        return Cascade(self.exits[: n - 1] + (replace(self.exits[n - 1], threshold=None,
+                                                          classifier=None),))
+
+    def with_thresholds(self, thresholds: Sequence[float]) -> "Cascade":
+        return Cascade.of(self.layers, thresholds, self.modes, self.classifiers)
+
+    def with_classifiers(self, classifiers: Optional[Sequence]) -> "Cascade":
+        return Cascade.of(self.layers, self.thresholds, self.modes, classifiers)
+
+    def costs(self, model: EarlyExitLM, seq_len: int) -> CostModel:
+        return CostModel(model.cfg, model.vocab_size, seq_len, tuple(self.layers),
+                         self.modes, self.signal)
+
+    def choose(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Exit index per token (0-based) from every token's signal at each exit before the
+        last, computed beforehand (a sweep's table)."""
+        if len(scores) != self.last:
+            raise ValueError("one score tensor per exit before the last")
+        n = scores[0].numel() if scores else 0
+        chosen = torch.full((n,), self.last, dtype=torch.long)
+        remaining = torch.ones(n, dtype=torch.bool)
+        for e, (score, exit) in enumerate(zip(scores, self.exits)):
+            leave = remaining & leaves(score.reshape(-1).cpu(), exit.threshold)
+            chosen[leave] = e
+            remaining &= ~leave
+        return chosen
+
+
+def inference_modes(stages: Sequence, inference: str) -> tuple:
+    """How the layers of each stage after the first run at inference: the spec evaluates
+    them over whole sequences whatever they were trained on; "as_trained" runs them the way
+    their stage's context trained them."""
+    if inference == SPEC:
+        return tuple(SEQUENCE for _ in stages[1:])
+    return tuple(TOKEN if st.context == "token" else PROPAGATED for st in stages[1:])
+
+
+# -- advancing hidden states from one exit to the next ---------------------------------------
+
+def advance(model: EarlyExitLM, h: torch.Tensor, start: int, stop: int, mode: str,
+            remaining: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, T, dim) hidden states after layer `start` -> after layer `stop`, computed for every
+    token. `remaining` (B, T) marks the tokens still in the cascade; PROPAGATED keeps the
+    others' states."""
+    if mode == SEQUENCE:
+        return model.run_layers(h, start, stop)
+    if mode == TOKEN:
+        B, T, C = h.shape
+        return model.run_layers(h.reshape(B * T, 1, C), start, stop).reshape(B, T, C)
+    if mode != PROPAGATED:
+        raise ValueError(f"unknown inference mode {mode!r}")
+    keep = ~remaining[..., None]
+    held = h
+    for block in model.layers[start:stop]:
+        h = torch.where(keep, held, block(h))
+    return h
+
+
+def advance_needed(model: EarlyExitLM, state: torch.Tensor, start: int, stop: int, mode: str,
+                   remaining_rows: torch.Tensor) -> torch.Tensor:
+    """As advance, computing only what the tokens at `remaining_rows` (flat indices into
+    B × T) need; the others' states are left as they are, or under SEQUENCE as advance's."""
+    B, T, C = state.shape
+    n = B * T
+    if mode == TOKEN:
+        deep = state.reshape(n, C)[remaining_rows][:, None, :]
+        deep = model.run_layers(deep, start, stop)[:, 0, :]
+        return state.reshape(n, C).index_copy(0, remaining_rows, deep).view(B, T, C)
+    if mode == PROPAGATED:
+        remaining = torch.zeros(n, dtype=torch.bool, device=state.device)
+        remaining[remaining_rows] = True
+        for block in model.layers[start:stop]:
+            state = sparse_block(block, state, remaining.view(B, T))
+        return state
+    if mode == SEQUENCE:
+        return model.run_layers(state, start, stop)
+    raise ValueError(f"unknown inference mode {mode!r}")
+
+
+def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
+    """One block for the remaining tokens only. state (B, T, dim); remaining (B, T) bool.
+    Keys and values come from every position's state; queries, attention and the
+    feed-forward run for the remaining positions (padded per row to the longest row)."""
+    B, T, C = state.shape
+    attn = block.attn
+    H, D = attn.heads, attn.head_dim
+    per_row = remaining.sum(1)
+    M = int(per_row.max()) if B else 0
+    if M == 0:
+        return state
+    # positions of each row's remaining tokens, padded with position 0 (masked out below)
+    order = torch.argsort((~remaining).to(torch.int8), dim=1, stable=True)[:, :M]
+    valid = torch.arange(M, device=state.device)[None, :] < per_row[:, None]
+    pos = torch.where(valid, order, torch.zeros_like(order))
+    rows = torch.arange(B, device=state.device)[:, None]
+    x = state[rows, pos]  # (B, M, C)
+    cos, sin = attn._rope(T, state.device)
+    k = attn.wk(state).view(B, T, H, D).transpose(1, 2)
+    v = attn.wv(state).view(B, T, H, D).transpose(1, 2)
+    k = k * cos + rotate_half(k) * sin
+    q = attn.wq(x).view(B, M, H, D).transpose(1, 2)
+    qc, qs = cos[pos][:, None], sin[pos][:, None]  # (B, 1, M, D)
+    q = q * qc + rotate_half(q) * qs
+    allowed = torch.arange(T, device=state.device)[None, None, :] <= pos[:, :, None]
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    x = block.norm1(x + attn.wo(y.transpose(1, 2).reshape(B, M, C)))
+    x = block.norm2(x + block.ffn(x))
+    out = state.clone()
+    out[rows.expand(B, M)[valid], pos[valid]] = x[valid]
+    return out
+
+
+# -- routing a batch -----------------------------------------------------------------------
+
+@dataclass
+class ExitPass:
+    """Every token at one exit: (tokens, dim) hidden states and statistics, in batch order;
+    `reaching` marks the tokens no earlier exit let go (None: every token)."""
+
+    hidden: torch.Tensor
+    stats: ExitStats
+    reaching: Optional[torch.Tensor] = None
+
+
+@dataclass
+class FirstExit:
+    """One batch's states at the first exit (B, T, dim), and optionally every token's
+    statistics there: whatever the thresholds, they are the same, so a sweep or a stage
+    whose first exit is frozen computes them once."""
+
+    hidden: torch.Tensor
+    stats: Optional[ExitStats] = None
+
+
+@dataclass
+class RoutedTokens:
+    """Per token of one batch: the exit it left at, its NLL and correctness there, and its
+    hidden state at that exit (so logits = head(hidden)). `every_exit`: when computed, every
+    token's states and statistics at each exit."""
+
+    exit_index: torch.Tensor  # (N,) long
+    nll: torch.Tensor  # (N,)
+    correct: torch.Tensor  # (N,) bool
+    hidden: torch.Tensor  # (N, dim)
+    every_exit: list = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n: int, dim: int, last: int, device) -> "RoutedTokens":
+        return cls(torch.full((n,), last, dtype=torch.long, device=device),
+                   torch.empty(n, device=device), torch.empty(n, dtype=torch.bool, device=device),
+                   torch.empty(n, dim, device=device))
+
+    def leave(self, rows: torch.Tensor, e: int, stats: ExitStats, hidden: torch.Tensor):
+        self.nll[rows], self.correct[rows], self.hidden[rows] = stats.nll, stats.correct, hidden
+        self.exit_index[rows] = e
+
+
+def _only(stats: ExitStats, rows: torch.Tensor) -> ExitStats:
+    return ExitStats(stats.nll[rows], stats.confidence[rows], stats.correct[rows])
+
+
+def _first_stats(first: Optional[FirstExit], e: int) -> Optional[ExitStats]:
+    return first.stats if e == 0 and first is not None else None
+
+
+@torch.no_grad()
+def route_everything(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
+                     first: Optional[FirstExit] = None, every_exit: bool = False
+                     ) -> RoutedTokens:
+    """One batch through every block for every token (the reference routed evaluation);
+    each exit's head runs for the tokens still in the cascade, or with `every_exit` for
+    every token at every exit, kept in `every_exit` (what mining, the sweep and the bench
+    need; the decisions are the same)."""
+    weight, y = model.head.weight, y.reshape(-1)
+    n = y.numel()
+    routed = RoutedTokens.empty(n, weight.shape[1], cascade.last, y.device)
+    remaining_rows = torch.arange(n, device=y.device)
+    remaining = torch.ones(n, dtype=torch.bool, device=y.device)
+    for e, exit in enumerate(cascade.exits):
+        if e == 0:
+            h = first.hidden if first is not None else model.hidden(x, stop=exit.layer)
+        else:
+            h = advance(model, h, cascade.exits[e - 1].layer, exit.layer, exit.mode,
+                        remaining.view(x.shape))
+        everyone = _first_stats(first, e)
+        if everyone is None and every_exit:
+            everyone = exit_stats(h.reshape(n, -1), weight, y)
+        if every_exit:
+            routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
+        flat = h.reshape(n, -1)[remaining_rows]
+        s = exit_stats(flat, weight, y[remaining_rows]) if everyone is None else \
+            _only(everyone, remaining_rows)
+        leave = exit.decide(flat, s) if e < cascade.last else \
+            torch.ones_like(s.confidence, dtype=torch.bool)
+        rows = remaining_rows[leave]
+        routed.leave(rows, e, _only(s, leave), flat[leave])
+        remaining[rows] = False
+        remaining_rows = remaining_rows[~leave]
+    return routed
+
+
+@torch.no_grad()
+def early_exit(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
+               first: Optional[FirstExit] = None) -> RoutedTokens:
+    """One batch (B, T) of token ids through the cascade, computing only what the decision
+    needs. Same exits as route_everything (tested)."""
+    weight, y = model.head.weight, y.reshape(-1)
+    n = y.numel()
+    state = first.hidden if first is not None else model.hidden(x, stop=cascade.layers[0])
+    C = state.shape[-1]
+    routed = RoutedTokens.empty(n, C, cascade.last, x.device)
+    remaining_rows = torch.arange(n, device=x.device)
+    for e, exit in enumerate(cascade.exits):
+        if e > 0:
+            state = advance_needed(model, state, cascade.exits[e - 1].layer, exit.layer,
+                                   exit.mode, remaining_rows)
+        flat = state.reshape(n, C)[remaining_rows]
+        targets = y[remaining_rows]
+        if e == cascade.last:
+            routed.leave(remaining_rows, e, exit_stats(flat, weight, targets), flat)
+            break
+        if exit.classifier is not None:
+            leave = exit.decide(flat, None)
+            s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only
+        else:
+            s = _first_stats(first, e)
+            s = exit_stats(flat, weight, targets) if s is None else s
+            leave = exit.decide(flat, s)
+            s = _only(s, leave)
+        routed.leave(remaining_rows[leave], e, s, flat[leave])
+        remaining_rows = remaining_rows[~leave]
+    return routed
