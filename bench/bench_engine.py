@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ashem_engine.cascade import Cascade
 from ashem_engine.data import load_corpus
+from ashem_engine.evaluation import evaluate
 from ashem_engine.head import head_loss
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import evaluate
 from ashem_engine.settings import DataSettings, Settings
 from ashem_engine.stages import make_optimizer
 
@@ -111,7 +112,7 @@ def bench(corpus, threads: int, n: int, naive: bool) -> dict:
                     F.cross_entropy(logits.reshape(-1, vocab), sub.y[b].reshape(-1))
     else:
         def routed(_):
-            evaluate(grown, sub, [2, 4], [threshold])
+            evaluate(grown, sub, Cascade.of([2, 4], [threshold]))
     t3 = timed(routed, 1, warmup=1)
     evaluation = k * val.y[0].numel() / t3
     return {"threads": threads, "naive": naive, "stage1_train_tok_s": round(stage1),

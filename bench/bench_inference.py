@@ -1,5 +1,5 @@
 """Inference speed: the 2-layer model, the plain 4-layer model, the routed model computing
-everything, and the real early exit (inference.py), on the report split of a finished run.
+everything, and the real early exit (cascade.py), on the report split of a finished run.
 
     python bench/bench_inference.py RUN_DIR [--data DIR] [--device cpu|cuda] [--batches N]
                                     [--repeats R] [--threads T] [--json FILE]
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from ashem_engine.costs import CLASSIFIER, SOFTMAX, CostModel
+from ashem_engine.cascade import Cascade, early_exit, route_everything
+from ashem_engine.costs import CostModel
 from ashem_engine.data import load_corpus
 from ashem_engine.head import exit_stats
-from ashem_engine.inference import early_exit
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import route_everything
+from ashem_engine.names import CLASSIFIER, SOFTMAX
 from ashem_engine.rundir import load_checkpoint
 from ashem_engine.run import choose_threads
 from ashem_engine.settings import settings_from_dict
@@ -107,13 +107,12 @@ def main() -> int:
     paths = [(f"{exit_layers[0]}-layer model (stage 1)", plain(base), None, None),
              (f"{exit_layers[-1]}-layer model, no exit", plain(model), None, None)]
     for signal, (thresholds, clf) in signals.items():
+        cascade = Cascade.of(exit_layers, thresholds, modes, clf)
         paths.append((f"routed, compute everything ({signal})",
-                      lambda x, y, t=thresholds, c=clf: route_everything(
-                          model, x, y, exit_layers, t, modes, c, all_heads=True),
+                      lambda x, y, c=cascade: route_everything(model, c, x, y, every_exit=True),
                       signal, "everything"))
         paths.append((f"real early exit ({signal})",
-                      lambda x, y, t=thresholds, c=clf: early_exit(
-                          model, x, y, exit_layers, t, modes, c), signal, "real"))
+                      lambda x, y, c=cascade: early_exit(model, c, x, y), signal, "real"))
 
     tokens = report.tokens
     seq_len = report.x.shape[-1]
