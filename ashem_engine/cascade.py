@@ -42,10 +42,6 @@ class Exit:
     threshold: Optional[float] = None  # every exit but the last
     classifier: Optional[ExitClassifier] = None  # the signal; max-softmax when None
 
-    @property
-    def signal(self) -> str:
-        return SOFTMAX if self.classifier is None else CLASSIFIER
-
     def decide(self, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
         """Which of these tokens leave here, from their (N, dim) states or statistics."""
         scores = stats.confidence if self.classifier is None else self.classifier.score(hidden)
@@ -96,7 +92,7 @@ class Cascade:
 
     @property
     def signal(self) -> str:
-        return self.exits[0].signal
+        return SOFTMAX if self.classifiers is None else CLASSIFIER
 
     @property
     def last(self) -> int:
@@ -109,9 +105,8 @@ class Cascade:
         return all(m == SEQUENCE for m in self.modes) and self.classifiers is None
 
     def first(self, n: int) -> "Cascade":
-        """The first n exits; the n-th becomes the last."""
-        return Cascade(self.exits[: n - 1] + (replace(self.exits[n - 1], threshold=None,
-                                                          classifier=None),))
+        """The first n exits; the n-th becomes the last (its threshold goes unused)."""
+        return Cascade(self.exits[:n])
 
     def with_thresholds(self, thresholds: Sequence[float]) -> "Cascade":
         return Cascade.of(self.layers, thresholds, self.modes, self.classifiers)
@@ -226,29 +221,24 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
 
 @dataclass
 class ExitPass:
-    """Every token at one exit: (tokens, dim) hidden states and statistics, in batch order;
-    `reaching` marks the tokens no earlier exit let go (None: every token)."""
-
-    hidden: torch.Tensor
-    stats: ExitStats
-    reaching: Optional[torch.Tensor] = None
-
-
-@dataclass
-class FirstExit:
-    """One batch's states at the first exit (B, T, dim), and optionally every token's
-    statistics there: whatever the thresholds, they are the same, so a sweep or a stage
-    whose first exit is frozen computes them once."""
+    """Every token of a batch or a split at one exit, in batch order: (tokens, dim) hidden
+    states and their statistics; `reaching` marks the tokens no earlier exit let go (None:
+    every token). A known first exit (frozen, or shared by a sweep's thresholds) is one."""
 
     hidden: torch.Tensor
     stats: Optional[ExitStats] = None
+    reaching: Optional[torch.Tensor] = None
+
+    def rows(self, rows: slice) -> "ExitPass":
+        stats = None if self.stats is None else self.stats[rows]
+        return ExitPass(self.hidden[rows], stats)
 
 
 @dataclass
 class RoutedTokens:
     """Per token of one batch: the exit it left at, its NLL and correctness there, and its
-    hidden state at that exit (so logits = head(hidden)). `every_exit`: when computed, every
-    token's states and statistics at each exit."""
+    hidden state at that exit (so logits = head(hidden)). `every_exit`: when computed, an
+    ExitPass per exit."""
 
     exit_index: torch.Tensor  # (N,) long
     nll: torch.Tensor  # (N,)
@@ -267,45 +257,44 @@ class RoutedTokens:
         self.exit_index[rows] = e
 
 
-def _only(stats: ExitStats, rows: torch.Tensor) -> ExitStats:
-    return ExitStats(stats.nll[rows], stats.confidence[rows], stats.correct[rows])
-
-
-def _first_stats(first: Optional[FirstExit], e: int) -> Optional[ExitStats]:
-    return first.stats if e == 0 and first is not None else None
+def _start(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor,
+           first: Optional[ExitPass]) -> tuple[torch.Tensor, Optional[ExitStats]]:
+    """(B, T, dim) states at the first exit and, when known, every token's statistics."""
+    if first is None:
+        return model.hidden(x, stop=cascade.layers[0]), None
+    return first.hidden.view(*x.shape, -1), first.stats
 
 
 @torch.no_grad()
 def route_everything(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
-                     first: Optional[FirstExit] = None, every_exit: bool = False
+                     first: Optional[ExitPass] = None, every_exit: bool = False
                      ) -> RoutedTokens:
     """One batch through every block for every token (the reference routed evaluation);
     each exit's head runs for the tokens still in the cascade, or with `every_exit` for
-    every token at every exit, kept in `every_exit` (what mining, the sweep and the bench
-    need; the decisions are the same)."""
+    every token at every exit, each kept as an ExitPass (what mining, the sweep and the bench
+    need; the decisions are the same). `first`: the batch's first exit, when known."""
     weight, y = model.head.weight, y.reshape(-1)
     n = y.numel()
     routed = RoutedTokens.empty(n, weight.shape[1], cascade.last, y.device)
     remaining_rows = torch.arange(n, device=y.device)
     remaining = torch.ones(n, dtype=torch.bool, device=y.device)
+    h, everyone = _start(model, cascade, x, first)
     for e, exit in enumerate(cascade.exits):
-        if e == 0:
-            h = first.hidden if first is not None else model.hidden(x, stop=exit.layer)
-        else:
+        if e > 0:
             h = advance(model, h, cascade.exits[e - 1].layer, exit.layer, exit.mode,
                         remaining.view(x.shape))
-        everyone = _first_stats(first, e)
+            everyone = None
         if everyone is None and every_exit:
             everyone = exit_stats(h.reshape(n, -1), weight, y)
         if every_exit:
             routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
         flat = h.reshape(n, -1)[remaining_rows]
         s = exit_stats(flat, weight, y[remaining_rows]) if everyone is None else \
-            _only(everyone, remaining_rows)
+            everyone[remaining_rows]
         leave = exit.decide(flat, s) if e < cascade.last else \
             torch.ones_like(s.confidence, dtype=torch.bool)
         rows = remaining_rows[leave]
-        routed.leave(rows, e, _only(s, leave), flat[leave])
+        routed.leave(rows, e, s[leave], flat[leave])
         remaining[rows] = False
         remaining_rows = remaining_rows[~leave]
     return routed
@@ -313,12 +302,12 @@ def route_everything(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: t
 
 @torch.no_grad()
 def early_exit(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
-               first: Optional[FirstExit] = None) -> RoutedTokens:
+               first: Optional[ExitPass] = None) -> RoutedTokens:
     """One batch (B, T) of token ids through the cascade, computing only what the decision
     needs. Same exits as route_everything (tested)."""
     weight, y = model.head.weight, y.reshape(-1)
     n = y.numel()
-    state = first.hidden if first is not None else model.hidden(x, stop=cascade.layers[0])
+    state, known = _start(model, cascade, x, first)
     C = state.shape[-1]
     routed = RoutedTokens.empty(n, C, cascade.last, x.device)
     remaining_rows = torch.arange(n, device=x.device)
@@ -335,10 +324,9 @@ def early_exit(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.T
             leave = exit.decide(flat, None)
             s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only
         else:
-            s = _first_stats(first, e)
-            s = exit_stats(flat, weight, targets) if s is None else s
+            s = exit_stats(flat, weight, targets) if e or known is None else known
             leave = exit.decide(flat, s)
-            s = _only(s, leave)
+            s = s[leave]
         routed.leave(remaining_rows[leave], e, s, flat[leave])
         remaining_rows = remaining_rows[~leave]
     return routed

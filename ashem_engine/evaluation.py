@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .cascade import Cascade, FirstExit, early_exit, route_everything
+from .cascade import Cascade, ExitPass, early_exit, route_everything
 from .costs import spec_cost
 from .data import Batches
 from .model import EarlyExitLM
@@ -71,19 +71,20 @@ class Tally:
 @torch.no_grad()
 def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
              check: Optional[Callable[[], None]] = None,
-             first: Optional[Sequence[FirstExit]] = None) -> Evaluation:
+             first: Optional[ExitPass] = None) -> Evaluation:
     """Routed evaluation over a split; with one exit it is plain evaluation. The real early
     exit where it does the same arithmetic as computing everything, else computing
-    everything. `first`: each batch's first-exit states (and statistics) when they are known,
-    such as a frozen first stage's. `check()` runs before every batch."""
+    everything. `first`: the split's first exit when it is known (a frozen first stage's
+    states, a sweep's states and statistics). `check()` runs before every batch."""
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
     route = early_exit if cascade.routed_sparsely_exact else route_everything
-    tally = Tally(cascade)
+    tally, n = Tally(cascade), batches.y[0].numel()
     for i in range(len(batches)):
         if check:
             check()
-        r = route(model, cascade, batches.x[i], batches.y[i],
-                  None if first is None else first[i])
-        tally.add(r.exit_index, r.nll, r.correct, r.nll.numel())
+        known = None if first is None else first.rows(slice(i * n, (i + 1) * n))
+        r = route(model, cascade, batches.x[i], batches.y[i], known)
+        tally.add(r.exit_index, r.nll, r.correct, n)
     return tally.evaluation(model, batches.x.shape[-1])
+

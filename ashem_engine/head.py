@@ -84,6 +84,16 @@ class ExitStats:
     def __len__(self) -> int:
         return self.nll.shape[0]
 
+    def __getitem__(self, rows) -> "ExitStats":
+        """The statistics of some tokens: an index, a mask or a slice."""
+        return ExitStats(self.nll[rows], self.confidence[rows], self.correct[rows])
+
+    @staticmethod
+    def cat(parts: list) -> "ExitStats":
+        return ExitStats(torch.cat([p.nll for p in parts]),
+                         torch.cat([p.confidence for p in parts]),
+                         torch.cat([p.correct for p in parts]))
+
 
 @torch.no_grad()
 def exit_stats(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

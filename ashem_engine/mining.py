@@ -41,22 +41,19 @@ class MiningResult:
 @torch.no_grad()
 def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
               check: Optional[Callable[[], None]] = None) -> ExitPass:
-    """Every token of a split up to the cascade's last exit, computing everything. The
-    earlier exits route as at inference, and `reaching` marks the tokens they did not let
-    go (None with a single exit). `check()` runs before every batch."""
-    hidden, nll, confidence, correct, reaching = [], [], [], [], []
+    """Every token of a split at the cascade's last exit, computing everything. The earlier
+    exits route as at inference; `reaching` marks the tokens they did not let go (None with
+    a single exit). `check()` runs before every batch."""
+    passes, reaching = [], []
     for i in range(len(batches)):
         if check:
             check()
         routed = route_everything(model, cascade, batches.x[i], batches.y[i], every_exit=True)
-        at_exit = routed.every_exit[-1]
-        hidden.append(at_exit.hidden)
-        nll.append(at_exit.stats.nll)
-        confidence.append(at_exit.stats.confidence)
-        correct.append(at_exit.stats.correct)
+        passes.append(routed.every_exit[-1])
         reaching.append(routed.exit_index == cascade.last)
-    stats = ExitStats(torch.cat(nll), torch.cat(confidence), torch.cat(correct))
-    return ExitPass(torch.cat(hidden), stats, torch.cat(reaching) if cascade.last else None)
+    return ExitPass(torch.cat([p.hidden for p in passes]),
+                    ExitStats.cat([p.stats for p in passes]),
+                    torch.cat(reaching) if cascade.last else None)
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .cascade import Cascade, FirstExit, advance
+from .cascade import Cascade, ExitPass, advance
 from .control import RunControl
 from .data import Batches
 from .evaluation import Evaluation, evaluate
@@ -68,7 +68,7 @@ class StageTask:
         self.validation = validation
         self.cascade = cascade
         self.hard = hard
-        self._first_exits: Optional[list[FirstExit]] = None
+        self._first_exit: Optional[ExitPass] = None  # when its blocks are frozen
 
     @property
     def hard_from_layer(self) -> int:
@@ -88,14 +88,15 @@ class StageTask:
     # -- validation ----------------------------------------------------------------------
     def validate(self, check: Callable[[], None]) -> Evaluation:
         first_layer = self.cascade.layers[0]
-        if self.cascade.last and self._first_exits is None and \
+        if self.cascade.last and self._first_exit is None and \
                 not any(p.requires_grad for p in self.model.layers[:first_layer]
                         .parameters()) and not self.model.embedding.weight.requires_grad:
             # The first exit's blocks are frozen: their hidden states never change.
             with torch.no_grad():
-                self._first_exits = [FirstExit(self.model.hidden(x, stop=first_layer))
-                                     for x in self.validation.x]
-        return evaluate(self.model, self.validation, self.cascade, check, self._first_exits)
+                self._first_exit = ExitPass(torch.cat([
+                    self.model.hidden(x, stop=first_layer).reshape(x.numel(), -1)
+                    for x in self.validation.x]))
+        return evaluate(self.model, self.validation, self.cascade, check, self._first_exit)
 
     @torch.no_grad()
     def hard_ppl(self) -> Optional[float]:

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .cascade import Cascade, FirstExit, route_everything
+from .cascade import Cascade, route_everything
 from .costs import CostModel
 from .data import Batches
 from .evaluation import Evaluation, Tally, evaluate
@@ -77,18 +77,16 @@ class EveryExitTable:
                  check: Optional[Callable[[], None]] = None):
         self.model, self.seq_len = model, batches.x.shape[-1]
         self.batch_tokens = batches.y[0].numel()
-        classifiers = cascade.classifiers or []
-        per_batch, scores = [], []
+        stats, scores = [], []
         for i in range(len(batches)):
             if check:
                 check()
-            routed = route_everything(model, cascade.with_classifiers(None), batches.x[i],
-                                      batches.y[i], every_exit=True)
-            per_batch.append([p.stats for p in routed.every_exit])
-            scores.append([c.score(p.hidden) for c, p in zip(classifiers, routed.every_exit)])
-        self.stats = [ExitStats(*(torch.cat([getattr(b[e], f) for b in per_batch])
-                                  for f in ("nll", "confidence", "correct")))
-                      for e in range(len(cascade.exits))]
+            passes = route_everything(model, cascade.with_classifiers(None), batches.x[i],
+                                      batches.y[i], every_exit=True).every_exit
+            stats.append([p.stats for p in passes])
+            scores.append([c.score(p.hidden)
+                           for c, p in zip(cascade.classifiers or [], passes)])
+        self.stats = [ExitStats.cat(per_exit) for per_exit in zip(*stats)]
         self.scores = {SOFTMAX: [s.confidence for s in self.stats[:-1]],
                        CLASSIFIER: [torch.cat(per_exit) for per_exit in zip(*scores)]}
 
@@ -99,27 +97,6 @@ class EveryExitTable:
         tally = Tally(cascade)
         tally.add(chosen, nll, correct, self.batch_tokens)
         return tally.evaluation(self.model, self.seq_len)
-
-
-class FirstExitCache:
-    """A split's first-exit states and statistics, which no threshold changes: each
-    threshold then runs only the layers above and their heads."""
-
-    def __init__(self, model: EarlyExitLM, batches: Batches, cascade: Cascade,
-                 check: Optional[Callable[[], None]] = None):
-        self.model, self.batches, self.check = model, batches, check
-        self.first = []
-        for i in range(len(batches)):
-            if check:
-                check()
-            routed = route_everything(model, cascade.first(1), batches.x[i], batches.y[i],
-                                      every_exit=True)
-            at_exit = routed.every_exit[0]
-            self.first.append(FirstExit(at_exit.hidden.view(*batches.x[i].shape, -1),
-                                        at_exit.stats))
-
-    def evaluate(self, cascade: Cascade) -> Evaluation:
-        return evaluate(self.model, self.batches, cascade, self.check, self.first)
 
 
 def point(evaluation: Evaluation, costs: CostModel, plain: float,
@@ -142,9 +119,11 @@ def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade
     """One series per signal: a point per quantile, on the report split."""
     first = exit_pass(model, mining, cascade.first(1), check)
     if PROPAGATED not in cascade.modes:
-        routes = EveryExitTable(model, report, cascade.with_classifiers(classifiers), check)
-    else:
-        routes = FirstExitCache(model, report, cascade, check)
+        evaluate_at = EveryExitTable(model, report, cascade.with_classifiers(classifiers),
+                                     check).evaluate
+    else:  # the first exit does not depend on the thresholds: computed once
+        known = exit_pass(model, report, cascade.first(1), check)
+        evaluate_at = lambda c: evaluate(model, report, c, check, known)  # noqa: E731
     series = []
     for signal in signals:
         signalled = cascade.with_classifiers(classifiers if signal == CLASSIFIER else None)
@@ -154,7 +133,7 @@ def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade
         out = []
         for q in sweep_quantiles(points):
             calibrated = calibrate(model, mining, signalled, q, first_scores, check)
-            out.append(point(routes.evaluate(calibrated), costs, costs.plain(), q))
+            out.append(point(evaluate_at(calibrated), costs, costs.plain(), q))
         name = "max-softmax" if signal == SOFTMAX else "exit classifier"
         series.append({"name": f"ASHEM · {name}", "kind": "sweep", "signal": signal,
                        "points": out})

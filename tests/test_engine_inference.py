@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ashem_engine.cascade import Cascade, early_exit, route_everything, sparse_block
+from ashem_engine.cascade import (Cascade, ExitPass, early_exit, route_everything,
+                                   sparse_block)
 from ashem_engine.head import exit_stats
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.names import PROPAGATED, SEQUENCE, TOKEN
@@ -116,11 +117,10 @@ def test_every_exit_changes_the_work_not_the_result():
 
 @pytest.mark.parametrize("mode", [TOKEN, PROPAGATED, SEQUENCE])
 def test_a_known_first_exit_changes_the_work_not_the_result(mode):
-    from ashem_engine.cascade import FirstExit
     model, x, y = setup(4)
     thresholds, h2, _ = median_thresholds(model, x, y, [2, 4])
     cascade = Cascade.of([2, 4], thresholds, (mode,))
-    first = FirstExit(h2.view(*x.shape, -1), exit_stats(h2, model.head.weight, y))
+    first = ExitPass(h2, exit_stats(h2, model.head.weight, y))
     for route in (route_everything, early_exit):
         a, b = route(model, cascade, x, y), route(model, cascade, x, y, first)
         assert torch.equal(a.exit_index, b.exit_index) and torch.equal(a.nll, b.nll)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ashem_engine.data import Batches
 from ashem_engine.model import EarlyExitLM, block_macs_per_token, head_macs_per_token
-from ashem_engine.cascade import Cascade, FirstExit
+from ashem_engine.cascade import Cascade, ExitPass
 from ashem_engine.costs import spec_cost
 from ashem_engine.evaluation import Evaluation, evaluate
 from ashem_engine.settings import ModelSettings
@@ -132,7 +132,8 @@ def test_evaluate_two_exits_equals_brute_force():
         (4 * block + head + (1 - n_shallow / 96) * head) / (4 * block + head))
 
     # the frozen first exit's hidden states, computed once, give the same result
-    first = [FirstExit(model.hidden(batches.x[i], stop=2)) for i in range(3)]
+    first = ExitPass(torch.cat([model.hidden(x, stop=2).reshape(-1, CFG.dim)
+                                for x in batches.x]))
     cached = evaluate(model, batches, Cascade.of([2, 4], [tau]), first=first)
     assert cached.nll_sum == pytest.approx(result.nll_sum, rel=1e-6)
     assert (cached.correct, cached.exit_counts) == (result.correct, result.exit_counts)
