@@ -167,21 +167,19 @@ def advance_needed(model: EarlyExitLM, state: torch.Tensor, start: int, stop: in
                    remaining_rows: torch.Tensor) -> torch.Tensor:
     """As advance, computing only what the tokens at `remaining_rows` (flat indices into
     B × T) need; the others' states are left as they are, or under SEQUENCE as advance's."""
+    if mode not in (TOKEN, PROPAGATED):
+        return advance(model, state, start, stop, mode)
     B, T, C = state.shape
     n = B * T
     if mode == TOKEN:
         deep = state.reshape(n, C)[remaining_rows][:, None, :]
         deep = model.run_layers(deep, start, stop)[:, 0, :]
         return state.reshape(n, C).index_copy(0, remaining_rows, deep).view(B, T, C)
-    if mode == PROPAGATED:
-        remaining = torch.zeros(n, dtype=torch.bool, device=state.device)
-        remaining[remaining_rows] = True
-        for block in model.layers[start:stop]:
-            state = sparse_block(block, state, remaining.view(B, T))
-        return state
-    if mode == SEQUENCE:
-        return model.run_layers(state, start, stop)
-    raise ValueError(f"unknown inference mode {mode!r}")
+    remaining = torch.zeros(n, dtype=torch.bool, device=state.device)
+    remaining[remaining_rows] = True
+    for block in model.layers[start:stop]:
+        state = sparse_block(block, state, remaining.view(B, T))
+    return state
 
 
 def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
@@ -257,76 +255,50 @@ class RoutedTokens:
         self.exit_index[rows] = e
 
 
-def _start(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor,
-           first: Optional[ExitPass]) -> tuple[torch.Tensor, Optional[ExitStats]]:
-    """(B, T, dim) states at the first exit and, when known, every token's statistics."""
-    if first is None:
-        return model.hidden(x, stop=cascade.layers[0]), None
-    return first.hidden.view(*x.shape, -1), first.stats
-
-
 @torch.no_grad()
-def route_everything(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
-                     first: Optional[ExitPass] = None, every_exit: bool = False
-                     ) -> RoutedTokens:
-    """One batch through every block for every token (the reference routed evaluation);
-    each exit's head runs for the tokens still in the cascade, or with `every_exit` for
-    every token at every exit, each kept as an ExitPass (what mining, the sweep and the bench
-    need; the decisions are the same). `first`: the batch's first exit, when known."""
+def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
+          first: Optional[ExitPass] = None, only_needed: bool = False,
+          every_exit: bool = False) -> RoutedTokens:
+    """One batch (B, T) of token ids through the cascade. By default every block runs for
+    every token (the reference) and each exit's head for the tokens still in the cascade;
+    `every_exit`: also every token's head at every exit, each exit kept as an ExitPass (what
+    mining, the sweep's table and the bench need). `only_needed`: the real early exit, which
+    computes only what the decision needs and gives the same exits (tested). `first`: the
+    batch's first exit, when known."""
+    if only_needed and every_exit:
+        raise ValueError("every exit's statistics need every token computed")
     weight, y = model.head.weight, y.reshape(-1)
     n = y.numel()
     routed = RoutedTokens.empty(n, weight.shape[1], cascade.last, y.device)
     remaining_rows = torch.arange(n, device=y.device)
-    remaining = torch.ones(n, dtype=torch.bool, device=y.device)
-    h, everyone = _start(model, cascade, x, first)
+    remaining = None if only_needed else torch.ones(n, dtype=torch.bool, device=y.device)
+    h, everyone = (model.hidden(x, stop=cascade.layers[0]), None) if first is None else \
+        (first.hidden.view(*x.shape, -1), first.stats)
     for e, exit in enumerate(cascade.exits):
         if e > 0:
-            h = advance(model, h, cascade.exits[e - 1].layer, exit.layer, exit.mode,
-                        remaining.view(x.shape))
+            start = cascade.exits[e - 1].layer
+            h = advance_needed(model, h, start, exit.layer, exit.mode, remaining_rows) \
+                if only_needed else advance(model, h, start, exit.layer, exit.mode,
+                                            remaining.view(x.shape))
             everyone = None
-        if everyone is None and every_exit:
-            everyone = exit_stats(h.reshape(n, -1), weight, y)
         if every_exit:
+            everyone = exit_stats(h.reshape(n, -1), weight, y) if everyone is None else everyone
             routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
-        flat = h.reshape(n, -1)[remaining_rows]
-        s = exit_stats(flat, weight, y[remaining_rows]) if everyone is None else \
-            everyone[remaining_rows]
-        leave = exit.decide(flat, s) if e < cascade.last else \
-            torch.ones_like(s.confidence, dtype=torch.bool)
-        rows = remaining_rows[leave]
-        routed.leave(rows, e, s[leave], flat[leave])
-        remaining[rows] = False
-        remaining_rows = remaining_rows[~leave]
-    return routed
-
-
-@torch.no_grad()
-def early_exit(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
-               first: Optional[ExitPass] = None) -> RoutedTokens:
-    """One batch (B, T) of token ids through the cascade, computing only what the decision
-    needs. Same exits as route_everything (tested)."""
-    weight, y = model.head.weight, y.reshape(-1)
-    n = y.numel()
-    state, known = _start(model, cascade, x, first)
-    C = state.shape[-1]
-    routed = RoutedTokens.empty(n, C, cascade.last, x.device)
-    remaining_rows = torch.arange(n, device=x.device)
-    for e, exit in enumerate(cascade.exits):
-        if e > 0:
-            state = advance_needed(model, state, cascade.exits[e - 1].layer, exit.layer,
-                                   exit.mode, remaining_rows)
-        flat = state.reshape(n, C)[remaining_rows]
-        targets = y[remaining_rows]
-        if e == cascade.last:
-            routed.leave(remaining_rows, e, exit_stats(flat, weight, targets), flat)
-            break
-        if exit.classifier is not None:
+        flat, targets = h.reshape(n, -1)[remaining_rows], y[remaining_rows]
+        if only_needed and exit.classifier is not None and e < cascade.last:
             leave = exit.decide(flat, None)
             s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only
         else:
-            s = exit_stats(flat, weight, targets) if e or known is None else known
+            s = exit_stats(flat, weight, targets) if everyone is None else \
+                everyone[remaining_rows]
+            if e == cascade.last:  # the last exit takes everyone left
+                routed.leave(remaining_rows, e, s, flat)
+                break
             leave = exit.decide(flat, s)
             s = s[leave]
-        routed.leave(remaining_rows[leave], e, s, flat[leave])
+        rows = remaining_rows[leave]
+        routed.leave(rows, e, s, flat[leave])
+        if remaining is not None:
+            remaining[rows] = False
         remaining_rows = remaining_rows[~leave]
     return routed

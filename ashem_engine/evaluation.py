@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .cascade import Cascade, ExitPass, early_exit, route_everything
+from .cascade import Cascade, ExitPass, route
 from .costs import spec_cost
 from .data import Batches
 from .model import EarlyExitLM
@@ -78,13 +78,13 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     states, a sweep's states and statistics). `check()` runs before every batch."""
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
-    route = early_exit if cascade.routed_sparsely_exact else route_everything
     tally, n = Tally(cascade), batches.y[0].numel()
     for i in range(len(batches)):
         if check:
             check()
         known = None if first is None else first.rows(slice(i * n, (i + 1) * n))
-        r = route(model, cascade, batches.x[i], batches.y[i], known)
+        r = route(model, cascade, batches.x[i], batches.y[i], known,
+                  only_needed=cascade.routed_sparsely_exact)
         tally.add(r.exit_index, r.nll, r.correct, n)
     return tally.evaluation(model, batches.x.shape[-1])
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .cascade import Cascade, ExitPass, route_everything
+from .cascade import Cascade, ExitPass, route
 from .data import Batches, Vocabulary
 from .head import ExitStats
 from .model import EarlyExitLM
@@ -48,7 +48,7 @@ def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     for i in range(len(batches)):
         if check:
             check()
-        routed = route_everything(model, cascade, batches.x[i], batches.y[i], every_exit=True)
+        routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
         passes.append(routed.every_exit[-1])
         reaching.append(routed.exit_index == cascade.last)
     return ExitPass(torch.cat([p.hidden for p in passes]),

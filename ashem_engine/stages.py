@@ -33,16 +33,9 @@ class NumericFault(Exception):
         self.where = f"stage {stage}, epoch {epoch}, batch {batch}"
 
 
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_ppl: float
-    val_ppl: float
-    val_acc: float
-    hard_ppl: Optional[float]
-    shallow_ratio: Optional[float]
-    improved: bool
-    seconds: float
+# What a stage's history keeps of each EpochEnded event.
+HISTORY_FIELDS = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio",
+                  "improved", "seconds")
 
 
 @dataclass
@@ -246,12 +239,10 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
               on_epoch_end: Optional[Callable[[dict], None]] = None,
               resume: Optional[dict] = None) -> StageOutcome:
     """Trains with early stopping on validation PPL (strictly lower is better), restores the
-    best weights, and returns the outcome.
-
-    `on_improved(epoch, state)` runs at every new best, so the best checkpoint is on disk
-    whatever happens next; `on_epoch_end(progress)` gets everything needed to resume after
-    this epoch; `resume` is such a progress dict (plus "best_state") to continue from.
-    """
+    best weights, and returns the outcome. `on_improved(epoch, state)` runs at every new
+    best, so the best checkpoint is on disk whatever happens next; `on_epoch_end(progress)`
+    gets everything needed to resume after this epoch; `resume` is such a progress dict
+    (plus "best_state") to continue from."""
     model = task.model
     optimizer = make_optimizer(model, cfg.lr, opt)
     stopping, best_state = EarlyStopping(cfg.patience), snapshot(model)
@@ -274,15 +265,14 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             best_state = snapshot(model)
             if on_improved:
                 on_improved(epoch, best_state)
-        shallow = result.exit_ratios[0] if task.cascade.last else None
-        stopping.history.append(EpochRecord(epoch, train_ppl, result.ppl, result.accuracy,
-                                            hard_ppl, shallow, improved,
-                                            round(seconds, 3)).__dict__)
-        emit(EpochEnded(stage=stage, epoch=epoch, train_ppl=train_ppl, val_ppl=result.ppl,
-                        val_acc=result.accuracy, improved=improved,
-                        patience_counter=stopping.counter, patience=cfg.patience,
-                        best_epoch=stopping.best_epoch, best_val_ppl=stopping.best_ppl,
-                        seconds=round(seconds, 3), hard_ppl=hard_ppl, shallow_ratio=shallow))
+        ended = EpochEnded(
+            stage=stage, epoch=epoch, train_ppl=train_ppl, val_ppl=result.ppl,
+            val_acc=result.accuracy, improved=improved, patience_counter=stopping.counter,
+            patience=cfg.patience, best_epoch=stopping.best_epoch,
+            best_val_ppl=stopping.best_ppl, seconds=round(seconds, 3), hard_ppl=hard_ppl,
+            shallow_ratio=result.exit_ratios[0] if task.cascade.last else None)
+        stopping.history.append({k: getattr(ended, k) for k in HISTORY_FIELDS})
+        emit(ended)
         # After the event: a kill in between repeats this epoch rather than losing it.
         if on_epoch_end:
             on_epoch_end({"epoch": epoch, "model": model.state_dict(),

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .cascade import Cascade, route_everything
+from .cascade import Cascade, route
 from .costs import CostModel
 from .data import Batches
 from .evaluation import Evaluation, Tally, evaluate
@@ -81,8 +81,8 @@ class EveryExitTable:
         for i in range(len(batches)):
             if check:
                 check()
-            passes = route_everything(model, cascade.with_classifiers(None), batches.x[i],
-                                      batches.y[i], every_exit=True).every_exit
+            passes = route(model, cascade.with_classifiers(None), batches.x[i], batches.y[i],
+                           every_exit=True).every_exit
             stats.append([p.stats for p in passes])
             scores.append([c.score(p.hidden)
                            for c, p in zip(cascade.classifiers or [], passes)])

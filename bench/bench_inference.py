@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ashem_engine.cascade import Cascade, early_exit, route_everything
+from ashem_engine.cascade import Cascade, route
 from ashem_engine.costs import CostModel
 from ashem_engine.data import load_corpus
 from ashem_engine.head import exit_stats
@@ -109,10 +109,11 @@ def main() -> int:
     for signal, (thresholds, clf) in signals.items():
         cascade = Cascade.of(exit_layers, thresholds, modes, clf)
         paths.append((f"routed, compute everything ({signal})",
-                      lambda x, y, c=cascade: route_everything(model, c, x, y, every_exit=True),
+                      lambda x, y, c=cascade: route(model, c, x, y, every_exit=True),
                       signal, "everything"))
         paths.append((f"real early exit ({signal})",
-                      lambda x, y, c=cascade: early_exit(model, c, x, y), signal, "real"))
+                      lambda x, y, c=cascade: route(model, c, x, y, only_needed=True), signal,
+                      "real"))
 
     tokens = report.tokens
     seq_len = report.x.shape[-1]

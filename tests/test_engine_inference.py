@@ -1,12 +1,11 @@
 """The real early exit computes only what the decision needs, and gives the same exits,
-hidden states, logits and NLLs as computing everything (cascade.route_everything)."""
+hidden states, logits and NLLs as computing everything (both are cascade.route)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ashem_engine.cascade import (Cascade, ExitPass, early_exit, route_everything,
-                                   sparse_block)
+from ashem_engine.cascade import Cascade, ExitPass, route, sparse_block
 from ashem_engine.head import exit_stats
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.names import PROPAGATED, SEQUENCE, TOKEN
@@ -45,8 +44,8 @@ def test_real_exit_equals_compute_everything(mode, signal):
     thresholds, _, _ = median_thresholds(model, x, y, [2, 4],
                                          classifiers[0] if classifiers else None)
     cascade = Cascade.of([2, 4], thresholds, (mode,), classifiers)
-    full = route_everything(model, cascade, x, y)
-    real = early_exit(model, cascade, x, y)
+    full = route(model, cascade, x, y)
+    real = route(model, cascade, x, y, only_needed=True)
     assert torch.equal(full.exit_index, real.exit_index)
     counts = torch.bincount(real.exit_index, minlength=2)
     assert counts.min() > 0  # both exits are used: the comparison is not vacuous
@@ -66,8 +65,8 @@ def test_real_exit_equals_compute_everything_three_exits(mode):
                     y).confidence
     thresholds = [float(c2.quantile(0.6)), float(c4.quantile(0.5))]
     cascade = Cascade.of([2, 4, 6], thresholds, (mode, mode))
-    full = route_everything(model, cascade, x, y)
-    real = early_exit(model, cascade, x, y)
+    full = route(model, cascade, x, y)
+    real = route(model, cascade, x, y, only_needed=True)
     assert torch.equal(full.exit_index, real.exit_index)
     assert torch.bincount(real.exit_index, minlength=3).min() > 0
     torch.testing.assert_close(real.hidden, full.hidden, atol=1e-5, rtol=1e-5)
@@ -78,8 +77,9 @@ def test_token_mode_is_not_sequence_mode():
     """Upper layers over single tokens differ from over sequences: the modes matter."""
     model, x, y = setup(4)
     thresholds, _, _ = median_thresholds(model, x, y, [2, 4])
-    token = early_exit(model, Cascade.of([2, 4], thresholds, (TOKEN,)), x, y)
-    sequence = early_exit(model, Cascade.of([2, 4], thresholds, (SEQUENCE,)), x, y)
+    token = route(model, Cascade.of([2, 4], thresholds, (TOKEN,)), x, y, only_needed=True)
+    sequence = route(model, Cascade.of([2, 4], thresholds, (SEQUENCE,)), x, y,
+                     only_needed=True)
     deep = token.exit_index == 1
     assert not torch.allclose(token.hidden[deep], sequence.hidden[deep])
 
@@ -97,7 +97,7 @@ def test_sparse_block_all_active_is_the_block_and_none_active_changes_nothing():
 def test_propagated_exited_tokens_keep_their_state():
     model, x, y = setup(4)
     thresholds, h2, conf = median_thresholds(model, x, y, [2, 4])
-    real = early_exit(model, Cascade.of([2, 4], thresholds, (PROPAGATED,)), x, y)
+    real = route(model, Cascade.of([2, 4], thresholds, (PROPAGATED,)), x, y, only_needed=True)
     left = real.exit_index == 0
     assert torch.equal(real.hidden[left], h2[left])
 
@@ -106,8 +106,8 @@ def test_every_exit_changes_the_work_not_the_result():
     model, x, y = setup(4)
     thresholds, h2, _ = median_thresholds(model, x, y, [2, 4])
     cascade = Cascade.of([2, 4], thresholds, (TOKEN,))
-    a = route_everything(model, cascade, x, y)
-    b = route_everything(model, cascade, x, y, every_exit=True)
+    a = route(model, cascade, x, y)
+    b = route(model, cascade, x, y, every_exit=True)
     assert torch.equal(a.exit_index, b.exit_index)
     torch.testing.assert_close(a.nll, b.nll)
     assert [p.hidden.shape for p in b.every_exit] == [(48, CFG.dim)] * 2
@@ -121,8 +121,9 @@ def test_a_known_first_exit_changes_the_work_not_the_result(mode):
     thresholds, h2, _ = median_thresholds(model, x, y, [2, 4])
     cascade = Cascade.of([2, 4], thresholds, (mode,))
     first = ExitPass(h2, exit_stats(h2, model.head.weight, y))
-    for route in (route_everything, early_exit):
-        a, b = route(model, cascade, x, y), route(model, cascade, x, y, first)
+    for only_needed in (False, True):
+        a = route(model, cascade, x, y, only_needed=only_needed)
+        b = route(model, cascade, x, y, first, only_needed=only_needed)
         assert torch.equal(a.exit_index, b.exit_index) and torch.equal(a.nll, b.nll)
 
 
