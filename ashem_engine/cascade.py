@@ -1,10 +1,8 @@
 """The cascade: a token leaves at the first exit whose signal reaches its threshold; the
-last exit takes the rest. With two exits this is the spec's two-stage inference.
-
-The exit rule, advancing hidden states from one exit to the next and routing a batch live
-here and nowhere else. A batch is routed either computing everything (every block for
-every token, deciding on the way: mining, sweeps, checks) or only what the decision needs
-(the real early exit); both give the same exits (tests/test_engine_inference.py):
+last exit takes the rest (with two exits, the spec's two-stage inference). The exit rule,
+advancing hidden states between exits and routing live here and nowhere else. A batch is
+routed either computing everything (every block for every token: mining, sweeps, checks)
+or only what the decision needs (the real early exit), with the same exits (tested):
 - TOKEN mode (as trained in the token context): the deep tokens' states are gathered and run
   through the upper layers as sequences of length 1.
 - PROPAGATED mode (sequence context): an exited token keeps its exit state in the layers
@@ -13,17 +11,19 @@ every token, deciding on the way: mining, sweeps, checks) or only what the decis
 - SEQUENCE mode (the spec's evaluation): deep tokens attend to the exited tokens' real
   upper-layer keys and values, so every token runs the upper blocks; only heads are saved.
 A token that exits by max-softmax has paid one head per exit it passed; with the exit
-classifier it pays one head, at its exit.
+classifier it pays one head, at its exit. evaluate() routes a whole split.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .costs import CostModel
+from .costs import CostModel, spec_cost
+from .data import Batches
 from .head import ExitStats, exit_stats
 from .model import Block, EarlyExitLM, rotate_half
 from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
@@ -56,22 +56,17 @@ class Cascade:
     def of(cls, layers: Sequence[int], thresholds: Sequence[float] = (),
            modes: Optional[Sequence[str]] = None,
            classifiers: Optional[Sequence[ExitClassifier]] = None) -> "Cascade":
-        """From the parallel lists that run directories and events keep. `modes`: one per
-        exit after the first (default SEQUENCE); `classifiers`: one per exit before the last
-        (default max-softmax)."""
+        """From the lists that run directories and events keep. `modes`: one per exit after
+        the first (default SEQUENCE); `classifiers`: one per exit before it (max-softmax)."""
         layers, thresholds = list(layers), list(thresholds)
-        modes = list(modes) if modes is not None else [SEQUENCE] * (len(layers) - 1)
+        modes = list(modes or [SEQUENCE] * len(thresholds))
+        classifiers = (list(classifiers or []) + [None] * len(thresholds))[: len(thresholds)]
         if len(thresholds) != len(layers) - 1 or len(modes) != len(thresholds):
             raise ValueError("one threshold and one mode per exit before the last")
-        for mode in modes:
-            if mode not in MODES:
-                raise ValueError(f"unknown inference mode {mode!r}")
-        classifiers = list(classifiers or [])
-        classifiers += [None] * (len(thresholds) - len(classifiers))
-        exits = [Exit(layers[0])] + [Exit(n, m) for n, m in zip(layers[1:], modes)]
-        tested = [replace(x, threshold=t, classifier=c)
-                  for x, t, c in zip(exits, thresholds, classifiers)]
-        return cls(tuple(tested + exits[len(tested):]))
+        if not set(modes) <= set(MODES):
+            raise ValueError(f"unknown inference mode in {modes}")
+        return cls(tuple(Exit(*x) for x in zip(layers, [SEQUENCE, *modes], [*thresholds, None],
+                                                [*classifiers, None])))
 
     @property
     def layers(self) -> list:
@@ -119,8 +114,7 @@ class Cascade:
                          self.modes, self.signal)
 
     def choose(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Exit index per token (0-based) from every token's signal at each exit before the
-        last, computed beforehand (a sweep's table)."""
+        """Exit index per token from its signal at each exit but the last, known beforehand."""
         if len(scores) != self.last:
             raise ValueError("one score tensor per exit before the last")
         n = scores[0].numel() if scores else 0
@@ -134,9 +128,8 @@ class Cascade:
 
 
 def inference_modes(stages: Sequence, inference: str) -> tuple:
-    """How the layers of each stage after the first run at inference: the spec evaluates
-    them over whole sequences whatever they were trained on; "as_trained" runs them the way
-    their stage's context trained them."""
+    """How the layers of each stage after the first run at inference: the spec's way, over
+    whole sequences; or "as_trained", the way their stage's context trained them."""
     if inference == SPEC:
         return tuple(SEQUENCE for _ in stages[1:])
     return tuple(TOKEN if st.context == "token" else PROPAGATED for st in stages[1:])
@@ -220,23 +213,18 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
 @dataclass
 class ExitPass:
     """Every token of a batch or a split at one exit, in batch order: (tokens, dim) hidden
-    states and their statistics; `reaching` marks the tokens no earlier exit let go (None:
+    states and their statistics; `remaining` marks the tokens no earlier exit let go (None:
     every token). A known first exit (frozen, or shared by a sweep's thresholds) is one."""
 
     hidden: torch.Tensor
     stats: Optional[ExitStats] = None
-    reaching: Optional[torch.Tensor] = None
-
-    def rows(self, rows: slice) -> "ExitPass":
-        stats = None if self.stats is None else self.stats[rows]
-        return ExitPass(self.hidden[rows], stats)
+    remaining: Optional[torch.Tensor] = None
 
 
 @dataclass
 class RoutedTokens:
     """Per token of one batch: the exit it left at, its NLL and correctness there, and its
-    hidden state at that exit (so logits = head(hidden)). `every_exit`: when computed, an
-    ExitPass per exit."""
+    hidden state at that exit (so logits = head(hidden)); `every_exit`: an ExitPass per exit."""
 
     exit_index: torch.Tensor  # (N,) long
     nll: torch.Tensor  # (N,)
@@ -302,3 +290,83 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
             remaining[rows] = False
         remaining_rows = remaining_rows[~leave]
     return routed
+
+
+# -- a split through the cascade -----------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    tokens: int
+    nll_sum: float
+    correct: int
+    exit_layers: list
+    exit_counts: list
+    spec_cost: float  # averaged per batch, as the reference does
+    honest_cost: float
+    thresholds: list = field(default_factory=list)
+    macs_per_token: float = 0.0  # what honest_cost is relative to: absolute, per token
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll_sum / self.tokens)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.tokens
+
+    @property
+    def exit_ratios(self) -> list:
+        return [c / self.tokens for c in self.exit_counts]
+
+
+class Tally:
+    """Sums routed tokens into an Evaluation of one cascade."""
+
+    def __init__(self, cascade: Cascade):
+        self.cascade = cascade
+        self.nll_sum, self.correct, self.tokens = 0.0, 0, 0
+        self.counts = [0] * len(cascade.exits)
+        self.batch_costs = []
+
+    def add(self, exit_index: torch.Tensor, nll: torch.Tensor, correct: torch.Tensor,
+            batch_tokens: int) -> None:
+        """Tokens of one or more whole batches of `batch_tokens` tokens each."""
+        self.nll_sum += float(nll.double().sum())
+        self.correct += int(correct.sum())
+        self.tokens += nll.numel()
+        for batch in exit_index.view(-1, batch_tokens):
+            counts = torch.bincount(batch, minlength=len(self.counts)).tolist()
+            self.counts = [a + b for a, b in zip(self.counts, counts)]
+            self.batch_costs.append(spec_cost(counts, self.cascade.layers))
+
+    def evaluation(self, model: EarlyExitLM, seq_len: int) -> Evaluation:
+        fractions = [c / self.tokens for c in self.counts]
+        costs = self.cascade.costs(model, seq_len)
+        return Evaluation(self.tokens, self.nll_sum, self.correct, self.cascade.layers,
+                          self.counts, sum(self.batch_costs) / len(self.batch_costs),
+                          costs.relative(fractions), self.cascade.thresholds,
+                          costs.absolute(fractions))
+
+
+@torch.no_grad()
+def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
+             check: Optional[Callable[[], None]] = None,
+             first: Optional[ExitPass] = None) -> Evaluation:
+    """Routed evaluation over a split; with one exit it is plain evaluation. The real early
+    exit where it does the same arithmetic as computing everything, else computing
+    everything. `first`: the split's first exit when it is known (a frozen first stage's
+    states, a sweep's states and statistics). `check()` runs before every batch."""
+    if len(batches) == 0:
+        raise ValueError("evaluate needs at least one batch")
+    tally, n = Tally(cascade), batches.y[0].numel()
+    for i in range(len(batches)):
+        if check:
+            check()
+        rows = slice(i * n, (i + 1) * n)
+        known = None if first is None else \
+            ExitPass(first.hidden[rows], None if first.stats is None else first.stats[rows])
+        r = route(model, cascade, batches.x[i], batches.y[i], known,
+                  only_needed=cascade.routed_sparsely_exact)
+        tally.add(r.exit_index, r.nll, r.correct, n)
+    return tally.evaluation(model, batches.x.shape[-1])
+

@@ -41,19 +41,18 @@ class MiningResult:
 @torch.no_grad()
 def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
               check: Optional[Callable[[], None]] = None) -> ExitPass:
-    """Every token of a split at the cascade's last exit, computing everything. The earlier
-    exits route as at inference; `reaching` marks the tokens they did not let go (None with
-    a single exit). `check()` runs before every batch."""
-    passes, reaching = [], []
+    """Every token of a split at the cascade's last exit, computing everything; `remaining`:
+    those the earlier exits did not let go (None with one exit). `check()`: before a batch."""
+    passes, remaining = [], []
     for i in range(len(batches)):
         if check:
             check()
         routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
         passes.append(routed.every_exit[-1])
-        reaching.append(routed.exit_index == cascade.last)
+        remaining.append(routed.exit_index == cascade.last)
     return ExitPass(torch.cat([p.hidden for p in passes]),
                     ExitStats.cat([p.stats for p in passes]),
-                    torch.cat(reaching) if cascade.last else None)
+                    torch.cat(remaining) if cascade.last else None)
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:
@@ -65,20 +64,18 @@ def hard_mask(confidences: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int,
-         reaching: Optional[torch.Tensor] = None) -> MiningResult:
-    """Threshold = the `ratio` quantile of the confidences of the tokens that reach this
-    exit (`reaching`: a mask, default every token); hard = those of them strictly below it.
-    At the first exit every token reaches it: exactly the spec's rule. At a later exit of an
-    N-stage cascade only the tokens the earlier exits did not let go count."""
+         remaining: Optional[torch.Tensor] = None) -> MiningResult:
+    """Threshold = the `ratio` quantile of the confidences of the tokens still in the cascade
+    at this exit (`remaining`: a mask, default the pass's, else every token); hard = those of
+    them strictly below it. At the first exit that is every token (the spec's rule); at a
+    later exit only those the earlier exits did not let go."""
     confidences = passed.stats.confidence
-    if reaching is None:
-        reaching = passed.reaching
-    if reaching is None:
-        reaching = torch.ones_like(confidences, dtype=torch.bool)
-    population = confidences[reaching]
+    remaining = passed.remaining if remaining is None else remaining
+    if remaining is None:
+        remaining = torch.ones_like(confidences, dtype=torch.bool)
+    population = confidences[remaining]
     threshold = quantile_threshold(population, ratio)
-    mask = reaching & hard_mask(confidences, threshold)
-    positions = mask.nonzero().squeeze(1)
+    positions = (remaining & hard_mask(confidences, threshold)).nonzero().squeeze(1)
     hard = HardTokens(hidden=passed.hidden[positions].clone(),
                       targets=targets.reshape(-1)[positions].clone(),
                       confidences=confidences[positions].clone(),

@@ -29,9 +29,8 @@ from .model import EarlyExitLM, count_parameters
 from .rundir import (CheckpointError, RunDirError, atomic_torch_save, atomic_write_json,
                      create_run_dir, load_checkpoint, probe_writable)
 from .compare import SWEEP_FILE, mark_pareto
-from .cascade import Cascade, inference_modes
+from .cascade import Cascade, evaluate, inference_modes
 from .costs import CostModel
-from .evaluation import evaluate
 from .names import CLASSIFIER
 from .settings import Settings, SettingsError, settings_from_dict
 from .sweep import single_point, sweep, train_classifiers
@@ -316,8 +315,7 @@ class Pipeline:
                 atomic_torch_save(self.run_dir / "exit-classifiers.pt",
                                   {"classifiers": [c.state_dict() for c in classifiers]})
             series += sweep(model, mining, report, Cascade.of(exit_layers, thresholds, modes),
-                            s.evaluation.signals,
-                            s.evaluation.sweep_points, classifiers, check)
+                            s.evaluation.signals, s.evaluation.sweep_points, classifiers, check)
             series.append(single_point("ASHEM · as run", final, costs, plain,
                                        exit_layers[-1]))
             first_layers = s.stages[0].layers
@@ -431,9 +429,9 @@ class Pipeline:
         if resume is not None and resume["epoch"] > 0 and checkpoint.exists():
             resume = {**resume, "best_state": load_checkpoint(checkpoint)["model"]}
         outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
-                               s.run.progress_events_per_epoch, on_improved=save_best,
-                               on_epoch_end=save_epoch,
-                               resume=resume if resume and resume["epoch"] > 0 else None)
+                            s.run.progress_events_per_epoch, on_improved=save_best,
+                            on_epoch_end=save_epoch,
+                            resume=resume if resume and resume["epoch"] > 0 else None)
         self.summary["stages"].append({**outcome.__dict__, "layers": st.layers,
                                        "checkpoint": str(checkpoint)})
         self.write_summary("running")

@@ -14,10 +14,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .cascade import Cascade, ExitPass, advance
+from .cascade import Cascade, Evaluation, ExitPass, advance, evaluate
 from .control import RunControl
 from .data import Batches
-from .evaluation import Evaluation, evaluate
 from .events import BatchProgress, EpochEnded, Event
 from .head import exit_stats, head_loss
 from .mining import HardTokens
@@ -68,7 +67,6 @@ class StageTask:
         """The exit below this stage's, where its hard tokens were mined."""
         return self.cascade.layers[-2]
 
-    # -- training ------------------------------------------------------------------------
     def num_batches(self) -> int:
         raise NotImplementedError
 
@@ -78,7 +76,6 @@ class StageTask:
     def loss(self, index: int) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- validation ----------------------------------------------------------------------
     def validate(self, check: Callable[[], None]) -> Evaluation:
         first_layer = self.cascade.layers[0]
         if self.cascade.last and self._first_exit is None and \
@@ -97,13 +94,12 @@ class StageTask:
         the exit they were mined at (one token at a time, as they were trained), then the head."""
         if self.hard is None:
             return None
-        h = self.hard.hidden
         nll_sum = 0.0
         for start in range(0, len(self.hard), 4096):
-            hc = h[start:start + 4096]
-            out = self.model.run_layers(hc[:, None, :], self.hard_from_layer,
-                                        self.model.num_layers)[:, 0, :]
-            s = exit_stats(out, self.model.head.weight, self.hard.targets[start:start + 4096])
+            chunk = slice(start, start + 4096)
+            out = self.model.run_layers(self.hard.hidden[chunk][:, None, :],
+                                        self.hard_from_layer, self.model.num_layers)[:, 0, :]
+            s = exit_stats(out, self.model.head.weight, self.hard.targets[chunk])
             nll_sum += float(s.nll.double().sum())
         return math.exp(nll_sum / len(self.hard))
 
@@ -250,8 +246,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
         stopping = EarlyStopping(**resume["early"])
         if resume.get("optimizer"):
             optimizer.load_state_dict(resume["optimizer"])
-        if resume.get("best_state") is not None:
-            best_state = resume["best_state"]
+        best_state = resume.get("best_state") or best_state
     epoch = stopping.epoch
     while epoch < cfg.max_epochs and not stopping.should_stop:
         epoch += 1
@@ -319,8 +314,6 @@ def validate_epoch(stage: int, epoch: int, task: StageTask, control: RunControl
                    ) -> tuple[Evaluation, Optional[float], float]:
     """The routed validation and the hard PPL after an epoch, and the seconds they took."""
     task.model.eval()
-    started = time.perf_counter()
-    where = f"stage {stage}, epoch {epoch}, validation"
-    result = task.validate(lambda: control.checkpoint(where))
-    hard_ppl = task.hard_ppl()
+    started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
+    result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
     return result, hard_ppl, time.perf_counter() - started

@@ -15,10 +15,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .cascade import Cascade, route
+from .cascade import Cascade, Evaluation, Tally, evaluate, route
 from .costs import CostModel
 from .data import Batches
-from .evaluation import Evaluation, Tally, evaluate
 from .head import ExitStats
 from .mining import exit_pass, quantile_threshold
 from .model import EarlyExitLM
@@ -45,7 +44,7 @@ def train_classifiers(model: EarlyExitLM, mining: Batches, cascade: Cascade, see
     out = []
     for k in range(cascade.last):
         passed = exit_pass(model, mining, cascade.first(k + 1), check)
-        keep = passed.reaching if passed.reaching is not None else slice(None)
+        keep = passed.remaining if passed.remaining is not None else slice(None)
         out.append(train_exit_classifier(passed.hidden[keep], passed.stats.confidence[keep],
                                          seed=seed + k))
     return out
@@ -60,11 +59,11 @@ def calibrate(model: EarlyExitLM, mining: Batches, cascade: Cascade, q: float,
     the cascade's signal (as recorded in tests/golden)."""
     thresholds = [threshold_at(first_scores, q)]
     for k in range(1, cascade.last):
-        reaching = Cascade.of(cascade.layers[: k + 1], thresholds, cascade.modes[:k])
-        passed = exit_pass(model, mining, reaching, check)
+        by_softmax = Cascade.of(cascade.layers[: k + 1], thresholds, cascade.modes[:k])
+        passed = exit_pass(model, mining, by_softmax, check)
         scores = passed.stats.confidence if cascade.classifiers is None else \
             cascade.exits[k].classifier.score(passed.hidden)
-        population = scores[passed.reaching]
+        population = scores[passed.remaining]
         thresholds.append(threshold_at(population, q) if population.numel() else math.inf)
     return cascade.with_thresholds(thresholds)
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ashem_engine.cascade import Cascade
+from ashem_engine.cascade import Cascade, evaluate
 from ashem_engine.data import load_corpus
-from ashem_engine.evaluation import evaluate
 from ashem_engine.head import head_loss
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.settings import DataSettings, Settings

@@ -160,5 +160,5 @@ def test_engine_never_imports_textual(tmp_path):
     assert "BAD []" in p.stdout, p.stdout
     for module in ("settings", "data", "model", "head", "mining", "cascade", "stages", "run",
                    "control", "events", "rundir", "reference", "__main__", "costs",
-                   "evaluation", "names", "signals", "sweep", "compare"):
+                   "names", "signals", "sweep", "compare"):
         assert f"'{module}'" in p.stdout

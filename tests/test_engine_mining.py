@@ -160,7 +160,7 @@ def test_later_exit_mines_only_among_the_tokens_that_reach_it():
     conf = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
     reaching = torch.tensor([True, True, False, True, False, True, True, False])
     passed, targets = hand_pass(conf)
-    result = mine(passed, targets, 0.5, exit_layer=4, reaching=reaching)
+    result = mine(passed, targets, 0.5, exit_layer=4, remaining=reaching)
     population = conf[reaching]  # 0.9 0.1 0.2 0.3 0.6
     assert result.threshold == torch.quantile(population, 0.5).item()
     assert result.total == 5 and torch.equal(result.confidences, population)

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 
 from ashem_engine.data import Batches
 from ashem_engine.model import EarlyExitLM, block_macs_per_token, head_macs_per_token
-from ashem_engine.cascade import Cascade, ExitPass
+from ashem_engine.cascade import Cascade, Evaluation, ExitPass, evaluate
 from ashem_engine.costs import spec_cost
-from ashem_engine.evaluation import Evaluation, evaluate
 from ashem_engine.settings import ModelSettings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from ashem_engine import events as ev
-from ashem_engine.cascade import Cascade
+from ashem_engine.cascade import Cascade, evaluate
 from ashem_engine.control import RunControl
-from ashem_engine.evaluation import evaluate
 from ashem_engine.mining import exit_pass
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.run import run_ashem

@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
-from ashem_engine.cascade import Cascade
+from ashem_engine.cascade import Cascade, Evaluation
 from ashem_engine.control import Cancelled, RunControl
 from ashem_engine.data import Batches
-from ashem_engine.evaluation import Evaluation
 from ashem_engine.events import BatchProgress, EpochEnded
 from ashem_engine.head import head_loss
 from ashem_engine.model import EarlyExitLM
@@ -247,7 +246,7 @@ def test_hard_token_task_feeds_each_token_alone_through_the_new_layers():
 
 
 def test_validate_caches_the_frozen_first_exit():
-    from ashem_engine.evaluation import evaluate
+    from ashem_engine.cascade import evaluate
     from ashem_engine.stages import SequenceTask
     grown = model().grow(4)
     grown.freeze_lower(2)

@@ -9,9 +9,8 @@ import torch
 
 from ashem_engine.compare import (ComparisonError, combine, load_comparison, mark_pareto,
                                   pareto_rows)
-from ashem_engine.cascade import Cascade
+from ashem_engine.cascade import Cascade, evaluate
 from ashem_engine.data import Batches
-from ashem_engine.evaluation import evaluate
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.names import PROPAGATED, SEQUENCE, TOKEN
 from ashem_engine.settings import ModelSettings
