@@ -94,7 +94,7 @@ class Cascade:
         return len(self.exits) - 1
 
     @property
-    def routed_sparsely_exact(self) -> bool:
+    def only_needed_is_exact(self) -> bool:
         """Whether the real early exit does the very arithmetic of computing everything:
         every layer over whole sequences, heads for the tokens still in the cascade."""
         return all(m == SEQUENCE for m in self.modes) and self.classifiers is None
@@ -366,7 +366,7 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
         known = None if first is None else \
             ExitPass(first.hidden[rows], None if first.stats is None else first.stats[rows])
         r = route(model, cascade, batches.x[i], batches.y[i], known,
-                  only_needed=cascade.routed_sparsely_exact)
+                  only_needed=cascade.only_needed_is_exact)
         tally.add(r.exit_index, r.nll, r.correct, n)
     return tally.evaluation(model, batches.x.shape[-1])
 

@@ -134,7 +134,7 @@ def test_the_cascade_keeps_each_exit_with_its_threshold_mode_and_signal():
     assert [x.threshold for x in cascade.exits] == [0.3, 0.4, None]
     assert cascade.first(2).layers == [2, 4] and cascade.first(2).thresholds == [0.3]
     assert cascade.with_thresholds([0.1, 0.2]).thresholds == [0.1, 0.2]
-    assert Cascade.of([2]).last == 0 and Cascade.of([2]).routed_sparsely_exact
+    assert Cascade.of([2]).last == 0 and Cascade.of([2]).only_needed_is_exact
     with pytest.raises(ValueError):
         Cascade.of([2, 4], [0.3, 0.4])
     with pytest.raises(ValueError, match="unknown inference mode"):
