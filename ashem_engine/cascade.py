@@ -59,7 +59,7 @@ class Cascade:
         """From the lists that run directories and events keep. `modes`: one per exit after
         the first (default SEQUENCE); `classifiers`: one per exit before it (max-softmax)."""
         layers, thresholds = list(layers), list(thresholds)
-        modes = list(modes or [SEQUENCE] * len(thresholds))
+        modes = list(modes) if modes is not None else [SEQUENCE] * len(thresholds)
         classifiers = (list(classifiers or []) + [None] * len(thresholds))[: len(thresholds)]
         if len(thresholds) != len(layers) - 1 or len(modes) != len(thresholds):
             raise ValueError("one threshold and one mode per exit before the last")
