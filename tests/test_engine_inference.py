@@ -139,3 +139,16 @@ def test_the_cascade_keeps_each_exit_with_its_threshold_mode_and_signal():
         Cascade.of([2, 4], [0.3, 0.4])
     with pytest.raises(ValueError, match="unknown inference mode"):
         Cascade.of([2, 4], [0.3], ("sideways",))
+
+
+def test_evaluate_takes_the_real_exit_where_it_is_the_same_arithmetic():
+    """Under SEQUENCE with max-softmax the real early exit runs exactly the ops of computing
+    everything, so validation and the final evaluation take it: bit for bit the same."""
+    model, x, y = setup(6, seed=5)
+    thresholds, _, _ = median_thresholds(model, x, y, [2, 4, 6])
+    cascade = Cascade.of([2, 4, 6], thresholds)
+    assert cascade.only_needed_is_exact
+    assert not Cascade.of([2, 4], thresholds[:1], (TOKEN,)).only_needed_is_exact
+    full, real = route(model, cascade, x, y), route(model, cascade, x, y, only_needed=True)
+    assert torch.equal(full.exit_index, real.exit_index) and torch.equal(full.nll, real.nll)
+    assert torch.equal(full.hidden, real.hidden)
