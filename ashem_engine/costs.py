@@ -19,16 +19,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .model import block_macs_per_token, head_macs_per_token
+from .names import PROPAGATED, SEQUENCE, SOFTMAX, TOKEN
 from .settings import ModelSettings
-
-# How the layers between two exits run at inference.
-SEQUENCE = "sequence"  # whole sequences, every token (the spec's evaluation)
-TOKEN = "token"  # each deep token's state alone, as a sequence of length 1
-PROPAGATED = "propagated"  # whole sequences; exited tokens keep their exit state
-MODES = (SEQUENCE, TOKEN, PROPAGATED)
-
-SOFTMAX, CLASSIFIER = "softmax", "classifier"
-SIGNALS = (SOFTMAX, CLASSIFIER)
 
 
 @dataclass(frozen=True)
@@ -86,10 +78,7 @@ class CostModel:
         return blocks + len(layers) * self.head
 
 
-def inference_modes(stages: Sequence, inference: str) -> tuple:
-    """How the layers of each stage after the first run at inference: the spec evaluates
-    them over whole sequences whatever they were trained on; "as_trained" runs them the way
-    their stage's context trained them."""
-    if inference == "spec":
-        return tuple(SEQUENCE for _ in stages[1:])
-    return tuple(TOKEN if st.context == "token" else PROPAGATED for st in stages[1:])
+def spec_cost(exit_counts: Sequence[int], exit_layers: Sequence[int]) -> float:
+    """The spec's formula: sum(tokens at exit e × layers of e) / (tokens × deepest layers)."""
+    tokens = sum(exit_counts)
+    return sum(c * n for c, n in zip(exit_counts, exit_layers)) / (tokens * exit_layers[-1])

@@ -84,6 +84,14 @@ class ExitStats:
     def __len__(self) -> int:
         return self.nll.shape[0]
 
+    def __getitem__(self, rows) -> "ExitStats":  # some tokens: an index, a mask or a slice
+        return ExitStats(self.nll[rows], self.confidence[rows], self.correct[rows])
+
+    @staticmethod
+    def cat(parts: list) -> "ExitStats":
+        return ExitStats(*(torch.cat(t) for t in zip(*((p.nll, p.confidence, p.correct)
+                                                        for p in parts))))
+
 
 @torch.no_grad()
 def exit_stats(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

@@ -8,23 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
+from .cascade import Cascade, ExitPass, route
 from .data import Batches, Vocabulary
-from .head import ExitStats, exit_stats
+from .head import ExitStats
 from .model import EarlyExitLM
-from .routing import advance, exits_here
-
-
-@dataclass
-class ExitPass:
-    """One split through the model up to an exit: hidden states and per-token statistics."""
-
-    hidden: torch.Tensor  # (tokens, dim), in batch order
-    stats: ExitStats
-    reaching: Optional[torch.Tensor] = None  # (tokens,) bool: not let go by an earlier exit
 
 
 @dataclass
@@ -48,37 +39,20 @@ class MiningResult:
 
 
 @torch.no_grad()
-def exit_pass(model: EarlyExitLM, batches: Batches, exit_layer: int,
-              check: Optional[callable] = None, earlier_exits: Sequence[int] = (),
-              earlier_thresholds: Sequence[float] = (), modes: Sequence[str] = ()
-              ) -> ExitPass:
-    """Every token of a split up to an exit. In a cascade the earlier exits route first
-    (`modes`: how the layers after each earlier exit run, as at inference) and `reaching`
-    marks the tokens they did not let go."""
-    hidden, nll, conf, correct, reaching = [], [], [], [], []
-    weight = model.head.weight
-    exits = [*earlier_exits, exit_layer]
+def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
+              check: Optional[Callable[[], None]] = None) -> ExitPass:
+    """Every token of a split at the cascade's last exit, computing everything; `remaining`:
+    those the earlier exits did not let go (None with one exit). `check()`: before a batch."""
+    passes, remaining = [], []
     for i in range(len(batches)):
         if check:
-            check(i)
-        x, y = batches.x[i], batches.y[i].reshape(-1)
-        h = model.hidden(x, stop=exits[0])
-        active = torch.ones(y.numel(), dtype=torch.bool, device=y.device)
-        for e in range(1, len(exits)):
-            flat = h.reshape(-1, weight.shape[1])
-            stays = ~exits_here(exit_stats(flat, weight, y).confidence, earlier_thresholds[e - 1])
-            active &= stays
-            h = advance(model, h, exits[e - 1], exits[e], modes[e - 1], active.view(x.shape))
-        h = h.reshape(-1, weight.shape[1])
-        s = exit_stats(h, weight, y)
-        hidden.append(h)
-        nll.append(s.nll)
-        conf.append(s.confidence)
-        correct.append(s.correct)
-        reaching.append(active)
-    return ExitPass(torch.cat(hidden), ExitStats(torch.cat(nll), torch.cat(conf),
-                                                 torch.cat(correct)),
-                    torch.cat(reaching) if earlier_exits else None)
+            check()
+        routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
+        passes.append(routed.every_exit[-1])
+        remaining.append(routed.exit_index == cascade.last)
+    return ExitPass(torch.cat([p.hidden for p in passes]),
+                    ExitStats.cat([p.stats for p in passes]),
+                    torch.cat(remaining) if cascade.last else None)
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:
@@ -90,20 +64,18 @@ def hard_mask(confidences: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int,
-         reaching: Optional[torch.Tensor] = None) -> MiningResult:
-    """Threshold = the `ratio` quantile of the confidences of the tokens that reach this
-    exit (`reaching`: a mask, default every token); hard = those of them strictly below it.
-    At the first exit every token reaches it: exactly the spec's rule. At a later exit of an
-    N-stage cascade only the tokens the earlier exits did not let go count."""
+         remaining: Optional[torch.Tensor] = None) -> MiningResult:
+    """Threshold = the `ratio` quantile of the confidences of the tokens still in the cascade
+    at this exit (`remaining`: a mask, default the pass's, else every token); hard = those of
+    them strictly below it. At the first exit that is every token (the spec's rule); at a
+    later exit only those the earlier exits did not let go."""
     confidences = passed.stats.confidence
-    if reaching is None:
-        reaching = passed.reaching
-    if reaching is None:
-        reaching = torch.ones_like(confidences, dtype=torch.bool)
-    population = confidences[reaching]
+    remaining = passed.remaining if remaining is None else remaining
+    if remaining is None:
+        remaining = torch.ones_like(confidences, dtype=torch.bool)
+    population = confidences[remaining]
     threshold = quantile_threshold(population, ratio)
-    mask = reaching & hard_mask(confidences, threshold)
-    positions = mask.nonzero().squeeze(1)
+    positions = (remaining & hard_mask(confidences, threshold)).nonzero().squeeze(1)
     hard = HardTokens(hidden=passed.hidden[positions].clone(),
                       targets=targets.reshape(-1)[positions].clone(),
                       confidences=confidences[positions].clone(),

@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 
 import tomli
 
+from .names import INFERENCES, SIGNALS
+
 SPLITS = ("train", "validation", "test")
 LOCAL_FILE = "settings.toml"
 DEFAULTS_NOTICE = (f"no ./{LOCAL_FILE} here: using the built-in defaults (the spec's set-up); "
@@ -384,14 +386,14 @@ def _validate_mining(mining: MiningSettings) -> None:
 def _validate_evaluation(evaluation: EvaluationSettings) -> None:
     _check(evaluation.split in ("validation", "test"), "evaluation.split", evaluation.split,
            "allowed: validation, test")
-    _check(evaluation.inference in ("spec", "as_trained"), "evaluation.inference",
-           evaluation.inference, "allowed: spec, as_trained")
+    _check(evaluation.inference in INFERENCES, "evaluation.inference",
+           evaluation.inference, "allowed: " + ", ".join(INFERENCES))
     _check(evaluation.sweep_points == 0 or evaluation.sweep_points >= 2,
            "evaluation.sweep_points", evaluation.sweep_points, "must be 0 (no sweep) or >= 2")
     signals = evaluation.signals
     _check(len(signals) >= 1 and len(set(signals)) == len(signals)
-           and all(x in ("softmax", "classifier") for x in signals),
-           "evaluation.signals", list(signals), "a list without repeats of: softmax, classifier")
+           and all(x in SIGNALS for x in signals),
+           "evaluation.signals", list(signals), "a list without repeats of: " + ", ".join(SIGNALS))
 
 
 def _validate_stages(stages: tuple) -> None:

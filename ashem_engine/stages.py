@@ -14,14 +14,14 @@ from typing import Callable, Optional
 
 import torch
 
+from .cascade import Cascade, Evaluation, ExitPass, advance, evaluate
 from .control import RunControl
 from .data import Batches
 from .events import BatchProgress, EpochEnded, Event
 from .head import exit_stats, head_loss
 from .mining import HardTokens
 from .model import EarlyExitLM
-from .costs import PROPAGATED
-from .routing import Evaluation, advance, evaluate
+from .names import PROPAGATED
 from .settings import OptimizerSettings, StageSettings
 
 
@@ -32,16 +32,9 @@ class NumericFault(Exception):
         self.where = f"stage {stage}, epoch {epoch}, batch {batch}"
 
 
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_ppl: float
-    val_ppl: float
-    val_acc: float
-    hard_ppl: Optional[float]
-    shallow_ratio: Optional[float]
-    improved: bool
-    seconds: float
+# What a stage's history keeps of each EpochEnded event.
+HISTORY_FIELDS = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio",
+                  "improved", "seconds")
 
 
 @dataclass
@@ -58,21 +51,22 @@ class StageOutcome:
 
 
 class StageTask:
-    """What a stage trains on and how it is validated."""
+    """What a stage trains on and how it is validated: routed through `cascade`, the exits
+    so far (the stage's own is the last)."""
 
-    def __init__(self, model: EarlyExitLM, validation: Batches, exit_layers: list[int],
-                 thresholds: list[float], hard: Optional[HardTokens] = None,
-                 hard_from_layer: int = 0, modes: Optional[tuple] = None):
+    def __init__(self, model: EarlyExitLM, validation: Batches, cascade: Cascade,
+                 hard: Optional[HardTokens] = None):
         self.model = model
-        self.modes = modes
         self.validation = validation
-        self.exit_layers = exit_layers
-        self.thresholds = thresholds
+        self.cascade = cascade
         self.hard = hard
-        self.hard_from_layer = hard_from_layer
-        self._lower_hidden: Optional[torch.Tensor] = None
+        self._first_exit: Optional[ExitPass] = None  # when its blocks are frozen
 
-    # -- training ------------------------------------------------------------------------
+    @property
+    def hard_from_layer(self) -> int:
+        """The exit below this stage's, where its hard tokens were mined."""
+        return self.cascade.layers[-2]
+
     def num_batches(self) -> int:
         raise NotImplementedError
 
@@ -82,18 +76,17 @@ class StageTask:
     def loss(self, index: int) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- validation ----------------------------------------------------------------------
-    def validate(self, check: Callable[[int], None]) -> Evaluation:
-        if len(self.exit_layers) > 1 and self._lower_hidden is None and \
-                not any(p.requires_grad for p in self.model.layers[: self.exit_layers[0]]
+    def validate(self, check: Callable[[], None]) -> Evaluation:
+        first_layer = self.cascade.layers[0]
+        if self.cascade.last and self._first_exit is None and \
+                not any(p.requires_grad for p in self.model.layers[:first_layer]
                         .parameters()) and not self.model.embedding.weight.requires_grad:
             # The first exit's blocks are frozen: their hidden states never change.
             with torch.no_grad():
-                self._lower_hidden = torch.stack([
-                    self.model.hidden(self.validation.x[i], stop=self.exit_layers[0])
-                    for i in range(len(self.validation))])
-        return evaluate(self.model, self.validation, self.exit_layers, self.thresholds,
-                        check=check, lower_hidden=self._lower_hidden, modes=self.modes)
+                self._first_exit = ExitPass(torch.cat([
+                    self.model.hidden(x, stop=first_layer).reshape(x.numel(), -1)
+                    for x in self.validation.x]))
+        return evaluate(self.model, self.validation, self.cascade, check, self._first_exit)
 
     @torch.no_grad()
     def hard_ppl(self) -> Optional[float]:
@@ -101,13 +94,12 @@ class StageTask:
         the exit they were mined at (one token at a time, as they were trained), then the head."""
         if self.hard is None:
             return None
-        h = self.hard.hidden
         nll_sum = 0.0
         for start in range(0, len(self.hard), 4096):
-            hc = h[start:start + 4096]
-            out = self.model.run_layers(hc[:, None, :], self.hard_from_layer,
-                                        self.model.num_layers)[:, 0, :]
-            s = exit_stats(out, self.model.head.weight, self.hard.targets[start:start + 4096])
+            chunk = slice(start, start + 4096)
+            out = self.model.run_layers(self.hard.hidden[chunk][:, None, :],
+                                        self.hard_from_layer, self.model.num_layers)[:, 0, :]
+            s = exit_stats(out, self.model.head.weight, self.hard.targets[chunk])
             nll_sum += float(s.nll.double().sum())
         return math.exp(nll_sum / len(self.hard))
 
@@ -115,8 +107,8 @@ class StageTask:
 class SequenceTask(StageTask):
     """Stage 1: the whole model on every train sequence, in the same order every epoch."""
 
-    def __init__(self, model, train: Batches, validation, exit_layers, thresholds, **kw):
-        super().__init__(model, validation, exit_layers, thresholds, **kw)
+    def __init__(self, model, train: Batches, validation, cascade):
+        super().__init__(model, validation, cascade)
         self.train = train
 
     def num_batches(self) -> int:
@@ -136,9 +128,8 @@ class HardTokenTask(StageTask):
     through the new layers as a sequence of length 1. Shuffled once, then fixed batches."""
 
     def __init__(self, model, hard: HardTokens, order: torch.Tensor, batch_size: int,
-                 validation, exit_layers, thresholds, hard_from_layer: int, modes=None):
-        super().__init__(model, validation, exit_layers, thresholds, hard=hard,
-                         hard_from_layer=hard_from_layer, modes=modes)
+                 validation, cascade):
+        super().__init__(model, validation, cascade, hard=hard)
         self.order = [order[i:i + batch_size] for i in range(0, len(hard), batch_size)]
 
     def num_batches(self) -> int:
@@ -159,35 +150,35 @@ class MaskedSequenceTask(StageTask):
     mining split, the loss counts only the hard tokens. The other tokens left at an earlier
     exit: they keep their exit state in the new layers (state propagation), which is exactly
     how the real early exit runs them at inference, so training and inference agree.
-    `lower` (batches, B, T, dim): the frozen layers' output, computed once."""
+    `lower` (batches, B, T, dim): the frozen layers' output, computed once; `remaining`
+    (batches, B, T): the hard tokens, those the cascade sends on to the new layers."""
 
-    def __init__(self, model, lower: torch.Tensor, hard_mask: torch.Tensor, targets: Batches,
-                 validation, exit_layers, thresholds, hard_from_layer: int, modes=None):
-        super().__init__(model, validation, exit_layers, thresholds,
-                         hard_from_layer=hard_from_layer, modes=modes)
-        keep = hard_mask.flatten(1).any(1).nonzero().squeeze(1)  # batches with a hard token
-        self.lower, self.mask, self.y = lower[keep], hard_mask[keep], targets.y[keep]
+    def __init__(self, model, lower: torch.Tensor, remaining: torch.Tensor, targets: Batches,
+                 validation, cascade):
+        super().__init__(model, validation, cascade)
+        keep = remaining.flatten(1).any(1).nonzero().squeeze(1)  # batches with a hard token
+        self.lower, self.remaining, self.y = lower[keep], remaining[keep], targets.y[keep]
 
     def num_batches(self) -> int:
         return self.lower.shape[0]
 
     def tokens_in(self, index: int) -> int:
-        return int(self.mask[index].sum())
+        return int(self.remaining[index].sum())
 
     def upper(self, index: int) -> torch.Tensor:
-        deep = self.mask[index]
+        remaining = self.remaining[index]
         return advance(self.model, self.lower[index], self.hard_from_layer,
-                       self.model.num_layers, PROPAGATED, deep)[deep]
+                       self.model.num_layers, PROPAGATED, remaining)[remaining]
 
     def loss(self, index: int) -> torch.Tensor:
         return head_loss(self.upper(index), self.model.head.weight,
-                         self.y[index][self.mask[index]])
+                         self.y[index][self.remaining[index]])
 
     @torch.no_grad()
     def hard_ppl(self) -> Optional[float]:
         nll_sum, count = 0.0, 0
         for i in range(self.num_batches()):
-            s = exit_stats(self.upper(i), self.model.head.weight, self.y[i][self.mask[i]])
+            s = exit_stats(self.upper(i), self.model.head.weight, self.y[i][self.remaining[i]])
             nll_sum += float(s.nll.double().sum())
             count += len(s)
         return math.exp(nll_sum / count)
@@ -213,16 +204,17 @@ class EarlyStopping:
     epoch: int = 0  # epochs finished
     best_ppl: float = math.inf
     best_acc: float = 0.0
-    best_hard: Optional[float] = None
+    best_hard: Optional[float] = None  # the best epoch's hard PPL (progress.pt keeps the name)
     best_epoch: int = 0
     counter: int = 0
     seconds: float = 0.0
     history: list = field(default_factory=list)
 
-    def update(self, epoch: int, ppl: float, acc: float, hard: Optional[float]) -> bool:
+    def update(self, epoch: int, ppl: float, acc: float, hard_ppl: Optional[float]) -> bool:
         self.epoch = epoch
         if ppl < self.best_ppl:
-            self.best_ppl, self.best_acc, self.best_hard, self.best_epoch = ppl, acc, hard, epoch
+            self.best_ppl, self.best_acc, self.best_epoch = ppl, acc, epoch
+            self.best_hard = hard_ppl
             self.counter = 0
             return True
         self.counter += 1
@@ -241,82 +233,87 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
               progress_events_per_epoch: int = 100,
               on_improved: Optional[Callable[[int, dict], None]] = None,
               on_epoch_end: Optional[Callable[[dict], None]] = None,
-              resume: Optional[dict] = None) -> tuple[StageOutcome, dict]:
+              resume: Optional[dict] = None) -> StageOutcome:
     """Trains with early stopping on validation PPL (strictly lower is better), restores the
-    best weights, and returns the outcome and the best state dict.
-
-    `on_improved(epoch, state)` runs at every new best, so the best checkpoint is on disk
-    whatever happens next; `on_epoch_end(progress)` gets everything needed to resume after
-    this epoch; `resume` is such a progress dict (plus "best_state") to continue from.
-    """
+    best weights, and returns the outcome. `on_improved(epoch, state)` runs at every new
+    best, so the best checkpoint is on disk whatever happens next; `on_epoch_end(progress)`
+    gets everything needed to resume after this epoch; `resume` is such a progress dict
+    (plus "best_state") to continue from."""
     model = task.model
     optimizer = make_optimizer(model, cfg.lr, opt)
-    params = [p for p in model.parameters() if p.requires_grad]
-    batches = task.num_batches()
-    every = max(1, math.ceil(batches / progress_events_per_epoch))
-    early = EarlyStopping(cfg.patience)
-    best_state = snapshot(model)
+    stopping, best_state = EarlyStopping(cfg.patience), snapshot(model)
     if resume is not None:
-        early = EarlyStopping(**resume["early"])
+        stopping = EarlyStopping(**resume["early"])
         if resume.get("optimizer"):
             optimizer.load_state_dict(resume["optimizer"])
-        if resume.get("best_state") is not None:
-            best_state = resume["best_state"]
-
-    epoch = early.epoch
-    while epoch < cfg.max_epochs and not early.should_stop:
+        best_state = resume.get("best_state") or best_state
+    epoch = stopping.epoch
+    while epoch < cfg.max_epochs and not stopping.should_stop:
         epoch += 1
-        model.train()
-        busy, loss_sum, tokens = 0.0, 0.0, 0
-        for b in range(batches):
-            control.checkpoint(f"stage {stage}, epoch {epoch}, batch {b + 1}/{batches}")
-            started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(b)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NumericFault(stage, epoch, b + 1, value)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
-            optimizer.step()
-            busy += time.perf_counter() - started
-            loss_sum += value
-            tokens += task.tokens_in(b)
-            if (b + 1) % every == 0 or b + 1 == batches:
-                rate = tokens / busy if busy > 0 else 0.0
-                left = sum(task.tokens_in(i) for i in range(b + 1, batches))
-                emit(BatchProgress(stage=stage, epoch=epoch, batch=b + 1, batches=batches,
-                                   loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
-                                   eta_s=round(left / rate, 1) if rate > 0 else 0.0))
-        model.eval()
-        started = time.perf_counter()
-        where = f"stage {stage}, epoch {epoch}, validation"
-        result = task.validate(lambda i: control.checkpoint(where))
-        hard = task.hard_ppl()
-        busy += time.perf_counter() - started
-
-        train_ppl = math.exp(loss_sum / batches)
-        improved = early.update(epoch, result.ppl, result.accuracy, hard)
-        early.seconds = round(early.seconds + busy, 3)
+        train_ppl, seconds = train_epoch(stage, epoch, task, optimizer, opt, control, emit,
+                                         progress_events_per_epoch)
+        result, hard_ppl, checking = validate_epoch(stage, epoch, task, control)
+        seconds += checking
+        improved = stopping.update(epoch, result.ppl, result.accuracy, hard_ppl)
+        stopping.seconds = round(stopping.seconds + seconds, 3)
         if improved:
             best_state = snapshot(model)
             if on_improved:
                 on_improved(epoch, best_state)
-        shallow = result.exit_ratios[0] if len(task.exit_layers) > 1 else None
-        early.history.append(EpochRecord(epoch, train_ppl, result.ppl, result.accuracy, hard,
-                                         shallow, improved, round(busy, 3)).__dict__)
-        emit(EpochEnded(stage=stage, epoch=epoch, train_ppl=train_ppl, val_ppl=result.ppl,
-                        val_acc=result.accuracy, improved=improved,
-                        patience_counter=early.counter, patience=cfg.patience,
-                        best_epoch=early.best_epoch, best_val_ppl=early.best_ppl,
-                        seconds=round(busy, 3), hard_ppl=hard, shallow_ratio=shallow))
+        ended = EpochEnded(
+            stage=stage, epoch=epoch, train_ppl=train_ppl, val_ppl=result.ppl,
+            val_acc=result.accuracy, improved=improved, patience_counter=stopping.counter,
+            patience=cfg.patience, best_epoch=stopping.best_epoch,
+            best_val_ppl=stopping.best_ppl, seconds=round(seconds, 3), hard_ppl=hard_ppl,
+            shallow_ratio=result.exit_ratios[0] if task.cascade.last else None)
+        stopping.history.append({k: getattr(ended, k) for k in HISTORY_FIELDS})
+        emit(ended)
         # After the event: a kill in between repeats this epoch rather than losing it.
         if on_epoch_end:
             on_epoch_end({"epoch": epoch, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "early": early.to_dict()})
-
+                          "optimizer": optimizer.state_dict(), "early": stopping.to_dict()})
     model.load_state_dict(best_state)
-    outcome = StageOutcome(stage, epoch, early.best_epoch, early.best_ppl, early.best_acc,
-                           early.best_hard, early.should_stop, early.seconds,
-                           list(early.history))
-    return outcome, best_state
+    return StageOutcome(stage, epoch, stopping.best_epoch, stopping.best_ppl,
+                        stopping.best_acc, stopping.best_hard, stopping.should_stop,
+                        stopping.seconds, list(stopping.history))
+
+
+def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: OptimizerSettings,
+                control: RunControl, emit: Callable[[Event], None],
+                progress_events_per_epoch: int) -> tuple[float, float]:
+    """One pass over the task's batches; returns the train PPL and the seconds it took."""
+    model, batches = task.model, task.num_batches()
+    params = [p for p in model.parameters() if p.requires_grad]
+    every = max(1, math.ceil(batches / progress_events_per_epoch))
+    model.train()
+    seconds, loss_sum, tokens = 0.0, 0.0, 0
+    for b in range(batches):
+        control.checkpoint(f"stage {stage}, epoch {epoch}, batch {b + 1}/{batches}")
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.loss(b)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NumericFault(stage, epoch, b + 1, value)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
+        optimizer.step()
+        seconds += time.perf_counter() - started
+        loss_sum += value
+        tokens += task.tokens_in(b)
+        if (b + 1) % every == 0 or b + 1 == batches:
+            rate = tokens / seconds if seconds > 0 else 0.0
+            left = sum(task.tokens_in(i) for i in range(b + 1, batches))
+            emit(BatchProgress(stage=stage, epoch=epoch, batch=b + 1, batches=batches,
+                               loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
+                               eta_s=round(left / rate, 1) if rate > 0 else 0.0))
+    return math.exp(loss_sum / batches), seconds
+
+
+def validate_epoch(stage: int, epoch: int, task: StageTask, control: RunControl
+                   ) -> tuple[Evaluation, Optional[float], float]:
+    """The routed validation and the hard PPL after an epoch, and the seconds they took."""
+    task.model.eval()
+    started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
+    result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
+    return result, hard_ppl, time.perf_counter() - started

@@ -20,13 +20,14 @@ import torch
 from . import events as ev
 from .compare import SWEEP_FILE, mark_pareto
 from .control import RunControl
-from .costs import CLASSIFIER, CostModel, inference_modes
+from .cascade import Cascade, evaluate, inference_modes
+from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .mining import HardTokens, examples_in_context, exit_pass, histogram, mine, top_words
 from .model import EarlyExitLM, count_parameters
 from .resume import ResumePoint, save_resume_point
-from .routing import evaluate
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
+from .names import CLASSIFIER
 from .settings import Settings
 from .stages import HardTokenTask, MaskedSequenceTask, SequenceTask, run_stage
 from .summary import SummaryReducer
@@ -192,9 +193,9 @@ class Pipeline:
             self.save_point(number, progress["epoch"], False, state, progress["model"],
                             progress["optimizer"], progress["early"])
 
-        outcome, _ = run_stage(number, task, st, s.optimizer, self.control, self.emit,
-                               s.run.progress_events_per_epoch, on_improved=save_best,
-                               on_epoch_end=save_epoch, resume=self._training_resume(number))
+        outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
+                            s.run.progress_events_per_epoch, on_improved=save_best,
+                            on_epoch_end=save_epoch, resume=self._training_resume(number))
         return outcome
 
     def _training_resume(self, number: int) -> Optional[dict]:
@@ -208,11 +209,11 @@ class Pipeline:
         """Stage N's training task, on the hard tokens just mined or read back (resume)."""
         m, s, exits = state.model, self.settings, state.exit_layers
         if number == 1:
-            return SequenceTask(m, self.batches("train"), self.batches("validation"), exits, [])
+            return SequenceTask(m, self.batches("train"), self.batches("validation"),
+                                Cascade.of(exits))
         tokens, order = state.hard or self._saved_hard(number)
-        common = dict(validation=self.batches("validation"), exit_layers=exits,
-                      thresholds=state.thresholds, hard_from_layer=s.stages[number - 2].layers,
-                      modes=self.modes(number))
+        common = dict(validation=self.batches("validation"),
+                      cascade=Cascade.of(exits, state.thresholds, self.modes(number)))
         if s.stages[number - 1].context != "sequence":
             return HardTokenTask(m, tokens, order, s.data.batch_size, **common)
         source = self.batches(s.mining.split)
@@ -224,9 +225,8 @@ class Pipeline:
 
     def _lower_states(self, number: int, state: RunState, source: Batches) -> torch.Tensor:
         """The frozen layers' output over the mining split (the sequence context's input)."""
-        below, modes = self.settings.stages[number - 2].layers, self.modes(number - 1)
-        exits, thresholds = state.exit_layers[:-2], state.thresholds[:-1]
-        return exit_pass(state.model, source, below, None, exits, thresholds, modes).hidden
+        below = Cascade.of(state.exit_layers[:-1], state.thresholds[:-1], self.modes(number - 1))
+        return exit_pass(state.model, source, below).hidden
 
     def _saved_hard(self, number: int) -> tuple:
         saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
@@ -257,7 +257,7 @@ class Pipeline:
         s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
         self.where = f"mining after stage {stage}"
         source, modes = self.batches(s.mining.split), self.modes(stage)
-        passed = exit_pass(m, source, exits[-1], self.check, exits[:-1], thresholds, modes)
+        passed = exit_pass(m, source, Cascade.of(exits, thresholds, modes), self.check)
         mined = mine(passed, source.y, ratio, exits[-1])
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         self.emit(ev.ThresholdComputed(
@@ -287,12 +287,12 @@ class Pipeline:
         self.where = "final evaluation"
         split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
         m, exits, thresholds = state.model, state.exit_layers, state.thresholds
-        final = evaluate(m, self.batches(split), exits, thresholds, check=self.check, modes=modes)
+        final = evaluate(m, self.batches(split), Cascade.of(exits, thresholds, modes), self.check)
         state.final, ratios = final, final.exit_ratios
         self.emit(ev.Evaluated(
             split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
             exit_layers=exits, exit_ratios=ratios, shallow_ratio=ratios[0],
-            deep_ratio=1.0 - ratios[0], compute_cost=final.compute_cost,
+            deep_ratio=1.0 - ratios[0], compute_cost=final.spec_cost,
             honest_cost=final.honest_cost, thresholds=thresholds,
             macs_per_token=final.macs_per_token, inference_modes=list(modes)))
 
@@ -333,20 +333,21 @@ class Pipeline:
         them, are kept in exit-classifiers.pt)."""
         s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
         mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
-        modes, classifiers, seed = self.modes(len(s.stages)), None, s.run.seed
+        cascade = Cascade.of(exits, thresholds, self.modes(len(s.stages)))
+        classifiers = None
         if CLASSIFIER in s.evaluation.signals:
-            classifiers = train_classifiers(m, mining, exits, thresholds, modes, seed, self.check)
+            classifiers = train_classifiers(m, mining, cascade, s.run.seed, self.check)
             atomic_torch_save(self.run_dir / "exit-classifiers.pt",
                               {"classifiers": [c.state_dict() for c in classifiers]})
         signals, points = s.evaluation.signals, s.evaluation.sweep_points
-        return sweep(m, mining, report, exits, modes, signals, points, classifiers, self.check)
+        return sweep(m, mining, report, cascade, signals, points, classifiers, self.check)
 
     def _first_stage_alone(self, model: EarlyExitLM, plain: float, deepest: int) -> dict:
         layers = self.settings.stages[0].layers
         base = self.new_model(layers).eval()
         base.load_state_dict(load_checkpoint(self.best_checkpoint(1))["model"])
         report = self.batches(self.settings.evaluation.split)
-        alone = evaluate(base, report, [layers], [], self.check)
+        alone = evaluate(base, report, Cascade.of([layers]), self.check)
         costs = self._costs(model, (layers,), ())
         return single_point(f"stage-1 model ({layers} layers)", alone, costs, plain, deepest)
 
@@ -373,7 +374,7 @@ class Pipeline:
             self._batches[split] = _on(self.device, self.corpus.batches[split])
         return self._batches[split]
 
-    def check(self, batch: int) -> None:
+    def check(self) -> None:
         self.control.checkpoint(self.where)
 
     def hold(self, boundary: str, reason: str) -> None:

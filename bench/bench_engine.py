@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ashem_engine.cascade import Cascade, evaluate
 from ashem_engine.data import load_corpus
 from ashem_engine.head import head_loss
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import evaluate
 from ashem_engine.settings import DataSettings, Settings
 from ashem_engine.stages import make_optimizer
 
@@ -38,45 +38,38 @@ def timed(step, n: int, warmup: int = 2) -> float:
     return time.perf_counter() - start
 
 
-def bench(corpus, threads: int, n: int, naive: bool) -> dict:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    s = Settings()
-    train, val = corpus.batches["train"], corpus.batches["validation"]
-    vocab = len(corpus.vocab)
-    model = EarlyExitLM(vocab, 2, s.model)
+def stage1_rate(model, train, s: Settings, n: int, naive: bool) -> float:
+    """Tokens/s of stage-1 steps: the 2-layer model on whole train batches."""
     params = [p for p in model.parameters()]
     if naive:
         opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=False)
     else:
         opt = make_optimizer(model, 1e-3, s.optimizer)
 
-    def loss_of(h, y):
-        if naive:
-            return F.cross_entropy(model.head(h), y.reshape(-1))
-        return head_loss(h, model.head.weight, y)
-
-    def stage1_step(i):
+    def step(i):
         opt.zero_grad(set_to_none=True)
         b = i % len(train)
         h = model.hidden(train.x[b]).reshape(-1, s.model.dim)
-        loss = loss_of(h, train.y[b])
+        if naive:
+            loss = F.cross_entropy(model.head(h), train.y[b].reshape(-1))
+        else:
+            loss = head_loss(h, model.head.weight, train.y[b])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    t1 = timed(stage1_step, n)
-    stage1 = n * train.y[0].numel() / t1
+    return n * train.y[0].numel() / timed(step, n)
 
-    grown = model.grow(4)
-    grown.freeze_lower(2)
+
+def stage2_rate(grown, vocab: int, s: Settings, n: int, naive: bool) -> float:
+    """Tokens/s of stage-2 steps: the new layers on 64 hard tokens as length-1 sequences."""
     p2 = [p for p in grown.parameters() if p.requires_grad]
     opt2 = (torch.optim.AdamW(p2, lr=1e-4, weight_decay=0.01, foreach=False) if naive
             else make_optimizer(grown, 1e-4, s.optimizer))
     hidden = torch.randn(64 * 64, s.model.dim)
     targets = torch.randint(0, vocab, (64 * 64,))
 
-    def stage2_step(i):
+    def step(i):
         opt2.zero_grad(set_to_none=True)
         sl = slice((i % 64) * 64, (i % 64 + 1) * 64)
         out = grown.run_layers(hidden[sl][:, None, :], 2, 4)[:, 0, :]
@@ -89,9 +82,11 @@ def bench(corpus, threads: int, n: int, naive: bool) -> dict:
         opt2.step()
 
     n2 = 8 * n
-    t2 = timed(stage2_step, n2)
-    stage2 = n2 * 64 / t2
+    return n2 * 64 / timed(step, n2)
 
+
+def routed_rate(model, grown, val, vocab: int, s: Settings, n: int, naive: bool) -> float:
+    """Tokens/s of the two-exit routed evaluation over validation batches."""
     grown.eval()
     with torch.no_grad():
         shallow = model.hidden(val.x[0], stop=2).reshape(-1, s.model.dim)
@@ -111,9 +106,22 @@ def bench(corpus, threads: int, n: int, naive: bool) -> dict:
                     F.cross_entropy(logits.reshape(-1, vocab), sub.y[b].reshape(-1))
     else:
         def routed(_):
-            evaluate(grown, sub, [2, 4], [threshold])
-    t3 = timed(routed, 1, warmup=1)
-    evaluation = k * val.y[0].numel() / t3
+            evaluate(grown, sub, Cascade.of([2, 4], [threshold]))
+    return k * val.y[0].numel() / timed(routed, 1, warmup=1)
+
+
+def bench(corpus, threads: int, n: int, naive: bool) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    s = Settings()
+    train, val = corpus.batches["train"], corpus.batches["validation"]
+    vocab = len(corpus.vocab)
+    model = EarlyExitLM(vocab, 2, s.model)
+    stage1 = stage1_rate(model, train, s, n, naive)
+    grown = model.grow(4)
+    grown.freeze_lower(2)
+    stage2 = stage2_rate(grown, vocab, s, n, naive)
+    evaluation = routed_rate(model, grown, val, vocab, s, n, naive)
     return {"threads": threads, "naive": naive, "stage1_train_tok_s": round(stage1),
             "stage2_train_tok_s": round(stage2), "routed_eval_tok_s": round(evaluation)}
 

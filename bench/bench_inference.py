@@ -1,5 +1,5 @@
 """Inference speed: the 2-layer model, the plain 4-layer model, the routed model computing
-everything, and the real early exit (inference.py), on the report split of a finished run.
+everything, and the real early exit (cascade.py), on the report split of a finished run.
 
     python bench/bench_inference.py RUN_DIR [--data DIR] [--device cpu|cuda] [--batches N]
                                     [--repeats R] [--threads T] [--json FILE]
@@ -20,16 +20,17 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ashem_engine.costs import CLASSIFIER, SOFTMAX, CostModel
+from ashem_engine.cascade import Cascade, route
+from ashem_engine.costs import CostModel
 from ashem_engine.data import load_corpus
 from ashem_engine.head import exit_stats
-from ashem_engine.inference import early_exit
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import route_everything
+from ashem_engine.names import CLASSIFIER, SOFTMAX
 from ashem_engine.rundir import load_checkpoint
 from ashem_engine.run import choose_threads
 from ashem_engine.settings import settings_from_dict
@@ -63,8 +64,7 @@ def timed(fn, batches, device, repeats: int) -> tuple[float, list]:
     return statistics.median(times), out
 
 
-@torch.no_grad()
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -73,22 +73,37 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+@dataclass
+class FinishedRun:
+    """What the bench needs of a finished run: its models, report batches and exits."""
+
+    path: Path
+    settings: object
+    report: object  # the first --batches batches of the report split, on the device
+    vocab: int
+    base: EarlyExitLM  # the stage-1 model
+    model: EarlyExitLM  # the final model
+    exit_layers: list
+    modes: tuple
+    signals: dict  # signal -> (thresholds, classifiers or None)
+
+
+def load_run(args: argparse.Namespace, device: torch.device) -> FinishedRun:
     run = Path(args.run_dir)
     summary = json.loads((run / "summary.json").read_text())
     settings = settings_from_dict(json.loads((run / "settings.json").read_text()))
     settings = settings.replace(data=type(settings.data)(**{**settings.data.__dict__,
                                                           "path": args.data}))
     sweep = json.loads((run / "sweep.json").read_text())
-    device = torch.device(args.device)
-    torch.set_num_threads(choose_threads(args.threads))
     corpus = load_corpus(settings.data)
     report = corpus.batches[settings.evaluation.split]
     n = min(args.batches, len(report))
     report = type(report)(report.x[:n].to(device), report.y[:n].to(device))
     vocab, cfg = len(corpus.vocab), settings.model
     exit_layers = summary["final"]["exit_layers"]
-    modes = tuple(summary["final"]["inference_modes"])
     last = len(settings.stages)
     base = load_model(run / "stage-1-best.pt", exit_layers[0], vocab, cfg, device)
     model = load_model(run / f"stage-{last}-best.pt", exit_layers[-1], vocab, cfg, device)
@@ -100,30 +115,38 @@ def main() -> int:
     (clf_mid,) = [p for p in clf_series["points"] if p["quantile"] == 0.5]
     signals = {SOFTMAX: (summary["final"]["thresholds"], None),
                CLASSIFIER: (clf_mid["thresholds"], classifiers)}
+    return FinishedRun(run, settings, report, vocab, base, model, exit_layers,
+                       tuple(summary["final"]["inference_modes"]), signals)
 
+
+def paths_of(r: FinishedRun) -> list:
+    """(name, batch -> outputs, signal, kind) for each path timed."""
     def plain(m):
-        return lambda x, y: exit_stats(m.hidden(x).reshape(-1, cfg.dim), m.head.weight, y)
+        return lambda x, y: exit_stats(m.hidden(x).reshape(-1, m.cfg.dim), m.head.weight, y)
 
-    paths = [(f"{exit_layers[0]}-layer model (stage 1)", plain(base), None, None),
-             (f"{exit_layers[-1]}-layer model, no exit", plain(model), None, None)]
-    for signal, (thresholds, clf) in signals.items():
+    paths = [(f"{r.exit_layers[0]}-layer model (stage 1)", plain(r.base), None, None),
+             (f"{r.exit_layers[-1]}-layer model, no exit", plain(r.model), None, None)]
+    for signal, (thresholds, clf) in r.signals.items():
+        cascade = Cascade.of(r.exit_layers, thresholds, r.modes, clf)
         paths.append((f"routed, compute everything ({signal})",
-                      lambda x, y, t=thresholds, c=clf: route_everything(
-                          model, x, y, exit_layers, t, modes, c, all_heads=True),
+                      lambda x, y, c=cascade: route(r.model, c, x, y, every_exit=True),
                       signal, "everything"))
         paths.append((f"real early exit ({signal})",
-                      lambda x, y, t=thresholds, c=clf: early_exit(
-                          model, x, y, exit_layers, t, modes, c), signal, "real"))
+                      lambda x, y, c=cascade: route(r.model, c, x, y, only_needed=True),
+                      signal, "real"))
+    return paths
 
-    tokens = report.tokens
-    seq_len = report.x.shape[-1]
-    plain_macs = CostModel(cfg, vocab, seq_len, tuple(exit_layers), modes).plain()
+
+def measure(r: FinishedRun, device: torch.device, repeats: int) -> list[dict]:
+    """Times every path; each real early exit is checked against computing everything."""
+    tokens, seq_len, cfg = r.report.tokens, r.report.x.shape[-1], r.settings.model
+    plain_macs = CostModel(cfg, r.vocab, seq_len, tuple(r.exit_layers), r.modes).plain()
     results, reference = [], {}
-    for name, fn, signal, kind in paths:
-        seconds, out = timed(fn, report, device, args.repeats)
+    for name, fn, signal, kind in paths_of(r):
+        seconds, out = timed(fn, r.report, device, repeats)
         row = {"path": name, "tokens_per_s": tokens / seconds, "seconds": seconds}
         if signal:
-            exits = torch.cat([r.exit_index for r in out])
+            exits = torch.cat([o.exit_index for o in out])
             if kind == "everything":
                 reference[signal] = out
             else:
@@ -132,39 +155,52 @@ def main() -> int:
                 close = max(float((a.nll - b.nll).abs().max())
                             for a, b in zip(out, reference[signal]))
                 row.update(same_exits=same, max_nll_difference=close)
-            fractions = torch.bincount(exits, minlength=len(exit_layers)).float() / tokens
-            costs = CostModel(cfg, vocab, seq_len, tuple(exit_layers), modes, signal)
+            fractions = torch.bincount(exits, minlength=len(r.exit_layers)).float() / tokens
+            costs = CostModel(cfg, r.vocab, seq_len, tuple(r.exit_layers), r.modes, signal)
             row["deep_ratio"] = 1.0 - float(fractions[0])
             row["macs_relative"] = (costs.relative(fractions.tolist()) if kind == "real"
                                     else costs.compute_everything() / plain_macs)
-            row["ppl"] = float(torch.exp(torch.cat([r.nll for r in out]).double().mean()))
-        else:
-            row["ppl"] = float(torch.exp(torch.cat([r.nll for r in out]).double().mean()))
+        row["ppl"] = float(torch.exp(torch.cat([o.nll for o in out]).double().mean()))
         results.append(row)
-    plain_rate = results[1]["tokens_per_s"]
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()}, "
-                    f"{torch.get_num_threads()} threads")
-    print(f"{run.name}: modes {list(modes)}, {n} batches of {report.x.shape[1]}×{seq_len} "
-          f"({tokens:,} tokens, {settings.evaluation.split}), {machine}, "
+    return results
+
+
+def print_table(r: FinishedRun, results: list[dict], machine: str) -> None:
+    n, batch, seq_len = r.report.x.shape
+    print(f"{r.path.name}: modes {list(r.modes)}, {n} batches of {batch}×{seq_len} "
+          f"({r.report.tokens:,} tokens, {r.settings.evaluation.split}), {machine}, "
           f"torch {torch.__version__}")
     print(f"{'path':40} {'tokens/s':>10} {'vs plain':>9} {'MACs vs plain':>14} "
           f"{'deep %':>7} {'PPL':>8}  check")
-    for r in results:
-        macs = f"{100 * r['macs_relative']:.1f}%" if "macs_relative" in r else ""
-        deep = f"{100 * r['deep_ratio']:.1f}" if "deep_ratio" in r else ""
-        check = ("" if "same_exits" not in r else
-                 ("same exits" if r["same_exits"] else "EXITS DIFFER")
-                 + f", |ΔNLL| ≤ {r['max_nll_difference']:.1e}")
-        print(f"{r['path']:40} {r['tokens_per_s']:>10,.0f} "
-              f"{100 * r['tokens_per_s'] / plain_rate:>8.1f}% {macs:>14} {deep:>7} "
-              f"{r['ppl']:>8.2f}  {check}")
+    plain_rate = results[1]["tokens_per_s"]
+    for row in results:
+        macs = f"{100 * row['macs_relative']:.1f}%" if "macs_relative" in row else ""
+        deep = f"{100 * row['deep_ratio']:.1f}" if "deep_ratio" in row else ""
+        check = ("" if "same_exits" not in row else
+                 ("same exits" if row["same_exits"] else "EXITS DIFFER")
+                 + f", |ΔNLL| ≤ {row['max_nll_difference']:.1e}")
+        print(f"{row['path']:40} {row['tokens_per_s']:>10,.0f} "
+              f"{100 * row['tokens_per_s'] / plain_rate:>8.1f}% {macs:>14} {deep:>7} "
+              f"{row['ppl']:>8.2f}  {check}")
+
+
+@torch.no_grad()
+def main() -> int:
+    args = parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(choose_threads(args.threads))
+    r = load_run(args, device)
+    results = measure(r, device, args.repeats)
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()}, "
+                    f"{torch.get_num_threads()} threads")
+    print_table(r, results, machine)
     if args.json:
-        Path(args.json).write_text(json.dumps({"run": str(run), "device": machine,
-                                               "modes": list(modes), "tokens": tokens,
+        Path(args.json).write_text(json.dumps({"run": str(r.path), "device": machine,
+                                               "modes": list(r.modes),
+                                               "tokens": r.report.tokens,
                                                "results": results}, indent=2))
-    ok = all(r.get("same_exits", True) for r in results)
-    return 0 if ok else 1
+    return 0 if all(row.get("same_exits", True) for row in results) else 1
 
 
 if __name__ == "__main__":

@@ -174,9 +174,9 @@ def test_engine_never_imports_textual(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "BAD []" in p.stdout, p.stdout
-    for module in ("settings", "data", "model", "head", "mining", "routing", "stages", "run",
+    for module in ("settings", "data", "model", "head", "mining", "cascade", "stages", "run",
                    "control", "events", "rundir", "reference", "__main__", "costs",
-                   "inference", "signals", "sweep", "compare"):
+                   "names", "signals", "sweep", "compare"):
         assert f"'{module}'" in p.stdout
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from ashem_engine.costs import (CLASSIFIER, PROPAGATED, SEQUENCE, SOFTMAX, TOKEN, CostModel,
-                                inference_modes)
+from ashem_engine.cascade import inference_modes
+from ashem_engine.costs import CostModel
 from ashem_engine.model import block_macs_per_token, head_macs_per_token
+from ashem_engine.names import CLASSIFIER, PROPAGATED, SEQUENCE, SOFTMAX, TOKEN
 from ashem_engine.settings import ModelSettings, StageSettings
 
 CFG = ModelSettings(dim=16, heads=2, ffn_hidden=32)

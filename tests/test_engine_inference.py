@@ -1,15 +1,14 @@
 """The real early exit computes only what the decision needs, and gives the same exits,
-hidden states, logits and NLLs as computing everything (routing.route_everything)."""
+hidden states, logits and NLLs as computing everything (both are cascade.route)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ashem_engine.costs import PROPAGATED, SEQUENCE, TOKEN
+from ashem_engine.cascade import Cascade, ExitPass, route, sparse_block
 from ashem_engine.head import exit_stats
-from ashem_engine.inference import early_exit, sparse_block
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import route_everything
+from ashem_engine.names import PROPAGATED, SEQUENCE, TOKEN
 from ashem_engine.settings import ModelSettings
 from ashem_engine.signals import train_exit_classifier
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
@@ -44,8 +43,9 @@ def test_real_exit_equals_compute_everything(mode, signal):
         classifiers = [train_exit_classifier(h, conf, steps=50)]
     thresholds, _, _ = median_thresholds(model, x, y, [2, 4],
                                          classifiers[0] if classifiers else None)
-    full = route_everything(model, x, y, [2, 4], thresholds, (mode,), classifiers)
-    real = early_exit(model, x, y, [2, 4], thresholds, (mode,), classifiers)
+    cascade = Cascade.of([2, 4], thresholds, (mode,), classifiers)
+    full = route(model, cascade, x, y)
+    real = route(model, cascade, x, y, only_needed=True)
     assert torch.equal(full.exit_index, real.exit_index)
     counts = torch.bincount(real.exit_index, minlength=2)
     assert counts.min() > 0  # both exits are used: the comparison is not vacuous
@@ -64,8 +64,9 @@ def test_real_exit_equals_compute_everything_three_exits(mode):
     c4 = exit_stats(model.hidden(x, stop=4).reshape(-1, CFG.dim), model.head.weight,
                     y).confidence
     thresholds = [float(c2.quantile(0.6)), float(c4.quantile(0.5))]
-    full = route_everything(model, x, y, [2, 4, 6], thresholds, (mode, mode))
-    real = early_exit(model, x, y, [2, 4, 6], thresholds, (mode, mode))
+    cascade = Cascade.of([2, 4, 6], thresholds, (mode, mode))
+    full = route(model, cascade, x, y)
+    real = route(model, cascade, x, y, only_needed=True)
     assert torch.equal(full.exit_index, real.exit_index)
     assert torch.bincount(real.exit_index, minlength=3).min() > 0
     torch.testing.assert_close(real.hidden, full.hidden, atol=1e-5, rtol=1e-5)
@@ -76,8 +77,9 @@ def test_token_mode_is_not_sequence_mode():
     """Upper layers over single tokens differ from over sequences: the modes matter."""
     model, x, y = setup(4)
     thresholds, _, _ = median_thresholds(model, x, y, [2, 4])
-    token = early_exit(model, x, y, [2, 4], thresholds, (TOKEN,))
-    sequence = early_exit(model, x, y, [2, 4], thresholds, (SEQUENCE,))
+    token = route(model, Cascade.of([2, 4], thresholds, (TOKEN,)), x, y, only_needed=True)
+    sequence = route(model, Cascade.of([2, 4], thresholds, (SEQUENCE,)), x, y,
+                     only_needed=True)
     deep = token.exit_index == 1
     assert not torch.allclose(token.hidden[deep], sequence.hidden[deep])
 
@@ -95,15 +97,58 @@ def test_sparse_block_all_active_is_the_block_and_none_active_changes_nothing():
 def test_propagated_exited_tokens_keep_their_state():
     model, x, y = setup(4)
     thresholds, h2, conf = median_thresholds(model, x, y, [2, 4])
-    real = early_exit(model, x, y, [2, 4], thresholds, (PROPAGATED,))
+    real = route(model, Cascade.of([2, 4], thresholds, (PROPAGATED,)), x, y, only_needed=True)
     left = real.exit_index == 0
     assert torch.equal(real.hidden[left], h2[left])
 
 
-def test_all_heads_changes_the_work_not_the_result():
+def test_every_exit_changes_the_work_not_the_result():
     model, x, y = setup(4)
-    thresholds, _, _ = median_thresholds(model, x, y, [2, 4])
-    a = route_everything(model, x, y, [2, 4], thresholds, (TOKEN,))
-    b = route_everything(model, x, y, [2, 4], thresholds, (TOKEN,), all_heads=True)
+    thresholds, h2, _ = median_thresholds(model, x, y, [2, 4])
+    cascade = Cascade.of([2, 4], thresholds, (TOKEN,))
+    a = route(model, cascade, x, y)
+    b = route(model, cascade, x, y, every_exit=True)
     assert torch.equal(a.exit_index, b.exit_index)
     torch.testing.assert_close(a.nll, b.nll)
+    assert [p.hidden.shape for p in b.every_exit] == [(48, CFG.dim)] * 2
+    assert torch.equal(b.every_exit[0].hidden, h2)
+    assert not a.every_exit
+
+
+@pytest.mark.parametrize("mode", [TOKEN, PROPAGATED, SEQUENCE])
+def test_a_known_first_exit_changes_the_work_not_the_result(mode):
+    model, x, y = setup(4)
+    thresholds, h2, _ = median_thresholds(model, x, y, [2, 4])
+    cascade = Cascade.of([2, 4], thresholds, (mode,))
+    first = ExitPass(h2, exit_stats(h2, model.head.weight, y))
+    for only_needed in (False, True):
+        a = route(model, cascade, x, y, only_needed=only_needed)
+        b = route(model, cascade, x, y, first, only_needed=only_needed)
+        assert torch.equal(a.exit_index, b.exit_index) and torch.equal(a.nll, b.nll)
+
+
+def test_the_cascade_keeps_each_exit_with_its_threshold_mode_and_signal():
+    cascade = Cascade.of([2, 4, 6], [0.3, 0.4], (TOKEN, PROPAGATED))
+    assert cascade.layers == [2, 4, 6] and cascade.thresholds == [0.3, 0.4]
+    assert cascade.modes == (TOKEN, PROPAGATED) and cascade.signal == "softmax"
+    assert [x.threshold for x in cascade.exits] == [0.3, 0.4, None]
+    assert cascade.first(2).layers == [2, 4] and cascade.first(2).thresholds == [0.3]
+    assert cascade.with_thresholds([0.1, 0.2]).thresholds == [0.1, 0.2]
+    assert Cascade.of([2]).last == 0 and Cascade.of([2]).only_needed_is_exact
+    with pytest.raises(ValueError):
+        Cascade.of([2, 4], [0.3, 0.4])
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        Cascade.of([2, 4], [0.3], ("sideways",))
+
+
+def test_evaluate_takes_the_real_exit_where_it_is_the_same_arithmetic():
+    """Under SEQUENCE with max-softmax the real early exit runs exactly the ops of computing
+    everything, so validation and the final evaluation take it: bit for bit the same."""
+    model, x, y = setup(6, seed=5)
+    thresholds, _, _ = median_thresholds(model, x, y, [2, 4, 6])
+    cascade = Cascade.of([2, 4, 6], thresholds)
+    assert cascade.only_needed_is_exact
+    assert not Cascade.of([2, 4], thresholds[:1], (TOKEN,)).only_needed_is_exact
+    full, real = route(model, cascade, x, y), route(model, cascade, x, y, only_needed=True)
+    assert torch.equal(full.exit_index, real.exit_index) and torch.equal(full.nll, real.nll)
+    assert torch.equal(full.hidden, real.hidden)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ashem_engine.cascade import Cascade
 from ashem_engine.data import Batches, Vocabulary
 from ashem_engine.head import ExitStats
 from ashem_engine.mining import (ExitPass, examples_in_context, exit_pass, hard_mask, histogram,
@@ -93,8 +94,8 @@ def test_exit_pass_equals_softmax_of_full_logits():
     model = EarlyExitLM(VOCAB, 2, CFG).eval()
     batches = tiny_batches()
     checked = []
-    passed = exit_pass(model, batches, exit_layer=2, check=checked.append)
-    assert checked == [0, 1, 2]
+    passed = exit_pass(model, batches, Cascade.of([2]), check=lambda: checked.append(1))
+    assert checked == [1, 1, 1]  # once before each batch
     with torch.no_grad():
         logits = torch.cat([model(batches.x[i]).reshape(-1, VOCAB) for i in range(3)])
         shallow = torch.cat([model.head(model.hidden(batches.x[i], stop=1)).reshape(-1, VOCAB)
@@ -105,7 +106,7 @@ def test_exit_pass_equals_softmax_of_full_logits():
     assert torch.allclose(passed.stats.nll, F.cross_entropy(logits, y, reduction="none"),
                           atol=1e-5)
     assert torch.equal(passed.stats.correct, logits.argmax(-1) == y)
-    first = exit_pass(model, batches, exit_layer=1)
+    first = exit_pass(model, batches, Cascade.of([1]))
     assert torch.allclose(first.stats.confidence, shallow.softmax(-1).max(-1).values, atol=1e-5)
 
 
@@ -113,7 +114,7 @@ def test_mined_hidden_states_are_those_of_the_exit_layer():
     torch.manual_seed(0)
     model = EarlyExitLM(VOCAB, 2, CFG).eval()
     batches = tiny_batches(1)
-    result = mine(exit_pass(model, batches, 2), batches.y, 0.5, 2)
+    result = mine(exit_pass(model, batches, Cascade.of([2])), batches.y, 0.5, 2)
     with torch.no_grad():
         all_hidden = torch.cat([model.hidden(batches.x[i]).reshape(-1, 16) for i in range(3)])
     assert len(result.hard) == 36  # 72 tokens, distinct confidences
@@ -159,7 +160,7 @@ def test_later_exit_mines_only_among_the_tokens_that_reach_it():
     conf = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
     reaching = torch.tensor([True, True, False, True, False, True, True, False])
     passed, targets = hand_pass(conf)
-    result = mine(passed, targets, 0.5, exit_layer=4, reaching=reaching)
+    result = mine(passed, targets, 0.5, exit_layer=4, remaining=reaching)
     population = conf[reaching]  # 0.9 0.1 0.2 0.3 0.6
     assert result.threshold == torch.quantile(population, 0.5).item()
     assert result.total == 5 and torch.equal(result.confidences, population)

@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from ashem_engine.cascade import Cascade
 from ashem_engine.data import Batches
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.run import run_ashem
@@ -132,8 +133,8 @@ def test_sequence_context_loss_counts_only_hard_positions():
     with torch.no_grad():
         lower = torch.stack([model.hidden(x[i], stop=2) for i in range(2)])
     mask = torch.rand(2, 4, 8, generator=torch.Generator().manual_seed(1)) < 0.5
-    task = MaskedSequenceTask(model, lower, mask, Batches(x, y), Batches(x, y), [2, 4], [0.1],
-                              hard_from_layer=2, modes=("propagated",))
+    task = MaskedSequenceTask(model, lower, mask, Batches(x, y), Batches(x, y),
+                              Cascade.of([2, 4], [0.1], ("propagated",)))
     base = task.loss(0).item()
     easy = (~mask[0]).nonzero()[0]
     hard = mask[0].nonzero()[0]

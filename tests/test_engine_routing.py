@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from ashem_engine.data import Batches
 from ashem_engine.model import EarlyExitLM, block_macs_per_token, head_macs_per_token
-from ashem_engine.routing import Evaluation, evaluate, route, spec_compute_cost
+from ashem_engine.cascade import Cascade, Evaluation, ExitPass, evaluate
+from ashem_engine.costs import spec_cost
 from ashem_engine.settings import ModelSettings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 
@@ -18,6 +19,11 @@ VOCAB = 50
 
 
 # -- the exit rule -------------------------------------------------------------------------
+
+def route(confidences, thresholds):
+    layers = [2 * (e + 1) for e in range(len(thresholds) + 1)]
+    return Cascade.of(layers, thresholds).choose(confidences)
+
 
 def test_route_two_exits_ties_leave_early():
     conf = torch.tensor([0.10, 0.50, 0.49999, 0.90, 0.50])
@@ -40,16 +46,16 @@ def test_route_accepts_any_shape():
 
 # -- cost accounting -----------------------------------------------------------------------
 
-def test_spec_compute_cost():
-    assert spec_compute_cost([70, 30], [2, 4]) == pytest.approx(0.65)
-    assert spec_compute_cost([100, 0], [2, 4]) == 0.5
-    assert spec_compute_cost([0, 100], [2, 4]) == 1.0
-    assert spec_compute_cost([1, 1, 2], [2, 4, 8]) == pytest.approx((2 + 4 + 16) / (4 * 8))
+def test_spec_cost():
+    assert spec_cost([70, 30], [2, 4]) == pytest.approx(0.65)
+    assert spec_cost([100, 0], [2, 4]) == 0.5
+    assert spec_cost([0, 100], [2, 4]) == 1.0
+    assert spec_cost([1, 1, 2], [2, 4, 8]) == pytest.approx((2 + 4 + 16) / (4 * 8))
 
 
 def test_evaluation_properties():
     e = Evaluation(tokens=4, nll_sum=4 * math.log(10), correct=1, exit_layers=[2, 4],
-                   exit_counts=[3, 1], compute_cost=0.625, honest_cost=0.9)
+                   exit_counts=[3, 1], spec_cost=0.625, honest_cost=0.9)
     assert e.ppl == pytest.approx(10)
     assert e.accuracy == 0.25
     assert e.exit_ratios == [0.75, 0.25]
@@ -106,7 +112,8 @@ def test_evaluate_two_exits_equals_brute_force():
     total = nll.numel()
 
     checked = []
-    result = evaluate(model, batches, [2, 4], [tau], check=checked.append)
+    result = evaluate(model, batches, Cascade.of([2, 4], [tau]),
+                      check=lambda: checked.append(len(checked)))
     assert checked == [0, 1, 2]
     assert result.tokens == total == 96
     assert result.ppl == pytest.approx(math.exp(nll.double().mean().item()), rel=1e-5)
@@ -115,7 +122,7 @@ def test_evaluate_two_exits_equals_brute_force():
     assert result.exit_counts == [n_shallow, total - n_shallow]
     assert 30 < n_shallow < 66
     assert result.exit_ratios == [n_shallow / 96, (96 - n_shallow) / 96]
-    assert result.compute_cost == pytest.approx(sum(batch_costs) / 3)
+    assert result.spec_cost == pytest.approx(sum(batch_costs) / 3)
     assert result.exit_layers == [2, 4] and result.thresholds == [tau]
     # spec inference: every token runs all 4 blocks (deep tokens attend to the exited ones'
     # upper layers); the deep ones paid a second head
@@ -124,8 +131,9 @@ def test_evaluate_two_exits_equals_brute_force():
         (4 * block + head + (1 - n_shallow / 96) * head) / (4 * block + head))
 
     # the frozen first exit's hidden states, computed once, give the same result
-    lower = torch.stack([model.hidden(batches.x[i], stop=2) for i in range(3)])
-    cached = evaluate(model, batches, [2, 4], [tau], lower_hidden=lower)
+    first = ExitPass(torch.cat([model.hidden(x, stop=2).reshape(-1, CFG.dim)
+                                for x in batches.x]))
+    cached = evaluate(model, batches, Cascade.of([2, 4], [tau]), first=first)
     assert cached.nll_sum == pytest.approx(result.nll_sum, rel=1e-6)
     assert (cached.correct, cached.exit_counts) == (result.correct, result.exit_counts)
 
@@ -133,12 +141,12 @@ def test_evaluate_two_exits_equals_brute_force():
 @torch.no_grad()
 def test_evaluate_threshold_extremes():
     model, batches = setup(seed=2)
-    everyone_leaves = evaluate(model, batches, [2, 4], [0.0])
-    nobody_leaves = evaluate(model, batches, [2, 4], [1.01])
-    assert everyone_leaves.exit_counts == [96, 0] and everyone_leaves.compute_cost == 0.5
-    assert nobody_leaves.exit_counts == [0, 96] and nobody_leaves.compute_cost == 1.0
-    shallow_only = evaluate(model, batches, [2], [])
-    deep_only = evaluate(model, batches, [4], [])
+    everyone_leaves = evaluate(model, batches, Cascade.of([2, 4], [0.0]))
+    nobody_leaves = evaluate(model, batches, Cascade.of([2, 4], [1.01]))
+    assert everyone_leaves.exit_counts == [96, 0] and everyone_leaves.spec_cost == 0.5
+    assert nobody_leaves.exit_counts == [0, 96] and nobody_leaves.spec_cost == 1.0
+    shallow_only = evaluate(model, batches, Cascade.of([2]))
+    deep_only = evaluate(model, batches, Cascade.of([4]))
     assert everyone_leaves.nll_sum == pytest.approx(shallow_only.nll_sum, rel=1e-6)
     assert nobody_leaves.nll_sum == pytest.approx(deep_only.nll_sum, rel=1e-6)
 
@@ -148,10 +156,10 @@ def test_evaluate_one_exit_is_plain_evaluation():
     model, batches = setup(layers=2, seed=3)
     logits = torch.cat([model(batches.x[i]).reshape(-1, VOCAB) for i in range(3)])
     y = batches.y.reshape(-1)
-    result = evaluate(model, batches, [2], [])
+    result = evaluate(model, batches, Cascade.of([2]))
     assert result.ppl == pytest.approx(math.exp(F.cross_entropy(logits, y).item()), rel=1e-5)
     assert result.correct == int((logits.argmax(-1) == y).sum())
-    assert result.exit_counts == [96] and result.compute_cost == 1.0
+    assert result.exit_counts == [96] and result.spec_cost == 1.0
     assert result.honest_cost == pytest.approx(1.0)
 
 
@@ -167,7 +175,7 @@ def test_evaluate_three_exits_equals_brute_force():
     logits = torch.stack([torch.cat(per_exit[e]) for e in range(3)])  # (exits, N, V)
     chosen = logits[chosen_exit, torch.arange(96)]
     y = batches.y.reshape(-1)
-    result = evaluate(model, batches, layers, taus)
+    result = evaluate(model, batches, Cascade.of(layers, taus))
     counts = torch.bincount(chosen_exit, minlength=3).tolist()
     assert result.exit_counts == counts and all(c > 0 for c in counts)
     assert result.nll_sum == pytest.approx(

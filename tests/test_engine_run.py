@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from ashem_engine import events as ev
+from ashem_engine.cascade import Cascade, evaluate
 from ashem_engine.control import RunControl
 from ashem_engine.mining import exit_pass
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import evaluate
 from ashem_engine.run import run_ashem
 from ashem_engine.rundir import load_checkpoint
 from conftest import tiny_corpus, tiny_settings
@@ -178,7 +178,7 @@ def test_mining_figures_recomputed_from_stage1_checkpoint(tiny_run):
     settings, result, events = tiny_run
     corpus = tiny_corpus(settings)
     model = model_from(result.run_dir / "stage-1-best.pt", settings)
-    passed = exit_pass(model, corpus.batches["validation"], 2)
+    passed = exit_pass(model, corpus.batches["validation"], Cascade.of([2]))
     conf = passed.stats.confidence
     threshold = torch.quantile(conf, 0.5).item()
     computed = one(events, ev.ThresholdComputed)
@@ -204,13 +204,13 @@ def test_final_evaluation_is_the_restored_best_stage2_model(tiny_run):
     corpus = tiny_corpus(settings)
     model = model_from(result.run_dir / "stage-2-best.pt", settings)
     threshold = one(events, ev.ThresholdComputed).threshold
-    again = evaluate(model, corpus.batches["validation"], [2, 4], [threshold])
+    again = evaluate(model, corpus.batches["validation"], Cascade.of([2, 4], [threshold]))
     final = one(events, ev.Evaluated)
     assert final.ppl == pytest.approx(again.ppl, rel=1e-6)
     assert final.accuracy == again.accuracy
     assert final.exit_ratios == again.exit_ratios
     assert final.shallow_ratio + final.deep_ratio == pytest.approx(1.0)
-    assert final.compute_cost == pytest.approx(again.compute_cost)
+    assert final.compute_cost == pytest.approx(again.spec_cost)
     assert final.compute_cost == pytest.approx((2 * final.shallow_ratio + 4 * final.deep_ratio)
                                                / 4)
     assert one(events, ev.StageEnded, stage=2).best_val_ppl == pytest.approx(final.ppl,
@@ -222,7 +222,7 @@ def test_stage2_hard_ppl_is_the_new_layers_on_the_mined_tokens_alone(tiny_run):
     corpus = tiny_corpus(settings)
     stage1 = model_from(result.run_dir / "stage-1-best.pt", settings)
     stage2 = model_from(result.run_dir / "stage-2-best.pt", settings)
-    passed = exit_pass(stage1, corpus.batches["validation"], 2)
+    passed = exit_pass(stage1, corpus.batches["validation"], Cascade.of([2]))
     mask = passed.stats.confidence < one(events, ev.ThresholdComputed).threshold
     with torch.no_grad():
         out = stage2.run_layers(passed.hidden[mask][:, None, :], 2, 4)[:, 0, :]
@@ -264,8 +264,8 @@ def test_three_stages(tmp_path):
     model = model_from(result.run_dir / "stage-2-best.pt", settings)
     validation = tiny_corpus(settings).batches["validation"]
     first_threshold = one(events, ev.ThresholdComputed, stage=1).threshold
-    stays = exit_pass(model, validation, 2).stats.confidence < first_threshold
-    deep = exit_pass(model, validation, 4).stats.confidence[stays]
+    stays = exit_pass(model, validation, Cascade.of([2])).stats.confidence < first_threshold
+    deep = exit_pass(model, validation, Cascade.of([4])).stats.confidence[stays]
     second = one(events, ev.ThresholdComputed, stage=2)
     assert second.tokens == int(stays.sum()) < 448
     assert second.threshold == pytest.approx(torch.quantile(deep, 0.5).item(), abs=1e-7)

@@ -7,7 +7,7 @@ import torch
 from ashem_engine import events as ev
 from ashem_engine.head import exit_stats
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import spec_compute_cost
+from ashem_engine.costs import spec_cost
 from ashem_engine.run import run_ashem
 from ashem_engine.rundir import load_checkpoint
 from conftest import tiny_corpus, tiny_settings
@@ -109,4 +109,4 @@ def test_second_threshold_is_a_quantile_over_the_tokens_that_reach_exit_two(thre
 
 def test_spec_cost_generalises_to_three_exits():
     # 50 tokens leave at layer 2, 30 at layer 4, 20 at layer 6: (100 + 120 + 120) / 600
-    assert spec_compute_cost([50, 30, 20], [2, 4, 6]) == pytest.approx(340 / 600)
+    assert spec_cost([50, 30, 20], [2, 4, 6]) == pytest.approx(340 / 600)

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
+from ashem_engine.cascade import Cascade, Evaluation
 from ashem_engine.control import Cancelled, RunControl
 from ashem_engine.data import Batches
 from ashem_engine.events import BatchProgress, EpochEnded
 from ashem_engine.head import head_loss
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import Evaluation
 from ashem_engine.settings import ModelSettings, OptimizerSettings, StageSettings
 from ashem_engine.stages import NumericFault, StageTask, run_stage, snapshot
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
@@ -26,7 +26,8 @@ class ScriptedTask(StageTask):
     the weights it saw (the weights at the end of each epoch)."""
 
     def __init__(self, model, ppls, exit_layers=(2,), batches=3, shallow=0.75):
-        super().__init__(model, validation=None, exit_layers=list(exit_layers), thresholds=[])
+        super().__init__(model, validation=None,
+                         cascade=Cascade.of(exit_layers, [0.5] * (len(exit_layers) - 1)))
         g = torch.Generator().manual_seed(0)
         self.x = torch.randint(0, VOCAB, (batches, 2, 5), generator=g)
         self.y = torch.randint(0, VOCAB, (batches, 2, 5), generator=g)
@@ -47,15 +48,15 @@ class ScriptedTask(StageTask):
         return head_loss(h.reshape(-1, h.shape[-1]), self.model.head.weight, self.y[index])
 
     def validate(self, check):
-        check(0)
+        check()
         epoch = len(self.seen) + 1
         self.seen[epoch] = snapshot(self.model)
         ppl = self.ppls[epoch - 1]
         tokens = 1000
         counts = [int(tokens * self.shallow), tokens - int(tokens * self.shallow)] \
-            if len(self.exit_layers) > 1 else [tokens]
+            if self.cascade.last else [tokens]
         return Evaluation(tokens=tokens, nll_sum=math.log(ppl) * tokens, correct=100 + epoch,
-                          exit_layers=self.exit_layers, exit_counts=counts, compute_cost=1.0,
+                          exit_layers=self.cascade.layers, exit_counts=counts, spec_cost=1.0,
                           honest_cost=1.0)
 
 
@@ -69,9 +70,9 @@ def drive(ppls, patience, max_epochs=None, task=None, control=None, **kw):
     cfg = StageSettings(layers=2, lr=1e-2, max_epochs=max_epochs or len(ppls),
                         patience=patience)
     events, improved_at = [], []
-    outcome, best = run_stage(1, task, cfg, OPT, control or RunControl(), events.append,
-                              on_improved=lambda e, s: improved_at.append((e, s)), **kw)
-    return task, outcome, best, events, improved_at
+    outcome = run_stage(1, task, cfg, OPT, control or RunControl(), events.append,
+                        on_improved=lambda e, s: improved_at.append((e, s)), **kw)
+    return task, outcome, events, improved_at
 
 
 def epochs_of(events):
@@ -84,7 +85,7 @@ def same_state(a: dict, b: dict) -> bool:
 
 def test_patience_three_restores_best_epoch():
     ppls = [10, 8, 9, 7, 7.5, 7.6, 7.7, 6, 5]  # 6 and 5 must never be reached
-    task, outcome, best, events, improved_at = drive(ppls, patience=3)
+    task, outcome, events, improved_at = drive(ppls, patience=3)
     assert outcome.epochs == 7 and outcome.best_epoch == 4 and outcome.stopped_early
     assert outcome.best_val_ppl == pytest.approx(7)
     assert outcome.best_val_acc == pytest.approx(104 / 1000)
@@ -105,30 +106,29 @@ def test_patience_three_restores_best_epoch():
     # training really moved the weights, and the best epoch's weights are what is left
     assert not same_state(task.seen[4], task.seen[7])
     assert same_state(task.model.state_dict(), task.seen[4])
-    assert same_state(best, task.seen[4])
     assert [e for e, _ in improved_at] == [1, 2, 4]
     for epoch, state in improved_at:
         assert same_state(state, task.seen[epoch])
 
 
 def test_equal_ppl_is_not_an_improvement():
-    _, outcome, _, events, _ = drive([10, 10, 10], patience=1)
+    _, outcome, events, _ = drive([10, 10, 10], patience=1)
     assert outcome.epochs == 2 and outcome.best_epoch == 1 and outcome.stopped_early
     assert [e.improved for e in epochs_of(events)] == [True, False]
 
-    _, outcome, _, events, _ = drive([10, 9, 9, 9, 1], patience=3)
+    _, outcome, events, _ = drive([10, 9, 9, 9, 1], patience=3)
     assert outcome.epochs == 5 and outcome.best_epoch == 5 and not outcome.stopped_early
     assert [e.patience_counter for e in epochs_of(events)] == [0, 0, 1, 2, 0]
 
 
 def test_patience_one_stops_at_first_non_improvement():
-    task, outcome, best, events, _ = drive([5, 4, 4.5, 3, 2], patience=1)
+    task, outcome, events, _ = drive([5, 4, 4.5, 3, 2], patience=1)
     assert outcome.epochs == 3 and outcome.best_epoch == 2 and outcome.stopped_early
     assert same_state(task.model.state_dict(), task.seen[2])
 
 
 def test_max_epochs_limit_is_not_early_stopping():
-    task, outcome, _, events, _ = drive([9, 8, 7, 6, 5], patience=2, max_epochs=3)
+    task, outcome, events, _ = drive([9, 8, 7, 6, 5], patience=2, max_epochs=3)
     assert outcome.epochs == 3 and outcome.best_epoch == 3 and not outcome.stopped_early
     assert len(epochs_of(events)) == 3
     assert same_state(task.model.state_dict(), task.seen[3])
@@ -138,7 +138,7 @@ def test_routed_validation_reports_shallow_ratio():
     grown = model().grow(4)
     grown.freeze_lower(2)
     task = ScriptedTask(grown, [5, 6], exit_layers=(2, 4), shallow=0.75)
-    _, outcome, _, events, _ = drive([5, 6], patience=1, task=task)
+    _, outcome, events, _ = drive([5, 6], patience=1, task=task)
     assert [e.shallow_ratio for e in epochs_of(events)] == [0.75, 0.75]
     assert [r["shallow_ratio"] for r in outcome.history] == [0.75, 0.75]
 
@@ -158,7 +158,7 @@ def test_frozen_parameters_do_not_move():
 
 def test_batch_progress_is_throttled_and_complete():
     task = ScriptedTask(model(), [3, 2], batches=10)
-    _, _, _, events, _ = drive([3, 2], patience=1, task=task, progress_events_per_epoch=3)
+    _, _, events, _ = drive([3, 2], patience=1, task=task, progress_events_per_epoch=3)
     progress = [e for e in events if isinstance(e, BatchProgress)]
     # ceil(10 / 3) = every 4th batch, and always the last
     assert [(e.epoch, e.batch) for e in progress] == [(1, 4), (1, 8), (1, 10),
@@ -211,7 +211,7 @@ def test_sequence_task_loss_is_mean_cross_entropy_of_the_full_model():
     g = torch.Generator().manual_seed(1)
     train = Batches(torch.randint(0, VOCAB, (2, 3, 5), generator=g),
                     torch.randint(0, VOCAB, (2, 3, 5), generator=g))
-    task = SequenceTask(m, train, None, [2], [])
+    task = SequenceTask(m, train, None, Cascade.of([2]))
     assert task.num_batches() == 2 and task.tokens_in(1) == 15
     expected = torch.nn.functional.cross_entropy(m(train.x[1]).reshape(-1, VOCAB),
                                                  train.y[1].reshape(-1))
@@ -229,7 +229,7 @@ def test_hard_token_task_feeds_each_token_alone_through_the_new_layers():
                       targets=torch.randint(0, VOCAB, (k,), generator=g),
                       confidences=torch.rand(k, generator=g), positions=torch.arange(k))
     order = torch.randperm(k, generator=g)
-    task = HardTokenTask(grown, hard, order, 4, None, [2, 4], [0.5], hard_from_layer=2)
+    task = HardTokenTask(grown, hard, order, 4, None, Cascade.of([2, 4], [0.5]))
     assert task.num_batches() == 3 and [task.tokens_in(i) for i in range(3)] == [4, 4, 2]
     assert torch.equal(torch.cat(task.order), order)
     idx = order[8:]
@@ -246,22 +246,23 @@ def test_hard_token_task_feeds_each_token_alone_through_the_new_layers():
 
 
 def test_validate_caches_the_frozen_first_exit():
-    from ashem_engine.routing import evaluate
+    from ashem_engine.cascade import evaluate
     from ashem_engine.stages import SequenceTask
     grown = model().grow(4)
     grown.freeze_lower(2)
     g = torch.Generator().manual_seed(3)
     validation = Batches(torch.randint(0, VOCAB, (2, 3, 5), generator=g),
                          torch.randint(0, VOCAB, (2, 3, 5), generator=g))
-    task = SequenceTask(grown, validation, validation, [2, 4], [0.05])
-    first = task.validate(lambda i: None)
-    assert task._lower_hidden is not None and task._lower_hidden.shape == (2, 3, 5, 16)
-    plain = evaluate(grown, validation, [2, 4], [0.05])
+    cascade = Cascade.of([2, 4], [0.05])
+    task = SequenceTask(grown, validation, validation, cascade)
+    first = task.validate(lambda: None)
+    assert task._first_exit.hidden.shape == (2 * 3 * 5, 16)
+    plain = evaluate(grown, validation, cascade)
     assert first.nll_sum == pytest.approx(plain.nll_sum, rel=1e-6)
     assert first.exit_counts == plain.exit_counts
     with torch.no_grad():  # the head and the new layers change: the cache stays valid
         grown.head.weight.mul_(1.5)
         grown.layers[3].ffn.w2.weight.mul_(0.5)
-    again = task.validate(lambda i: None)
-    plain = evaluate(grown, validation, [2, 4], [0.05])
+    again = task.validate(lambda: None)
+    plain = evaluate(grown, validation, cascade)
     assert again.nll_sum == pytest.approx(plain.nll_sum, rel=1e-6)

@@ -9,10 +9,10 @@ import torch
 
 from ashem_engine.compare import (ComparisonError, combine, load_comparison, mark_pareto,
                                   pareto_rows)
-from ashem_engine.costs import PROPAGATED, SEQUENCE, TOKEN
+from ashem_engine.cascade import Cascade, evaluate
 from ashem_engine.data import Batches
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.routing import evaluate
+from ashem_engine.names import PROPAGATED, SEQUENCE, TOKEN
 from ashem_engine.settings import ModelSettings
 from ashem_engine.signals import train_exit_classifier
 from ashem_engine.sweep import sweep, sweep_quantiles, train_classifiers
@@ -37,9 +37,9 @@ def model():
 @pytest.mark.parametrize("mode", [TOKEN, SEQUENCE, PROPAGATED])
 def test_routed_fraction_is_monotone_in_the_threshold(model, mode):
     mining, report = batches(1), batches(2)
-    classifiers = train_classifiers(model, mining, [2, 4], [0.05], (mode,), seed=0)
-    series = sweep(model, mining, report, [2, 4], (mode,), ["softmax", "classifier"], 21,
-                   classifiers)
+    cascade = Cascade.of([2, 4], [0.05], (mode,))
+    classifiers = train_classifiers(model, mining, cascade, seed=0)
+    series = sweep(model, mining, report, cascade, ["softmax", "classifier"], 21, classifiers)
     assert [s["signal"] for s in series] == ["softmax", "classifier"]
     for s in series:
         points = s["points"]
@@ -62,23 +62,25 @@ def test_sweep_points_equal_a_routed_evaluation(model, mode, signal):
     """The sweep's shortcuts (one pass for routing-independent modes; the first exit
     computed once when propagating) give evaluate's numbers."""
     mining, report = batches(1), batches(2)
-    classifiers = train_classifiers(model, mining, [2, 4], [0.05], (mode,), seed=0)
-    (series,) = sweep(model, mining, report, [2, 4], (mode,), [signal], 5, classifiers)
+    cascade = Cascade.of([2, 4], [0.05], (mode,))
+    classifiers = train_classifiers(model, mining, cascade, seed=0)
+    (series,) = sweep(model, mining, report, cascade, [signal], 5, classifiers)
     for p in series["points"]:
-        r = evaluate(model, report, [2, 4], p["thresholds"], modes=(mode,),
-                     classifiers=classifiers if signal == "classifier" else None)
+        r = evaluate(model, report, Cascade.of(
+            [2, 4], p["thresholds"], (mode,),
+            classifiers if signal == "classifier" else None))
         assert p["ppl"] == pytest.approx(r.ppl, rel=1e-5)
         assert p["accuracy"] == pytest.approx(r.accuracy)
         assert p["exit_ratios"] == pytest.approx(r.exit_ratios)
         assert p["honest_cost"] == pytest.approx(r.honest_cost)
-        assert p["spec_cost"] == pytest.approx(r.compute_cost)
+        assert p["spec_cost"] == pytest.approx(r.spec_cost)
 
 
 def test_softmax_costs_grow_with_depth_and_the_classifier_is_cheaper(model):
     mining, report = batches(1), batches(2)
-    classifiers = train_classifiers(model, mining, [2, 4], [0.05], (TOKEN,), seed=0)
-    soft, clf = sweep(model, mining, report, [2, 4], (TOKEN,), ["softmax", "classifier"], 6,
-                      classifiers)
+    cascade = Cascade.of([2, 4], [0.05], (TOKEN,))
+    classifiers = train_classifiers(model, mining, cascade, seed=0)
+    soft, clf = sweep(model, mining, report, cascade, ["softmax", "classifier"], 6, classifiers)
     costs = [p["honest_cost"] for p in soft["points"]]
     assert all(a <= b for a, b in zip(costs, costs[1:]))
     assert soft["points"][-1]["honest_cost"] > 1.0  # everyone deep: two heads each

@@ -1,0 +1,372 @@
+"""The cascade: a token leaves at the first exit whose signal reaches its threshold; the
+last exit takes the rest (with two exits, the spec's two-stage inference). The exit rule,
+advancing hidden states between exits and routing live here and nowhere else. A batch is
+routed either computing everything (every block for every token: mining, sweeps, checks)
+or only what the decision needs (the real early exit), with the same exits (tested):
+- TOKEN mode (as trained in the token context): the deep tokens' states are gathered and run
+  through the upper layers as sequences of length 1.
+- PROPAGATED mode (sequence context): an exited token keeps its exit state in the layers
+  above; each upper layer projects it to keys and values (so later deep tokens can attend to
+  it) but runs no query, attention or feed-forward for it. Deep tokens run the whole block.
+- SEQUENCE mode (the spec's evaluation): deep tokens attend to the exited tokens' real
+  upper-layer keys and values, so every token runs the upper blocks; only heads are saved.
+A token that exits by max-softmax has paid one head per exit it passed; with the exit
+classifier it pays one head, at its exit. evaluate() routes a whole split.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .costs import CostModel, spec_cost
+from .data import Batches
+from .head import ExitStats, exit_stats
+from .model import Block, EarlyExitLM, rotate_half
+from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
+from .signals import ExitClassifier
+
+
+def leaves(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The exit rule: a token leaves when its signal reaches the threshold."""
+    return scores >= threshold
+
+
+@dataclass(frozen=True)
+class Exit:
+    layer: int
+    mode: str = SEQUENCE  # how the layers from the exit below up to this one run
+    threshold: Optional[float] = None  # every exit but the last
+    classifier: Optional[ExitClassifier] = None  # the signal; max-softmax when None
+
+    def decide(self, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
+        """Which of these tokens leave here, from their (N, dim) states or statistics."""
+        scores = stats.confidence if self.classifier is None else self.classifier.score(hidden)
+        return leaves(scores, self.threshold)
+
+
+@dataclass(frozen=True)
+class Cascade:
+    exits: tuple
+
+    @classmethod
+    def of(cls, layers: Sequence[int], thresholds: Sequence[float] = (),
+           modes: Optional[Sequence[str]] = None,
+           classifiers: Optional[Sequence[ExitClassifier]] = None) -> "Cascade":
+        """From the lists that run directories and events keep. `modes`: one per exit after
+        the first (default SEQUENCE); `classifiers`: one per exit before it (max-softmax)."""
+        layers, thresholds = list(layers), list(thresholds)
+        modes = list(modes) if modes is not None else [SEQUENCE] * len(thresholds)
+        classifiers = (list(classifiers or []) + [None] * len(thresholds))[: len(thresholds)]
+        if len(thresholds) != len(layers) - 1 or len(modes) != len(thresholds):
+            raise ValueError("one threshold and one mode per exit before the last")
+        if not set(modes) <= set(MODES):
+            raise ValueError(f"unknown inference mode in {modes}")
+        return cls(tuple(Exit(*x) for x in zip(layers, [SEQUENCE, *modes], [*thresholds, None],
+                                                [*classifiers, None])))
+
+    @property
+    def layers(self) -> list:
+        return [x.layer for x in self.exits]
+
+    @property
+    def thresholds(self) -> list:
+        return [x.threshold for x in self.exits[:-1]]
+
+    @property
+    def modes(self) -> tuple:
+        return tuple(x.mode for x in self.exits[1:])
+
+    @property
+    def classifiers(self) -> Optional[list]:
+        found = [x.classifier for x in self.exits[:-1]]
+        return found if any(c is not None for c in found) else None
+
+    @property
+    def signal(self) -> str:
+        return SOFTMAX if self.classifiers is None else CLASSIFIER
+
+    @property
+    def last(self) -> int:
+        return len(self.exits) - 1
+
+    @property
+    def only_needed_is_exact(self) -> bool:
+        """Whether the real early exit does the very arithmetic of computing everything:
+        every layer over whole sequences, heads for the tokens still in the cascade."""
+        return all(m == SEQUENCE for m in self.modes) and self.classifiers is None
+
+    def first(self, n: int) -> "Cascade":
+        """The first n exits; the n-th becomes the last (its threshold goes unused)."""
+        return Cascade(self.exits[:n])
+
+    def with_thresholds(self, thresholds: Sequence[float]) -> "Cascade":
+        return Cascade.of(self.layers, thresholds, self.modes, self.classifiers)
+
+    def with_classifiers(self, classifiers: Optional[Sequence]) -> "Cascade":
+        return Cascade.of(self.layers, self.thresholds, self.modes, classifiers)
+
+    def costs(self, model: EarlyExitLM, seq_len: int) -> CostModel:
+        return CostModel(model.cfg, model.vocab_size, seq_len, tuple(self.layers),
+                         self.modes, self.signal)
+
+    def choose(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Exit index per token from its signal at each exit but the last, known beforehand."""
+        if len(scores) != self.last:
+            raise ValueError("one score tensor per exit before the last")
+        n = scores[0].numel() if scores else 0
+        chosen = torch.full((n,), self.last, dtype=torch.long)
+        remaining = torch.ones(n, dtype=torch.bool)
+        for e, (score, exit) in enumerate(zip(scores, self.exits)):
+            leave = remaining & leaves(score.reshape(-1).cpu(), exit.threshold)
+            chosen[leave] = e
+            remaining &= ~leave
+        return chosen
+
+
+def inference_modes(stages: Sequence, inference: str) -> tuple:
+    """How the layers of each stage after the first run at inference: the spec's way, over
+    whole sequences; or "as_trained", the way their stage's context trained them."""
+    if inference == SPEC:
+        return tuple(SEQUENCE for _ in stages[1:])
+    return tuple(TOKEN if st.context == "token" else PROPAGATED for st in stages[1:])
+
+
+# -- advancing hidden states from one exit to the next ---------------------------------------
+
+def advance(model: EarlyExitLM, h: torch.Tensor, start: int, stop: int, mode: str,
+            remaining: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, T, dim) hidden states after layer `start` -> after layer `stop`, computed for every
+    token. `remaining` (B, T) marks the tokens still in the cascade; PROPAGATED keeps the
+    others' states."""
+    if mode == SEQUENCE:
+        return model.run_layers(h, start, stop)
+    if mode == TOKEN:
+        B, T, C = h.shape
+        return model.run_layers(h.reshape(B * T, 1, C), start, stop).reshape(B, T, C)
+    if mode != PROPAGATED:
+        raise ValueError(f"unknown inference mode {mode!r}")
+    keep = ~remaining[..., None]
+    held = h
+    for block in model.layers[start:stop]:
+        h = torch.where(keep, held, block(h))
+    return h
+
+
+def advance_needed(model: EarlyExitLM, state: torch.Tensor, start: int, stop: int, mode: str,
+                   remaining_rows: torch.Tensor) -> torch.Tensor:
+    """As advance, computing only what the tokens at `remaining_rows` (flat indices into
+    B × T) need; the others' states are left as they are, or under SEQUENCE as advance's."""
+    if mode not in (TOKEN, PROPAGATED):
+        return advance(model, state, start, stop, mode)
+    B, T, C = state.shape
+    n = B * T
+    if mode == TOKEN:
+        deep = state.reshape(n, C)[remaining_rows][:, None, :]
+        deep = model.run_layers(deep, start, stop)[:, 0, :]
+        return state.reshape(n, C).index_copy(0, remaining_rows, deep).view(B, T, C)
+    remaining = torch.zeros(n, dtype=torch.bool, device=state.device)
+    remaining[remaining_rows] = True
+    for block in model.layers[start:stop]:
+        state = sparse_block(block, state, remaining.view(B, T))
+    return state
+
+
+def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
+    """One block for the remaining tokens only. state (B, T, dim); remaining (B, T) bool.
+    Keys and values come from every position's state; queries, attention and the
+    feed-forward run for the remaining positions (padded per row to the longest row)."""
+    B, T, C = state.shape
+    attn = block.attn
+    H, D = attn.heads, attn.head_dim
+    per_row = remaining.sum(1)
+    M = int(per_row.max()) if B else 0
+    if M == 0:
+        return state
+    # positions of each row's remaining tokens, padded with position 0 (masked out below)
+    order = torch.argsort((~remaining).to(torch.int8), dim=1, stable=True)[:, :M]
+    valid = torch.arange(M, device=state.device)[None, :] < per_row[:, None]
+    pos = torch.where(valid, order, torch.zeros_like(order))
+    rows = torch.arange(B, device=state.device)[:, None]
+    x = state[rows, pos]  # (B, M, C)
+    cos, sin = attn._rope(T, state.device)
+    k = attn.wk(state).view(B, T, H, D).transpose(1, 2)
+    v = attn.wv(state).view(B, T, H, D).transpose(1, 2)
+    k = k * cos + rotate_half(k) * sin
+    q = attn.wq(x).view(B, M, H, D).transpose(1, 2)
+    qc, qs = cos[pos][:, None], sin[pos][:, None]  # (B, 1, M, D)
+    q = q * qc + rotate_half(q) * qs
+    allowed = torch.arange(T, device=state.device)[None, None, :] <= pos[:, :, None]
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    x = block.norm1(x + attn.wo(y.transpose(1, 2).reshape(B, M, C)))
+    x = block.norm2(x + block.ffn(x))
+    out = state.clone()
+    out[rows.expand(B, M)[valid], pos[valid]] = x[valid]
+    return out
+
+
+# -- routing a batch -----------------------------------------------------------------------
+
+@dataclass
+class ExitPass:
+    """Every token of a batch or a split at one exit, in batch order: (tokens, dim) hidden
+    states and their statistics; `remaining` marks the tokens no earlier exit let go (None:
+    every token). A known first exit (frozen, or shared by a sweep's thresholds) is one."""
+
+    hidden: torch.Tensor
+    stats: Optional[ExitStats] = None
+    remaining: Optional[torch.Tensor] = None
+
+
+@dataclass
+class RoutedTokens:
+    """Per token of one batch: the exit it left at, its NLL and correctness there, and its
+    hidden state at that exit (so logits = head(hidden)); `every_exit`: an ExitPass per exit."""
+
+    exit_index: torch.Tensor  # (N,) long
+    nll: torch.Tensor  # (N,)
+    correct: torch.Tensor  # (N,) bool
+    hidden: torch.Tensor  # (N, dim)
+    every_exit: list = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n: int, dim: int, last: int, device) -> "RoutedTokens":
+        return cls(torch.full((n,), last, dtype=torch.long, device=device),
+                   torch.empty(n, device=device), torch.empty(n, dtype=torch.bool, device=device),
+                   torch.empty(n, dim, device=device))
+
+    def leave(self, rows: torch.Tensor, e: int, stats: ExitStats, hidden: torch.Tensor):
+        self.nll[rows], self.correct[rows], self.hidden[rows] = stats.nll, stats.correct, hidden
+        self.exit_index[rows] = e
+
+
+@torch.no_grad()
+def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
+          first: Optional[ExitPass] = None, only_needed: bool = False,
+          every_exit: bool = False) -> RoutedTokens:
+    """One batch (B, T) of token ids through the cascade. By default every block runs for
+    every token (the reference) and each exit's head for the tokens still in the cascade;
+    `every_exit`: also every token's head at every exit, each exit kept as an ExitPass (what
+    mining, the sweep's table and the bench need). `only_needed`: the real early exit, which
+    computes only what the decision needs and gives the same exits (tested). `first`: the
+    batch's first exit, when known."""
+    if only_needed and every_exit:
+        raise ValueError("every exit's statistics need every token computed")
+    weight, y = model.head.weight, y.reshape(-1)
+    n = y.numel()
+    routed = RoutedTokens.empty(n, weight.shape[1], cascade.last, y.device)
+    remaining_rows = torch.arange(n, device=y.device)
+    remaining = None if only_needed else torch.ones(n, dtype=torch.bool, device=y.device)
+    h, everyone = (model.hidden(x, stop=cascade.layers[0]), None) if first is None else \
+        (first.hidden.view(*x.shape, -1), first.stats)
+    for e, exit in enumerate(cascade.exits):
+        if e > 0:
+            start = cascade.exits[e - 1].layer
+            h = advance_needed(model, h, start, exit.layer, exit.mode, remaining_rows) \
+                if only_needed else advance(model, h, start, exit.layer, exit.mode,
+                                            remaining.view(x.shape))
+            everyone = None
+        if every_exit:
+            everyone = exit_stats(h.reshape(n, -1), weight, y) if everyone is None else everyone
+            routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
+        flat, targets = h.reshape(n, -1)[remaining_rows], y[remaining_rows]
+        if only_needed and exit.classifier is not None and e < cascade.last:
+            leave = exit.decide(flat, None)
+            s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only
+        else:
+            s = exit_stats(flat, weight, targets) if everyone is None else \
+                everyone[remaining_rows]
+            if e == cascade.last:  # the last exit takes everyone left
+                routed.leave(remaining_rows, e, s, flat)
+                break
+            leave = exit.decide(flat, s)
+            s = s[leave]
+        rows = remaining_rows[leave]
+        routed.leave(rows, e, s, flat[leave])
+        if remaining is not None:
+            remaining[rows] = False
+        remaining_rows = remaining_rows[~leave]
+    return routed
+
+
+# -- a split through the cascade -----------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    tokens: int
+    nll_sum: float
+    correct: int
+    exit_layers: list
+    exit_counts: list
+    spec_cost: float  # averaged per batch, as the reference does
+    honest_cost: float
+    thresholds: list = field(default_factory=list)
+    macs_per_token: float = 0.0  # what honest_cost is relative to: absolute, per token
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll_sum / self.tokens)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.tokens
+
+    @property
+    def exit_ratios(self) -> list:
+        return [c / self.tokens for c in self.exit_counts]
+
+
+class Tally:
+    """Sums routed tokens into an Evaluation of one cascade."""
+
+    def __init__(self, cascade: Cascade):
+        self.cascade = cascade
+        self.nll_sum, self.correct, self.tokens = 0.0, 0, 0
+        self.counts = [0] * len(cascade.exits)
+        self.batch_costs = []
+
+    def add(self, exit_index: torch.Tensor, nll: torch.Tensor, correct: torch.Tensor,
+            batch_tokens: int) -> None:
+        """Tokens of one or more whole batches of `batch_tokens` tokens each."""
+        self.nll_sum += float(nll.double().sum())
+        self.correct += int(correct.sum())
+        self.tokens += nll.numel()
+        for batch in exit_index.view(-1, batch_tokens):
+            counts = torch.bincount(batch, minlength=len(self.counts)).tolist()
+            self.counts = [a + b for a, b in zip(self.counts, counts)]
+            self.batch_costs.append(spec_cost(counts, self.cascade.layers))
+
+    def evaluation(self, model: EarlyExitLM, seq_len: int) -> Evaluation:
+        fractions = [c / self.tokens for c in self.counts]
+        costs = self.cascade.costs(model, seq_len)
+        return Evaluation(self.tokens, self.nll_sum, self.correct, self.cascade.layers,
+                          self.counts, sum(self.batch_costs) / len(self.batch_costs),
+                          costs.relative(fractions), self.cascade.thresholds,
+                          costs.absolute(fractions))
+
+
+@torch.no_grad()
+def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
+             check: Optional[Callable[[], None]] = None,
+             first: Optional[ExitPass] = None) -> Evaluation:
+    """Routed evaluation over a split; with one exit it is plain evaluation. The real early
+    exit where it does the same arithmetic as computing everything, else computing
+    everything. `first`: the split's first exit when it is known (a frozen first stage's
+    states, a sweep's states and statistics). `check()` runs before every batch."""
+    if len(batches) == 0:
+        raise ValueError("evaluate needs at least one batch")
+    tally, n = Tally(cascade), batches.y[0].numel()
+    for i in range(len(batches)):
+        if check:
+            check()
+        rows = slice(i * n, (i + 1) * n)
+        known = None if first is None else \
+            ExitPass(first.hidden[rows], None if first.stats is None else first.stats[rows])
+        r = route(model, cascade, batches.x[i], batches.y[i], known,
+                  only_needed=cascade.only_needed_is_exact)
+        tally.add(r.exit_index, r.nll, r.correct, n)
+    return tally.evaluation(model, batches.x.shape[-1])
+
