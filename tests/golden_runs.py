@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 GOLDEN = HERE / "golden"
 PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir", "path", "source"}
 

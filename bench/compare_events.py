@@ -1,0 +1,70 @@
+"""Whether two runs reported the same thing: their events.jsonl, summary.json and sweep.json
+field by field, apart from timing fields and paths; floats to a relative 1e-6.
+
+    python bench/compare_events.py RUN_DIR_A RUN_DIR_B
+
+A field that B adds is fine (the event log only grows); one that B lacks is a difference.
+Exit code 0 when there is none. tests/test_engine_golden.py uses the same comparison.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+TIMING = {"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
+          "seconds_before"}
+PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir", "path", "source", "data_source"}
+
+
+def scrub(value):
+    """Drops clock fields and paths at every depth (summaries and settings nest them)."""
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items() if k not in TIMING and k not in PATHS}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def differences(old, new, where: str = "", out=None) -> list[str]:
+    out = [] if out is None else out
+    if isinstance(old, dict) and isinstance(new, dict):
+        out += [f"{where}.{k}: dropped" for k in old.keys() - new.keys()]
+        for k in old.keys() & new.keys():
+            differences(old[k], new[k], f"{where}.{k}", out)
+    elif isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            out.append(f"{where}: {len(old)} items, now {len(new)}")
+        for i, (a, b) in enumerate(zip(old, new)):
+            differences(a, b, f"{where}[{i}]", out)
+    elif isinstance(old, float) and isinstance(new, (int, float)) and \
+            not isinstance(new, bool):
+        if not (math.isclose(old, new, rel_tol=1e-6, abs_tol=1e-12)
+                or (math.isnan(old) and math.isnan(new))):
+            out.append(f"{where}: {old!r}, now {new!r}")
+    elif old != new:
+        out.append(f"{where}: {old!r}, now {new!r}")
+    return out
+
+
+def reported(run_dir: Path) -> dict:
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+              if line.strip()]
+    files = {f: json.loads((run_dir / f).read_text())
+             for f in ("summary.json", "sweep.json") if (run_dir / f).exists()}
+    return scrub({"events": events, **files})
+
+
+def main(a: str, b: str) -> int:
+    old, new = reported(Path(a)), reported(Path(b))
+    found = differences(old, new, "run")
+    print(f"{len(old['events'])} events / {len(new['events'])} events compared, "
+          f"summary.json and sweep.json too: {len(found)} differences")
+    for line in found[:40]:
+        print("  " + line)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))
