@@ -175,3 +175,21 @@ def test_docs_list_every_key():
         for spec in keys.specs(scope):
             if not spec.group:
                 assert f"`{keys.display_key(spec)}`" in doc, spec.id
+
+
+def test_run_directories_written_before_the_redesign_still_replay():
+    """tests/fixtures holds run directories the engine wrote before the cascade and the
+    pipeline of steps; their events still build the view the dashboard shows."""
+    from pathlib import Path
+
+    from ashem_app.describe import describe as line_of
+    from ashem_engine.events import read_events
+
+    fixtures = Path(__file__).parent / "fixtures"
+    for run_dir, stages_done in (("old-run-after-stage1", 1), ("old-run-stage2-epoch1", 1)):
+        events = read_events(fixtures / run_dir / "events.jsonl")
+        view = reduce_all(events)
+        assert view.status == "cancelled", run_dir
+        assert len(view.stage_ended) == stages_done, run_dir
+        assert view.epochs and view.epochs[0].val_ppl > 0
+        assert all(line_of(e) is not None or e.kind == "BatchProgress" for e in events)
