@@ -8,7 +8,9 @@ default_settings.toml (also ./settings.toml) shows every key with its default an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -21,7 +23,6 @@ from .names import INFERENCES, SIGNALS
 LOCAL_FILE = "settings.toml"
 DEFAULTS_NOTICE = (f"no ./{LOCAL_FILE} here: using the built-in defaults (the spec's set-up); "
                    f"'ashem-engine init' writes them to ./{LOCAL_FILE} to edit")
-BOUNDARIES_HELP = "stage-N, mining-N or evaluation"
 
 
 class SettingsError(ValueError):
@@ -144,13 +145,11 @@ def load_settings(path: str | os.PathLike | None = "settings.toml",
         if not p.is_file():
             raise SettingsError(f"settings file {str(p)!r} does not exist (give --settings FILE)")
         try:
-            text = p.read_text(encoding="utf-8")
+            raw = tomli.loads(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise SettingsError(f"settings file {str(p)!r} is not UTF-8 text") from None
         except OSError as e:
             raise SettingsError(f"settings file {str(p)!r} cannot be read: {e.strerror}") from None
-        try:
-            raw = tomli.loads(text)
         except tomli.TOMLDecodeError as e:
             raise SettingsError(f"settings file {str(p)!r} is not valid TOML: {e}") from None
     for item in overrides:
@@ -161,11 +160,9 @@ def load_settings(path: str | os.PathLike | None = "settings.toml",
 def choose_settings_file(given: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     """The file to load and a notice for the user: the given file, else ./settings.toml,
     else None (the built-in defaults, which equal the shipped settings.toml)."""
-    if given is not None:
-        return given, None
-    if Path(LOCAL_FILE).is_file():
-        return LOCAL_FILE, None
-    return None, DEFAULTS_NOTICE
+    if given is None and not Path(LOCAL_FILE).is_file():
+        return None, DEFAULTS_NOTICE
+    return (LOCAL_FILE if given is None else given), None
 
 
 def default_settings_text() -> str:
@@ -226,10 +223,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def settings_from_dict(raw: dict[str, Any]) -> Settings:
-    allowed = sorted([*TABLES, "stages"])
     for name in raw:
         if name not in TABLES and name != "stages":
-            raise SettingsError(f"unknown table [{name}]; allowed: {', '.join(allowed)}")
+            allowed = ", ".join(sorted([*TABLES, "stages"]))
+            raise SettingsError(f"unknown table [{name}]; allowed: {allowed}")
     built: dict[str, Any] = {}
     for name, cls in TABLES.items():
         table = raw.get(name, {})
@@ -294,10 +291,10 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------
-# Validation: rules (key, test of the value, what is allowed) checked in order; the first
-# broken one is reported. A table's tests also see the whole Settings, `c`.
+# Validation: rules (key, test of the value, what is allowed), checked in order; the first
+# broken one is reported. A test also sees `c`, the whole Settings (None for a stage).
 
-Rule = tuple[str, Callable[..., bool], str]
+Rule = tuple[str, Callable[[Any, Any], bool], str]
 
 
 def _at_least(low: int, note: str = "") -> tuple:
@@ -312,64 +309,59 @@ def _one_of(*allowed: str) -> tuple:
     return lambda v, c: v in allowed, "allowed: " + ", ".join(allowed)
 
 
-RULES: dict[str, list[Rule]] = {
-    "run": [
-        ("name", lambda v, c: bool(v) and "/" not in v and v.strip() == v,
-         "must be a non-empty name without '/' or surrounding spaces"),
-        ("seed", *_at_least(0)),
-        ("runs_dir", lambda v, c: bool(v), "must be a directory path"),
-        ("device", *_one_of("cpu", "cuda", "auto")),
-        ("threads", *_at_least(0, " (0 = chosen by ashem)")),
-        ("progress_events_per_epoch", *_at_least(1)),
-        ("pause_at", lambda v, c: all(_valid_boundary(b, len(c.stages)) for b in v),
-         f"each entry must be {BOUNDARIES_HELP} for an existing stage"),
-    ],
-    "data": [
-        ("train_samples", *_at_least(1)),
-        ("eval_fraction", lambda v, c: 0 < v <= 1, "must be in (0, 1]"),
-        ("seq_len", *_at_least(1)),
-        ("batch_size", *_at_least(1)),
-        ("hub_name", lambda v, c: bool(v), "must be a dataset name"),
-    ],
-    "model": [
-        ("dim", *_at_least(1)),
-        ("heads", lambda v, c: v >= 1 and c.model.dim % v == 0,
-         "must divide model.dim ({c.model.dim})"),
-        ("heads", lambda v, c: (c.model.dim // max(v, 1)) % 2 == 0,
-         "the head dimension (dim / heads) must be even for rotary embeddings"),
-        ("ffn_hidden", *_at_least(1)),
-        ("norm_eps", *_above(0)),
-        ("linear_init_std", *_above(0)),
-        ("embedding_init_std", *_above(0)),
-        ("rope_base", *_above(1)),
-    ],
-    "optimizer": [("weight_decay", *_at_least(0)), ("grad_clip", *_above(0))],
-    "mining": [
-        ("split", *_one_of("train", "validation")),
-        ("histogram_bins", *_at_least(2)),
-        ("top_words", *_at_least(0)),
-        ("examples", *_at_least(0)),
-    ],
-    "evaluation": [
-        ("split", *_one_of("validation", "test")),
-        ("inference", *_one_of(*INFERENCES)),
-        ("sweep_points", lambda v, c: v == 0 or v >= 2, "must be 0 (no sweep) or >= 2"),
-        ("signals", lambda v, c: 1 <= len(v) == len(set(v)) and set(v) <= set(SIGNALS),
-         "a list without repeats of: " + ", ".join(SIGNALS)),
-    ],
-}
+RULES: list[Rule] = [
+    ("run.name", lambda v, c: bool(v) and "/" not in v and v.strip() == v,
+     "must be a non-empty name without '/' or surrounding spaces"),
+    ("run.seed", *_at_least(0)),
+    ("run.runs_dir", lambda v, c: bool(v), "must be a directory path"),
+    ("run.device", *_one_of("cpu", "cuda", "auto")),
+    ("run.threads", *_at_least(0, " (0 = chosen by ashem)")),
+    ("run.progress_events_per_epoch", *_at_least(1)),
+    ("run.pause_at", lambda v, c: all(_valid_boundary(b, len(c.stages)) for b in v),
+     "each entry must be stage-N, mining-N or evaluation for an existing stage"),
+    ("data.train_samples", *_at_least(1)),
+    ("data.eval_fraction", lambda v, c: 0 < v <= 1, "must be in (0, 1]"),
+    ("data.seq_len", *_at_least(1)),
+    ("data.batch_size", *_at_least(1)),
+    ("data.hub_name", lambda v, c: bool(v), "must be a dataset name"),
+    ("model.dim", *_at_least(1)),
+    ("model.heads", lambda v, c: v >= 1 and c.model.dim % v == 0,
+     "must divide model.dim ({c.model.dim})"),
+    ("model.heads", lambda v, c: (c.model.dim // max(v, 1)) % 2 == 0,
+     "the head dimension (dim / heads) must be even for rotary embeddings"),
+    ("model.ffn_hidden", *_at_least(1)),
+    ("model.norm_eps", *_above(0)),
+    ("model.linear_init_std", *_above(0)),
+    ("model.embedding_init_std", *_above(0)),
+    ("model.rope_base", *_above(1)),
+    ("optimizer.weight_decay", *_at_least(0)),
+    ("optimizer.grad_clip", *_above(0)),
+    ("mining.split", *_one_of("train", "validation")),
+    ("mining.histogram_bins", *_at_least(2)),
+    ("mining.top_words", *_at_least(0)),
+    ("mining.examples", *_at_least(0)),
+    ("evaluation.split", *_one_of("validation", "test")),
+    ("evaluation.inference", *_one_of(*INFERENCES)),
+    ("evaluation.sweep_points", lambda v, c: v == 0 or v >= 2, "must be 0 (no sweep) or >= 2"),
+    ("evaluation.signals", lambda v, c: 1 <= len(v) == len(set(v)) and set(v) <= set(SIGNALS),
+     "a list without repeats of: " + ", ".join(SIGNALS)),
+]
+EVERY_STAGE: list[Rule] = [
+    ("lr", *_above(0)), ("max_epochs", *_at_least(1)), ("patience", *_at_least(1))]
+FIRST_STAGE: list[Rule] = [
+    ("layers", *_at_least(1)), *EVERY_STAGE,
+    ("hard_ratio", lambda v, c: v is None,
+     "stage 1 trains on all data; hard_ratio belongs to stages 2 and later"),
+    ("context", lambda v, c: v is None,
+     "stage 1 sees whole sequences; context belongs to stages 2 and later"),
+    ("freeze_head", lambda v, c: not v, "stage 1 must train its output head"),
+]
 
-def _stage_rules(number: int, layers_before: int) -> list[Rule]:
-    if number == 1:
-        return [("layers", *_at_least(1)), *_EVERY_STAGE,
-                ("hard_ratio", lambda v, c: v is None,
-                 "stage 1 trains on all data; hard_ratio belongs to stages 2 and later"),
-                ("context", lambda v, c: v is None,
-                 "stage 1 sees whole sequences; context belongs to stages 2 and later"),
-                ("freeze_head", lambda v, c: not v, "stage 1 must train its output head")]
+
+def _later_stage(number: int, layers_before: int) -> list[Rule]:
     return [("layers", lambda v, c: v > layers_before,
              f"must be greater than stages.{number - 1}.layers ({layers_before})"),
-            *_EVERY_STAGE,
+            *EVERY_STAGE,
             ("hard_ratio", lambda v, c: v is not None and 0 < v < 1,
              "must be in (0, 1), e.g. 0.5"),
             ("context", lambda v, c: v in ("token", "sequence"),
@@ -377,33 +369,28 @@ def _stage_rules(number: int, layers_before: int) -> list[Rule]:
              "as the spec) or sequence (whole sequences, loss at hard tokens only)")]
 
 
-_EVERY_STAGE: list[Rule] = [
-    ("lr", *_above(0)), ("max_epochs", *_at_least(1)), ("patience", *_at_least(1))]
-
-
-def _check(prefix: str, table: Any, rules: list[Rule], c: Any = None) -> None:
+def _check(rules: list[Rule], root: Any, c: Any = None, prefix: str = "") -> None:
     for key, ok, allowed in rules:
-        value = getattr(table, key)
+        value = functools.reduce(getattr, key.split("."), root)
         if not ok(value, c):
             shown = list(value) if isinstance(value, tuple) else value
-            raise SettingsError(f"{prefix}.{key} = {shown!r}: {allowed.format(c=c)}")
+            raise SettingsError(f"{prefix}{key} = {shown!r}: {allowed.format(c=c)}")
 
 
 def validate(settings: Settings) -> None:
-    for name in TABLES:
-        _check(name, getattr(settings, name), RULES[name], settings)
+    _check(RULES, settings, settings)
     if not settings.stages:
         raise SettingsError("stages = []: at least one [[stages]] table is needed")
     layers_before = 0
     for number, stage in enumerate(settings.stages, start=1):
-        _check(f"stages.{number}", stage, _stage_rules(number, layers_before))
+        rules = FIRST_STAGE if number == 1 else _later_stage(number, layers_before)
+        _check(rules, stage, prefix=f"stages.{number}.")
         layers_before = stage.layers
 
 
 def _valid_boundary(name: str, n_stages: int) -> bool:
-    if name == "evaluation":
-        return True
+    """evaluation, stage-N of an existing stage, or mining-N before an existing stage N+1."""
     kind, _, number = name.partition("-")
-    if kind not in ("stage", "mining") or not number.isdigit() or str(int(number)) != number:
-        return False
-    return 1 <= int(number) <= (n_stages if kind == "stage" else n_stages - 1)
+    last = {"stage": n_stages, "mining": n_stages - 1}.get(kind, 0)
+    return name == "evaluation" or (re.fullmatch("[1-9][0-9]*", number) is not None
+                                    and int(number) <= last)
