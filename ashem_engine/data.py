@@ -4,7 +4,7 @@ vocabulary and batching.
 The set-up is SPEC_NOTES' exactly: `row.lower().split()` per row; vocabulary `<unk>`, `<pad>`,
 then words in order of first occurrence over the train rows and then the validation rows;
 each split one flat token stream, cut to samples × (seq_len + 1) tokens; batch k starts at
-token k · batch · seq_len and its row j at 32 · j further on; only full batches are kept.
+token k · batch · seq_len and its row j at seq_len · j further on; only full batches are kept.
 """
 from __future__ import annotations
 
@@ -93,10 +93,8 @@ def build_vocabulary(*token_lists: Sequence[str]) -> Vocabulary:
 
 
 def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batches:
-    """Batch k starts at token k·batch·seq_len; row j at k·batch·seq_len + seq_len·j;
-    x = tokens[s : s+seq_len], y = tokens[s+1 : s+seq_len+1]; only full batches are kept.
-
-    The last row of batch k ends (exclusive) at (k+1)·batch·seq_len + 1, so there are
+    """x = tokens[s : s+seq_len] and y = tokens[s+1 : s+seq_len+1] for each row start s.
+    Batch k's last row ends (exclusive) at (k+1)·batch·seq_len + 1, so there are
     (len - 1) // (batch·seq_len) full batches, and consecutive batches tile the stream."""
     stride = batch_size * seq_len
     tokens = torch.as_tensor(stream, dtype=torch.long)
@@ -108,11 +106,9 @@ def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batche
 
 
 def cut_lengths(settings: DataSettings) -> dict[str, int]:
-    per_sample = settings.seq_len + 1
     eval_samples = int(settings.train_samples * settings.eval_fraction)
-    return {"train": settings.train_samples * per_sample,
-            "validation": eval_samples * per_sample,
-            "test": eval_samples * per_sample}
+    samples = {"train": settings.train_samples, "validation": eval_samples, "test": eval_samples}
+    return {split: n * (settings.seq_len + 1) for split, n in samples.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,10 +236,9 @@ def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,
         batches[split] = make_batches(stream, settings.batch_size, settings.seq_len)
     for split in ("train", "validation"):
         if len(batches[split]) == 0:
-            need = settings.batch_size * settings.seq_len + 1
             raise DataError(
                 f"the {split} split of {source} is too small for one batch: "
                 f"{min(len(tokens[split]), lengths[split])} tokens, one batch of "
                 f"data.batch_size={settings.batch_size} × data.seq_len={settings.seq_len} "
-                f"needs {need}")
+                f"needs {settings.batch_size * settings.seq_len + 1}")
     return Corpus(vocab, batches, source)
