@@ -29,59 +29,33 @@ class SettingsError(ValueError):
     """A bad setting. str(error) is one line meant for a person."""
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    name: str = "ashem"
-    seed: int = 42
-    runs_dir: str = "runs"
-    device: str = "cpu"
-    threads: int = 0
-    pause_at: tuple = ("stage-1", "mining-1")
-    progress_events_per_epoch: int = 100
+def default_settings_text() -> str:
+    """The commented settings.toml shipped with the package: the spec's set-up."""
+    return (resources.files(__package__) / "default_settings.toml").read_text("utf-8")
 
 
-@dataclass(frozen=True)
-class DataSettings:
-    path: str = ""
-    hub_name: str = "wikitext"
-    hub_config: str = "wikitext-2-raw-v1"
-    train_samples: int = 10000
-    eval_fraction: float = 0.2
-    seq_len: int = 32
-    batch_size: int = 64
+# default_settings.toml is the one place that gives each key, its default and its meaning;
+# the tables' dataclasses are made from it, so loading that file gives exactly Settings().
+DEFAULTS = tomli.loads(default_settings_text())
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    dim: int = 64
-    heads: int = 4
-    ffn_hidden: int = 256
-    norm_eps: float = 1e-6
-    rope_base: float = 10000.0
-    linear_init_std: float = 0.125
-    embedding_init_std: float = 0.02
+def _table_class(name: str, table: str) -> type:
+    """A frozen dataclass with one field per key of [table], of its value's type and with
+    its value as default (arrays become tuples of strings)."""
+    columns = [(key, "tuple", field(default=tuple(value))) if isinstance(value, list)
+               else (key, type(value).__name__, field(default=value))
+               for key, value in DEFAULTS[table].items()]
+    cls = dataclasses.make_dataclass(name, columns, frozen=True)
+    cls.__module__ = __name__  # found here by pickle and copy, as a class written here is
+    return cls
 
 
-@dataclass(frozen=True)
-class OptimizerSettings:
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-
-
-@dataclass(frozen=True)
-class MiningSettings:
-    split: str = "validation"
-    histogram_bins: int = 50
-    top_words: int = 20
-    examples: int = 8
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    split: str = "validation"
-    inference: str = "spec"
-    sweep_points: int = 21
-    signals: tuple = ("softmax", "classifier")
+RunSettings = _table_class("RunSettings", "run")
+DataSettings = _table_class("DataSettings", "data")
+ModelSettings = _table_class("ModelSettings", "model")
+OptimizerSettings = _table_class("OptimizerSettings", "optimizer")
+MiningSettings = _table_class("MiningSettings", "mining")
+EvaluationSettings = _table_class("EvaluationSettings", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -95,10 +69,7 @@ class StageSettings:
     freeze_head: bool = False
 
 
-DEFAULT_STAGES = (
-    StageSettings(layers=2, lr=1e-3, max_epochs=50, patience=1),
-    StageSettings(layers=4, lr=1e-4, max_epochs=50, patience=3, hard_ratio=0.5, context="token"),
-)
+DEFAULT_STAGES = tuple(StageSettings(**table) for table in DEFAULTS["stages"])
 
 
 @dataclass(frozen=True)
@@ -163,11 +134,6 @@ def choose_settings_file(given: Optional[str]) -> tuple[Optional[str], Optional[
     if given is None and not Path(LOCAL_FILE).is_file():
         return None, DEFAULTS_NOTICE
     return (LOCAL_FILE if given is None else given), None
-
-
-def default_settings_text() -> str:
-    """The commented settings.toml shipped with the package: the spec's set-up."""
-    return (resources.files(__package__) / "default_settings.toml").read_text("utf-8")
 
 
 def write_default_settings(path: str | os.PathLike = LOCAL_FILE) -> Path:
