@@ -154,14 +154,13 @@ def write_default_settings(path: str | os.PathLike = LOCAL_FILE) -> Path:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    key, sep, text = item.partition("=")
-    key = key.strip()
+    key, sep, text = (part.strip() for part in item.partition("="))
     if not sep or not key:
         raise SettingsError(f"--set {item!r}: expected table.key=value, e.g. run.seed=1")
     try:
-        value = tomli.loads(f"v = {text.strip()}")["v"]
+        value = tomli.loads(f"v = {text}")["v"]
     except tomli.TOMLDecodeError:
-        value = text.strip()  # a bare word is taken as a string: run.name=demo
+        value = text  # a bare word is taken as a string: run.name=demo
     return key.split("."), value
 
 
