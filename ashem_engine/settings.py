@@ -3,7 +3,6 @@
 Every validation failure raises SettingsError with one line naming the key, the value and
 what is allowed. Command-line overrides use the same dotted keys: `run.seed=1`,
 `stages.2.lr=2e-4` (stages are numbered from 1, as everywhere else in ashem).
-default_settings.toml (also ./settings.toml) shows every key with its default and meaning.
 """
 from __future__ import annotations
 

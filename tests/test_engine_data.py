@@ -11,8 +11,8 @@ import torch
 
 from ashem_engine import data
 from ashem_engine.data import (SPLIT_FILES, DataError, build_vocabulary, corpus_from_rows,
-                               cut_lengths, describe_source, hub_reachable, load_corpus, make_batches, read_hub_rows,
-                               read_local_rows, tokenize)
+                               cut_lengths, describe_source, hub_reachable, load_corpus,
+                               make_batches, read_hub_rows, read_local_rows, tokenize)
 from ashem_engine.settings import DataSettings, load_settings
 from conftest import SHARED_DATA, tiny_corpus
 from synthetic import synthetic_splits, write_corpus
