@@ -41,9 +41,8 @@ DEFAULTS = tomli.loads(default_settings_text())
 def _table_class(name: str, table: str) -> type:
     """A frozen dataclass with one field per key of [table], of its value's type and with
     its value as default (arrays become tuples of strings)."""
-    columns = [(key, "tuple", field(default=tuple(value))) if isinstance(value, list)
-               else (key, type(value).__name__, field(default=value))
-               for key, value in DEFAULTS[table].items()]
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in DEFAULTS[table].items()}
+    columns = [(key, type(value).__name__, field(default=value)) for key, value in values.items()]
     cls = dataclasses.make_dataclass(name, columns, frozen=True)
     cls.__module__ = __name__  # found here by pickle and copy, as a class written here is
     return cls
