@@ -1,14 +1,15 @@
-"""Corpus loading through `datasets`, the word tokeniser, the vocabulary and batching.
+"""Corpus loading (local files, the embedded copy, the hub), the word tokeniser, the
+vocabulary and batching.
 
 The set-up is SPEC_NOTES' exactly: `row.lower().split()` per row; vocabulary `<unk>`, `<pad>`,
 then words in order of first occurrence over the train rows and then the validation rows;
 each split one flat token stream, cut to samples × (seq_len + 1) tokens; batch k starts at
-token k · batch · seq_len and its row j at 32 · j further on; only full batches are kept.
+token k · batch · seq_len and its row j at seq_len · j further on; only full batches are kept.
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
+import itertools
 import logging
 import lzma
 import os
@@ -83,26 +84,17 @@ class Corpus:
 
 
 def tokenize(rows: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for row in rows:
-        out.extend(row.lower().split())
-    return out
+    return [token for row in rows for token in row.lower().split()]
 
 
 def build_vocabulary(*token_lists: Sequence[str]) -> Vocabulary:
-    seen: dict[str, None] = {UNK: None, PAD: None}
-    for tokens in token_lists:
-        for t in tokens:
-            if t not in seen:
-                seen[t] = None
-    return Vocabulary(list(seen))
+    """<unk>, <pad>, then every word in order of first occurrence."""
+    return Vocabulary(list(dict.fromkeys(itertools.chain([UNK, PAD], *token_lists))))
 
 
 def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batches:
-    """Batch k starts at token k·batch·seq_len; row j at k·batch·seq_len + seq_len·j;
-    x = tokens[s : s+seq_len], y = tokens[s+1 : s+seq_len+1]; only full batches are kept.
-
-    The last row of batch k ends (exclusive) at (k+1)·batch·seq_len + 1, so there are
+    """x = tokens[s : s+seq_len] and y = tokens[s+1 : s+seq_len+1] for each row start s.
+    Batch k's last row ends (exclusive) at (k+1)·batch·seq_len + 1, so there are
     (len - 1) // (batch·seq_len) full batches, and consecutive batches tile the stream."""
     stride = batch_size * seq_len
     tokens = torch.as_tensor(stream, dtype=torch.long)
@@ -114,15 +106,13 @@ def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batche
 
 
 def cut_lengths(settings: DataSettings) -> dict[str, int]:
-    per_sample = settings.seq_len + 1
     eval_samples = int(settings.train_samples * settings.eval_fraction)
-    return {"train": settings.train_samples * per_sample,
-            "validation": eval_samples * per_sample,
-            "test": eval_samples * per_sample}
+    samples = {"train": settings.train_samples, "validation": eval_samples, "test": eval_samples}
+    return {split: n * (settings.seq_len + 1) for split, n in samples.items()}
 
 
 # ---------------------------------------------------------------------------------------
-# Reading rows through `datasets`
+# Reading rows: local files, the embedded copy, the hub
 
 
 def resolve_local_path(settings: DataSettings) -> Optional[Path]:
@@ -130,64 +120,55 @@ def resolve_local_path(settings: DataSettings) -> Optional[Path]:
     return Path(path).expanduser() if path else None
 
 
-def _quiet_datasets() -> None:
-    import datasets
-
-    datasets.utils.logging.set_verbosity_error()
-    datasets.utils.logging.disable_progress_bar()
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="datasets")
+def rows_of(raw: bytes, name: str) -> list[str]:
+    """A file's lines. Tokens do not depend on where rows break, so any line split gives
+    the same corpus."""
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name!r} is not UTF-8 text (bad byte near offset {e.start})"
+                        ) from None
 
 
 def read_local_rows(directory: Path) -> dict[str, list[str]]:
+    need = f"it must hold {', '.join(SPLIT_FILES.values())}"
     if not directory.is_dir():
-        raise DataError(f"data.path {str(directory)!r} is not a directory; it must hold "
-                        f"{', '.join(SPLIT_FILES.values())}")
-    files = {}
+        raise DataError(f"data.path {str(directory)!r} is not a directory; {need}")
+    rows = {}
     for split, name in SPLIT_FILES.items():
-        f = directory / name
-        if not f.is_file():
-            raise DataError(f"data.path {str(directory)!r} has no {name}; it must hold "
-                            f"{', '.join(SPLIT_FILES.values())}")
-        files[split] = str(f)
-    for split, f in files.items():
-        _check_utf8(Path(f), split)
-    from datasets import load_dataset
-
-    _quiet_datasets()
-    try:
-        ds = load_dataset("text", data_files=files)
-    except Exception as e:  # datasets wraps reader errors in many types
-        raise DataError(f"cannot read the text files in {str(directory)!r}: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                        ) from None
-    return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
+        path = directory / name
+        if not path.is_file():
+            raise DataError(f"data.path {str(directory)!r} has no {name}; {need}")
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read {str(path)!r}: {e.strerror}") from None
+        if not raw:
+            raise DataError(f"{str(path)!r} (the {split} split) is empty")
+        rows[split] = rows_of(raw, str(path))
+    return rows
 
 
-def _check_utf8(path: Path, split: str = "") -> None:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as e:
-                raise DataError(f"{str(path)!r} is not UTF-8 text (bad byte near offset "
-                                f"{offset + max(e.start, 0)})") from None
-            offset += len(chunk)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise DataError(f"{str(path)!r} is not UTF-8 text (it ends inside a character)"
-                        ) from None
-    if offset == 0:
-        what = f" (the {split} split)" if split else ""
-        raise DataError(f"{str(path)!r}{what} is empty")
+def read_embedded_rows() -> dict[str, list[str]]:
+    """WikiText-2 raw from the package's own xz copy, each file's sha256 checked."""
+    folder = resources.files(__package__) / "corpus"
+    rows = {}
+    for split, name in SPLIT_FILES.items():
+        try:
+            raw = lzma.decompress((folder / f"{name}.xz").read_bytes())
+        except (OSError, lzma.LZMAError) as e:
+            raise DataError(f"the copy of {name} shipped with ashem cannot be read ({e}); "
+                            f"reinstall ashem, or set data.path") from None
+        if hashlib.sha256(raw).hexdigest() != EMBEDDED_SHA256[split]:
+            raise DataError(f"the copy of {name} shipped with ashem is damaged (its sha256 "
+                            "differs); reinstall ashem, or set data.path")
+        rows[split] = rows_of(raw, name)
+    return rows
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes") or \
-            os.environ.get("HF_DATASETS_OFFLINE", "") in ("1", "true", "TRUE", "yes"):
+    if any(os.environ.get(switch, "") in ("1", "true", "TRUE", "yes")
+           for switch in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
     try:
         with socket.create_connection(HUB_HOST, timeout=timeout):
@@ -202,34 +183,19 @@ def read_hub_rows(settings: DataSettings,
             f"directory holding {', '.join(SPLIT_FILES.values())}")
     if not reachable():
         raise DataError(f"the Hugging Face hub is not reachable (offline?); {hint}")
-    from datasets import load_dataset
+    import datasets
 
-    _quiet_datasets()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="datasets")
     try:
-        ds = load_dataset(settings.hub_name, settings.hub_config)
-    except Exception as e:
+        ds = datasets.load_dataset(settings.hub_name, settings.hub_config)
+    except Exception as e:  # datasets and the hub raise many types
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot load {settings.hub_name}/{settings.hub_config} from the hub "
                         f"({first}); {hint}") from None
     return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
-
-
-def read_embedded_rows() -> dict[str, list[str]]:
-    """WikiText-2 raw from the package's own xz copy, each file's sha256 checked. Rows are
-    the files' lines; tokens do not depend on where rows break, so they equal the files'."""
-    folder = resources.files(__package__) / "corpus"
-    rows = {}
-    for split, name in SPLIT_FILES.items():
-        try:
-            raw = lzma.decompress((folder / f"{name}.xz").read_bytes())
-        except (OSError, lzma.LZMAError) as e:
-            raise DataError(f"the copy of {name} shipped with ashem cannot be read ({e}); "
-                            f"reinstall ashem, or set data.path") from None
-        if hashlib.sha256(raw).hexdigest() != EMBEDDED_SHA256[split]:
-            raise DataError(f"the copy of {name} shipped with ashem is damaged (its sha256 "
-                            "differs); reinstall ashem, or set data.path") from None
-        rows[split] = raw.decode("utf-8").split("\n")
-    return rows
 
 
 def describe_source(settings: DataSettings) -> str:
@@ -270,10 +236,9 @@ def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,
         batches[split] = make_batches(stream, settings.batch_size, settings.seq_len)
     for split in ("train", "validation"):
         if len(batches[split]) == 0:
-            need = settings.batch_size * settings.seq_len + 1
             raise DataError(
                 f"the {split} split of {source} is too small for one batch: "
                 f"{min(len(tokens[split]), lengths[split])} tokens, one batch of "
                 f"data.batch_size={settings.batch_size} × data.seq_len={settings.seq_len} "
-                f"needs {need}")
+                f"needs {settings.batch_size * settings.seq_len + 1}")
     return Corpus(vocab, batches, source)

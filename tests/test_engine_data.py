@@ -1,7 +1,6 @@
 """Data: tokeniser, vocabulary order, batching, local files, the hub fallback, data errors."""
 from __future__ import annotations
 
-import builtins
 import lzma
 import time
 from importlib import resources
@@ -12,8 +11,8 @@ import torch
 
 from ashem_engine import data
 from ashem_engine.data import (SPLIT_FILES, DataError, build_vocabulary, corpus_from_rows,
-                               cut_lengths, describe_source, hub_reachable, load_corpus, make_batches, read_hub_rows,
-                               read_local_rows, tokenize)
+                               cut_lengths, describe_source, hub_reachable, load_corpus,
+                               make_batches, read_hub_rows, read_local_rows, tokenize)
 from ashem_engine.settings import DataSettings, load_settings
 from conftest import SHARED_DATA, tiny_corpus
 from synthetic import synthetic_splits, write_corpus
@@ -162,60 +161,12 @@ def test_non_utf8_bytes(tmp_path):
     assert "wiki.train.raw" in message and "UTF-8" in message and "offset 9" in message
 
 
-def test_utf8_character_across_chunk_boundary_is_fine(tmp_path, monkeypatch):
-    # the check reads in chunks; a character split across two chunks is not an error
-    f = tmp_path / "ok.raw"
-    f.write_bytes(("x" * 5 + "é€" * 40 + "\n").encode())
-    real_open = builtins.open
-
-    class SmallReads:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.fh.close()
-
-        def read(self, n):
-            return self.fh.read(7)
-
-        def seek(self, offset):
-            return self.fh.seek(offset)
-
-    monkeypatch.setattr(data, "open", lambda p, m: SmallReads(real_open(p, m)), raising=False)
-    data._check_utf8(f)  # no DataError
-
-
-def test_non_utf8_byte_at_end_of_file(tmp_path, monkeypatch):
-    f = tmp_path / "truncated.raw"
-    f.write_bytes(b" the cat sees a dog \n the euro \xe2\x82")  # cut inside a character
-    real_open = builtins.open
-    reads = [0]
-
-    class Guarded:  # turns an endless read loop into a quick, visible failure
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.fh.close()
-
-        def read(self, n):
-            reads[0] += 1
-            if reads[0] > 100:
-                raise RuntimeError("_check_utf8 does not terminate")
-            return self.fh.read(n)
-
-        def seek(self, offset):
-            return self.fh.seek(offset)
-
-    monkeypatch.setattr(data, "open", lambda p, m: Guarded(real_open(p, m)), raising=False)
-    with pytest.raises(DataError, match="UTF-8"):
-        data._check_utf8(f)
+def test_non_utf8_byte_at_end_of_file(tmp_path):
+    directory = write_corpus(tmp_path / "d", synthetic_splits())
+    test = directory / "wiki.test.raw"
+    test.write_bytes(test.read_bytes() + b" the euro \xe2\x82")  # cut inside a character
+    message = data_error(load_corpus, settings_for(directory))
+    assert "wiki.test.raw" in message and "UTF-8" in message
 
 
 def test_split_without_words(tmp_path):
