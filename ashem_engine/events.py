@@ -1,11 +1,5 @@
-"""Events: everything the engine reports, as plain JSON-serialisable dataclasses.
-
-The engine never prints; it hands events to a sink. The app, the headless command line and
-the JSON-lines file in the run directory are all just sinks.
-
-Fields that depend on wall-clock time are listed in TIMING_FIELDS, so that two runs with the
-same settings and seed can be compared event by event apart from them.
-"""
+"""Events: everything the engine reports, as plain JSON-serialisable dataclasses, handed to
+sinks (the app, the headless command line, the run directory's events.jsonl)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +8,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator, Optional
 
-# Fields whose values depend on the clock, not on the computation.
+# Fields that depend on the clock, not on the computation: two runs with the same settings
+# and seed compare equal event by event without them.
 TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
                            "seconds_before"})
 
@@ -145,7 +140,7 @@ class Evaluated(Event):
     shallow_ratio: float
     deep_ratio: float
     compute_cost: float  # the spec's formula: blocks only, relative to the deepest model
-    honest_cost: float  # blocks with attention + every head evaluation, relative to the deepest model
+    honest_cost: float  # blocks with attention + every head evaluation, relative likewise
     thresholds: list
     macs_per_token: Optional[float] = None
     inference_modes: Optional[list] = None  # of the layers after each exit but the last
@@ -206,14 +201,7 @@ class RunFailed(Event):
     run_dir: str = ""
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls
-    for cls in (
-        RunStarted, StageStarted, BatchProgress, EpochEnded, StageEnded, ThresholdComputed,
-        HardExamplesCollected, Evaluated, SweepComputed, Paused, Resumed, Log, RunFinished,
-        RunCancelled, RunFailed,
-    )
-}
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in Event.__subclasses__()}
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
@@ -246,23 +234,21 @@ class JsonLinesSink:
 
 
 def read_events(path: str | os.PathLike) -> list[Event]:
-    """Reads an events.jsonl; a torn last line (killed writer) is skipped, not fatal."""
     return list(iter_events(path))
 
 
 def iter_events(path: str | os.PathLike) -> Iterator[Event]:
+    """An events.jsonl's events; a torn last line (killed writer) ends it, not fatally, and
+    a blank or unreadable line is skipped."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
-                return  # torn tail
-            line = line.strip()
-            if not line:
-                continue
+                return
             try:
-                data = json.loads(line)
-                yield event_from_dict(data)
+                event = event_from_dict(json.loads(line))
             except (ValueError, KeyError, TypeError):
                 continue
+            yield event
 
 
 class Emitter:

@@ -40,15 +40,9 @@ class ResumePoint:
     def where(self) -> dict:
         return {"stage": self.stage, "epoch": self.epoch, "stage_done": self.stage_done}
 
-    def training_state(self, best_weights: Optional[dict]) -> dict:
-        """What stages.run_stage takes to go on after epoch `epoch`."""
-        return {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
-                "early": self.early, "best_state": best_weights}
-
 
 def save_resume_point(run_dir: Path, point: ResumePoint) -> None:
-    atomic_torch_save(run_dir / PROGRESS, {f.name: getattr(point, f.name)
-                                           for f in fields(point)})
+    atomic_torch_save(run_dir / PROGRESS, vars(point))
 
 
 def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[ResumePoint]]:
@@ -63,11 +57,12 @@ def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[Re
     if not (path / PROGRESS).exists():
         return settings, None
     raw = load_checkpoint(path / PROGRESS)  # runs from before ResumePoint also hold "summary"
-    missing = [f.name for f in fields(ResumePoint) if f.name not in raw]
+    names = [f.name for f in fields(ResumePoint)]
+    missing = [name for name in names if name not in raw]
     if missing:
         raise CheckpointError(f"checkpoint {str(path / PROGRESS)!r} is not a readable ashem "
                               f"checkpoint (it has no {missing[0]!r}); start a new run")
-    return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)})
+    return settings, ResumePoint(**{name: raw[name] for name in names})
 
 
 def _read_json(path: Path, required: bool = False) -> dict:

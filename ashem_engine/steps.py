@@ -1,15 +1,11 @@
-"""The steps of a run, one Pipeline method each: "train stage N"; "mine and grow N" (mine the
-hard tokens at stage N-1's exit, grow the model to stage N, hard-freeze what was there);
-"evaluate" (the final routed evaluation); "sweep" (quality against cost over thresholds).
-A step takes the RunState its predecessor left. Each call into routing, mining, sweep, costs
-and stages is one statement, in the method named for what it does.
-"""
+"""The steps of a run, one Pipeline method each: "train stage N", "mine and grow N",
+"evaluate", "sweep". A step takes the RunState its predecessor left."""
 from __future__ import annotations
 
 import os
 import platform
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -60,7 +56,6 @@ class RunState:
     model: EarlyExitLM
     exit_layers: list[int]
     thresholds: list[float]
-    hard: Optional[tuple] = None  # (HardTokens, order) just mined, for the next stage's task
     final: Any = None  # the final evaluation, for the sweep
 
 
@@ -99,6 +94,7 @@ class Pipeline:
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
         """Threads, device, seed and data; RunStarted; the model to go on with."""
         s, self.point = self.settings, point
+        self.seconds_before = point.seconds_before if point is not None else 0.0
         threads = choose_threads(s.run.threads)
         torch.set_num_threads(threads)
         self.device = choose_device(s.run.device)
@@ -162,26 +158,14 @@ class Pipeline:
 
     # -- step: train stage N ----------------------------------------------------------------
     def train_stage(self, number: int, state: RunState) -> None:
-        self.where, st = f"stage {number}", self.settings.stages[number - 1]
-        task, state.hard = self._task(number, state), None
+        s, st, self.where = self.settings, self.settings.stages[number - 1], f"stage {number}"
+        task = self._task(number, state)
         trainable, total = count_parameters(task.model)
         self.emit(ev.StageStarted(
             stage=number, layers=st.layers, trainable_params=trainable,
             total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
             training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
             batches=task.num_batches(), context=st.context or "sequence"))
-        outcome = self._train(number, task, state)
-        self.emit(ev.StageEnded(
-            stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
-            best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
-            stopped_early=outcome.stopped_early, seconds=outcome.seconds,
-            checkpoint=str(self.best_checkpoint(number)), best_hard_ppl=outcome.best_hard_ppl))
-        self.write_summary()
-        self.save_point(number, outcome.epochs, True, state)
-        self.hold(f"stage-{number}", f"after stage {number}")
-
-    def _train(self, number: int, task, state: RunState):
-        s, st = self.settings, self.settings.stages[number - 1]
 
         def save_best(epoch: int, weights: dict) -> None:
             atomic_torch_save(self.best_checkpoint(number), {
@@ -196,43 +180,47 @@ class Pipeline:
         outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
                             s.run.progress_events_per_epoch, on_improved=save_best,
                             on_epoch_end=save_epoch, resume=self._training_resume(number))
-        return outcome
+        self.emit(ev.StageEnded(
+            stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
+            best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
+            stopped_early=outcome.stopped_early, seconds=outcome.seconds,
+            checkpoint=str(self.best_checkpoint(number)), best_hard_ppl=outcome.best_hard_ppl))
+        self.write_summary()
+        self.save_point(number, outcome.epochs, True, state)
+        self.control.boundary(f"stage-{number}", f"after stage {number}")
 
     def _training_resume(self, number: int) -> Optional[dict]:
         """run_stage's state to go on with, when the run resumes in the middle of stage N."""
-        point, best = self.point, self.best_checkpoint(number)
-        if point is None or point.stage != number or not point.mid_stage:
+        p, best = self.point, self.best_checkpoint(number)
+        if p is None or p.stage != number or not p.mid_stage:
             return None
-        return point.training_state(load_checkpoint(best)["model"] if best.exists() else None)
+        return {"epoch": p.epoch, "model": p.model, "optimizer": p.optimizer, "early": p.early,
+                "best_state": load_checkpoint(best)["model"] if best.exists() else None}
 
     def _task(self, number: int, state: RunState):
-        """Stage N's training task, on the hard tokens just mined or read back (resume)."""
+        """Stage N's training task; from stage 2 on, on the hard tokens saved by the mining
+        before it (read back from disk, whether that mining ran in this attempt or not)."""
         m, s, exits = state.model, self.settings, state.exit_layers
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
                                 Cascade.of(exits))
-        tokens, order = state.hard or self._saved_hard(number)
+        tokens, order = self._saved_hard(number)
         common = dict(validation=self.batches("validation"),
                       cascade=Cascade.of(exits, state.thresholds, self.modes(number)))
         if s.stages[number - 1].context != "sequence":
             return HardTokenTask(m, tokens, order, s.data.batch_size, **common)
         source = self.batches(s.mining.split)
-        lower = self._lower_states(number, state, source)
+        below = Cascade.of(exits[:-1], state.thresholds[:-1], self.modes(number - 1))
+        lower = exit_pass(m, source, below).hidden  # the frozen layers' output: the context
         mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
         mask[tokens.positions] = True
         shape = source.x.shape
         return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
 
-    def _lower_states(self, number: int, state: RunState, source: Batches) -> torch.Tensor:
-        """The frozen layers' output over the mining split (the sequence context's input)."""
-        below = Cascade.of(state.exit_layers[:-1], state.thresholds[:-1], self.modes(number - 1))
-        return exit_pass(state.model, source, below).hidden
-
     def _saved_hard(self, number: int) -> tuple:
         saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
-        h, y, c, p = (saved[k].to(self.device)
-                      for k in ("hidden", "targets", "confidences", "positions"))
-        return HardTokens(h, y, c, p), saved["order"]
+        return HardTokens(**{f.name: saved[f.name].to(self.device)
+                             for f in fields(HardTokens)}), saved["order"]
 
     # -- step: mine and grow ----------------------------------------------------------------
     def mine_and_grow(self, number: int, state: RunState) -> None:
@@ -244,14 +232,12 @@ class Pipeline:
         state.model = state.model.grow(st.layers)
         state.model.freeze_lower(below, freeze_head=st.freeze_head)
         state.exit_layers = [*state.exit_layers, st.layers]
-        hard, order = mined.hard, torch.randperm(len(mined.hard))
-        state.hard = (hard, order)
         atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
-            "hidden": hard.hidden.cpu(), "targets": hard.targets.cpu(),
-            "confidences": hard.confidences.cpu(), "positions": hard.positions.cpu(),
-            "order": order, "threshold": mined.threshold})
+            **{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
+            "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold})
         self.save_point(number, 0, False, state, model=state.model.state_dict())
-        self.hold(f"mining-{number - 1}", f"after mining at stage {number - 1}'s exit")
+        self.control.boundary(f"mining-{number - 1}",
+                              f"after mining at stage {number - 1}'s exit")
 
     def _mine(self, stage: int, ratio: float, state: RunState):
         s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
@@ -264,22 +250,19 @@ class Pipeline:
             stage=stage, exit_layer=exits[-1], threshold=mined.threshold, target_ratio=ratio,
             split=s.mining.split, tokens=mined.total, histogram_edges=edges,
             histogram_counts=counts))
-        self._report_hard(stage, mined, passed.stats.nll, source)
-        if len(mined.hard) == 0:
+        hard, count, nan, vocab = mined.hard, len(mined.hard), float("nan"), self.corpus.vocab
+        hard_nll = passed.stats.nll[hard.positions].double()
+        self.emit(ev.HardExamplesCollected(
+            stage=stage, count=count, total=mined.total, ratio=count / mined.total,
+            mean_confidence=float(hard.confidences.mean()) if count else nan,
+            hard_ppl=float(torch.exp(hard_nll.mean())) if count else nan, split=s.mining.split,
+            top_words=top_words(hard.targets, vocab, s.mining.top_words),
+            examples=examples_in_context(hard, _on("cpu", source), vocab, s.mining.examples)))
+        if count == 0:
             raise DataError(f"mining after stage {stage} found no hard tokens "
                             f"(threshold {mined.threshold:.4g}); raise stages."
                             f"{stage + 1}.hard_ratio")
         return mined
-
-    def _report_hard(self, stage: int, mined, nll: torch.Tensor, source: Batches) -> None:
-        s, vocab, hard = self.settings.mining, self.corpus.vocab, mined.hard
-        count, nan, on_cpu = len(hard), float("nan"), _on("cpu", source)
-        self.emit(ev.HardExamplesCollected(
-            stage=stage, count=count, total=mined.total, ratio=count / mined.total,
-            mean_confidence=float(hard.confidences.mean()) if count else nan,
-            hard_ppl=float(torch.exp(nll[hard.positions].double().mean())) if count else nan,
-            split=s.split, top_words=top_words(hard.targets, vocab, s.top_words),
-            examples=examples_in_context(hard, on_cpu, vocab, s.examples)))
 
     # -- step: evaluate ---------------------------------------------------------------------
     def final_evaluation(self, state: RunState) -> None:
@@ -352,10 +335,6 @@ class Pipeline:
         return single_point(f"stage-1 model ({layers} layers)", alone, costs, plain, deepest)
 
     # -- shared -----------------------------------------------------------------------------
-    @property
-    def seconds_before(self) -> float:
-        return self.point.seconds_before if self.point is not None else 0.0
-
     def new_model(self, layers: int) -> EarlyExitLM:
         return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)
 
@@ -377,12 +356,8 @@ class Pipeline:
     def check(self) -> None:
         self.control.checkpoint(self.where)
 
-    def hold(self, boundary: str, reason: str) -> None:
-        """Pauses here if asked to (run.pause_at or the user); raises Cancelled if cancelled."""
-        self.control.boundary(boundary, reason)
-
-    def log(self, message: str, level: str = "info") -> None:
-        self.emit(ev.Log(level=level, message=message))
+    def log(self, message: str) -> None:
+        self.emit(ev.Log(level="info", message=message))
 
     def write_summary(self) -> dict:
         summary = self.reducer.summary

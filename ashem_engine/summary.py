@@ -1,10 +1,7 @@
-"""summary.json as a reduction of the run's events, so that it cannot drift from them.
-
-The engine feeds each event it emits to a SummaryReducer and writes what it holds; `rebuild`
-reduces a run directory's events.jsonl to the same summary. The log of a resumed run holds
-every attempt: each RunStarted rewinds to its resume point, as the attempts after redo what
-an attempt reported beyond it.
-"""
+"""summary.json as a reduction of the run's events (SummaryReducer, a sink), so that it cannot
+drift from them; `rebuild` reduces a run directory's events.jsonl to the same summary. The log
+of a resumed run holds every attempt: each RunStarted rewinds to its resume point, as the
+attempts after redo what an attempt reported beyond it."""
 from __future__ import annotations
 
 import copy
@@ -55,7 +52,6 @@ class SummaryReducer:
     def __init__(self, base: dict):
         self._s = copy.deepcopy(base)
         self._epochs: dict[int, list[dict]] = {}  # stage -> its epochs so far
-        self._layers: dict[int, int] = {}
         self._thresholds: dict[int, ev.ThresholdComputed] = {}
         self._before = 0.0  # seconds of the attempts before this one
 
@@ -70,9 +66,9 @@ class SummaryReducer:
         return ahead._s
 
     def __call__(self, event: ev.Event) -> None:
-        reduce = _READS.get(type(event))
+        reduce = getattr(self, f"on_{event.kind}", None)  # one method per event kind it reads
         if reduce is not None:
-            reduce(self, event)
+            reduce(event)
 
     def on_RunStarted(self, e: ev.RunStarted) -> None:
         self._rewind(e.resume_point if e.resumed else NOTHING_DONE)
@@ -93,16 +89,14 @@ class SummaryReducer:
         self._epochs = {n: [h for h in epochs if n < stage or h["epoch"] <= epoch]
                         for n, epochs in self._epochs.items() if n <= stage}
 
-    def on_StageStarted(self, e: ev.StageStarted) -> None:
-        self._layers[e.stage] = e.layers
-
     def on_EpochEnded(self, e: ev.EpochEnded) -> None:
         before = [h for h in self._epochs.get(e.stage, []) if h["epoch"] < e.epoch]
         self._epochs[e.stage] = [*before, _pick(e, EPOCH)]
 
     def on_StageEnded(self, e: ev.StageEnded) -> None:
         record = {**_pick(e, STAGE), "history": list(self._epochs.get(e.stage, [])),
-                  "layers": self._layers.get(e.stage), "checkpoint": e.checkpoint}
+                  "layers": self._s["settings"]["stages"][e.stage - 1]["layers"],
+                  "checkpoint": e.checkpoint}
         self._s["stages"] = [*(r for r in self._s["stages"] if r["stage"] < e.stage), record]
         self._s["seconds"] = round(self._before + e.t, 3)
 
@@ -131,6 +125,3 @@ class SummaryReducer:
         self._s["error"] = {"kind": e.error_kind, "message": e.message, "where": e.where}
         self._s.update(status="failed", seconds=round(self._before + e.t, 3))
 
-
-_READS = {kind: getattr(SummaryReducer, f"on_{name}") for name, kind in ev.EVENT_TYPES.items()
-          if hasattr(SummaryReducer, f"on_{name}")}  # one method per event kind it reads
