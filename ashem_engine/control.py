@@ -1,9 +1,6 @@
 """RunControl: the thread-safe handle through which a UI pauses, resumes and cancels a run.
-
-The engine calls `checkpoint(where)` at every batch boundary and `boundary(name)` between
-stages. Both block while the run is paused and raise `Cancelled` once it is cancelled, so a
-cancel is honoured within one batch even while paused.
-"""
+The engine calls `checkpoint` at every batch boundary and `boundary` between stages: both block
+while paused and raise `Cancelled` once cancelled, so a cancel is honoured within one batch."""
 from __future__ import annotations
 
 import threading
@@ -57,16 +54,12 @@ class RunControl:
 
     def _wait(self, where: str, reason: str, boundary: Optional[str]) -> None:
         with self._cond:
-            if self.cancelled:
-                raise Cancelled(where)
-            if not self.paused:
-                return
-        if self.on_pause:
+            paused = self.paused and not self.cancelled
+        if paused and self.on_pause:
             self.on_pause(where, reason, boundary)
         with self._cond:
-            while self.paused and not self.cancelled:
-                self._cond.wait(timeout=0.5)
+            self._cond.wait_for(lambda: self.cancelled or not self.paused)
             if self.cancelled:
                 raise Cancelled(where)
-        if self.on_resume:
+        if paused and self.on_resume:
             self.on_resume(where)

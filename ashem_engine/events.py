@@ -6,6 +6,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 # Fields that depend on the clock, not on the computation: two runs with the same settings
@@ -17,7 +18,6 @@ TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "
 @dataclass
 class Event:
     """Base class. `t` is seconds since the run started (set by the emitter)."""
-
     t: float = field(default=0.0, kw_only=True)
 
     @property
@@ -44,9 +44,7 @@ class RunStarted(Event):
     machine: Optional[dict] = None  # platform, processor, cpus, torch and python versions
     data_source: str = ""
     seconds_before: float = 0.0  # run time spent before this resume
-    # Where a resumed run goes on: {"stage", "epoch", "stage_done"}; what the events before
-    # reported beyond that point is void (summary.py).
-    resume_point: Optional[dict] = None
+    resume_point: Optional[dict] = None  # where it goes on: {"stage", "epoch", "stage_done"}
 
 
 @dataclass
@@ -154,7 +152,6 @@ class SweepComputed(Event):
     "points": [point, ...]}]; a point: {"quantile", "thresholds", "ppl", "accuracy",
     "exit_ratios", "deep_ratio", "spec_cost", "honest_cost", "macs_per_token", "pareto"}.
     honest_cost is relative to `plain_macs_per_token`, this run's plain deepest model."""
-
     split: str
     tokens: int
     plain_macs_per_token: float
@@ -222,8 +219,10 @@ class JsonLinesSink:
     """Appends one JSON object per line and flushes, so a reader can follow the file live."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        torn = os.path.exists(path) and Path(path).read_bytes()[-1:] not in (b"", b"\n")
+        self._file = open(path, "a", encoding="utf-8")
+        if torn:  # a line torn by a kill: end it, or it would swallow the first event written
+            self._file.write("\n")
 
     def __call__(self, event: Event) -> None:
         self._file.write(json.dumps(event.to_dict(), allow_nan=True) + "\n")
@@ -255,8 +254,7 @@ class Emitter:
     """Stamps events with the run clock and fans them out to sinks."""
 
     def __init__(self, *sinks: Sink, clock: Callable[[], float] = time.perf_counter):
-        self.sinks = list(sinks)
-        self._clock = clock
+        self.sinks, self._clock = list(sinks), clock
         self._start = clock()
 
     def elapsed(self) -> float:

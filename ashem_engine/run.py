@@ -18,7 +18,7 @@ from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run
 from .settings import Settings, SettingsError
 from .stages import NumericFault
 from .steps import Pipeline, choose_threads  # noqa: F401  (bench imports it from here)
-from .summary import SummaryReducer, base_summary
+from .summary import replay
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
            control: Optional[RunControl], corpus: Optional[Corpus],
            point: Optional[ResumePoint]) -> RunResult:
     control = control or RunControl(pause_at=settings.run.pause_at)
-    reducer = _reducer_so_far(run_dir, settings)
+    reducer = replay(run_dir)  # the attempts before, in a resumed run
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
     emit = ev.Emitter(jsonl, reducer, *sinks)
     control.on_pause = lambda where, reason, boundary: emit(
@@ -102,19 +102,6 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
     finally:
         jsonl.close()
         control.on_pause = control.on_resume = None
-
-
-def _reducer_so_far(run_dir: Path, settings: Settings) -> SummaryReducer:
-    """A reducer that has seen the events of the attempts before (a resumed run)."""
-    reducer = SummaryReducer(base_summary(run_dir, settings.to_dict()))
-    log = run_dir / "events.jsonl"
-    if log.exists():
-        for event in ev.iter_events(log):
-            reducer(event)
-        if log.read_bytes()[-1:] not in (b"", b"\n"):  # torn by a kill: end that line, or
-            with open(log, "ab") as f:  # it would swallow this attempt's first event
-                f.write(b"\n")
-    return reducer
 
 
 def _failed(pipeline: Pipeline, kind: str, message: str, where: str) -> RunResult:

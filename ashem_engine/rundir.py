@@ -1,6 +1,7 @@
 """The run directory: `runs/<UTC timestamp>-<name>/`, written atomically, never overwritten."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -63,10 +64,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

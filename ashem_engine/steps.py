@@ -52,7 +52,6 @@ def choose_device(requested: str) -> torch.device:
 @dataclass
 class RunState:
     """What a step hands on to the next."""
-
     model: EarlyExitLM
     exit_layers: list[int]
     thresholds: list[float]
@@ -65,15 +64,13 @@ class Step(NamedTuple):
 
 
 class Pipeline:
-    """One run's steps and what they share: settings, run directory, events, control, the
-    summary so far and the corpus' batches on the run's device."""
+    """One run's steps and what they share, the corpus' batches on the run's device too."""
 
     def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
                  control: RunControl, reducer: SummaryReducer):
         self.settings, self.run_dir, self.emit = settings, run_dir, emit
         self.control, self.reducer = control, reducer
         self.where = "start"  # where a failure happened, for its message
-        self.point: Optional[ResumePoint] = None
         self._batches: dict[str, Batches] = {}
 
     def steps(self, point: Optional[ResumePoint]) -> list[Step]:
@@ -90,7 +87,6 @@ class Pipeline:
         at = [step.name for step in steps].index(f"train stage {point.stage}")
         return steps[at + 1 if point.stage_done else at:]
 
-    # -- set-up -----------------------------------------------------------------------------
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
         """Threads, device, seed and data; RunStarted; the model to go on with."""
         s, self.point = self.settings, point
@@ -173,13 +169,11 @@ class Pipeline:
                 "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
                 "thresholds": state.thresholds, "best_epoch": epoch})
 
-        def save_epoch(progress: dict) -> None:
-            self.save_point(number, progress["epoch"], False, state, progress["model"],
-                            progress["optimizer"], progress["early"])
-
         outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
                             s.run.progress_events_per_epoch, on_improved=save_best,
-                            on_epoch_end=save_epoch, resume=self._training_resume(number))
+                            on_epoch_end=lambda progress: self.save_point(
+                                number, progress["epoch"], False, state, progress),
+                            resume=self._training_resume(number))
         self.emit(ev.StageEnded(
             stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
             best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
@@ -204,11 +198,12 @@ class Pipeline:
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
                                 Cascade.of(exits))
-        tokens, order = self._saved_hard(number)
+        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
+        tokens = HardTokens(**{f.name: saved[f.name].to(self.device) for f in fields(HardTokens)})
         common = dict(validation=self.batches("validation"),
                       cascade=Cascade.of(exits, state.thresholds, self.modes(number)))
         if s.stages[number - 1].context != "sequence":
-            return HardTokenTask(m, tokens, order, s.data.batch_size, **common)
+            return HardTokenTask(m, tokens, saved["order"], s.data.batch_size, **common)
         source = self.batches(s.mining.split)
         below = Cascade.of(exits[:-1], state.thresholds[:-1], self.modes(number - 1))
         lower = exit_pass(m, source, below).hidden  # the frozen layers' output: the context
@@ -217,12 +212,6 @@ class Pipeline:
         shape = source.x.shape
         return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
 
-    def _saved_hard(self, number: int) -> tuple:
-        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
-        return HardTokens(**{f.name: saved[f.name].to(self.device)
-                             for f in fields(HardTokens)}), saved["order"]
-
-    # -- step: mine and grow ----------------------------------------------------------------
     def mine_and_grow(self, number: int, state: RunState) -> None:
         """Mine at stage N-1's exit, grow to stage N and freeze what was there, fix the hard
         tokens' order, save; then hold at the "mining-(N-1)" boundary."""
@@ -235,7 +224,7 @@ class Pipeline:
         atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
             **{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
             "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold})
-        self.save_point(number, 0, False, state, model=state.model.state_dict())
+        self.save_point(number, 0, False, state, {"model": state.model.state_dict()})
         self.control.boundary(f"mining-{number - 1}",
                               f"after mining at stage {number - 1}'s exit")
 
@@ -264,9 +253,7 @@ class Pipeline:
                             f"{stage + 1}.hard_ratio")
         return mined
 
-    # -- step: evaluate ---------------------------------------------------------------------
     def final_evaluation(self, state: RunState) -> None:
-        """The final routed evaluation on evaluation.split."""
         self.where = "final evaluation"
         split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
         m, exits, thresholds = state.model, state.exit_layers, state.thresholds
@@ -279,14 +266,13 @@ class Pipeline:
             honest_cost=final.honest_cost, thresholds=thresholds,
             macs_per_token=final.macs_per_token, inference_modes=list(modes)))
 
-    # -- step: sweep ------------------------------------------------------------------------
     def threshold_sweep(self, state: RunState) -> None:
         """PPL against honest cost for each signal of evaluation.signals over
         evaluation.sweep_points thresholds, beside the run's own point and the stage-1 model
         alone; on the report split, calibrated on the mining split. Event and sweep.json."""
         self.where = "threshold sweep"
         s, final, exits = self.settings, state.final, state.exit_layers
-        costs = self._costs(state.model, tuple(exits), self.modes(len(s.stages)))
+        costs = self._costs(tuple(exits), self.modes(len(s.stages)))
         plain = costs.plain()
         if len(exits) == 1:
             name = f"plain model ({exits[0]} layers)"
@@ -294,7 +280,7 @@ class Pipeline:
         else:
             series = [*self._swept_signals(state),
                       single_point("ASHEM · as run", final, costs, plain, exits[-1]),
-                      self._first_stage_alone(state.model, plain, exits[-1])]
+                      self._first_stage_alone(plain, exits[-1])]
         mark_pareto([p for x in series for p in x["points"]])
         self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
                                    plain_macs_per_token=plain, series=series))
@@ -307,9 +293,9 @@ class Pipeline:
             "split": s.evaluation.split, "tokens": final.tokens,
             "plain_macs_per_token": plain, "series": series})
 
-    def _costs(self, model: EarlyExitLM, exit_layers: tuple, modes: tuple) -> CostModel:
+    def _costs(self, exit_layers: tuple, modes: tuple) -> CostModel:
         seq_len = self.batches(self.settings.evaluation.split).x.shape[-1]
-        return CostModel(model.cfg, model.vocab_size, seq_len, exit_layers, modes)
+        return CostModel(self.settings.model, len(self.corpus.vocab), seq_len, exit_layers, modes)
 
     def _swept_signals(self, state: RunState) -> list[dict]:
         """One series per signal (the exit classifiers, trained first if a signal needs
@@ -322,19 +308,18 @@ class Pipeline:
             classifiers = train_classifiers(m, mining, cascade, s.run.seed, self.check)
             atomic_torch_save(self.run_dir / "exit-classifiers.pt",
                               {"classifiers": [c.state_dict() for c in classifiers]})
-        signals, points = s.evaluation.signals, s.evaluation.sweep_points
-        return sweep(m, mining, report, cascade, signals, points, classifiers, self.check)
+        return sweep(m, mining, report, cascade, s.evaluation.signals, s.evaluation.sweep_points,
+                     classifiers, self.check)
 
-    def _first_stage_alone(self, model: EarlyExitLM, plain: float, deepest: int) -> dict:
+    def _first_stage_alone(self, plain: float, deepest: int) -> dict:
         layers = self.settings.stages[0].layers
         base = self.new_model(layers).eval()
         base.load_state_dict(load_checkpoint(self.best_checkpoint(1))["model"])
         report = self.batches(self.settings.evaluation.split)
         alone = evaluate(base, report, Cascade.of([layers]), self.check)
-        costs = self._costs(model, (layers,), ())
-        return single_point(f"stage-1 model ({layers} layers)", alone, costs, plain, deepest)
+        return single_point(f"stage-1 model ({layers} layers)", alone, self._costs((layers,), ()),
+                            plain, deepest)
 
-    # -- shared -----------------------------------------------------------------------------
     def new_model(self, layers: int) -> EarlyExitLM:
         return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)
 
@@ -343,8 +328,7 @@ class Pipeline:
 
     def modes(self, stages: int) -> tuple:
         """Inference modes of the layers after each exit of the first `stages` stages."""
-        inference = self.settings.evaluation.inference
-        return inference_modes(self.settings.stages[:stages], inference)
+        return inference_modes(self.settings.stages[:stages], self.settings.evaluation.inference)
 
     def batches(self, split: str) -> Batches:
         """A split's batches on the run's device, read from the corpus on first use (a split
@@ -365,12 +349,13 @@ class Pipeline:
         return summary
 
     def save_point(self, stage: int, epoch: int, stage_done: bool, state: RunState,
-                   model: Optional[dict] = None, optimizer: Optional[dict] = None,
-                   early: Optional[dict] = None) -> None:
+                   training: Optional[dict] = None) -> None:
+        """`training`: "model", "optimizer" and "early", while the stage is under way."""
+        training = training or {}
         save_resume_point(self.run_dir, ResumePoint(
-            stage, epoch, stage_done, state.exit_layers, state.thresholds,
-            torch.get_rng_state(), self.seconds_before + self.emit.elapsed(), model,
-            optimizer, early))
+            stage, epoch, stage_done, state.exit_layers, state.thresholds, torch.get_rng_state(),
+            self.seconds_before + self.emit.elapsed(), training.get("model"),
+            training.get("optimizer"), training.get("early")))
 
 
 def _on(device, batches: Batches) -> Batches:

@@ -1,7 +1,6 @@
 """summary.json as a reduction of the run's events (SummaryReducer, a sink), so that it cannot
-drift from them; `rebuild` reduces a run directory's events.jsonl to the same summary. The log
-of a resumed run holds every attempt: each RunStarted rewinds to its resume point, as the
-attempts after redo what an attempt reported beyond it."""
+drift from them. The log of a resumed run holds every attempt: each RunStarted rewinds to its
+resume point, as the attempts after redo what an attempt reported beyond it."""
 from __future__ import annotations
 
 import copy
@@ -28,18 +27,17 @@ def base_summary(run_dir: str | os.PathLike, settings: dict) -> dict:
             "mining": [], "final": None}
 
 
-def summarize(events: Iterable[ev.Event], base: dict) -> dict:
-    reducer = SummaryReducer(base)
-    for event in events:
-        reducer(event)
-    return reducer.summary
+def replay(run_dir: str | os.PathLike) -> SummaryReducer:
+    """A reducer that has seen a run directory's events.jsonl so far (none in a new run)."""
+    path = Path(run_dir)
+    settings = json.loads((path / "settings.json").read_text(encoding="utf-8"))
+    log = path / "events.jsonl"
+    return SummaryReducer(base_summary(path, settings), ev.iter_events(log) if log.exists() else ())
 
 
 def rebuild(run_dir: str | os.PathLike) -> dict:
     """summary.json again, from a run directory's settings.json and events.jsonl."""
-    path = Path(run_dir)
-    settings = json.loads((path / "settings.json").read_text(encoding="utf-8"))
-    return summarize(ev.iter_events(path / "events.jsonl"), base_summary(path, settings))
+    return replay(run_dir).summary
 
 
 def _pick(event: ev.Event, names: Iterable[str]) -> dict:
@@ -49,11 +47,13 @@ def _pick(event: ev.Event, names: Iterable[str]) -> dict:
 class SummaryReducer:
     """A sink folding events into the summary; an event it does not read costs a lookup."""
 
-    def __init__(self, base: dict):
+    def __init__(self, base: dict, events: Iterable[ev.Event] = ()):
         self._s = copy.deepcopy(base)
         self._epochs: dict[int, list[dict]] = {}  # stage -> its epochs so far
         self._thresholds: dict[int, ev.ThresholdComputed] = {}
         self._before = 0.0  # seconds of the attempts before this one
+        for event in events:
+            self(event)
 
     @property
     def summary(self) -> dict:
