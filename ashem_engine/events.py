@@ -9,8 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-# Fields that depend on the clock, not on the computation: two runs with the same settings
-# and seed compare equal event by event without them.
+# Fields that depend on the clock, not on the computation (runs compare equal without them).
 TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
                            "seconds_before"})
 
@@ -237,8 +236,7 @@ def read_events(path: str | os.PathLike) -> list[Event]:
 
 
 def iter_events(path: str | os.PathLike) -> Iterator[Event]:
-    """An events.jsonl's events; a torn last line (killed writer) ends it, not fatally, and
-    a blank or unreadable line is skipped."""
+    """An events.jsonl's events; a torn last line (killed writer) ends them, not fatally."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):

@@ -1,5 +1,6 @@
 """Where a cancelled or killed run goes on: progress.pt, read back as a typed ResumePoint.
-It is rewritten after every finished epoch, mining and stage, with the keys it always had."""
+The pipeline rewrites it after every finished epoch, mining and stage, as vars(ResumePoint)
+(the keys it always had)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .rundir import CheckpointError, atomic_torch_save, load_checkpoint
+from .rundir import CheckpointError, load_checkpoint
 from .settings import Settings, settings_from_dict
 
 PROGRESS = "progress.pt"
@@ -41,10 +42,6 @@ class ResumePoint:
         return {"stage": self.stage, "epoch": self.epoch, "stage_done": self.stage_done}
 
 
-def save_resume_point(run_dir: Path, point: ResumePoint) -> None:
-    atomic_torch_save(run_dir / PROGRESS, vars(point))
-
-
 def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[ResumePoint]]:
     """The settings of a run that can be resumed and its resume point (None: killed before
     its first epoch ended, it starts over in place)."""
@@ -57,12 +54,11 @@ def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[Re
     if not (path / PROGRESS).exists():
         return settings, None
     raw = load_checkpoint(path / PROGRESS)  # runs from before ResumePoint also hold "summary"
-    names = [f.name for f in fields(ResumePoint)]
-    missing = [name for name in names if name not in raw]
-    if missing:
+    try:
+        return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)})
+    except KeyError as e:
         raise CheckpointError(f"checkpoint {str(path / PROGRESS)!r} is not a readable ashem "
-                              f"checkpoint (it has no {missing[0]!r}); start a new run")
-    return settings, ResumePoint(**{name: raw[name] for name in names})
+                              f"checkpoint (it has no {e.args[0]!r}); start a new run") from None
 
 
 def _read_json(path: Path, required: bool = False) -> dict:

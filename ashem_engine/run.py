@@ -73,9 +73,8 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
     reducer = replay(run_dir)  # the attempts before, in a resumed run
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
     emit = ev.Emitter(jsonl, reducer, *sinks)
-    control.on_pause = lambda where, reason, boundary: emit(
-        ev.Paused(where=where, reason=reason, boundary=boundary))
-    control.on_resume = lambda where: emit(ev.Resumed(where=where))
+    control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
+    control.on_resume = lambda where: emit(ev.Resumed(where))
     pipeline = Pipeline(settings, run_dir, emit, control, reducer)
     try:
         state = pipeline.start(corpus, point)
@@ -91,21 +90,19 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
         emit(ev.RunCancelled(run_dir=str(run_dir), where=c.where,
                              seconds=round(emit.elapsed(), 3)))
         return RunResult("cancelled", run_dir, pipeline.write_summary())
-    except tuple(FAILURE_KINDS) as e:
-        return _failed(pipeline, FAILURE_KINDS[type(e)], str(e),
-                       getattr(e, "where", pipeline.where))
-    except Exception as e:  # anything unexpected still ends as an event, not a traceback
-        tb = traceback.extract_tb(e.__traceback__)
-        origin = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
-        return _failed(pipeline, "internal", f"{type(e).__name__}: {e}",
-                       f"{pipeline.where} ({origin})")
+    except Exception as e:  # expected or not, a failure ends as an event, not a traceback
+        failure = ev.RunFailed(*_described(e, pipeline.where), run_dir=str(run_dir))
+        emit(failure)
+        return RunResult("failed", run_dir, pipeline.write_summary(), failure)
     finally:
         jsonl.close()
         control.on_pause = control.on_resume = None
 
 
-def _failed(pipeline: Pipeline, kind: str, message: str, where: str) -> RunResult:
-    failure = ev.RunFailed(error_kind=kind, message=message, where=where,
-                           run_dir=str(pipeline.run_dir))
-    pipeline.emit(failure)
-    return RunResult("failed", pipeline.run_dir, pipeline.write_summary(), failure)
+def _described(e: Exception, where: str) -> tuple[str, str, str]:
+    """A failure's kind, message and place; an unexpected one's place in the code too."""
+    if type(e) in FAILURE_KINDS:
+        return FAILURE_KINDS[type(e)], str(e), getattr(e, "where", where)
+    tb = traceback.extract_tb(e.__traceback__)
+    origin = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
+    return "internal", f"{type(e).__name__}: {e}", f"{where} ({origin})"

@@ -31,8 +31,7 @@ def create_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
         except FileExistsError:
             continue
         except OSError as e:
-            raise RunDirError(f"run.runs_dir {str(root)!r} is not writable: {e.strerror}"
-                              ) from None
+            raise RunDirError(f"run.runs_dir {str(root)!r} is not writable: {e.strerror}") from None
         probe_writable(path)
         return path
     raise RunDirError(f"too many runs named {name!r} this second in {str(root)!r}")
@@ -43,8 +42,7 @@ def probe_writable(path: Path, need_bytes: int = 64 << 20) -> None:
     try:
         atomic_write(path / ".probe", lambda f: f.write(b"ok"))
         (path / ".probe").unlink()
-        disk = os.statvfs(path)
-        free = disk.f_bavail * disk.f_frsize
+        free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
     except OSError as e:
         raise RunDirError(f"run directory {str(path)!r} is not writable: {e.strerror}") from None
     if free < need_bytes:

@@ -21,7 +21,7 @@ from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .mining import HardTokens, examples_in_context, exit_pass, histogram, mine, top_words
 from .model import EarlyExitLM, count_parameters
-from .resume import ResumePoint, save_resume_point
+from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
 from .names import CLASSIFIER
 from .settings import Settings
@@ -88,7 +88,6 @@ class Pipeline:
         return steps[at + 1 if point.stage_done else at:]
 
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
-        """Threads, device, seed and data; RunStarted; the model to go on with."""
         s, self.point = self.settings, point
         self.seconds_before = point.seconds_before if point is not None else 0.0
         threads = choose_threads(s.run.threads)
@@ -106,7 +105,7 @@ class Pipeline:
     def _load(self, corpus: Optional[Corpus]) -> Corpus:
         s, self.where = self.settings, "loading data"
         if corpus is None:
-            self.log(f"loading data from {describe_source(s.data)}")
+            self.emit(ev.Log("info", f"loading data from {describe_source(s.data)}"))
             corpus = load_corpus(s.data)
         for key, split in (("mining.split", s.mining.split),
                            ("evaluation.split", s.evaluation.split)):
@@ -129,14 +128,12 @@ class Pipeline:
                     for i, st in enumerate(s.stages, 1)], machine=machine,
             data_source=corpus.source, seconds_before=self.seconds_before,
             resume_point=point.where() if point is not None else None))
-        self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
-                 f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
-                 f"batches of {s.data.batch_size} × {s.data.seq_len}")
+        self.emit(ev.Log("info", f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
+                         f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
+                         f"batches of {s.data.batch_size} × {s.data.seq_len}"))
 
     def _restore(self, point: ResumePoint) -> RunState:
-        """The model and routing at a resume point, and torch's random state there."""
         number, st = point.stage, self.settings.stages[point.stage - 1]
-        torch.set_rng_state(point.rng)
         model = self.new_model(st.layers)
         try:
             model.load_state_dict(point.model if not point.stage_done else
@@ -147,9 +144,9 @@ class Pipeline:
         if number > 1:
             model.freeze_lower(self.settings.stages[number - 2].layers,
                                freeze_head=st.freeze_head)
-        torch.set_rng_state(point.rng)  # building the skeleton drew random numbers
-        self.log(f"resumed at stage {number}, " + (
-            "after the stage" if point.stage_done else f"after epoch {point.epoch}"))
+        torch.set_rng_state(point.rng)  # after building the skeleton, which draws from it
+        self.emit(ev.Log("info", f"resumed at stage {number}, " + (
+            "after the stage" if point.stage_done else f"after epoch {point.epoch}")))
         return RunState(model, list(point.exit_layers), list(point.thresholds))
 
     # -- step: train stage N ----------------------------------------------------------------
@@ -174,11 +171,9 @@ class Pipeline:
                             on_epoch_end=lambda progress: self.save_point(
                                 number, progress["epoch"], False, state, progress),
                             resume=self._training_resume(number))
-        self.emit(ev.StageEnded(
-            stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
-            best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
-            stopped_early=outcome.stopped_early, seconds=outcome.seconds,
-            checkpoint=str(self.best_checkpoint(number)), best_hard_ppl=outcome.best_hard_ppl))
+        ended = {f.name: getattr(outcome, f.name) for f in fields(ev.StageEnded)
+                 if hasattr(outcome, f.name)}  # every field but the checkpoint
+        self.emit(ev.StageEnded(**ended, checkpoint=str(self.best_checkpoint(number))))
         self.write_summary()
         self.save_point(number, outcome.epochs, True, state)
         self.control.boundary(f"stage-{number}", f"after stage {number}")
@@ -213,8 +208,7 @@ class Pipeline:
         return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
 
     def mine_and_grow(self, number: int, state: RunState) -> None:
-        """Mine at stage N-1's exit, grow to stage N and freeze what was there, fix the hard
-        tokens' order, save; then hold at the "mining-(N-1)" boundary."""
+        """Mines at stage N-1's exit, then grows the model to stage N over what it freezes."""
         st, below = self.settings.stages[number - 1], self.settings.stages[number - 2].layers
         mined = self._mine(number - 1, st.hard_ratio, state)
         state.thresholds = [*state.thresholds, mined.threshold]
@@ -267,9 +261,8 @@ class Pipeline:
             macs_per_token=final.macs_per_token, inference_modes=list(modes)))
 
     def threshold_sweep(self, state: RunState) -> None:
-        """PPL against honest cost for each signal of evaluation.signals over
-        evaluation.sweep_points thresholds, beside the run's own point and the stage-1 model
-        alone; on the report split, calibrated on the mining split. Event and sweep.json."""
+        """PPL against honest cost over thresholds for each signal, beside the run's own point
+        and the stage-1 model alone; on the report split, calibrated on the mining split."""
         self.where = "threshold sweep"
         s, final, exits = self.settings, state.final, state.exit_layers
         costs = self._costs(tuple(exits), self.modes(len(s.stages)))
@@ -298,8 +291,7 @@ class Pipeline:
         return CostModel(self.settings.model, len(self.corpus.vocab), seq_len, exit_layers, modes)
 
     def _swept_signals(self, state: RunState) -> list[dict]:
-        """One series per signal (the exit classifiers, trained first if a signal needs
-        them, are kept in exit-classifiers.pt)."""
+        """One series per signal; the exit classifiers a signal needs are trained first."""
         s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
         mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
         cascade = Cascade.of(exits, thresholds, self.modes(len(s.stages)))
@@ -340,9 +332,6 @@ class Pipeline:
     def check(self) -> None:
         self.control.checkpoint(self.where)
 
-    def log(self, message: str) -> None:
-        self.emit(ev.Log(level="info", message=message))
-
     def write_summary(self) -> dict:
         summary = self.reducer.summary
         atomic_write_json(self.run_dir / "summary.json", summary)
@@ -352,10 +341,10 @@ class Pipeline:
                    training: Optional[dict] = None) -> None:
         """`training`: "model", "optimizer" and "early", while the stage is under way."""
         training = training or {}
-        save_resume_point(self.run_dir, ResumePoint(
+        atomic_torch_save(self.run_dir / PROGRESS, vars(ResumePoint(
             stage, epoch, stage_done, state.exit_layers, state.thresholds, torch.get_rng_state(),
             self.seconds_before + self.emit.elapsed(), training.get("model"),
-            training.get("optimizer"), training.get("early")))
+            training.get("optimizer"), training.get("early"))))
 
 
 def _on(device, batches: Batches) -> Batches:
