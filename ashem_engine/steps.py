@@ -149,7 +149,6 @@ class Pipeline:
             "after the stage" if point.stage_done else f"after epoch {point.epoch}")))
         return RunState(model, list(point.exit_layers), list(point.thresholds))
 
-    # -- step: train stage N ----------------------------------------------------------------
     def train_stage(self, number: int, state: RunState) -> None:
         s, st, self.where = self.settings, self.settings.stages[number - 1], f"stage {number}"
         task = self._task(number, state)
