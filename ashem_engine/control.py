@@ -17,7 +17,7 @@ class RunControl:
     def __init__(self, pause_at: Iterable[str] = (), hold_at_boundaries: bool = True,
                  start_paused: bool = False):
         self._cond = threading.Condition()
-        self.paused, self.cancelled = start_paused, False  # set through the methods below
+        self.paused, self.cancelled = start_paused, False  # changed by _set only: it wakes waiters
         self.pause_at = set(pause_at)
         self.hold_at_boundaries = hold_at_boundaries
         # Set by the orchestrator so that Paused / Resumed reach the sinks.
