@@ -1,9 +1,6 @@
 """RunControl: the thread-safe handle through which a UI pauses, resumes and cancels a run.
-
-The engine calls `checkpoint(where)` at every batch boundary and `boundary(name)` between
-stages. Both block while the run is paused and raise `Cancelled` once it is cancelled, so a
-cancel is honoured within one batch even while paused.
-"""
+The engine calls `checkpoint` at every batch boundary and `boundary` between stages: both block
+while paused and raise `Cancelled` once cancelled, so a cancel is honoured within one batch."""
 from __future__ import annotations
 
 import threading
@@ -11,8 +8,6 @@ from typing import Callable, Iterable, Optional
 
 
 class Cancelled(Exception):
-    """Raised inside the engine when the run was cancelled; the orchestrator catches it."""
-
     def __init__(self, where: str):
         super().__init__(f"cancelled at {where}")
         self.where = where
@@ -22,8 +17,7 @@ class RunControl:
     def __init__(self, pause_at: Iterable[str] = (), hold_at_boundaries: bool = True,
                  start_paused: bool = False):
         self._cond = threading.Condition()
-        self._paused = start_paused
-        self._cancelled = False
+        self.paused, self.cancelled = start_paused, False  # changed by _set only: it wakes waiters
         self.pause_at = set(pause_at)
         self.hold_at_boundaries = hold_at_boundaries
         # Set by the orchestrator so that Paused / Resumed reach the sinks.
@@ -32,27 +26,18 @@ class RunControl:
 
     # -- called from the UI thread -------------------------------------------------------
     def pause(self) -> None:
-        with self._cond:
-            self._paused = True
-            self._cond.notify_all()
+        self._set(paused=True)
 
     def resume(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._cond.notify_all()
+        self._set(paused=False)
 
     def cancel(self) -> None:
+        self._set(cancelled=True)
+
+    def _set(self, **flags: bool) -> None:
         with self._cond:
-            self._cancelled = True
+            vars(self).update(flags)
             self._cond.notify_all()
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
 
     # -- called from the engine thread ---------------------------------------------------
     def checkpoint(self, where: str) -> None:
@@ -62,24 +47,19 @@ class RunControl:
     def boundary(self, name: str, where: str) -> None:
         """A stage boundary: holds if `name` is in pause_at (and holding is enabled)."""
         if self.hold_at_boundaries and name in self.pause_at:
-            with self._cond:
-                self._paused = True
+            self._set(paused=True)
             self._wait(where, reason="pause_at", boundary=name)
         else:
             self.checkpoint(where)
 
     def _wait(self, where: str, reason: str, boundary: Optional[str]) -> None:
         with self._cond:
-            if self._cancelled:
-                raise Cancelled(where)
-            if not self._paused:
-                return
-        if self.on_pause:
+            paused = self.paused and not self.cancelled
+        if paused and self.on_pause:
             self.on_pause(where, reason, boundary)
         with self._cond:
-            while self._paused and not self._cancelled:
-                self._cond.wait(timeout=0.5)
-            if self._cancelled:
+            self._cond.wait_for(lambda: self.cancelled or not self.paused)
+            if self.cancelled:
                 raise Cancelled(where)
-        if self.on_resume:
+        if paused and self.on_resume:
             self.on_resume(where)

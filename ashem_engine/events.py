@@ -1,29 +1,28 @@
-"""Events: everything the engine reports, as plain JSON-serialisable dataclasses.
-
-The engine never prints; it hands events to a sink. The app, the headless command line and
-the JSON-lines file in the run directory are all just sinks.
-
-Fields that depend on wall-clock time are listed in TIMING_FIELDS, so that two runs with the
-same settings and seed can be compared event by event apart from them.
-"""
+"""Events: everything the engine reports, as plain JSON-serialisable dataclasses, handed to
+sinks (the app, the headless command line, the run directory's events.jsonl)."""
 from __future__ import annotations
 
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-# Fields whose values depend on the clock, not on the computation.
+# Fields that depend on the clock, not on the computation (runs compare equal without them).
 TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
                            "seconds_before"})
 
 
 @dataclass
 class Event:
-    """Base class. `t` is seconds since the run started (set by the emitter)."""
-
+    """Base class; every subclass is made a dataclass as it is defined, so that an event is
+    declared by its fields alone. `t` is seconds since the run started (set by the emitter)."""
     t: float = field(default=0.0, kw_only=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(cls)
 
     @property
     def kind(self) -> str:
@@ -33,7 +32,6 @@ class Event:
         return {"kind": self.kind, **asdict(self)}
 
 
-@dataclass
 class RunStarted(Event):
     name: str
     run_dir: str
@@ -49,12 +47,9 @@ class RunStarted(Event):
     machine: Optional[dict] = None  # platform, processor, cpus, torch and python versions
     data_source: str = ""
     seconds_before: float = 0.0  # run time spent before this resume
-    # Where a resumed run goes on: {"stage", "epoch", "stage_done"}; what the events before
-    # reported beyond that point is void (summary.py).
-    resume_point: Optional[dict] = None
+    resume_point: Optional[dict] = None  # where it goes on: {"stage", "epoch", "stage_done"}
 
 
-@dataclass
 class StageStarted(Event):
     stage: int  # 1-based
     layers: int
@@ -68,7 +63,6 @@ class StageStarted(Event):
     context: str = "sequence"  # "sequence" (stage 1) or the mode of the new layers
 
 
-@dataclass
 class BatchProgress(Event):
     stage: int
     epoch: int
@@ -79,7 +73,6 @@ class BatchProgress(Event):
     eta_s: float  # estimated seconds left in this epoch's training batches
 
 
-@dataclass
 class EpochEnded(Event):
     stage: int
     epoch: int
@@ -96,7 +89,6 @@ class EpochEnded(Event):
     shallow_ratio: Optional[float] = None  # when validation is routed
 
 
-@dataclass
 class StageEnded(Event):
     stage: int
     epochs: int  # epochs run
@@ -109,7 +101,6 @@ class StageEnded(Event):
     best_hard_ppl: Optional[float] = None
 
 
-@dataclass
 class ThresholdComputed(Event):
     stage: int  # the stage whose exit was measured
     exit_layer: int
@@ -121,7 +112,6 @@ class ThresholdComputed(Event):
     histogram_counts: list
 
 
-@dataclass
 class HardExamplesCollected(Event):
     stage: int  # the stage whose exit was measured
     count: int
@@ -134,7 +124,6 @@ class HardExamplesCollected(Event):
     examples: list  # [{"context": [words], "target": word, "confidence": c}, ...]
 
 
-@dataclass
 class Evaluated(Event):
     split: str
     tokens: int
@@ -145,13 +134,12 @@ class Evaluated(Event):
     shallow_ratio: float
     deep_ratio: float
     compute_cost: float  # the spec's formula: blocks only, relative to the deepest model
-    honest_cost: float  # blocks with attention + every head evaluation, relative to the deepest model
+    honest_cost: float  # blocks with attention + every head evaluation, relative likewise
     thresholds: list
     macs_per_token: Optional[float] = None
     inference_modes: Optional[list] = None  # of the layers after each exit but the last
 
 
-@dataclass
 class SweepComputed(Event):
     """Quality against honest cost over a range of exit thresholds, after the final report.
 
@@ -159,46 +147,39 @@ class SweepComputed(Event):
     "points": [point, ...]}]; a point: {"quantile", "thresholds", "ppl", "accuracy",
     "exit_ratios", "deep_ratio", "spec_cost", "honest_cost", "macs_per_token", "pareto"}.
     honest_cost is relative to `plain_macs_per_token`, this run's plain deepest model."""
-
     split: str
     tokens: int
     plain_macs_per_token: float
     series: list
 
 
-@dataclass
 class Paused(Event):
     where: str  # e.g. "stage 1, epoch 2, batch 40/160" or a boundary name
     reason: str  # "user" or "pause_at"
     boundary: Optional[str] = None  # e.g. "stage-1", "mining-1" when reason == "pause_at"
 
 
-@dataclass
 class Resumed(Event):
     where: str
 
 
-@dataclass
 class Log(Event):
     level: str  # "info", "warning", "error"
     message: str
 
 
-@dataclass
 class RunFinished(Event):
     run_dir: str
     seconds: float
     summary: dict
 
 
-@dataclass
 class RunCancelled(Event):
     run_dir: str
     where: str
     seconds: float
 
 
-@dataclass
 class RunFailed(Event):
     error_kind: str  # "data", "settings", "numeric", "internal", ...
     message: str
@@ -206,14 +187,7 @@ class RunFailed(Event):
     run_dir: str = ""
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls
-    for cls in (
-        RunStarted, StageStarted, BatchProgress, EpochEnded, StageEnded, ThresholdComputed,
-        HardExamplesCollected, Evaluated, SweepComputed, Paused, Resumed, Log, RunFinished,
-        RunCancelled, RunFailed,
-    )
-}
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in Event.__subclasses__()}
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
@@ -234,8 +208,10 @@ class JsonLinesSink:
     """Appends one JSON object per line and flushes, so a reader can follow the file live."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        torn = os.path.exists(path) and Path(path).read_bytes()[-1:] not in (b"", b"\n")
+        self._file = open(path, "a", encoding="utf-8")
+        if torn:  # a line torn by a kill: end it, or it would swallow the first event written
+            self._file.write("\n")
 
     def __call__(self, event: Event) -> None:
         self._file.write(json.dumps(event.to_dict(), allow_nan=True) + "\n")
@@ -246,31 +222,27 @@ class JsonLinesSink:
 
 
 def read_events(path: str | os.PathLike) -> list[Event]:
-    """Reads an events.jsonl; a torn last line (killed writer) is skipped, not fatal."""
     return list(iter_events(path))
 
 
 def iter_events(path: str | os.PathLike) -> Iterator[Event]:
+    """An events.jsonl's events; a torn last line (killed writer) ends them, not fatally."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
-                return  # torn tail
-            line = line.strip()
-            if not line:
-                continue
+                return
             try:
-                data = json.loads(line)
-                yield event_from_dict(data)
+                event = event_from_dict(json.loads(line))
             except (ValueError, KeyError, TypeError):
                 continue
+            yield event
 
 
 class Emitter:
     """Stamps events with the run clock and fans them out to sinks."""
 
     def __init__(self, *sinks: Sink, clock: Callable[[], float] = time.perf_counter):
-        self.sinks = list(sinks)
-        self._clock = clock
+        self.sinks, self._clock = list(sinks), clock
         self._start = clock()
 
     def elapsed(self) -> float:

@@ -1,5 +1,6 @@
 """Where a cancelled or killed run goes on: progress.pt, read back as a typed ResumePoint.
-It is rewritten after every finished epoch, mining and stage, with the keys it always had."""
+The pipeline rewrites it after every finished epoch, mining and stage, as vars(ResumePoint)
+(the keys it always had)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .rundir import CheckpointError, atomic_torch_save, load_checkpoint
+from .rundir import CheckpointError, load_checkpoint
 from .settings import Settings, settings_from_dict
 
 PROGRESS = "progress.pt"
@@ -40,16 +41,6 @@ class ResumePoint:
     def where(self) -> dict:
         return {"stage": self.stage, "epoch": self.epoch, "stage_done": self.stage_done}
 
-    def training_state(self, best_weights: Optional[dict]) -> dict:
-        """What stages.run_stage takes to go on after epoch `epoch`."""
-        return {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
-                "early": self.early, "best_state": best_weights}
-
-
-def save_resume_point(run_dir: Path, point: ResumePoint) -> None:
-    atomic_torch_save(run_dir / PROGRESS, {f.name: getattr(point, f.name)
-                                           for f in fields(point)})
-
 
 def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[ResumePoint]]:
     """The settings of a run that can be resumed and its resume point (None: killed before
@@ -63,11 +54,11 @@ def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[Re
     if not (path / PROGRESS).exists():
         return settings, None
     raw = load_checkpoint(path / PROGRESS)  # runs from before ResumePoint also hold "summary"
-    missing = [f.name for f in fields(ResumePoint) if f.name not in raw]
-    if missing:
+    try:
+        return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)})
+    except KeyError as e:
         raise CheckpointError(f"checkpoint {str(path / PROGRESS)!r} is not a readable ashem "
-                              f"checkpoint (it has no {missing[0]!r}); start a new run")
-    return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)})
+                              f"checkpoint (it has no {e.args[0]!r}); start a new run") from None
 
 
 def _read_json(path: Path, required: bool = False) -> dict:

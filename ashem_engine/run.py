@@ -1,9 +1,6 @@
-"""The orchestrator: settings + sinks + control -> a run directory and a result.
-
-A run is a loop over named steps (steps.py), from the resume point of a resumed run on
-(resume.py); summary.json is a reduction of its events (summary.py). Nothing is printed, and
-a cancel or a failure ends as a result, not an exception.
-"""
+"""The orchestrator: settings + sinks + control -> a run directory and a result. A run is a
+loop over named steps (steps.py), from a resumed run's resume point (resume.py) on; nothing is
+printed, and a cancel or a failure ends as a result, not an exception."""
 from __future__ import annotations
 
 import os
@@ -21,7 +18,7 @@ from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run
 from .settings import Settings, SettingsError
 from .stages import NumericFault
 from .steps import Pipeline, choose_threads  # noqa: F401  (bench imports it from here)
-from .summary import SummaryReducer, base_summary
+from .summary import replay
 
 
 @dataclass
@@ -37,7 +34,6 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
               ) -> RunResult:
     """Runs every stage in a new run directory; never raises for cancel or failure
     (see RunResult.status)."""
-    sinks = list(sinks)
     try:
         run_dir = create_run_dir(settings.run.runs_dir, settings.run.name)
     except RunDirError as e:
@@ -51,7 +47,6 @@ def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
                  ) -> RunResult:
     """Continues a cancelled or killed run from its last finished epoch (or stage), in the
     same run directory, with the settings it was started with."""
-    sinks = list(sinks)
     try:
         settings, point = read_resume_point(run_dir)
         probe_writable(Path(run_dir))
@@ -60,16 +55,7 @@ def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
     return _drive(settings, Path(run_dir), sinks, control, corpus, point)
 
 
-def run_steps(pipeline: Pipeline, corpus: Optional[Corpus],
-              point: Optional[ResumePoint]) -> None:
-    """The run itself: set-up, then each step still to run, then the last boundary."""
-    state = pipeline.start(corpus, point)
-    for step in pipeline.steps(point):
-        step.run(state)
-    pipeline.hold("evaluation", "after the final evaluation")
-
-
-def _failed_before_start(sinks: list, kind: str, message: str) -> RunResult:
+def _failed_before_start(sinks: Iterable[ev.Sink], kind: str, message: str) -> RunResult:
     failure = ev.RunFailed(error_kind=kind, message=message, where="start")
     for sink in sinks:
         sink(failure)
@@ -80,59 +66,43 @@ FAILURE_KINDS = {DataError: "data", NumericFault: "numeric", RunDirError: "run_d
                  CheckpointError: "checkpoint"}
 
 
-def _drive(settings: Settings, run_dir: Path, sinks: list, control: Optional[RunControl],
-           corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunResult:
+def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
+           control: Optional[RunControl], corpus: Optional[Corpus],
+           point: Optional[ResumePoint]) -> RunResult:
     control = control or RunControl(pause_at=settings.run.pause_at)
-    reducer = _reducer_so_far(run_dir, settings)
+    reducer = replay(run_dir)  # the attempts before, in a resumed run
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
     emit = ev.Emitter(jsonl, reducer, *sinks)
-    control.on_pause = lambda where, reason, boundary: emit(
-        ev.Paused(where=where, reason=reason, boundary=boundary))
-    control.on_resume = lambda where: emit(ev.Resumed(where=where))
+    control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
+    control.on_resume = lambda where: emit(ev.Resumed(where))
     pipeline = Pipeline(settings, run_dir, emit, control, reducer)
     try:
-        run_steps(pipeline, corpus, point)
-        return _finished(pipeline)
+        state = pipeline.start(corpus, point)
+        for step in pipeline.steps(point):
+            step.run(state)
+        control.boundary("evaluation", "after the final evaluation")
+        finished = ev.RunFinished(run_dir=str(run_dir), seconds=round(emit.elapsed(), 3),
+                                  summary={})
+        finished.summary = reducer.after(finished)
+        emit(finished)
+        return RunResult("finished", run_dir, pipeline.write_summary())
     except Cancelled as c:
         emit(ev.RunCancelled(run_dir=str(run_dir), where=c.where,
                              seconds=round(emit.elapsed(), 3)))
         return RunResult("cancelled", run_dir, pipeline.write_summary())
-    except tuple(FAILURE_KINDS) as e:
-        return _failed(pipeline, FAILURE_KINDS[type(e)], str(e),
-                       getattr(e, "where", pipeline.where))
-    except Exception as e:  # anything unexpected still ends as an event, not a traceback
-        tb = traceback.extract_tb(e.__traceback__)
-        origin = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
-        return _failed(pipeline, "internal", f"{type(e).__name__}: {e}",
-                       f"{pipeline.where} ({origin})")
+    except Exception as e:  # expected or not, a failure ends as an event, not a traceback
+        failure = ev.RunFailed(*_described(e, pipeline.where), run_dir=str(run_dir))
+        emit(failure)
+        return RunResult("failed", run_dir, pipeline.write_summary(), failure)
     finally:
         jsonl.close()
         control.on_pause = control.on_resume = None
 
 
-def _reducer_so_far(run_dir: Path, settings: Settings) -> SummaryReducer:
-    """A reducer that has seen the events of the attempts before (a resumed run)."""
-    reducer = SummaryReducer(base_summary(run_dir, settings.to_dict()))
-    log = run_dir / "events.jsonl"
-    if log.exists():
-        for event in ev.iter_events(log):
-            reducer(event)
-        if log.read_bytes()[-1:] not in (b"", b"\n"):  # torn by a kill: end that line, or
-            with open(log, "ab") as f:  # it would swallow this attempt's first event
-                f.write(b"\n")
-    return reducer
-
-
-def _finished(pipeline: Pipeline) -> RunResult:
-    finished = ev.RunFinished(run_dir=str(pipeline.run_dir),
-                              seconds=round(pipeline.emit.elapsed(), 3), summary={})
-    finished.summary = pipeline.reducer.after(finished)
-    pipeline.emit(finished)
-    return RunResult("finished", pipeline.run_dir, pipeline.write_summary())
-
-
-def _failed(pipeline: Pipeline, kind: str, message: str, where: str) -> RunResult:
-    failure = ev.RunFailed(error_kind=kind, message=message, where=where,
-                           run_dir=str(pipeline.run_dir))
-    pipeline.emit(failure)
-    return RunResult("failed", pipeline.run_dir, pipeline.write_summary(), failure)
+def _described(e: Exception, where: str) -> tuple[str, str, str]:
+    """A failure's kind, message and place; an unexpected one's place in the code too."""
+    if type(e) in FAILURE_KINDS:
+        return FAILURE_KINDS[type(e)], str(e), getattr(e, "where", where)
+    tb = traceback.extract_tb(e.__traceback__)
+    origin = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
+    return "internal", f"{type(e).__name__}: {e}", f"{where} ({origin})"

@@ -1,6 +1,7 @@
 """The run directory: `runs/<UTC timestamp>-<name>/`, written atomically, never overwritten."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -23,16 +24,14 @@ def create_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
     except OSError as e:
         raise RunDirError(f"run.runs_dir {str(root)!r} cannot be created: {e.strerror}") from None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    for attempt in range(1000):
-        suffix = "" if attempt == 0 else f"-{attempt + 1}"
-        path = root / f"{stamp}-{name}{suffix}"
+    for attempt in range(1, 1001):
+        path = root / (f"{stamp}-{name}" + (f"-{attempt}" if attempt > 1 else ""))
         try:
             path.mkdir()
         except FileExistsError:
             continue
         except OSError as e:
-            raise RunDirError(f"run.runs_dir {str(root)!r} is not writable: {e.strerror}"
-                              ) from None
+            raise RunDirError(f"run.runs_dir {str(root)!r} is not writable: {e.strerror}") from None
         probe_writable(path)
         return path
     raise RunDirError(f"too many runs named {name!r} this second in {str(root)!r}")
@@ -41,7 +40,7 @@ def create_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
 def probe_writable(path: Path, need_bytes: int = 64 << 20) -> None:
     """Fails early, before any training, if the directory cannot take the run's files."""
     try:
-        atomic_write_bytes(path / ".probe", b"ok")
+        atomic_write(path / ".probe", lambda f: f.write(b"ok"))
         (path / ".probe").unlink()
         free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
     except OSError as e:
@@ -63,19 +62,14 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
+    text = json.dumps(data, indent=2, allow_nan=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:

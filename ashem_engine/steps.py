@@ -1,15 +1,11 @@
-"""The steps of a run, one Pipeline method each: "train stage N"; "mine and grow N" (mine the
-hard tokens at stage N-1's exit, grow the model to stage N, hard-freeze what was there);
-"evaluate" (the final routed evaluation); "sweep" (quality against cost over thresholds).
-A step takes the RunState its predecessor left. Each call into routing, mining, sweep, costs
-and stages is one statement, in the method named for what it does.
-"""
+"""The steps of a run, one Pipeline method each: "train stage N", "mine and grow N",
+"evaluate", "sweep". A step takes the RunState its predecessor left."""
 from __future__ import annotations
 
 import os
 import platform
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -25,7 +21,7 @@ from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .mining import HardTokens, examples_in_context, exit_pass, histogram, mine, top_words
 from .model import EarlyExitLM, count_parameters
-from .resume import ResumePoint, save_resume_point
+from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
 from .names import CLASSIFIER
 from .settings import Settings
@@ -56,11 +52,9 @@ def choose_device(requested: str) -> torch.device:
 @dataclass
 class RunState:
     """What a step hands on to the next."""
-
     model: EarlyExitLM
     exit_layers: list[int]
     thresholds: list[float]
-    hard: Optional[tuple] = None  # (HardTokens, order) just mined, for the next stage's task
     final: Any = None  # the final evaluation, for the sweep
 
 
@@ -70,15 +64,13 @@ class Step(NamedTuple):
 
 
 class Pipeline:
-    """One run's steps and what they share: settings, run directory, events, control, the
-    summary so far and the corpus' batches on the run's device."""
+    """One run's steps and what they share, the corpus' batches on the run's device too."""
 
     def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
                  control: RunControl, reducer: SummaryReducer):
         self.settings, self.run_dir, self.emit = settings, run_dir, emit
         self.control, self.reducer = control, reducer
         self.where = "start"  # where a failure happened, for its message
-        self.point: Optional[ResumePoint] = None
         self._batches: dict[str, Batches] = {}
 
     def steps(self, point: Optional[ResumePoint]) -> list[Step]:
@@ -95,10 +87,9 @@ class Pipeline:
         at = [step.name for step in steps].index(f"train stage {point.stage}")
         return steps[at + 1 if point.stage_done else at:]
 
-    # -- set-up -----------------------------------------------------------------------------
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
-        """Threads, device, seed and data; RunStarted; the model to go on with."""
         s, self.point = self.settings, point
+        self.seconds_before = point.seconds_before if point is not None else 0.0
         threads = choose_threads(s.run.threads)
         torch.set_num_threads(threads)
         self.device = choose_device(s.run.device)
@@ -114,7 +105,7 @@ class Pipeline:
     def _load(self, corpus: Optional[Corpus]) -> Corpus:
         s, self.where = self.settings, "loading data"
         if corpus is None:
-            self.log(f"loading data from {describe_source(s.data)}")
+            self.emit(ev.Log("info", f"loading data from {describe_source(s.data)}"))
             corpus = load_corpus(s.data)
         for key, split in (("mining.split", s.mining.split),
                            ("evaluation.split", s.evaluation.split)):
@@ -137,14 +128,12 @@ class Pipeline:
                     for i, st in enumerate(s.stages, 1)], machine=machine,
             data_source=corpus.source, seconds_before=self.seconds_before,
             resume_point=point.where() if point is not None else None))
-        self.log(f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
-                 f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
-                 f"batches of {s.data.batch_size} × {s.data.seq_len}")
+        self.emit(ev.Log("info", f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
+                         f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
+                         f"batches of {s.data.batch_size} × {s.data.seq_len}"))
 
     def _restore(self, point: ResumePoint) -> RunState:
-        """The model and routing at a resume point, and torch's random state there."""
         number, st = point.stage, self.settings.stages[point.stage - 1]
-        torch.set_rng_state(point.rng)
         model = self.new_model(st.layers)
         try:
             model.load_state_dict(point.model if not point.stage_done else
@@ -155,33 +144,20 @@ class Pipeline:
         if number > 1:
             model.freeze_lower(self.settings.stages[number - 2].layers,
                                freeze_head=st.freeze_head)
-        torch.set_rng_state(point.rng)  # building the skeleton drew random numbers
-        self.log(f"resumed at stage {number}, " + (
-            "after the stage" if point.stage_done else f"after epoch {point.epoch}"))
+        torch.set_rng_state(point.rng)  # after building the skeleton, which draws from it
+        self.emit(ev.Log("info", f"resumed at stage {number}, " + (
+            "after the stage" if point.stage_done else f"after epoch {point.epoch}")))
         return RunState(model, list(point.exit_layers), list(point.thresholds))
 
-    # -- step: train stage N ----------------------------------------------------------------
     def train_stage(self, number: int, state: RunState) -> None:
-        self.where, st = f"stage {number}", self.settings.stages[number - 1]
-        task, state.hard = self._task(number, state), None
+        s, st, self.where = self.settings, self.settings.stages[number - 1], f"stage {number}"
+        task = self._task(number, state)
         trainable, total = count_parameters(task.model)
         self.emit(ev.StageStarted(
             stage=number, layers=st.layers, trainable_params=trainable,
             total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
             training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
             batches=task.num_batches(), context=st.context or "sequence"))
-        outcome = self._train(number, task, state)
-        self.emit(ev.StageEnded(
-            stage=number, epochs=outcome.epochs, best_epoch=outcome.best_epoch,
-            best_val_ppl=outcome.best_val_ppl, best_val_acc=outcome.best_val_acc,
-            stopped_early=outcome.stopped_early, seconds=outcome.seconds,
-            checkpoint=str(self.best_checkpoint(number)), best_hard_ppl=outcome.best_hard_ppl))
-        self.write_summary()
-        self.save_point(number, outcome.epochs, True, state)
-        self.hold(f"stage-{number}", f"after stage {number}")
-
-    def _train(self, number: int, task, state: RunState):
-        s, st = self.settings, self.settings.stages[number - 1]
 
         def save_best(epoch: int, weights: dict) -> None:
             atomic_torch_save(self.best_checkpoint(number), {
@@ -189,69 +165,61 @@ class Pipeline:
                 "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
                 "thresholds": state.thresholds, "best_epoch": epoch})
 
-        def save_epoch(progress: dict) -> None:
-            self.save_point(number, progress["epoch"], False, state, progress["model"],
-                            progress["optimizer"], progress["early"])
-
         outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
                             s.run.progress_events_per_epoch, on_improved=save_best,
-                            on_epoch_end=save_epoch, resume=self._training_resume(number))
-        return outcome
+                            on_epoch_end=lambda progress: self.save_point(
+                                number, progress["epoch"], False, state, progress),
+                            resume=self._training_resume(number))
+        ended = {f.name: getattr(outcome, f.name) for f in fields(ev.StageEnded)
+                 if hasattr(outcome, f.name)}  # every field but the checkpoint
+        self.emit(ev.StageEnded(**ended, checkpoint=str(self.best_checkpoint(number))))
+        self.write_summary()
+        self.save_point(number, outcome.epochs, True, state)
+        self.control.boundary(f"stage-{number}", f"after stage {number}")
 
     def _training_resume(self, number: int) -> Optional[dict]:
         """run_stage's state to go on with, when the run resumes in the middle of stage N."""
-        point, best = self.point, self.best_checkpoint(number)
-        if point is None or point.stage != number or not point.mid_stage:
+        p, best = self.point, self.best_checkpoint(number)
+        if p is None or p.stage != number or not p.mid_stage:
             return None
-        return point.training_state(load_checkpoint(best)["model"] if best.exists() else None)
+        return {"epoch": p.epoch, "model": p.model, "optimizer": p.optimizer, "early": p.early,
+                "best_state": load_checkpoint(best)["model"] if best.exists() else None}
 
     def _task(self, number: int, state: RunState):
-        """Stage N's training task, on the hard tokens just mined or read back (resume)."""
+        """Stage N's training task; from stage 2 on, on the hard tokens saved by the mining
+        before it (read back from disk, whether that mining ran in this attempt or not)."""
         m, s, exits = state.model, self.settings, state.exit_layers
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
                                 Cascade.of(exits))
-        tokens, order = state.hard or self._saved_hard(number)
+        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
+        tokens = HardTokens(**{f.name: saved[f.name].to(self.device) for f in fields(HardTokens)})
         common = dict(validation=self.batches("validation"),
                       cascade=Cascade.of(exits, state.thresholds, self.modes(number)))
         if s.stages[number - 1].context != "sequence":
-            return HardTokenTask(m, tokens, order, s.data.batch_size, **common)
+            return HardTokenTask(m, tokens, saved["order"], s.data.batch_size, **common)
         source = self.batches(s.mining.split)
-        lower = self._lower_states(number, state, source)
+        below = Cascade.of(exits[:-1], state.thresholds[:-1], self.modes(number - 1))
+        lower = exit_pass(m, source, below).hidden  # the frozen layers' output: the context
         mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
         mask[tokens.positions] = True
         shape = source.x.shape
         return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
 
-    def _lower_states(self, number: int, state: RunState, source: Batches) -> torch.Tensor:
-        """The frozen layers' output over the mining split (the sequence context's input)."""
-        below = Cascade.of(state.exit_layers[:-1], state.thresholds[:-1], self.modes(number - 1))
-        return exit_pass(state.model, source, below).hidden
-
-    def _saved_hard(self, number: int) -> tuple:
-        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
-        h, y, c, p = (saved[k].to(self.device)
-                      for k in ("hidden", "targets", "confidences", "positions"))
-        return HardTokens(h, y, c, p), saved["order"]
-
-    # -- step: mine and grow ----------------------------------------------------------------
     def mine_and_grow(self, number: int, state: RunState) -> None:
-        """Mine at stage N-1's exit, grow to stage N and freeze what was there, fix the hard
-        tokens' order, save; then hold at the "mining-(N-1)" boundary."""
+        """Mines at stage N-1's exit, then grows the model to stage N over what it freezes."""
         st, below = self.settings.stages[number - 1], self.settings.stages[number - 2].layers
         mined = self._mine(number - 1, st.hard_ratio, state)
         state.thresholds = [*state.thresholds, mined.threshold]
         state.model = state.model.grow(st.layers)
         state.model.freeze_lower(below, freeze_head=st.freeze_head)
         state.exit_layers = [*state.exit_layers, st.layers]
-        hard, order = mined.hard, torch.randperm(len(mined.hard))
-        state.hard = (hard, order)
         atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
-            "hidden": hard.hidden.cpu(), "targets": hard.targets.cpu(),
-            "confidences": hard.confidences.cpu(), "positions": hard.positions.cpu(),
-            "order": order, "threshold": mined.threshold})
-        self.save_point(number, 0, False, state, model=state.model.state_dict())
-        self.hold(f"mining-{number - 1}", f"after mining at stage {number - 1}'s exit")
+            **{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
+            "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold})
+        self.save_point(number, 0, False, state, {"model": state.model.state_dict()})
+        self.control.boundary(f"mining-{number - 1}",
+                              f"after mining at stage {number - 1}'s exit")
 
     def _mine(self, stage: int, ratio: float, state: RunState):
         s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
@@ -264,26 +232,21 @@ class Pipeline:
             stage=stage, exit_layer=exits[-1], threshold=mined.threshold, target_ratio=ratio,
             split=s.mining.split, tokens=mined.total, histogram_edges=edges,
             histogram_counts=counts))
-        self._report_hard(stage, mined, passed.stats.nll, source)
-        if len(mined.hard) == 0:
+        hard, count, nan, vocab = mined.hard, len(mined.hard), float("nan"), self.corpus.vocab
+        hard_nll = passed.stats.nll[hard.positions].double()
+        self.emit(ev.HardExamplesCollected(
+            stage=stage, count=count, total=mined.total, ratio=count / mined.total,
+            mean_confidence=float(hard.confidences.mean()) if count else nan,
+            hard_ppl=float(torch.exp(hard_nll.mean())) if count else nan, split=s.mining.split,
+            top_words=top_words(hard.targets, vocab, s.mining.top_words),
+            examples=examples_in_context(hard, _on("cpu", source), vocab, s.mining.examples)))
+        if count == 0:
             raise DataError(f"mining after stage {stage} found no hard tokens "
                             f"(threshold {mined.threshold:.4g}); raise stages."
                             f"{stage + 1}.hard_ratio")
         return mined
 
-    def _report_hard(self, stage: int, mined, nll: torch.Tensor, source: Batches) -> None:
-        s, vocab, hard = self.settings.mining, self.corpus.vocab, mined.hard
-        count, nan, on_cpu = len(hard), float("nan"), _on("cpu", source)
-        self.emit(ev.HardExamplesCollected(
-            stage=stage, count=count, total=mined.total, ratio=count / mined.total,
-            mean_confidence=float(hard.confidences.mean()) if count else nan,
-            hard_ppl=float(torch.exp(nll[hard.positions].double().mean())) if count else nan,
-            split=s.split, top_words=top_words(hard.targets, vocab, s.top_words),
-            examples=examples_in_context(hard, on_cpu, vocab, s.examples)))
-
-    # -- step: evaluate ---------------------------------------------------------------------
     def final_evaluation(self, state: RunState) -> None:
-        """The final routed evaluation on evaluation.split."""
         self.where = "final evaluation"
         split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
         m, exits, thresholds = state.model, state.exit_layers, state.thresholds
@@ -296,14 +259,12 @@ class Pipeline:
             honest_cost=final.honest_cost, thresholds=thresholds,
             macs_per_token=final.macs_per_token, inference_modes=list(modes)))
 
-    # -- step: sweep ------------------------------------------------------------------------
     def threshold_sweep(self, state: RunState) -> None:
-        """PPL against honest cost for each signal of evaluation.signals over
-        evaluation.sweep_points thresholds, beside the run's own point and the stage-1 model
-        alone; on the report split, calibrated on the mining split. Event and sweep.json."""
+        """PPL against honest cost over thresholds for each signal, beside the run's own point
+        and the stage-1 model alone; on the report split, calibrated on the mining split."""
         self.where = "threshold sweep"
         s, final, exits = self.settings, state.final, state.exit_layers
-        costs = self._costs(state.model, tuple(exits), self.modes(len(s.stages)))
+        costs = self._costs(tuple(exits), self.modes(len(s.stages)))
         plain = costs.plain()
         if len(exits) == 1:
             name = f"plain model ({exits[0]} layers)"
@@ -311,7 +272,7 @@ class Pipeline:
         else:
             series = [*self._swept_signals(state),
                       single_point("ASHEM · as run", final, costs, plain, exits[-1]),
-                      self._first_stage_alone(state.model, plain, exits[-1])]
+                      self._first_stage_alone(plain, exits[-1])]
         mark_pareto([p for x in series for p in x["points"]])
         self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
                                    plain_macs_per_token=plain, series=series))
@@ -324,13 +285,12 @@ class Pipeline:
             "split": s.evaluation.split, "tokens": final.tokens,
             "plain_macs_per_token": plain, "series": series})
 
-    def _costs(self, model: EarlyExitLM, exit_layers: tuple, modes: tuple) -> CostModel:
+    def _costs(self, exit_layers: tuple, modes: tuple) -> CostModel:
         seq_len = self.batches(self.settings.evaluation.split).x.shape[-1]
-        return CostModel(model.cfg, model.vocab_size, seq_len, exit_layers, modes)
+        return CostModel(self.settings.model, len(self.corpus.vocab), seq_len, exit_layers, modes)
 
     def _swept_signals(self, state: RunState) -> list[dict]:
-        """One series per signal (the exit classifiers, trained first if a signal needs
-        them, are kept in exit-classifiers.pt)."""
+        """One series per signal; the exit classifiers a signal needs are trained first."""
         s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
         mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
         cascade = Cascade.of(exits, thresholds, self.modes(len(s.stages)))
@@ -339,22 +299,17 @@ class Pipeline:
             classifiers = train_classifiers(m, mining, cascade, s.run.seed, self.check)
             atomic_torch_save(self.run_dir / "exit-classifiers.pt",
                               {"classifiers": [c.state_dict() for c in classifiers]})
-        signals, points = s.evaluation.signals, s.evaluation.sweep_points
-        return sweep(m, mining, report, cascade, signals, points, classifiers, self.check)
+        return sweep(m, mining, report, cascade, s.evaluation.signals, s.evaluation.sweep_points,
+                     classifiers, self.check)
 
-    def _first_stage_alone(self, model: EarlyExitLM, plain: float, deepest: int) -> dict:
+    def _first_stage_alone(self, plain: float, deepest: int) -> dict:
         layers = self.settings.stages[0].layers
         base = self.new_model(layers).eval()
         base.load_state_dict(load_checkpoint(self.best_checkpoint(1))["model"])
         report = self.batches(self.settings.evaluation.split)
         alone = evaluate(base, report, Cascade.of([layers]), self.check)
-        costs = self._costs(model, (layers,), ())
-        return single_point(f"stage-1 model ({layers} layers)", alone, costs, plain, deepest)
-
-    # -- shared -----------------------------------------------------------------------------
-    @property
-    def seconds_before(self) -> float:
-        return self.point.seconds_before if self.point is not None else 0.0
+        return single_point(f"stage-1 model ({layers} layers)", alone, self._costs((layers,), ()),
+                            plain, deepest)
 
     def new_model(self, layers: int) -> EarlyExitLM:
         return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)
@@ -364,8 +319,7 @@ class Pipeline:
 
     def modes(self, stages: int) -> tuple:
         """Inference modes of the layers after each exit of the first `stages` stages."""
-        inference = self.settings.evaluation.inference
-        return inference_modes(self.settings.stages[:stages], inference)
+        return inference_modes(self.settings.stages[:stages], self.settings.evaluation.inference)
 
     def batches(self, split: str) -> Batches:
         """A split's batches on the run's device, read from the corpus on first use (a split
@@ -377,25 +331,19 @@ class Pipeline:
     def check(self) -> None:
         self.control.checkpoint(self.where)
 
-    def hold(self, boundary: str, reason: str) -> None:
-        """Pauses here if asked to (run.pause_at or the user); raises Cancelled if cancelled."""
-        self.control.boundary(boundary, reason)
-
-    def log(self, message: str, level: str = "info") -> None:
-        self.emit(ev.Log(level=level, message=message))
-
     def write_summary(self) -> dict:
         summary = self.reducer.summary
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
     def save_point(self, stage: int, epoch: int, stage_done: bool, state: RunState,
-                   model: Optional[dict] = None, optimizer: Optional[dict] = None,
-                   early: Optional[dict] = None) -> None:
-        save_resume_point(self.run_dir, ResumePoint(
-            stage, epoch, stage_done, state.exit_layers, state.thresholds,
-            torch.get_rng_state(), self.seconds_before + self.emit.elapsed(), model,
-            optimizer, early))
+                   training: Optional[dict] = None) -> None:
+        """`training`: "model", "optimizer" and "early", while the stage is under way."""
+        training = training or {}
+        atomic_torch_save(self.run_dir / PROGRESS, vars(ResumePoint(
+            stage, epoch, stage_done, state.exit_layers, state.thresholds, torch.get_rng_state(),
+            self.seconds_before + self.emit.elapsed(), training.get("model"),
+            training.get("optimizer"), training.get("early"))))
 
 
 def _on(device, batches: Batches) -> Batches:

@@ -1,10 +1,6 @@
-"""summary.json as a reduction of the run's events, so that it cannot drift from them.
-
-The engine feeds each event it emits to a SummaryReducer and writes what it holds; `rebuild`
-reduces a run directory's events.jsonl to the same summary. The log of a resumed run holds
-every attempt: each RunStarted rewinds to its resume point, as the attempts after redo what
-an attempt reported beyond it.
-"""
+"""summary.json as a reduction of the run's events (SummaryReducer, a sink), so that it cannot
+drift from them. The log of a resumed run holds every attempt: each RunStarted rewinds to its
+resume point, as the attempts after redo what an attempt reported beyond it."""
 from __future__ import annotations
 
 import copy
@@ -31,18 +27,17 @@ def base_summary(run_dir: str | os.PathLike, settings: dict) -> dict:
             "mining": [], "final": None}
 
 
-def summarize(events: Iterable[ev.Event], base: dict) -> dict:
-    reducer = SummaryReducer(base)
-    for event in events:
-        reducer(event)
-    return reducer.summary
+def replay(run_dir: str | os.PathLike) -> SummaryReducer:
+    """A reducer that has seen a run directory's events.jsonl so far (none in a new run)."""
+    path = Path(run_dir)
+    settings = json.loads((path / "settings.json").read_text(encoding="utf-8"))
+    log = path / "events.jsonl"
+    return SummaryReducer(base_summary(path, settings), ev.iter_events(log) if log.exists() else ())
 
 
 def rebuild(run_dir: str | os.PathLike) -> dict:
     """summary.json again, from a run directory's settings.json and events.jsonl."""
-    path = Path(run_dir)
-    settings = json.loads((path / "settings.json").read_text(encoding="utf-8"))
-    return summarize(ev.iter_events(path / "events.jsonl"), base_summary(path, settings))
+    return replay(run_dir).summary
 
 
 def _pick(event: ev.Event, names: Iterable[str]) -> dict:
@@ -52,12 +47,13 @@ def _pick(event: ev.Event, names: Iterable[str]) -> dict:
 class SummaryReducer:
     """A sink folding events into the summary; an event it does not read costs a lookup."""
 
-    def __init__(self, base: dict):
+    def __init__(self, base: dict, events: Iterable[ev.Event] = ()):
         self._s = copy.deepcopy(base)
         self._epochs: dict[int, list[dict]] = {}  # stage -> its epochs so far
-        self._layers: dict[int, int] = {}
         self._thresholds: dict[int, ev.ThresholdComputed] = {}
         self._before = 0.0  # seconds of the attempts before this one
+        for event in events:
+            self(event)
 
     @property
     def summary(self) -> dict:
@@ -70,9 +66,9 @@ class SummaryReducer:
         return ahead._s
 
     def __call__(self, event: ev.Event) -> None:
-        reduce = _READS.get(type(event))
+        reduce = getattr(self, f"on_{event.kind}", None)  # one method per event kind it reads
         if reduce is not None:
-            reduce(self, event)
+            reduce(event)
 
     def on_RunStarted(self, e: ev.RunStarted) -> None:
         self._rewind(e.resume_point if e.resumed else NOTHING_DONE)
@@ -93,16 +89,14 @@ class SummaryReducer:
         self._epochs = {n: [h for h in epochs if n < stage or h["epoch"] <= epoch]
                         for n, epochs in self._epochs.items() if n <= stage}
 
-    def on_StageStarted(self, e: ev.StageStarted) -> None:
-        self._layers[e.stage] = e.layers
-
     def on_EpochEnded(self, e: ev.EpochEnded) -> None:
         before = [h for h in self._epochs.get(e.stage, []) if h["epoch"] < e.epoch]
         self._epochs[e.stage] = [*before, _pick(e, EPOCH)]
 
     def on_StageEnded(self, e: ev.StageEnded) -> None:
         record = {**_pick(e, STAGE), "history": list(self._epochs.get(e.stage, [])),
-                  "layers": self._layers.get(e.stage), "checkpoint": e.checkpoint}
+                  "layers": self._s["settings"]["stages"][e.stage - 1]["layers"],
+                  "checkpoint": e.checkpoint}
         self._s["stages"] = [*(r for r in self._s["stages"] if r["stage"] < e.stage), record]
         self._s["seconds"] = round(self._before + e.t, 3)
 
@@ -131,6 +125,3 @@ class SummaryReducer:
         self._s["error"] = {"kind": e.error_kind, "message": e.message, "where": e.where}
         self._s.update(status="failed", seconds=round(self._before + e.t, 3))
 
-
-_READS = {kind: getattr(SummaryReducer, f"on_{name}") for name, kind in ev.EVENT_TYPES.items()
-          if hasattr(SummaryReducer, f"on_{name}")}  # one method per event kind it reads

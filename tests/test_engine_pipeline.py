@@ -15,7 +15,7 @@ from ashem_engine.resume import PROGRESS, read_resume_point
 from ashem_engine.rundir import load_checkpoint
 from ashem_engine.run import resume_ashem, run_ashem
 from ashem_engine.steps import Pipeline
-from ashem_engine.summary import base_summary, rebuild, summarize
+from ashem_engine.summary import SummaryReducer, base_summary, rebuild
 from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from golden_runs import CONFIGS, scrub
@@ -33,7 +33,7 @@ def summary_json(run_dir: Path) -> dict:
 
 def reduced(events: list, run_dir: Path) -> dict:
     settings = json.loads((run_dir / "settings.json").read_text())
-    return json.loads(json.dumps(summarize(events, base_summary(run_dir, settings))))
+    return json.loads(json.dumps(SummaryReducer(base_summary(run_dir, settings), events).summary))
 
 
 @pytest.fixture(scope="module")
