@@ -16,13 +16,8 @@ TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "
 
 @dataclass
 class Event:
-    """Base class; every subclass is made a dataclass as it is defined, so that an event is
-    declared by its fields alone. `t` is seconds since the run started (set by the emitter)."""
+    """Base class. `t` is seconds since the run started (set by the emitter)."""
     t: float = field(default=0.0, kw_only=True)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dataclass(cls)
 
     @property
     def kind(self) -> str:
@@ -32,6 +27,7 @@ class Event:
         return {"kind": self.kind, **asdict(self)}
 
 
+@dataclass
 class RunStarted(Event):
     name: str
     run_dir: str
@@ -50,6 +46,7 @@ class RunStarted(Event):
     resume_point: Optional[dict] = None  # where it goes on: {"stage", "epoch", "stage_done"}
 
 
+@dataclass
 class StageStarted(Event):
     stage: int  # 1-based
     layers: int
@@ -63,6 +60,7 @@ class StageStarted(Event):
     context: str = "sequence"  # "sequence" (stage 1) or the mode of the new layers
 
 
+@dataclass
 class BatchProgress(Event):
     stage: int
     epoch: int
@@ -73,6 +71,7 @@ class BatchProgress(Event):
     eta_s: float  # estimated seconds left in this epoch's training batches
 
 
+@dataclass
 class EpochEnded(Event):
     stage: int
     epoch: int
@@ -89,6 +88,7 @@ class EpochEnded(Event):
     shallow_ratio: Optional[float] = None  # when validation is routed
 
 
+@dataclass
 class StageEnded(Event):
     stage: int
     epochs: int  # epochs run
@@ -101,6 +101,7 @@ class StageEnded(Event):
     best_hard_ppl: Optional[float] = None
 
 
+@dataclass
 class ThresholdComputed(Event):
     stage: int  # the stage whose exit was measured
     exit_layer: int
@@ -112,6 +113,7 @@ class ThresholdComputed(Event):
     histogram_counts: list
 
 
+@dataclass
 class HardExamplesCollected(Event):
     stage: int  # the stage whose exit was measured
     count: int
@@ -124,6 +126,7 @@ class HardExamplesCollected(Event):
     examples: list  # [{"context": [words], "target": word, "confidence": c}, ...]
 
 
+@dataclass
 class Evaluated(Event):
     split: str
     tokens: int
@@ -140,6 +143,7 @@ class Evaluated(Event):
     inference_modes: Optional[list] = None  # of the layers after each exit but the last
 
 
+@dataclass
 class SweepComputed(Event):
     """Quality against honest cost over a range of exit thresholds, after the final report.
 
@@ -153,33 +157,39 @@ class SweepComputed(Event):
     series: list
 
 
+@dataclass
 class Paused(Event):
     where: str  # e.g. "stage 1, epoch 2, batch 40/160" or a boundary name
     reason: str  # "user" or "pause_at"
     boundary: Optional[str] = None  # e.g. "stage-1", "mining-1" when reason == "pause_at"
 
 
+@dataclass
 class Resumed(Event):
     where: str
 
 
+@dataclass
 class Log(Event):
     level: str  # "info", "warning", "error"
     message: str
 
 
+@dataclass
 class RunFinished(Event):
     run_dir: str
     seconds: float
     summary: dict
 
 
+@dataclass
 class RunCancelled(Event):
     run_dir: str
     where: str
     seconds: float
 
 
+@dataclass
 class RunFailed(Event):
     error_kind: str  # "data", "settings", "numeric", "internal", ...
     message: str
