@@ -27,71 +27,42 @@ from .data import Batches
 from .head import ExitStats, exit_stats
 from .model import Block, EarlyExitLM, rotate_half
 from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
-from .signals import ExitClassifier
-
-
-def leaves(scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The exit rule: a token leaves when its signal reaches the threshold."""
-    return scores >= threshold
-
-
-@dataclass(frozen=True)
-class Exit:
-    layer: int
-    mode: str = SEQUENCE  # how the layers from the exit below up to this one run
-    threshold: Optional[float] = None  # every exit but the last
-    classifier: Optional[ExitClassifier] = None  # the signal; max-softmax when None
-
-    def decide(self, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
-        """Which of these tokens leave here, from their (N, dim) states or statistics."""
-        scores = stats.confidence if self.classifier is None else self.classifier.score(hidden)
-        return leaves(scores, self.threshold)
 
 
 @dataclass(frozen=True)
 class Cascade:
-    exits: tuple
+    """Exit e is after layer layers[e]. Every exit but the last has a threshold and a signal:
+    classifiers[e] (ExitClassifiers), or max-softmax when there are none. modes[e - 1]: how
+    the layers from exit e - 1 up to exit e run. Change one with dataclasses.replace."""
+
+    layers: list
+    thresholds: list = field(default_factory=list)
+    modes: tuple = ()
+    classifiers: Optional[list] = None
+
+    def __post_init__(self):
+        n = len(self.layers) - 1
+        if len(self.thresholds) != n or len(self.modes) != n or \
+                len(self.classifiers or self.modes) != n:
+            raise ValueError("one threshold, mode and classifier per exit before the last")
+        if not set(self.modes) <= set(MODES):
+            raise ValueError(f"unknown inference mode in {self.modes}")
 
     @classmethod
     def of(cls, layers: Sequence[int], thresholds: Sequence[float] = (),
-           modes: Optional[Sequence[str]] = None,
-           classifiers: Optional[Sequence[ExitClassifier]] = None) -> "Cascade":
-        """From the lists that run directories and events keep. `modes`: one per exit after
-        the first (default SEQUENCE); `classifiers`: one per exit before it (max-softmax)."""
-        layers, thresholds = list(layers), list(thresholds)
-        modes = list(modes) if modes is not None else [SEQUENCE] * len(thresholds)
-        classifiers = (list(classifiers or []) + [None] * len(thresholds))[: len(thresholds)]
-        if len(thresholds) != len(layers) - 1 or len(modes) != len(thresholds):
-            raise ValueError("one threshold and one mode per exit before the last")
-        if not set(modes) <= set(MODES):
-            raise ValueError(f"unknown inference mode in {modes}")
-        return cls(tuple(Exit(*x) for x in zip(layers, [SEQUENCE, *modes], [*thresholds, None],
-                                                [*classifiers, None])))
+           modes: Optional[Sequence[str]] = None, classifiers: Optional[Sequence] = None
+           ) -> "Cascade":
+        """From the lists that run directories and events keep; modes default to SEQUENCE."""
+        modes = (SEQUENCE,) * len(thresholds) if modes is None else tuple(modes)
+        return cls(list(layers), list(thresholds), modes, list(classifiers or []) or None)
 
     @property
-    def layers(self) -> list:
-        return [x.layer for x in self.exits]
-
-    @property
-    def thresholds(self) -> list:
-        return [x.threshold for x in self.exits[:-1]]
-
-    @property
-    def modes(self) -> tuple:
-        return tuple(x.mode for x in self.exits[1:])
-
-    @property
-    def classifiers(self) -> Optional[list]:
-        found = [x.classifier for x in self.exits[:-1]]
-        return found if any(c is not None for c in found) else None
+    def last(self) -> int:
+        return len(self.layers) - 1
 
     @property
     def signal(self) -> str:
         return SOFTMAX if self.classifiers is None else CLASSIFIER
-
-    @property
-    def last(self) -> int:
-        return len(self.exits) - 1
 
     @property
     def only_needed_is_exact(self) -> bool:
@@ -100,18 +71,21 @@ class Cascade:
         return all(m == SEQUENCE for m in self.modes) and self.classifiers is None
 
     def first(self, n: int) -> "Cascade":
-        """The first n exits; the n-th becomes the last (its threshold goes unused)."""
-        return Cascade(self.exits[:n])
+        """The first n exits; the n-th becomes the last."""
+        return Cascade(self.layers[:n], self.thresholds[:n - 1], self.modes[:n - 1],
+                       (self.classifiers or [])[:n - 1] or None)
 
-    def with_thresholds(self, thresholds: Sequence[float]) -> "Cascade":
-        return Cascade.of(self.layers, thresholds, self.modes, self.classifiers)
+    def scores(self, e: int, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
+        """Exit e's signal for tokens with these (N, dim) states and statistics."""
+        return stats.confidence if self.classifiers is None else self.classifiers[e].score(hidden)
 
-    def with_classifiers(self, classifiers: Optional[Sequence]) -> "Cascade":
-        return Cascade.of(self.layers, self.thresholds, self.modes, classifiers)
+    def leave(self, e: int, scores: torch.Tensor) -> torch.Tensor:
+        """The exit rule: a token leaves exit e when its signal reaches the threshold."""
+        return scores >= self.thresholds[e]
 
     def costs(self, model: EarlyExitLM, seq_len: int) -> CostModel:
-        return CostModel(model.cfg, model.vocab_size, seq_len, tuple(self.layers),
-                         self.modes, self.signal)
+        return CostModel(model.cfg, model.vocab_size, seq_len, tuple(self.layers), self.modes,
+                         self.signal)
 
     def choose(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
         """Exit index per token from its signal at each exit but the last, known beforehand."""
@@ -120,8 +94,8 @@ class Cascade:
         n = scores[0].numel() if scores else 0
         chosen = torch.full((n,), self.last, dtype=torch.long)
         remaining = torch.ones(n, dtype=torch.bool)
-        for e, (score, exit) in enumerate(zip(scores, self.exits)):
-            leave = remaining & leaves(score.reshape(-1).cpu(), exit.threshold)
+        for e, score in enumerate(scores):
+            leave = remaining & self.leave(e, score.reshape(-1).cpu())
             chosen[leave] = e
             remaining &= ~leave
         return chosen
@@ -147,8 +121,6 @@ def advance(model: EarlyExitLM, h: torch.Tensor, start: int, stop: int, mode: st
     if mode == TOKEN:
         B, T, C = h.shape
         return model.run_layers(h.reshape(B * T, 1, C), start, stop).reshape(B, T, C)
-    if mode != PROPAGATED:
-        raise ValueError(f"unknown inference mode {mode!r}")
     keep = ~remaining[..., None]
     held = h
     for block in model.layers[start:stop]:
@@ -160,8 +132,8 @@ def advance_needed(model: EarlyExitLM, state: torch.Tensor, start: int, stop: in
                    remaining_rows: torch.Tensor) -> torch.Tensor:
     """As advance, computing only what the tokens at `remaining_rows` (flat indices into
     B × T) need; the others' states are left as they are, or under SEQUENCE as advance's."""
-    if mode not in (TOKEN, PROPAGATED):
-        return advance(model, state, start, stop, mode)
+    if mode == SEQUENCE:
+        return model.run_layers(state, start, stop)
     B, T, C = state.shape
     n = B * T
     if mode == TOKEN:
@@ -262,19 +234,18 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
     remaining = None if only_needed else torch.ones(n, dtype=torch.bool, device=y.device)
     h, everyone = (model.hidden(x, stop=cascade.layers[0]), None) if first is None else \
         (first.hidden.view(*x.shape, -1), first.stats)
-    for e, exit in enumerate(cascade.exits):
+    for e, layer in enumerate(cascade.layers):
         if e > 0:
-            start = cascade.exits[e - 1].layer
-            h = advance_needed(model, h, start, exit.layer, exit.mode, remaining_rows) \
-                if only_needed else advance(model, h, start, exit.layer, exit.mode,
-                                            remaining.view(x.shape))
+            start, mode = cascade.layers[e - 1], cascade.modes[e - 1]
+            h = advance_needed(model, h, start, layer, mode, remaining_rows) if only_needed \
+                else advance(model, h, start, layer, mode, remaining.view(x.shape))
             everyone = None
         if every_exit:
             everyone = exit_stats(h.reshape(n, -1), weight, y) if everyone is None else everyone
             routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
         flat, targets = h.reshape(n, -1)[remaining_rows], y[remaining_rows]
-        if only_needed and exit.classifier is not None and e < cascade.last:
-            leave = exit.decide(flat, None)
+        if only_needed and cascade.classifiers is not None and e < cascade.last:
+            leave = cascade.leave(e, cascade.scores(e, flat, None))
             s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only
         else:
             s = exit_stats(flat, weight, targets) if everyone is None else \
@@ -282,7 +253,7 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
             if e == cascade.last:  # the last exit takes everyone left
                 routed.leave(remaining_rows, e, s, flat)
                 break
-            leave = exit.decide(flat, s)
+            leave = cascade.leave(e, cascade.scores(e, flat, s))
             s = s[leave]
         rows = remaining_rows[leave]
         routed.leave(rows, e, s, flat[leave])
@@ -319,33 +290,23 @@ class Evaluation:
         return [c / self.tokens for c in self.exit_counts]
 
 
-class Tally:
-    """Sums routed tokens into an Evaluation of one cascade."""
-
-    def __init__(self, cascade: Cascade):
-        self.cascade = cascade
-        self.nll_sum, self.correct, self.tokens = 0.0, 0, 0
-        self.counts = [0] * len(cascade.exits)
-        self.batch_costs = []
-
-    def add(self, exit_index: torch.Tensor, nll: torch.Tensor, correct: torch.Tensor,
-            batch_tokens: int) -> None:
-        """Tokens of one or more whole batches of `batch_tokens` tokens each."""
-        self.nll_sum += float(nll.double().sum())
-        self.correct += int(correct.sum())
-        self.tokens += nll.numel()
+def tally(model: EarlyExitLM, cascade: Cascade, seq_len: int, batch_tokens: int,
+          parts: Sequence[tuple]) -> Evaluation:
+    """The evaluation of routed tokens: `parts` of (exit index, NLL, correctness) per token,
+    each part one or more whole batches of `batch_tokens` tokens."""
+    nll_sum, correct, tokens, counts, batch_costs = 0.0, 0, 0, [0] * len(cascade.layers), []
+    for exit_index, nll, right in parts:
+        nll_sum += float(nll.double().sum())
+        correct += int(right.sum())
+        tokens += nll.numel()
         for batch in exit_index.view(-1, batch_tokens):
-            counts = torch.bincount(batch, minlength=len(self.counts)).tolist()
-            self.counts = [a + b for a, b in zip(self.counts, counts)]
-            self.batch_costs.append(spec_cost(counts, self.cascade.layers))
-
-    def evaluation(self, model: EarlyExitLM, seq_len: int) -> Evaluation:
-        fractions = [c / self.tokens for c in self.counts]
-        costs = self.cascade.costs(model, seq_len)
-        return Evaluation(self.tokens, self.nll_sum, self.correct, self.cascade.layers,
-                          self.counts, sum(self.batch_costs) / len(self.batch_costs),
-                          costs.relative(fractions), self.cascade.thresholds,
-                          costs.absolute(fractions))
+            per_exit = torch.bincount(batch, minlength=len(counts)).tolist()
+            counts = [a + b for a, b in zip(counts, per_exit)]
+            batch_costs.append(spec_cost(per_exit, cascade.layers))
+    fractions, costs = [c / tokens for c in counts], cascade.costs(model, seq_len)
+    return Evaluation(tokens, nll_sum, correct, cascade.layers, counts,
+                      sum(batch_costs) / len(batch_costs), costs.relative(fractions),
+                      cascade.thresholds, costs.absolute(fractions))
 
 
 @torch.no_grad()
@@ -358,7 +319,7 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     states, a sweep's states and statistics). `check()` runs before every batch."""
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
-    tally, n = Tally(cascade), batches.y[0].numel()
+    n, parts = batches.y[0].numel(), []
     for i in range(len(batches)):
         if check:
             check()
@@ -367,6 +328,5 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
             ExitPass(first.hidden[rows], None if first.stats is None else first.stats[rows])
         r = route(model, cascade, batches.x[i], batches.y[i], known,
                   only_needed=cascade.only_needed_is_exact)
-        tally.add(r.exit_index, r.nll, r.correct, n)
-    return tally.evaluation(model, batches.x.shape[-1])
-
+        parts.append((r.exit_index, r.nll, r.correct))
+    return tally(model, cascade, batches.x.shape[-1], n, parts)
