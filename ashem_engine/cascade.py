@@ -164,7 +164,7 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
     pos = torch.where(valid, order, torch.zeros_like(order))
     rows = torch.arange(B, device=state.device)[:, None]
     x = state[rows, pos]  # (B, M, C)
-    cos, sin = attn._rope(T, state.device)
+    cos, sin = attn.rope(T, state.device)
     k = attn.wk(state).view(B, T, H, D).transpose(1, 2)
     v = attn.wv(state).view(B, T, H, D).transpose(1, 2)
     k = k * cos + rotate_half(k) * sin

@@ -39,9 +39,6 @@ class CostModel:
     def block(self, mode: str) -> float:
         return block_macs_per_token(self.cfg, 1 if mode == TOKEN else self.seq_len)
 
-    def signal_macs(self) -> float:
-        return self.head if self.signal == SOFTMAX else float(self.cfg.dim)
-
     def plain(self) -> float:
         """The plain deepest model: every block over whole sequences, one head."""
         return self.exit_layers[-1] * self.block(SEQUENCE) + self.head
@@ -57,7 +54,7 @@ class CostModel:
             elif mode == PROPAGATED:
                 macs += span * 2 * self.cfg.dim * self.cfg.dim
         tested = min(e + 1, last)  # the last exit takes everyone without asking
-        macs += tested * self.signal_macs()
+        macs += tested * (self.head if self.signal == SOFTMAX else float(self.cfg.dim))
         if self.signal != SOFTMAX or e == last:
             macs += self.head  # the logits it leaves with
         return macs

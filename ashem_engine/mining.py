@@ -63,14 +63,13 @@ def hard_mask(confidences: torch.Tensor, threshold: float) -> torch.Tensor:
     return confidences < threshold
 
 
-def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int,
-         remaining: Optional[torch.Tensor] = None) -> MiningResult:
+def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int
+         ) -> MiningResult:
     """Threshold = the `ratio` quantile of the confidences of the tokens still in the cascade
-    at this exit (`remaining`: a mask, default the pass's, else every token); hard = those of
-    them strictly below it. At the first exit that is every token (the spec's rule); at a
-    later exit only those the earlier exits did not let go."""
-    confidences = passed.stats.confidence
-    remaining = passed.remaining if remaining is None else remaining
+    at this exit (the pass's `remaining`); hard = those of them strictly below it. At the
+    first exit that is every token (the spec's rule); at a later exit only those the earlier
+    exits did not let go."""
+    confidences, remaining = passed.stats.confidence, passed.remaining
     if remaining is None:
         remaining = torch.ones_like(confidences, dtype=torch.bool)
     population = confidences[remaining]

@@ -7,6 +7,8 @@ no final norm, the head untied from the embedding (SPEC_NOTES, "Model").
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@lru_cache(maxsize=None)
 def rotary_tables(seq_len: int, head_dim: int, base: float, device=None):
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
                         / head_dim)
@@ -47,20 +50,16 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self._rope_cache: dict = {}
 
-    def _rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (seq_len, str(device))
-        if key not in self._rope_cache:
-            self._rope_cache[key] = rotary_tables(seq_len, self.head_dim, self.rope_base, device)
-        return self._rope_cache[key]
+    def rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary_tables(seq_len, self.head_dim, self.rope_base, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        cos, sin = self._rope(T, x.device)
+        cos, sin = self.rope(T, x.device)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
@@ -91,12 +90,6 @@ class Block(nn.Module):
         return self.norm2(x + self.ffn(x))
 
 
-def init_block(block: Block, std: float) -> None:
-    for module in block.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=std)
-
-
 class EarlyExitLM(nn.Module):
     """A stack of blocks whose hidden state after any layer can go through the shared head."""
 
@@ -108,8 +101,8 @@ class EarlyExitLM(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(num_layers))
         self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
         nn.init.trunc_normal_(self.embedding.weight, std=cfg.embedding_init_std)
-        for block in self.layers:
-            init_block(block, cfg.linear_init_std)
+        for linear in (m for m in self.layers.modules() if isinstance(m, nn.Linear)):
+            nn.init.trunc_normal_(linear.weight, std=cfg.linear_init_std)
         nn.init.trunc_normal_(self.head.weight, std=cfg.linear_init_std)
 
     @property
@@ -146,13 +139,9 @@ class EarlyExitLM(nn.Module):
 
     def freeze_lower(self, num_layers: int, freeze_head: bool = False) -> None:
         """Hard freezing: the embedding and the first `num_layers` blocks stop learning."""
-        for p in self.embedding.parameters():
+        for p in [*self.embedding.parameters(), *self.layers[:num_layers].parameters()]:
             p.requires_grad_(False)
-        for block in self.layers[:num_layers]:
-            for p in block.parameters():
-                p.requires_grad_(False)
-        for p in self.head.parameters():
-            p.requires_grad_(not freeze_head)
+        self.head.weight.requires_grad_(not freeze_head)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
