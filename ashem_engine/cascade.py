@@ -112,39 +112,24 @@ def inference_modes(stages: Sequence, inference: str) -> tuple:
 # -- advancing hidden states from one exit to the next ---------------------------------------
 
 def advance(model: EarlyExitLM, h: torch.Tensor, start: int, stop: int, mode: str,
-            remaining: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B, T, dim) hidden states after layer `start` -> after layer `stop`, computed for every
-    token. `remaining` (B, T) marks the tokens still in the cascade; PROPAGATED keeps the
-    others' states."""
+            remaining: torch.Tensor, only_needed: bool = False) -> torch.Tensor:
+    """(B, T, dim) hidden states after layer `start` -> after layer `stop`. `remaining`
+    (B, T) marks the tokens still in the cascade; PROPAGATED keeps the others' states. By
+    default every token is computed; `only_needed`: what the remaining tokens need."""
     if mode == SEQUENCE:
         return model.run_layers(h, start, stop)
-    if mode == TOKEN:
-        B, T, C = h.shape
+    B, T, C = h.shape
+    if mode == TOKEN and not only_needed:
         return model.run_layers(h.reshape(B * T, 1, C), start, stop).reshape(B, T, C)
-    keep = ~remaining[..., None]
-    held = h
-    for block in model.layers[start:stop]:
-        h = torch.where(keep, held, block(h))
-    return h
-
-
-def advance_needed(model: EarlyExitLM, state: torch.Tensor, start: int, stop: int, mode: str,
-                   remaining_rows: torch.Tensor) -> torch.Tensor:
-    """As advance, computing only what the tokens at `remaining_rows` (flat indices into
-    B × T) need; the others' states are left as they are, or under SEQUENCE as advance's."""
-    if mode == SEQUENCE:
-        return model.run_layers(state, start, stop)
-    B, T, C = state.shape
-    n = B * T
     if mode == TOKEN:
-        deep = state.reshape(n, C)[remaining_rows][:, None, :]
-        deep = model.run_layers(deep, start, stop)[:, 0, :]
-        return state.reshape(n, C).index_copy(0, remaining_rows, deep).view(B, T, C)
-    remaining = torch.zeros(n, dtype=torch.bool, device=state.device)
-    remaining[remaining_rows] = True
+        rows = remaining.reshape(-1).nonzero().squeeze(1)
+        deep = model.run_layers(h.reshape(B * T, C)[rows][:, None, :], start, stop)[:, 0, :]
+        return h.reshape(B * T, C).index_copy(0, rows, deep).view(B, T, C)
+    keep, held = ~remaining[..., None], h
     for block in model.layers[start:stop]:
-        state = sparse_block(block, state, remaining.view(B, T))
-    return state
+        h = sparse_block(block, h, remaining) if only_needed else \
+            torch.where(keep, held, block(h))
+    return h
 
 
 def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
@@ -231,14 +216,13 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
     n = y.numel()
     routed = RoutedTokens.empty(n, weight.shape[1], cascade.last, y.device)
     remaining_rows = torch.arange(n, device=y.device)
-    remaining = None if only_needed else torch.ones(n, dtype=torch.bool, device=y.device)
+    remaining = torch.ones(n, dtype=torch.bool, device=y.device)
     h, everyone = (model.hidden(x, stop=cascade.layers[0]), None) if first is None else \
         (first.hidden.view(*x.shape, -1), first.stats)
     for e, layer in enumerate(cascade.layers):
         if e > 0:
-            start, mode = cascade.layers[e - 1], cascade.modes[e - 1]
-            h = advance_needed(model, h, start, layer, mode, remaining_rows) if only_needed \
-                else advance(model, h, start, layer, mode, remaining.view(x.shape))
+            h = advance(model, h, cascade.layers[e - 1], layer, cascade.modes[e - 1],
+                        remaining.view(x.shape), only_needed)
             everyone = None
         if every_exit:
             everyone = exit_stats(h.reshape(n, -1), weight, y) if everyone is None else everyone
@@ -257,8 +241,7 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
             s = s[leave]
         rows = remaining_rows[leave]
         routed.leave(rows, e, s, flat[leave])
-        if remaining is not None:
-            remaining[rows] = False
+        remaining[rows] = False
         remaining_rows = remaining_rows[~leave]
     return routed
 
