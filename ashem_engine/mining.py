@@ -103,8 +103,7 @@ def examples_in_context(hard: HardTokens, batches: Batches, vocab: Vocabulary, k
     picks = torch.linspace(0, len(hard) - 1, steps=min(k, len(hard))).round().long().unique()
     out = []
     for i in picks.tolist():
-        pos = int(hard.positions[i])
-        row, col = divmod(pos, seq_len)
+        row, col = divmod(int(hard.positions[i]), seq_len)
         context = flat_x[row, max(0, col + 1 - window): col + 1].tolist()
         out.append({"context": vocab.decode(context),
                     "target": vocab.words[int(hard.targets[i])],

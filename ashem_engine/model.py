@@ -130,11 +130,7 @@ class EarlyExitLM(nn.Module):
         if num_layers <= self.num_layers:
             raise ValueError(f"cannot grow {self.num_layers} layers to {num_layers}")
         grown = EarlyExitLM(self.vocab_size, num_layers, self.cfg).to(self.head.weight.device)
-        with torch.no_grad():
-            grown.embedding.weight.copy_(self.embedding.weight)
-            for old, new in zip(self.layers, grown.layers):
-                new.load_state_dict(old.state_dict())
-            grown.head.weight.copy_(self.head.weight)
+        grown.load_state_dict(self.state_dict(), strict=False)  # the new blocks' keys missing
         return grown
 
     def freeze_lower(self, num_layers: int, freeze_head: bool = False) -> None:

@@ -196,9 +196,8 @@ class EarlyStopping:
     def update(self, epoch: int, ppl: float, acc: float, hard_ppl: Optional[float]) -> bool:
         self.epoch = epoch
         if ppl < self.best_ppl:
-            self.best_ppl, self.best_acc, self.best_epoch = ppl, acc, epoch
-            self.best_hard = hard_ppl
-            self.counter = 0
+            self.best_ppl, self.best_acc, self.best_hard = ppl, acc, hard_ppl
+            self.best_epoch, self.counter = epoch, 0
             return True
         self.counter += 1
         return False
@@ -222,14 +221,12 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
     best, so the best checkpoint is on disk whatever happens next; `on_epoch_end(progress)`
     gets everything needed to resume after this epoch; `resume` is such a progress dict
     (plus "best_state") to continue from."""
-    model = task.model
+    model, resume = task.model, resume or {}
     optimizer = make_optimizer(model, cfg.lr, opt)
-    stopping, best_state = EarlyStopping(cfg.patience), snapshot(model)
-    if resume is not None:
-        stopping = EarlyStopping(**resume["early"])
-        if resume.get("optimizer"):
-            optimizer.load_state_dict(resume["optimizer"])
-        best_state = resume.get("best_state") or best_state
+    stopping = EarlyStopping(**resume["early"]) if resume else EarlyStopping(cfg.patience)
+    if resume.get("optimizer"):
+        optimizer.load_state_dict(resume["optimizer"])
+    best_state = resume.get("best_state") or snapshot(model)
     epoch = stopping.epoch
     while epoch < cfg.max_epochs and not stopping.should_stop:
         epoch += 1

@@ -68,32 +68,30 @@ def calibrate(model: EarlyExitLM, mining: Batches, cascade: Cascade, q: float,
     return replace(cascade, thresholds=thresholds)
 
 
-class EveryExitTable:
-    """Every exit's statistics and signals for every token of a split, when no inference
-    mode depends on the routing (no PROPAGATED): then one pass serves every threshold."""
+def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
+                     classifiers: Optional[Sequence[ExitClassifier]],
+                     check: Optional[Callable[[], None]] = None
+                     ) -> Callable[[Cascade], Evaluation]:
+    """evaluate() for the cascade under any thresholds and signal, when no inference mode
+    depends on the routing (no PROPAGATED): every exit's statistics and signals for every
+    token of the split, from one pass."""
+    stats, scores = [], []
+    for i in range(len(batches)):
+        if check:
+            check()
+        passes = route(model, cascade, batches.x[i], batches.y[i], every_exit=True).every_exit
+        stats.append([p.stats for p in passes])
+        scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
+    stats = [ExitStats.cat(per_exit) for per_exit in zip(*stats)]
+    signals = {SOFTMAX: [s.confidence for s in stats[:-1]],
+               CLASSIFIER: [torch.cat(per_exit) for per_exit in zip(*scores)]}
+    nll, correct = torch.stack([s.nll for s in stats]), torch.stack([s.correct for s in stats])
 
-    def __init__(self, model: EarlyExitLM, batches: Batches, cascade: Cascade,
-                 classifiers: Optional[Sequence[ExitClassifier]],
-                 check: Optional[Callable[[], None]] = None):
-        self.model, self.seq_len = model, batches.x.shape[-1]
-        self.batch_tokens = batches.y[0].numel()
-        stats, scores = [], []
-        for i in range(len(batches)):
-            if check:
-                check()
-            passes = route(model, cascade, batches.x[i], batches.y[i], every_exit=True).every_exit
-            stats.append([p.stats for p in passes])
-            scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
-        self.stats = [ExitStats.cat(per_exit) for per_exit in zip(*stats)]
-        self.scores = {SOFTMAX: [s.confidence for s in self.stats[:-1]],
-                       CLASSIFIER: [torch.cat(per_exit) for per_exit in zip(*scores)]}
-
-    def evaluate(self, cascade: Cascade) -> Evaluation:
-        chosen = cascade.choose(self.scores[cascade.signal]).to(self.stats[0].nll.device)
-        nll = torch.stack([s.nll for s in self.stats]).gather(0, chosen[None]).squeeze(0)
-        correct = torch.stack([s.correct for s in self.stats]).gather(0, chosen[None]).squeeze(0)
-        return tally(self.model, cascade, self.seq_len, self.batch_tokens,
-                     [(chosen, nll, correct)])
+    def evaluate_at(thresholded: Cascade) -> Evaluation:
+        chosen = thresholded.choose(signals[thresholded.signal]).to(nll.device)
+        at_exit = (chosen, nll.gather(0, chosen[None])[0], correct.gather(0, chosen[None])[0])
+        return tally(model, thresholded, batches.x.shape[-1], batches.y[0].numel(), [at_exit])
+    return evaluate_at
 
 
 def point(evaluation: Evaluation, costs: CostModel, plain: float,
@@ -116,7 +114,7 @@ def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade
     """One series per signal: a point per quantile, on the report split."""
     first = exit_pass(model, mining, cascade.first(1), check)
     if PROPAGATED not in cascade.modes:
-        evaluate_at = EveryExitTable(model, report, cascade, classifiers, check).evaluate
+        evaluate_at = every_exit_table(model, report, cascade, classifiers, check)
     else:  # the first exit does not depend on the thresholds: computed once
         known = exit_pass(model, report, cascade.first(1), check)
         evaluate_at = lambda c: evaluate(model, report, c, check, known)  # noqa: E731
