@@ -15,7 +15,7 @@ Costs are relative to the plain deepest model: all its blocks over whole sequenc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .model import block_macs_per_token, head_macs_per_token
@@ -67,12 +67,9 @@ class CostModel:
 
     def compute_everything(self) -> float:
         """Every token through every block and every exit's head: what a routed evaluation
-        costs when it decides afterwards which exit's logits to keep."""
-        layers = self.exit_layers
-        blocks = layers[0] * self.block(SEQUENCE) + sum(
-            (layers[k] - layers[k - 1]) * self.block(self.modes[k - 1])
-            for k in range(1, len(layers)))
-        return blocks + len(layers) * self.head
+        costs when it decides afterwards which exit's logits to keep (a max-softmax path to
+        the last exit)."""
+        return replace(self, signal=SOFTMAX).path(len(self.exit_layers) - 1)
 
 
 def spec_cost(exit_counts: Sequence[int], exit_layers: Sequence[int]) -> float:

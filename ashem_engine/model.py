@@ -95,8 +95,7 @@ class EarlyExitLM(nn.Module):
 
     def __init__(self, vocab_size: int, num_layers: int, cfg: ModelSettings):
         super().__init__()
-        self.cfg = cfg
-        self.vocab_size = vocab_size
+        self.cfg, self.vocab_size = cfg, vocab_size
         self.embedding = nn.Embedding(vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(num_layers))
         self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
@@ -111,8 +110,7 @@ class EarlyExitLM(nn.Module):
 
     def hidden(self, x: torch.Tensor, stop: int | None = None) -> torch.Tensor:
         """Token ids (B, T) -> the hidden state after layer `stop` (default: the last)."""
-        h = self.embedding(x)
-        return self.run_layers(h, 0, self.num_layers if stop is None else stop)
+        return self.run_layers(self.embedding(x), 0, self.num_layers if stop is None else stop)
 
     def run_layers(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Hidden state after layer `start` (0 = embedding) -> after layer `stop`."""

@@ -206,9 +206,6 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.counter >= self.patience
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSettings,
               control: RunControl, emit: Callable[[Event], None],
@@ -251,7 +248,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
         # After the event: a kill in between repeats this epoch rather than losing it.
         if on_epoch_end:
             on_epoch_end({"epoch": epoch, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "early": stopping.to_dict()})
+                          "optimizer": optimizer.state_dict(), "early": dict(vars(stopping))})
     model.load_state_dict(best_state)
     return StageOutcome(stage, epoch, stopping.best_epoch, stopping.best_ppl,
                         stopping.best_acc, stopping.best_hard, stopping.should_stop,
