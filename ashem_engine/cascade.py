@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .costs import CostModel, spec_cost
 from .data import Batches
 from .head import ExitStats, exit_stats
-from .model import Block, EarlyExitLM, rotate_half
+from .model import Block, EarlyExitLM, rotary_tables, rotate_half
 from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
 
 
@@ -41,9 +41,8 @@ class Cascade:
     classifiers: Optional[list] = None
 
     def __post_init__(self):
-        n = len(self.layers) - 1
-        if len(self.thresholds) != n or len(self.modes) != n or \
-                len(self.classifiers or self.modes) != n:
+        per_exit = (self.thresholds, self.modes, self.classifiers or self.modes)
+        if {len(x) for x in per_exit} != {len(self.layers) - 1}:
             raise ValueError("one threshold, mode and classifier per exit before the last")
         if not set(self.modes) <= set(MODES):
             raise ValueError(f"unknown inference mode in {self.modes}")
@@ -149,7 +148,7 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
     pos = torch.where(valid, order, torch.zeros_like(order))
     rows = torch.arange(B, device=state.device)[:, None]
     x = state[rows, pos]  # (B, M, C)
-    cos, sin = attn.rope(T, state.device)
+    cos, sin = rotary_tables(T, D, attn.rope_base, state.device)
     k = attn.wk(state).view(B, T, H, D).transpose(1, 2)
     v = attn.wv(state).view(B, T, H, D).transpose(1, 2)
     k = k * cos + rotate_half(k) * sin
@@ -189,12 +188,6 @@ class RoutedTokens:
     hidden: torch.Tensor  # (N, dim)
     every_exit: list = field(default_factory=list)
 
-    @classmethod
-    def empty(cls, n: int, dim: int, last: int, device) -> "RoutedTokens":
-        return cls(torch.full((n,), last, dtype=torch.long, device=device),
-                   torch.empty(n, device=device), torch.empty(n, dtype=torch.bool, device=device),
-                   torch.empty(n, dim, device=device))
-
     def leave(self, rows: torch.Tensor, e: int, stats: ExitStats, hidden: torch.Tensor):
         self.nll[rows], self.correct[rows], self.hidden[rows] = stats.nll, stats.correct, hidden
         self.exit_index[rows] = e
@@ -212,11 +205,14 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
     batch's first exit, when known."""
     if only_needed and every_exit:
         raise ValueError("every exit's statistics need every token computed")
-    weight, y = model.head.weight, y.reshape(-1)
+    weight, y, device = model.head.weight, y.reshape(-1), y.device
     n = y.numel()
-    routed = RoutedTokens.empty(n, weight.shape[1], cascade.last, y.device)
-    remaining_rows = torch.arange(n, device=y.device)
-    remaining = torch.ones(n, dtype=torch.bool, device=y.device)
+    routed = RoutedTokens(  # every token leaves somewhere: each entry is filled below
+        torch.full((n,), cascade.last, dtype=torch.long, device=device),
+        torch.empty(n, device=device), torch.empty(n, dtype=torch.bool, device=device),
+        torch.empty(n, weight.shape[1], device=device))
+    remaining_rows = torch.arange(n, device=device)
+    remaining = torch.ones(n, dtype=torch.bool, device=device)
     h, everyone = (model.hidden(x, stop=cascade.layers[0]), None) if first is None else \
         (first.hidden.view(*x.shape, -1), first.stats)
     for e, layer in enumerate(cascade.layers):

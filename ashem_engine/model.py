@@ -51,15 +51,12 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        return rotary_tables(seq_len, self.head_dim, self.rope_base, device)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        cos, sin = self.rope(T, x.device)
+        cos, sin = rotary_tables(T, self.head_dim, self.rope_base, x.device)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
