@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -40,13 +40,12 @@ class MiningResult:
 
 @torch.no_grad()
 def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
-              check: Optional[Callable[[], None]] = None) -> ExitPass:
+              check: Callable[[], None] = lambda: None) -> ExitPass:
     """Every token of a split at the cascade's last exit, computing everything; `remaining`:
     those the earlier exits did not let go (None with one exit). `check()`: before a batch."""
     passes, remaining = [], []
     for i in range(len(batches)):
-        if check:
-            check()
+        check()
         routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
         passes.append(routed.every_exit[-1])
         remaining.append(routed.exit_index == cascade.last)

@@ -39,7 +39,7 @@ def threshold_at(scores: torch.Tensor, q: float) -> float:
 
 
 def train_classifiers(model: EarlyExitLM, mining: Batches, cascade: Cascade, seed: int,
-                      check: Optional[Callable[[], None]] = None) -> list[ExitClassifier]:
+                      check: Callable[[], None] = lambda: None) -> list[ExitClassifier]:
     """One exit classifier per exit before the last, on the mining-split tokens reaching it
     under the run's own routing."""
     out = []
@@ -52,7 +52,7 @@ def train_classifiers(model: EarlyExitLM, mining: Batches, cascade: Cascade, see
 
 
 def calibrate(model: EarlyExitLM, mining: Batches, cascade: Cascade, q: float,
-              first: ExitPass, check: Optional[Callable[[], None]] = None) -> Cascade:
+              first: ExitPass, check: Callable[[], None] = lambda: None) -> Cascade:
     """The cascade with thresholds for quantile q, exit by exit (a later exit's population
     depends on the earlier thresholds). `first`: the first exit over the mining split. The
     population of a later exit is found routing by max-softmax, whatever the cascade's
@@ -70,15 +70,14 @@ def calibrate(model: EarlyExitLM, mining: Batches, cascade: Cascade, q: float,
 
 def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
                      classifiers: Optional[Sequence[ExitClassifier]],
-                     check: Optional[Callable[[], None]] = None
+                     check: Callable[[], None] = lambda: None
                      ) -> Callable[[Cascade], Evaluation]:
     """evaluate() for the cascade under any thresholds and signal, when no inference mode
     depends on the routing (no PROPAGATED): every exit's statistics and signals for every
     token of the split, from one pass."""
     stats, scores = [], []
     for i in range(len(batches)):
-        if check:
-            check()
+        check()
         passes = route(model, cascade, batches.x[i], batches.y[i], every_exit=True).every_exit
         stats.append([p.stats for p in passes])
         scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
@@ -110,7 +109,7 @@ def point(evaluation: Evaluation, costs: CostModel, plain: float,
 def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade,
           signals: Sequence[str], points: int,
           classifiers: Optional[Sequence[ExitClassifier]] = None,
-          check: Optional[Callable[[], None]] = None) -> list[dict]:
+          check: Callable[[], None] = lambda: None) -> list[dict]:
     """One series per signal: a point per quantile, on the report split."""
     first = exit_pass(model, mining, cascade.first(1), check)
     if PROPAGATED not in cascade.modes:
