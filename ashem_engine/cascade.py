@@ -41,7 +41,8 @@ class Cascade:
     classifiers: Optional[list] = None
 
     def __post_init__(self):
-        per_exit = (self.thresholds, self.modes, self.classifiers or self.modes)
+        per_exit = (self.thresholds, self.modes,
+                    self.modes if self.classifiers is None else self.classifiers)
         if {len(x) for x in per_exit} != {len(self.layers) - 1}:
             raise ValueError("one threshold, mode and classifier per exit before the last")
         if not set(self.modes) <= set(MODES):
