@@ -200,10 +200,9 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
           every_exit: bool = False) -> RoutedTokens:
     """One batch (B, T) of token ids through the cascade. By default every block runs for
     every token (the reference) and each exit's head for the tokens still in the cascade;
-    `every_exit`: also every token's head at every exit, each exit kept as an ExitPass (what
-    mining, the sweep's table and the bench need). `only_needed`: the real early exit, which
-    computes only what the decision needs and gives the same exits (tested). `first`: the
-    batch's first exit, when known."""
+    `every_exit`: also every token's head at every exit, each exit kept as an ExitPass.
+    `only_needed`: the real early exit, which computes only what the decision needs and gives
+    the same exits (tested). `first`: the batch's first exit, when known."""
     if only_needed and every_exit:
         raise ValueError("every exit's statistics need every token computed")
     weight, y, device = model.head.weight, y.reshape(-1), y.device

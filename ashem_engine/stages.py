@@ -229,8 +229,10 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
         epoch += 1
         train_ppl, seconds = train_epoch(stage, epoch, task, optimizer, opt, control, emit,
                                          progress_events_per_epoch)
-        result, hard_ppl, checking = validate_epoch(stage, epoch, task, control)
-        seconds += checking
+        model.eval()
+        started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
+        result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
+        seconds += time.perf_counter() - started
         improved = stopping.update(epoch, result.ppl, result.accuracy, hard_ppl)
         stopping.seconds = round(stopping.seconds + seconds, 3)
         if improved:
@@ -285,12 +287,3 @@ def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: Optimiz
                                loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
                                eta_s=round(left / rate, 1) if rate > 0 else 0.0))
     return math.exp(loss_sum / batches), seconds
-
-
-def validate_epoch(stage: int, epoch: int, task: StageTask, control: RunControl
-                   ) -> tuple[Evaluation, Optional[float], float]:
-    """The routed validation and the hard PPL after an epoch, and the seconds they took."""
-    task.model.eval()
-    started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
-    result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
-    return result, hard_ppl, time.perf_counter() - started
