@@ -25,73 +25,44 @@ import torch.nn.functional as F
 from .costs import CostModel, spec_cost
 from .data import Batches
 from .head import ExitStats, exit_stats
-from .model import Block, EarlyExitLM, rotate_half
+from .model import Block, EarlyExitLM, rotary_tables, rotate_half
 from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
-from .signals import ExitClassifier
-
-
-def leaves(scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The exit rule: a token leaves when its signal reaches the threshold."""
-    return scores >= threshold
-
-
-@dataclass(frozen=True)
-class Exit:
-    layer: int
-    mode: str = SEQUENCE  # how the layers from the exit below up to this one run
-    threshold: Optional[float] = None  # every exit but the last
-    classifier: Optional[ExitClassifier] = None  # the signal; max-softmax when None
-
-    def decide(self, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
-        """Which of these tokens leave here, from their (N, dim) states or statistics."""
-        scores = stats.confidence if self.classifier is None else self.classifier.score(hidden)
-        return leaves(scores, self.threshold)
 
 
 @dataclass(frozen=True)
 class Cascade:
-    exits: tuple
+    """Exit e is after layer layers[e]. Every exit but the last has a threshold and a signal:
+    classifiers[e] (ExitClassifiers), or max-softmax when there are none. modes[e - 1]: how
+    the layers from exit e - 1 up to exit e run. Change one with dataclasses.replace."""
+
+    layers: list
+    thresholds: list = field(default_factory=list)
+    modes: tuple = ()
+    classifiers: Optional[list] = None
+
+    def __post_init__(self):
+        per_exit = (self.thresholds, self.modes,
+                    self.modes if self.classifiers is None else self.classifiers)
+        if {len(x) for x in per_exit} != {len(self.layers) - 1}:
+            raise ValueError("one threshold, mode and classifier per exit before the last")
+        if not set(self.modes) <= set(MODES):
+            raise ValueError(f"unknown inference mode in {self.modes}")
 
     @classmethod
     def of(cls, layers: Sequence[int], thresholds: Sequence[float] = (),
-           modes: Optional[Sequence[str]] = None,
-           classifiers: Optional[Sequence[ExitClassifier]] = None) -> "Cascade":
-        """From the lists that run directories and events keep. `modes`: one per exit after
-        the first (default SEQUENCE); `classifiers`: one per exit before it (max-softmax)."""
-        layers, thresholds = list(layers), list(thresholds)
-        modes = list(modes) if modes is not None else [SEQUENCE] * len(thresholds)
-        classifiers = (list(classifiers or []) + [None] * len(thresholds))[: len(thresholds)]
-        if len(thresholds) != len(layers) - 1 or len(modes) != len(thresholds):
-            raise ValueError("one threshold and one mode per exit before the last")
-        if not set(modes) <= set(MODES):
-            raise ValueError(f"unknown inference mode in {modes}")
-        return cls(tuple(Exit(*x) for x in zip(layers, [SEQUENCE, *modes], [*thresholds, None],
-                                                [*classifiers, None])))
+           modes: Optional[Sequence[str]] = None, classifiers: Optional[Sequence] = None
+           ) -> "Cascade":
+        """From the lists that run directories and events keep; modes default to SEQUENCE."""
+        modes = (SEQUENCE,) * len(thresholds) if modes is None else tuple(modes)
+        return cls(list(layers), list(thresholds), modes, list(classifiers or []) or None)
 
     @property
-    def layers(self) -> list:
-        return [x.layer for x in self.exits]
-
-    @property
-    def thresholds(self) -> list:
-        return [x.threshold for x in self.exits[:-1]]
-
-    @property
-    def modes(self) -> tuple:
-        return tuple(x.mode for x in self.exits[1:])
-
-    @property
-    def classifiers(self) -> Optional[list]:
-        found = [x.classifier for x in self.exits[:-1]]
-        return found if any(c is not None for c in found) else None
+    def last(self) -> int:
+        return len(self.layers) - 1
 
     @property
     def signal(self) -> str:
         return SOFTMAX if self.classifiers is None else CLASSIFIER
-
-    @property
-    def last(self) -> int:
-        return len(self.exits) - 1
 
     @property
     def only_needed_is_exact(self) -> bool:
@@ -100,18 +71,21 @@ class Cascade:
         return all(m == SEQUENCE for m in self.modes) and self.classifiers is None
 
     def first(self, n: int) -> "Cascade":
-        """The first n exits; the n-th becomes the last (its threshold goes unused)."""
-        return Cascade(self.exits[:n])
+        """The first n exits; the n-th becomes the last."""
+        return Cascade(self.layers[:n], self.thresholds[:n - 1], self.modes[:n - 1],
+                       (self.classifiers or [])[:n - 1] or None)
 
-    def with_thresholds(self, thresholds: Sequence[float]) -> "Cascade":
-        return Cascade.of(self.layers, thresholds, self.modes, self.classifiers)
+    def scores(self, e: int, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
+        """Exit e's signal for tokens with these (N, dim) states and statistics."""
+        return stats.confidence if self.classifiers is None else self.classifiers[e].score(hidden)
 
-    def with_classifiers(self, classifiers: Optional[Sequence]) -> "Cascade":
-        return Cascade.of(self.layers, self.thresholds, self.modes, classifiers)
+    def leave(self, e: int, scores: torch.Tensor) -> torch.Tensor:
+        """The exit rule: a token leaves exit e when its signal reaches the threshold."""
+        return scores >= self.thresholds[e]
 
     def costs(self, model: EarlyExitLM, seq_len: int) -> CostModel:
-        return CostModel(model.cfg, model.vocab_size, seq_len, tuple(self.layers),
-                         self.modes, self.signal)
+        return CostModel(model.cfg, model.vocab_size, seq_len, tuple(self.layers), self.modes,
+                         self.signal)
 
     def choose(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
         """Exit index per token from its signal at each exit but the last, known beforehand."""
@@ -120,8 +94,8 @@ class Cascade:
         n = scores[0].numel() if scores else 0
         chosen = torch.full((n,), self.last, dtype=torch.long)
         remaining = torch.ones(n, dtype=torch.bool)
-        for e, (score, exit) in enumerate(zip(scores, self.exits)):
-            leave = remaining & leaves(score.reshape(-1).cpu(), exit.threshold)
+        for e, score in enumerate(scores):
+            leave = remaining & self.leave(e, score.reshape(-1).cpu())
             chosen[leave] = e
             remaining &= ~leave
         return chosen
@@ -138,41 +112,24 @@ def inference_modes(stages: Sequence, inference: str) -> tuple:
 # -- advancing hidden states from one exit to the next ---------------------------------------
 
 def advance(model: EarlyExitLM, h: torch.Tensor, start: int, stop: int, mode: str,
-            remaining: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B, T, dim) hidden states after layer `start` -> after layer `stop`, computed for every
-    token. `remaining` (B, T) marks the tokens still in the cascade; PROPAGATED keeps the
-    others' states."""
+            remaining: torch.Tensor, only_needed: bool = False) -> torch.Tensor:
+    """(B, T, dim) hidden states after layer `start` -> after layer `stop`. `remaining`
+    (B, T) marks the tokens still in the cascade; PROPAGATED keeps the others' states. By
+    default every token is computed; `only_needed`: what the remaining tokens need."""
     if mode == SEQUENCE:
         return model.run_layers(h, start, stop)
-    if mode == TOKEN:
-        B, T, C = h.shape
+    B, T, C = h.shape
+    if mode == TOKEN and not only_needed:
         return model.run_layers(h.reshape(B * T, 1, C), start, stop).reshape(B, T, C)
-    if mode != PROPAGATED:
-        raise ValueError(f"unknown inference mode {mode!r}")
-    keep = ~remaining[..., None]
-    held = h
-    for block in model.layers[start:stop]:
-        h = torch.where(keep, held, block(h))
-    return h
-
-
-def advance_needed(model: EarlyExitLM, state: torch.Tensor, start: int, stop: int, mode: str,
-                   remaining_rows: torch.Tensor) -> torch.Tensor:
-    """As advance, computing only what the tokens at `remaining_rows` (flat indices into
-    B × T) need; the others' states are left as they are, or under SEQUENCE as advance's."""
-    if mode not in (TOKEN, PROPAGATED):
-        return advance(model, state, start, stop, mode)
-    B, T, C = state.shape
-    n = B * T
     if mode == TOKEN:
-        deep = state.reshape(n, C)[remaining_rows][:, None, :]
-        deep = model.run_layers(deep, start, stop)[:, 0, :]
-        return state.reshape(n, C).index_copy(0, remaining_rows, deep).view(B, T, C)
-    remaining = torch.zeros(n, dtype=torch.bool, device=state.device)
-    remaining[remaining_rows] = True
+        rows = remaining.reshape(-1).nonzero().squeeze(1)
+        deep = model.run_layers(h.reshape(B * T, C)[rows][:, None, :], start, stop)[:, 0, :]
+        return h.reshape(B * T, C).index_copy(0, rows, deep).view(B, T, C)
+    keep, held = ~remaining[..., None], h
     for block in model.layers[start:stop]:
-        state = sparse_block(block, state, remaining.view(B, T))
-    return state
+        h = sparse_block(block, h, remaining) if only_needed else \
+            torch.where(keep, held, block(h))
+    return h
 
 
 def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
@@ -192,7 +149,7 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
     pos = torch.where(valid, order, torch.zeros_like(order))
     rows = torch.arange(B, device=state.device)[:, None]
     x = state[rows, pos]  # (B, M, C)
-    cos, sin = attn._rope(T, state.device)
+    cos, sin = rotary_tables(T, D, attn.rope_base, state.device)
     k = attn.wk(state).view(B, T, H, D).transpose(1, 2)
     v = attn.wv(state).view(B, T, H, D).transpose(1, 2)
     k = k * cos + rotate_half(k) * sin
@@ -232,12 +189,6 @@ class RoutedTokens:
     hidden: torch.Tensor  # (N, dim)
     every_exit: list = field(default_factory=list)
 
-    @classmethod
-    def empty(cls, n: int, dim: int, last: int, device) -> "RoutedTokens":
-        return cls(torch.full((n,), last, dtype=torch.long, device=device),
-                   torch.empty(n, device=device), torch.empty(n, dtype=torch.bool, device=device),
-                   torch.empty(n, dim, device=device))
-
     def leave(self, rows: torch.Tensor, e: int, stats: ExitStats, hidden: torch.Tensor):
         self.nll[rows], self.correct[rows], self.hidden[rows] = stats.nll, stats.correct, hidden
         self.exit_index[rows] = e
@@ -249,32 +200,32 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
           every_exit: bool = False) -> RoutedTokens:
     """One batch (B, T) of token ids through the cascade. By default every block runs for
     every token (the reference) and each exit's head for the tokens still in the cascade;
-    `every_exit`: also every token's head at every exit, each exit kept as an ExitPass (what
-    mining, the sweep's table and the bench need). `only_needed`: the real early exit, which
-    computes only what the decision needs and gives the same exits (tested). `first`: the
-    batch's first exit, when known."""
+    `every_exit`: also every token's head at every exit, each exit kept as an ExitPass.
+    `only_needed`: the real early exit, which computes only what the decision needs and gives
+    the same exits (tested). `first`: the batch's first exit, when known."""
     if only_needed and every_exit:
         raise ValueError("every exit's statistics need every token computed")
-    weight, y = model.head.weight, y.reshape(-1)
+    weight, y, device = model.head.weight, y.reshape(-1), y.device
     n = y.numel()
-    routed = RoutedTokens.empty(n, weight.shape[1], cascade.last, y.device)
-    remaining_rows = torch.arange(n, device=y.device)
-    remaining = None if only_needed else torch.ones(n, dtype=torch.bool, device=y.device)
+    routed = RoutedTokens(  # every token leaves somewhere: each entry is filled below
+        torch.full((n,), cascade.last, dtype=torch.long, device=device),
+        torch.empty(n, device=device), torch.empty(n, dtype=torch.bool, device=device),
+        torch.empty(n, weight.shape[1], device=device))
+    remaining_rows = torch.arange(n, device=device)
+    remaining = torch.ones(n, dtype=torch.bool, device=device)
     h, everyone = (model.hidden(x, stop=cascade.layers[0]), None) if first is None else \
         (first.hidden.view(*x.shape, -1), first.stats)
-    for e, exit in enumerate(cascade.exits):
+    for e, layer in enumerate(cascade.layers):
         if e > 0:
-            start = cascade.exits[e - 1].layer
-            h = advance_needed(model, h, start, exit.layer, exit.mode, remaining_rows) \
-                if only_needed else advance(model, h, start, exit.layer, exit.mode,
-                                            remaining.view(x.shape))
+            h = advance(model, h, cascade.layers[e - 1], layer, cascade.modes[e - 1],
+                        remaining.view(x.shape), only_needed)
             everyone = None
         if every_exit:
             everyone = exit_stats(h.reshape(n, -1), weight, y) if everyone is None else everyone
             routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
         flat, targets = h.reshape(n, -1)[remaining_rows], y[remaining_rows]
-        if only_needed and exit.classifier is not None and e < cascade.last:
-            leave = exit.decide(flat, None)
+        if only_needed and cascade.classifiers is not None and e < cascade.last:
+            leave = cascade.leave(e, cascade.scores(e, flat, None))
             s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only
         else:
             s = exit_stats(flat, weight, targets) if everyone is None else \
@@ -282,12 +233,11 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
             if e == cascade.last:  # the last exit takes everyone left
                 routed.leave(remaining_rows, e, s, flat)
                 break
-            leave = exit.decide(flat, s)
+            leave = cascade.leave(e, cascade.scores(e, flat, s))
             s = s[leave]
         rows = remaining_rows[leave]
         routed.leave(rows, e, s, flat[leave])
-        if remaining is not None:
-            remaining[rows] = False
+        remaining[rows] = False
         remaining_rows = remaining_rows[~leave]
     return routed
 
@@ -319,38 +269,28 @@ class Evaluation:
         return [c / self.tokens for c in self.exit_counts]
 
 
-class Tally:
-    """Sums routed tokens into an Evaluation of one cascade."""
-
-    def __init__(self, cascade: Cascade):
-        self.cascade = cascade
-        self.nll_sum, self.correct, self.tokens = 0.0, 0, 0
-        self.counts = [0] * len(cascade.exits)
-        self.batch_costs = []
-
-    def add(self, exit_index: torch.Tensor, nll: torch.Tensor, correct: torch.Tensor,
-            batch_tokens: int) -> None:
-        """Tokens of one or more whole batches of `batch_tokens` tokens each."""
-        self.nll_sum += float(nll.double().sum())
-        self.correct += int(correct.sum())
-        self.tokens += nll.numel()
+def tally(model: EarlyExitLM, cascade: Cascade, seq_len: int, batch_tokens: int,
+          parts: Sequence[tuple]) -> Evaluation:
+    """The evaluation of routed tokens: `parts` of (exit index, NLL, correctness) per token,
+    each part one or more whole batches of `batch_tokens` tokens."""
+    nll_sum, correct, tokens, counts, batch_costs = 0.0, 0, 0, [0] * len(cascade.layers), []
+    for exit_index, nll, right in parts:
+        nll_sum += float(nll.double().sum())
+        correct += int(right.sum())
+        tokens += nll.numel()
         for batch in exit_index.view(-1, batch_tokens):
-            counts = torch.bincount(batch, minlength=len(self.counts)).tolist()
-            self.counts = [a + b for a, b in zip(self.counts, counts)]
-            self.batch_costs.append(spec_cost(counts, self.cascade.layers))
-
-    def evaluation(self, model: EarlyExitLM, seq_len: int) -> Evaluation:
-        fractions = [c / self.tokens for c in self.counts]
-        costs = self.cascade.costs(model, seq_len)
-        return Evaluation(self.tokens, self.nll_sum, self.correct, self.cascade.layers,
-                          self.counts, sum(self.batch_costs) / len(self.batch_costs),
-                          costs.relative(fractions), self.cascade.thresholds,
-                          costs.absolute(fractions))
+            per_exit = torch.bincount(batch, minlength=len(counts)).tolist()
+            counts = [a + b for a, b in zip(counts, per_exit)]
+            batch_costs.append(spec_cost(per_exit, cascade.layers))
+    fractions, costs = [c / tokens for c in counts], cascade.costs(model, seq_len)
+    return Evaluation(tokens, nll_sum, correct, cascade.layers, counts,
+                      sum(batch_costs) / len(batch_costs), costs.relative(fractions),
+                      cascade.thresholds, costs.absolute(fractions))
 
 
 @torch.no_grad()
 def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
-             check: Optional[Callable[[], None]] = None,
+             check: Callable[[], None] = lambda: None,
              first: Optional[ExitPass] = None) -> Evaluation:
     """Routed evaluation over a split; with one exit it is plain evaluation. The real early
     exit where it does the same arithmetic as computing everything, else computing
@@ -358,15 +298,13 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     states, a sweep's states and statistics). `check()` runs before every batch."""
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
-    tally, n = Tally(cascade), batches.y[0].numel()
+    n, parts = batches.y[0].numel(), []
     for i in range(len(batches)):
-        if check:
-            check()
+        check()
         rows = slice(i * n, (i + 1) * n)
         known = None if first is None else \
             ExitPass(first.hidden[rows], None if first.stats is None else first.stats[rows])
         r = route(model, cascade, batches.x[i], batches.y[i], known,
                   only_needed=cascade.only_needed_is_exact)
-        tally.add(r.exit_index, r.nll, r.correct, n)
-    return tally.evaluation(model, batches.x.shape[-1])
-
+        parts.append((r.exit_index, r.nll, r.correct))
+    return tally(model, cascade, batches.x.shape[-1], n, parts)

@@ -73,17 +73,15 @@ def check_sweep(sweep: object, where: str) -> None:
 def combine(sweeps: Iterable[dict]) -> dict:
     """One comparison from several sweeps (each a sweep.json or a SweepComputed event as a
     dict with "name"): series labelled by run, Pareto flags over all points together."""
-    series = []
-    splits = set()
+    series, splits = [], set()
     for sweep in sweeps:
         run = sweep.get("name", "run")
         splits.add(sweep.get("split", "?"))
         for s in sweep["series"]:
-            points = [dict(p) for p in s["points"]]
             series.append({"label": f"{run} · {s['name']}", "run": run, "name": s["name"],
                            "kind": s.get("kind", "sweep"), "signal": s.get("signal"),
-                           "split": sweep.get("split", "?"),
-                           "protocol": sweep.get("protocol", {}), "points": points})
+                           "split": sweep.get("split", "?"), "protocol": sweep.get("protocol", {}),
+                           "points": [dict(p) for p in s["points"]]})
     mark_pareto([p for s in series for p in s["points"]])
     return {"series": series, "splits": sorted(splits),
             "mixed_splits": len(splits) > 1}

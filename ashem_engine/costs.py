@@ -15,7 +15,7 @@ Costs are relative to the plain deepest model: all its blocks over whole sequenc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .model import block_macs_per_token, head_macs_per_token
@@ -39,9 +39,6 @@ class CostModel:
     def block(self, mode: str) -> float:
         return block_macs_per_token(self.cfg, 1 if mode == TOKEN else self.seq_len)
 
-    def signal_macs(self) -> float:
-        return self.head if self.signal == SOFTMAX else float(self.cfg.dim)
-
     def plain(self) -> float:
         """The plain deepest model: every block over whole sequences, one head."""
         return self.exit_layers[-1] * self.block(SEQUENCE) + self.head
@@ -57,7 +54,7 @@ class CostModel:
             elif mode == PROPAGATED:
                 macs += span * 2 * self.cfg.dim * self.cfg.dim
         tested = min(e + 1, last)  # the last exit takes everyone without asking
-        macs += tested * self.signal_macs()
+        macs += tested * (self.head if self.signal == SOFTMAX else float(self.cfg.dim))
         if self.signal != SOFTMAX or e == last:
             macs += self.head  # the logits it leaves with
         return macs
@@ -70,12 +67,9 @@ class CostModel:
 
     def compute_everything(self) -> float:
         """Every token through every block and every exit's head: what a routed evaluation
-        costs when it decides afterwards which exit's logits to keep."""
-        layers = self.exit_layers
-        blocks = layers[0] * self.block(SEQUENCE) + sum(
-            (layers[k] - layers[k - 1]) * self.block(self.modes[k - 1])
-            for k in range(1, len(layers)))
-        return blocks + len(layers) * self.head
+        costs when it decides afterwards which exit's logits to keep (a max-softmax path to
+        the last exit)."""
+        return replace(self, signal=SOFTMAX).path(len(self.exit_layers) - 1)
 
 
 def spec_cost(exit_counts: Sequence[int], exit_layers: Sequence[int]) -> float:

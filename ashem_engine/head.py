@@ -13,12 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_CHUNK_CPU = 128
-DEFAULT_CHUNK_CUDA = 8192
-
 
 def default_chunk(device: torch.device) -> int:
-    return DEFAULT_CHUNK_CUDA if device.type == "cuda" else DEFAULT_CHUNK_CPU
+    return 8192 if device.type == "cuda" else 128
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -104,8 +101,6 @@ def exit_stats(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     nll = torch.empty(n, dtype=torch.float32, device=h.device)
     confidence = torch.empty(n, dtype=torch.float32, device=h.device)
     correct = torch.empty(n, dtype=torch.bool, device=h.device)
-    if n == 0:
-        return ExitStats(nll, confidence, correct)
     buf = torch.empty(min(chunk, n), weight.shape[0], dtype=h.dtype, device=h.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)

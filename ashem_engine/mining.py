@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -40,13 +40,12 @@ class MiningResult:
 
 @torch.no_grad()
 def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
-              check: Optional[Callable[[], None]] = None) -> ExitPass:
+              check: Callable[[], None] = lambda: None) -> ExitPass:
     """Every token of a split at the cascade's last exit, computing everything; `remaining`:
     those the earlier exits did not let go (None with one exit). `check()`: before a batch."""
     passes, remaining = [], []
     for i in range(len(batches)):
-        if check:
-            check()
+        check()
         routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
         passes.append(routed.every_exit[-1])
         remaining.append(routed.exit_index == cascade.last)
@@ -63,14 +62,13 @@ def hard_mask(confidences: torch.Tensor, threshold: float) -> torch.Tensor:
     return confidences < threshold
 
 
-def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int,
-         remaining: Optional[torch.Tensor] = None) -> MiningResult:
+def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int
+         ) -> MiningResult:
     """Threshold = the `ratio` quantile of the confidences of the tokens still in the cascade
-    at this exit (`remaining`: a mask, default the pass's, else every token); hard = those of
-    them strictly below it. At the first exit that is every token (the spec's rule); at a
-    later exit only those the earlier exits did not let go."""
-    confidences = passed.stats.confidence
-    remaining = passed.remaining if remaining is None else remaining
+    at this exit (the pass's `remaining`); hard = those of them strictly below it. At the
+    first exit that is every token (the spec's rule); at a later exit only those the earlier
+    exits did not let go."""
+    confidences, remaining = passed.stats.confidence, passed.remaining
     if remaining is None:
         remaining = torch.ones_like(confidences, dtype=torch.bool)
     population = confidences[remaining]
@@ -104,8 +102,7 @@ def examples_in_context(hard: HardTokens, batches: Batches, vocab: Vocabulary, k
     picks = torch.linspace(0, len(hard) - 1, steps=min(k, len(hard))).round().long().unique()
     out = []
     for i in picks.tolist():
-        pos = int(hard.positions[i])
-        row, col = divmod(pos, seq_len)
+        row, col = divmod(int(hard.positions[i]), seq_len)
         context = flat_x[row, max(0, col + 1 - window): col + 1].tolist()
         out.append({"context": vocab.decode(context),
                     "target": vocab.words[int(hard.targets[i])],

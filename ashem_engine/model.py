@@ -7,6 +7,8 @@ no final norm, the head untied from the embedding (SPEC_NOTES, "Model").
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@lru_cache(maxsize=None)
 def rotary_tables(seq_len: int, head_dim: int, base: float, device=None):
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
                         / head_dim)
@@ -47,20 +50,13 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self._rope_cache: dict = {}
-
-    def _rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (seq_len, str(device))
-        if key not in self._rope_cache:
-            self._rope_cache[key] = rotary_tables(seq_len, self.head_dim, self.rope_base, device)
-        return self._rope_cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        cos, sin = self._rope(T, x.device)
+        cos, sin = rotary_tables(T, self.head_dim, self.rope_base, x.device)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
@@ -91,25 +87,18 @@ class Block(nn.Module):
         return self.norm2(x + self.ffn(x))
 
 
-def init_block(block: Block, std: float) -> None:
-    for module in block.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=std)
-
-
 class EarlyExitLM(nn.Module):
     """A stack of blocks whose hidden state after any layer can go through the shared head."""
 
     def __init__(self, vocab_size: int, num_layers: int, cfg: ModelSettings):
         super().__init__()
-        self.cfg = cfg
-        self.vocab_size = vocab_size
+        self.cfg, self.vocab_size = cfg, vocab_size
         self.embedding = nn.Embedding(vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(num_layers))
         self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
         nn.init.trunc_normal_(self.embedding.weight, std=cfg.embedding_init_std)
-        for block in self.layers:
-            init_block(block, cfg.linear_init_std)
+        for linear in (m for m in self.layers.modules() if isinstance(m, nn.Linear)):
+            nn.init.trunc_normal_(linear.weight, std=cfg.linear_init_std)
         nn.init.trunc_normal_(self.head.weight, std=cfg.linear_init_std)
 
     @property
@@ -118,8 +107,7 @@ class EarlyExitLM(nn.Module):
 
     def hidden(self, x: torch.Tensor, stop: int | None = None) -> torch.Tensor:
         """Token ids (B, T) -> the hidden state after layer `stop` (default: the last)."""
-        h = self.embedding(x)
-        return self.run_layers(h, 0, self.num_layers if stop is None else stop)
+        return self.run_layers(self.embedding(x), 0, self.num_layers if stop is None else stop)
 
     def run_layers(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Hidden state after layer `start` (0 = embedding) -> after layer `stop`."""
@@ -137,22 +125,14 @@ class EarlyExitLM(nn.Module):
         if num_layers <= self.num_layers:
             raise ValueError(f"cannot grow {self.num_layers} layers to {num_layers}")
         grown = EarlyExitLM(self.vocab_size, num_layers, self.cfg).to(self.head.weight.device)
-        with torch.no_grad():
-            grown.embedding.weight.copy_(self.embedding.weight)
-            for old, new in zip(self.layers, grown.layers):
-                new.load_state_dict(old.state_dict())
-            grown.head.weight.copy_(self.head.weight)
+        grown.load_state_dict(self.state_dict(), strict=False)  # the new blocks' keys missing
         return grown
 
     def freeze_lower(self, num_layers: int, freeze_head: bool = False) -> None:
         """Hard freezing: the embedding and the first `num_layers` blocks stop learning."""
-        for p in self.embedding.parameters():
+        for p in [*self.embedding.parameters(), *self.layers[:num_layers].parameters()]:
             p.requires_grad_(False)
-        for block in self.layers[:num_layers]:
-            for p in block.parameters():
-                p.requires_grad_(False)
-        for p in self.head.parameters():
-            p.requires_grad_(not freeze_head)
+        self.head.weight.requires_grad_(not freeze_head)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

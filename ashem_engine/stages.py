@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -52,14 +52,13 @@ class StageOutcome:
 
 class StageTask:
     """What a stage trains on and how it is validated: routed through `cascade`, the exits
-    so far (the stage's own is the last)."""
+    so far (the stage's own is the last). A task gives `batch_tokens`, the tokens in each
+    training batch, and each batch as the hidden states the head reads and their targets."""
 
-    def __init__(self, model: EarlyExitLM, validation: Batches, cascade: Cascade,
-                 hard: Optional[HardTokens] = None):
-        self.model = model
-        self.validation = validation
-        self.cascade = cascade
-        self.hard = hard
+    batch_tokens: list
+
+    def __init__(self, model: EarlyExitLM, validation: Batches, cascade: Cascade):
+        self.model, self.validation, self.cascade = model, validation, cascade
         self._first_exit: Optional[ExitPass] = None  # when its blocks are frozen
 
     @property
@@ -68,40 +67,44 @@ class StageTask:
         return self.cascade.layers[-2]
 
     def num_batches(self) -> int:
-        raise NotImplementedError
+        return len(self.batch_tokens)
 
     def tokens_in(self, index: int) -> int:
+        return self.batch_tokens[index]
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The mined hard tokens as batch() gives them, in chunks (stage 1 has none)."""
+        return ()
 
     def loss(self, index: int) -> torch.Tensor:
-        raise NotImplementedError
+        hidden, targets = self.batch(index)
+        return head_loss(hidden, self.model.head.weight, targets)
 
     def validate(self, check: Callable[[], None]) -> Evaluation:
-        first_layer = self.cascade.layers[0]
+        first_layer, model = self.cascade.layers[0], self.model
+        below = [*model.embedding.parameters(), *model.layers[:first_layer].parameters()]
         if self.cascade.last and self._first_exit is None and \
-                not any(p.requires_grad for p in self.model.layers[:first_layer]
-                        .parameters()) and not self.model.embedding.weight.requires_grad:
+                not any(p.requires_grad for p in below):
             # The first exit's blocks are frozen: their hidden states never change.
             with torch.no_grad():
                 self._first_exit = ExitPass(torch.cat([
-                    self.model.hidden(x, stop=first_layer).reshape(x.numel(), -1)
+                    model.hidden(x, stop=first_layer).reshape(x.numel(), -1)
                     for x in self.validation.x]))
-        return evaluate(self.model, self.validation, self.cascade, check, self._first_exit)
+        return evaluate(model, self.validation, self.cascade, check, self._first_exit)
 
     @torch.no_grad()
     def hard_ppl(self) -> Optional[float]:
-        """PPL on the mined hard tokens: their stored hidden states through the layers above
-        the exit they were mined at (one token at a time, as they were trained), then the head."""
-        if self.hard is None:
-            return None
-        nll_sum = 0.0
-        for start in range(0, len(self.hard), 4096):
-            chunk = slice(start, start + 4096)
-            out = self.model.run_layers(self.hard.hidden[chunk][:, None, :],
-                                        self.hard_from_layer, self.model.num_layers)[:, 0, :]
-            s = exit_stats(out, self.model.head.weight, self.hard.targets[chunk])
+        """PPL on the mined hard tokens, through the layers above the exit they were mined at
+        as they are trained, then the head."""
+        nll_sum, count = 0.0, 0
+        for hidden, targets in self.hard_batches():
+            s = exit_stats(hidden, self.model.head.weight, targets)
             nll_sum += float(s.nll.double().sum())
-        return math.exp(nll_sum / len(self.hard))
+            count += len(s)
+        return math.exp(nll_sum / count) if count else None
 
 
 class SequenceTask(StageTask):
@@ -109,18 +112,11 @@ class SequenceTask(StageTask):
 
     def __init__(self, model, train: Batches, validation, cascade):
         super().__init__(model, validation, cascade)
-        self.train = train
+        self.train, self.batch_tokens = train, [y.numel() for y in train.y]
 
-    def num_batches(self) -> int:
-        return len(self.train)
-
-    def tokens_in(self, index: int) -> int:
-        return self.train.y[index].numel()
-
-    def loss(self, index: int) -> torch.Tensor:
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.model.hidden(self.train.x[index])
-        return head_loss(h.reshape(-1, h.shape[-1]), self.model.head.weight,
-                         self.train.y[index])
+        return h.reshape(-1, h.shape[-1]), self.train.y[index]
 
 
 class HardTokenTask(StageTask):
@@ -129,20 +125,21 @@ class HardTokenTask(StageTask):
 
     def __init__(self, model, hard: HardTokens, order: torch.Tensor, batch_size: int,
                  validation, cascade):
-        super().__init__(model, validation, cascade, hard=hard)
+        super().__init__(model, validation, cascade)
+        self.hard = hard
         self.order = [order[i:i + batch_size] for i in range(0, len(hard), batch_size)]
+        self.batch_tokens = [rows.numel() for rows in self.order]
 
-    def num_batches(self) -> int:
-        return len(self.order)
-
-    def tokens_in(self, index: int) -> int:
-        return self.order[index].numel()
-
-    def loss(self, index: int) -> torch.Tensor:
-        idx = self.order[index]
-        h = self.hard.hidden[idx][:, None, :]
+    def upper(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hard.hidden[rows][:, None, :]
         out = self.model.run_layers(h, self.hard_from_layer, self.model.num_layers)[:, 0, :]
-        return head_loss(out, self.model.head.weight, self.hard.targets[idx])
+        return out, self.hard.targets[rows]
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.upper(self.order[index])
+
+    def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return (self.upper(slice(i, i + 4096)) for i in range(0, len(self.hard), 4096))
 
 
 class MaskedSequenceTask(StageTask):
@@ -158,30 +155,16 @@ class MaskedSequenceTask(StageTask):
         super().__init__(model, validation, cascade)
         keep = remaining.flatten(1).any(1).nonzero().squeeze(1)  # batches with a hard token
         self.lower, self.remaining, self.y = lower[keep], remaining[keep], targets.y[keep]
+        self.batch_tokens = self.remaining.flatten(1).sum(1).tolist()
 
-    def num_batches(self) -> int:
-        return self.lower.shape[0]
-
-    def tokens_in(self, index: int) -> int:
-        return int(self.remaining[index].sum())
-
-    def upper(self, index: int) -> torch.Tensor:
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         remaining = self.remaining[index]
-        return advance(self.model, self.lower[index], self.hard_from_layer,
-                       self.model.num_layers, PROPAGATED, remaining)[remaining]
+        upper = advance(self.model, self.lower[index], self.hard_from_layer,
+                        self.model.num_layers, PROPAGATED, remaining)
+        return upper[remaining], self.y[index][remaining]
 
-    def loss(self, index: int) -> torch.Tensor:
-        return head_loss(self.upper(index), self.model.head.weight,
-                         self.y[index][self.remaining[index]])
-
-    @torch.no_grad()
-    def hard_ppl(self) -> Optional[float]:
-        nll_sum, count = 0.0, 0
-        for i in range(self.num_batches()):
-            s = exit_stats(self.upper(i), self.model.head.weight, self.y[i][self.remaining[i]])
-            nll_sum += float(s.nll.double().sum())
-            count += len(s)
-        return math.exp(nll_sum / count)
+    def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return (self.batch(i) for i in range(self.num_batches()))
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):
@@ -213,9 +196,8 @@ class EarlyStopping:
     def update(self, epoch: int, ppl: float, acc: float, hard_ppl: Optional[float]) -> bool:
         self.epoch = epoch
         if ppl < self.best_ppl:
-            self.best_ppl, self.best_acc, self.best_epoch = ppl, acc, epoch
-            self.best_hard = hard_ppl
-            self.counter = 0
+            self.best_ppl, self.best_acc, self.best_hard = ppl, acc, hard_ppl
+            self.best_epoch, self.counter = epoch, 0
             return True
         self.counter += 1
         return False
@@ -223,9 +205,6 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.counter >= self.patience
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSettings,
@@ -239,21 +218,21 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
     best, so the best checkpoint is on disk whatever happens next; `on_epoch_end(progress)`
     gets everything needed to resume after this epoch; `resume` is such a progress dict
     (plus "best_state") to continue from."""
-    model = task.model
+    model, resume = task.model, resume or {}
     optimizer = make_optimizer(model, cfg.lr, opt)
-    stopping, best_state = EarlyStopping(cfg.patience), snapshot(model)
-    if resume is not None:
-        stopping = EarlyStopping(**resume["early"])
-        if resume.get("optimizer"):
-            optimizer.load_state_dict(resume["optimizer"])
-        best_state = resume.get("best_state") or best_state
+    stopping = EarlyStopping(**resume["early"]) if resume else EarlyStopping(cfg.patience)
+    if resume.get("optimizer"):
+        optimizer.load_state_dict(resume["optimizer"])
+    best_state = resume.get("best_state") or snapshot(model)
     epoch = stopping.epoch
     while epoch < cfg.max_epochs and not stopping.should_stop:
         epoch += 1
         train_ppl, seconds = train_epoch(stage, epoch, task, optimizer, opt, control, emit,
                                          progress_events_per_epoch)
-        result, hard_ppl, checking = validate_epoch(stage, epoch, task, control)
-        seconds += checking
+        model.eval()
+        started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
+        result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
+        seconds += time.perf_counter() - started
         improved = stopping.update(epoch, result.ppl, result.accuracy, hard_ppl)
         stopping.seconds = round(stopping.seconds + seconds, 3)
         if improved:
@@ -271,7 +250,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
         # After the event: a kill in between repeats this epoch rather than losing it.
         if on_epoch_end:
             on_epoch_end({"epoch": epoch, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "early": stopping.to_dict()})
+                          "optimizer": optimizer.state_dict(), "early": dict(vars(stopping))})
     model.load_state_dict(best_state)
     return StageOutcome(stage, epoch, stopping.best_epoch, stopping.best_ppl,
                         stopping.best_acc, stopping.best_hard, stopping.should_stop,
@@ -308,12 +287,3 @@ def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: Optimiz
                                loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
                                eta_s=round(left / rate, 1) if rate > 0 else 0.0))
     return math.exp(loss_sum / batches), seconds
-
-
-def validate_epoch(stage: int, epoch: int, task: StageTask, control: RunControl
-                   ) -> tuple[Evaluation, Optional[float], float]:
-    """The routed validation and the hard PPL after an epoch, and the seconds they took."""
-    task.model.eval()
-    started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
-    result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
-    return result, hard_ppl, time.perf_counter() - started

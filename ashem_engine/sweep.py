@@ -11,11 +11,12 @@ threshold was fixed before the later stages trained the shared head.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from .cascade import Cascade, Evaluation, Tally, evaluate, route
+from .cascade import Cascade, Evaluation, ExitPass, evaluate, route, tally
 from .costs import CostModel
 from .data import Batches
 from .head import ExitStats
@@ -38,7 +39,7 @@ def threshold_at(scores: torch.Tensor, q: float) -> float:
 
 
 def train_classifiers(model: EarlyExitLM, mining: Batches, cascade: Cascade, seed: int,
-                      check: Optional[Callable[[], None]] = None) -> list[ExitClassifier]:
+                      check: Callable[[], None] = lambda: None) -> list[ExitClassifier]:
     """One exit classifier per exit before the last, on the mining-split tokens reaching it
     under the run's own routing."""
     out = []
@@ -51,51 +52,45 @@ def train_classifiers(model: EarlyExitLM, mining: Batches, cascade: Cascade, see
 
 
 def calibrate(model: EarlyExitLM, mining: Batches, cascade: Cascade, q: float,
-              first_scores: torch.Tensor, check: Optional[Callable[[], None]] = None
-              ) -> Cascade:
+              first: ExitPass, check: Callable[[], None] = lambda: None) -> Cascade:
     """The cascade with thresholds for quantile q, exit by exit (a later exit's population
-    depends on the earlier thresholds). `first_scores`: the first exit's signal over the
-    mining split. The population of a later exit is found routing by max-softmax, whatever
-    the cascade's signal (as recorded in tests/golden)."""
-    thresholds = [threshold_at(first_scores, q)]
-    for k in range(1, cascade.last):
-        by_softmax = Cascade.of(cascade.layers[: k + 1], thresholds, cascade.modes[:k])
-        passed = exit_pass(model, mining, by_softmax, check)
-        scores = passed.stats.confidence if cascade.classifiers is None else \
-            cascade.exits[k].classifier.score(passed.hidden)
-        population = scores[passed.remaining]
+    depends on the earlier thresholds). `first`: the first exit over the mining split. The
+    population of a later exit is found routing by max-softmax, whatever the cascade's
+    signal (as recorded in tests/golden)."""
+    thresholds, passed = [], first
+    for k in range(cascade.last):
+        if k:
+            by_softmax = Cascade.of(cascade.layers[: k + 1], thresholds, cascade.modes[:k])
+            passed = exit_pass(model, mining, by_softmax, check)
+        scores = cascade.scores(k, passed.hidden, passed.stats)
+        population = scores if passed.remaining is None else scores[passed.remaining]
         thresholds.append(threshold_at(population, q) if population.numel() else math.inf)
-    return cascade.with_thresholds(thresholds)
+    return replace(cascade, thresholds=thresholds)
 
 
-class EveryExitTable:
-    """Every exit's statistics and signals for every token of a split, when no inference
-    mode depends on the routing (no PROPAGATED): then one pass serves every threshold."""
+def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
+                     classifiers: Optional[Sequence[ExitClassifier]],
+                     check: Callable[[], None] = lambda: None
+                     ) -> Callable[[Cascade], Evaluation]:
+    """evaluate() for the cascade under any thresholds and signal, when no inference mode
+    depends on the routing (no PROPAGATED): every exit's statistics and signals for every
+    token of the split, from one pass."""
+    stats, scores = [], []
+    for i in range(len(batches)):
+        check()
+        passes = route(model, cascade, batches.x[i], batches.y[i], every_exit=True).every_exit
+        stats.append([p.stats for p in passes])
+        scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
+    stats = [ExitStats.cat(per_exit) for per_exit in zip(*stats)]
+    signals = {SOFTMAX: [s.confidence for s in stats[:-1]],
+               CLASSIFIER: [torch.cat(per_exit) for per_exit in zip(*scores)]}
+    nll, correct = torch.stack([s.nll for s in stats]), torch.stack([s.correct for s in stats])
 
-    def __init__(self, model: EarlyExitLM, batches: Batches, cascade: Cascade,
-                 check: Optional[Callable[[], None]] = None):
-        self.model, self.seq_len = model, batches.x.shape[-1]
-        self.batch_tokens = batches.y[0].numel()
-        stats, scores = [], []
-        for i in range(len(batches)):
-            if check:
-                check()
-            passes = route(model, cascade.with_classifiers(None), batches.x[i], batches.y[i],
-                           every_exit=True).every_exit
-            stats.append([p.stats for p in passes])
-            scores.append([c.score(p.hidden)
-                           for c, p in zip(cascade.classifiers or [], passes)])
-        self.stats = [ExitStats.cat(per_exit) for per_exit in zip(*stats)]
-        self.scores = {SOFTMAX: [s.confidence for s in self.stats[:-1]],
-                       CLASSIFIER: [torch.cat(per_exit) for per_exit in zip(*scores)]}
-
-    def evaluate(self, cascade: Cascade) -> Evaluation:
-        chosen = cascade.choose(self.scores[cascade.signal]).to(self.stats[0].nll.device)
-        nll = torch.stack([s.nll for s in self.stats]).gather(0, chosen[None]).squeeze(0)
-        correct = torch.stack([s.correct for s in self.stats]).gather(0, chosen[None]).squeeze(0)
-        tally = Tally(cascade)
-        tally.add(chosen, nll, correct, self.batch_tokens)
-        return tally.evaluation(self.model, self.seq_len)
+    def evaluate_at(thresholded: Cascade) -> Evaluation:
+        chosen = thresholded.choose(signals[thresholded.signal]).to(nll.device)
+        at_exit = (chosen, nll.gather(0, chosen[None])[0], correct.gather(0, chosen[None])[0])
+        return tally(model, thresholded, batches.x.shape[-1], batches.y[0].numel(), [at_exit])
+    return evaluate_at
 
 
 def point(evaluation: Evaluation, costs: CostModel, plain: float,
@@ -114,25 +109,20 @@ def point(evaluation: Evaluation, costs: CostModel, plain: float,
 def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade,
           signals: Sequence[str], points: int,
           classifiers: Optional[Sequence[ExitClassifier]] = None,
-          check: Optional[Callable[[], None]] = None) -> list[dict]:
+          check: Callable[[], None] = lambda: None) -> list[dict]:
     """One series per signal: a point per quantile, on the report split."""
     first = exit_pass(model, mining, cascade.first(1), check)
     if PROPAGATED not in cascade.modes:
-        evaluate_at = EveryExitTable(model, report, cascade.with_classifiers(classifiers),
-                                     check).evaluate
+        evaluate_at = every_exit_table(model, report, cascade, classifiers, check)
     else:  # the first exit does not depend on the thresholds: computed once
         known = exit_pass(model, report, cascade.first(1), check)
         evaluate_at = lambda c: evaluate(model, report, c, check, known)  # noqa: E731
     series = []
     for signal in signals:
-        signalled = cascade.with_classifiers(classifiers if signal == CLASSIFIER else None)
-        first_scores = first.stats.confidence if signal == SOFTMAX else \
-            signalled.exits[0].classifier.score(first.hidden)
+        signalled = replace(cascade, classifiers=classifiers if signal == CLASSIFIER else None)
         costs = signalled.costs(model, report.x.shape[-1])
-        out = []
-        for q in sweep_quantiles(points):
-            calibrated = calibrate(model, mining, signalled, q, first_scores, check)
-            out.append(point(evaluate_at(calibrated), costs, costs.plain(), q))
+        out = [point(evaluate_at(calibrate(model, mining, signalled, q, first, check)), costs,
+                     costs.plain(), q) for q in sweep_quantiles(points)]
         name = "max-softmax" if signal == SOFTMAX else "exit classifier"
         series.append({"name": f"ASHEM · {name}", "kind": "sweep", "signal": signal,
                        "points": out})

@@ -2,6 +2,8 @@
 hidden states, logits and NLLs as computing everything (both are cascade.route)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -131,12 +133,13 @@ def test_the_cascade_keeps_each_exit_with_its_threshold_mode_and_signal():
     cascade = Cascade.of([2, 4, 6], [0.3, 0.4], (TOKEN, PROPAGATED))
     assert cascade.layers == [2, 4, 6] and cascade.thresholds == [0.3, 0.4]
     assert cascade.modes == (TOKEN, PROPAGATED) and cascade.signal == "softmax"
-    assert [x.threshold for x in cascade.exits] == [0.3, 0.4, None]
-    assert cascade.first(2).layers == [2, 4] and cascade.first(2).thresholds == [0.3]
-    assert cascade.with_thresholds([0.1, 0.2]).thresholds == [0.1, 0.2]
+    assert cascade.first(2) == Cascade.of([2, 4], [0.3], (TOKEN,))
+    assert replace(cascade, thresholds=[0.1, 0.2]).thresholds == [0.1, 0.2]
     assert Cascade.of([2]).last == 0 and Cascade.of([2]).only_needed_is_exact
-    with pytest.raises(ValueError):
-        Cascade.of([2, 4], [0.3, 0.4])
+    for wrong in (lambda: Cascade.of([2, 4], [0.3, 0.4]),
+                  lambda: replace(cascade, thresholds=[0.1])):
+        with pytest.raises(ValueError):
+            wrong()
     with pytest.raises(ValueError, match="unknown inference mode"):
         Cascade.of([2, 4], [0.3], ("sideways",))
 

@@ -1,6 +1,8 @@
 """Hard-example mining: per-token confidence, quantile threshold and filter, reporting."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -160,7 +162,7 @@ def test_later_exit_mines_only_among_the_tokens_that_reach_it():
     conf = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
     reaching = torch.tensor([True, True, False, True, False, True, True, False])
     passed, targets = hand_pass(conf)
-    result = mine(passed, targets, 0.5, exit_layer=4, remaining=reaching)
+    result = mine(replace(passed, remaining=reaching), targets, 0.5, exit_layer=4)
     population = conf[reaching]  # 0.9 0.1 0.2 0.3 0.6
     assert result.threshold == torch.quantile(population, 0.5).item()
     assert result.total == 5 and torch.equal(result.confidences, population)
