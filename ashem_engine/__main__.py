@@ -3,8 +3,7 @@
 
 Just one more consumer of the engine's events: it prints progress lines like the spec's
 debug prints and ends with the table of the spec's figures against this run's. A headless
-run never holds at stage boundaries. Exit codes: 0 finished, 1 failed while running,
-2 bad input (command line, settings, data, run directory), 130 cancelled (Ctrl-C): exitcodes.exit_code, the same rule as `ashem`.
+run never holds at stage boundaries. Exit codes: `exitcodes.exit_code`, the rule of `ashem`.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from .exitcodes import EXIT_BAD_INPUT, EXIT_OK, exit_code
 from .reference import format_table
 from .settings import (LOCAL_FILE, SettingsError, choose_settings_file, load_settings,
                        write_default_settings)
-
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -215,8 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(format_table(result.summary))
     if result.status == "failed":
         print(f"ashem-engine: error: {result.error.message}", file=sys.stderr)
-        return exit_code(result.status, result.error.error_kind)
-    return exit_code(result.status)
+    return exit_code(result.status, result.error.error_kind if result.error else None)
 
 
 if __name__ == "__main__":

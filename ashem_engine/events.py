@@ -242,10 +242,9 @@ def iter_events(path: str | os.PathLike) -> Iterator[Event]:
             if not line.endswith("\n"):
                 return
             try:
-                event = event_from_dict(json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                continue
-            yield event
+                yield event_from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError):  # a line of no known event: skipped
+                pass
 
 
 class Emitter:

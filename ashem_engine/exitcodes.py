@@ -1,13 +1,11 @@
 """One exit-code rule for both commands, `ashem` and `ashem-engine`."""
 from __future__ import annotations
 
-from typing import Optional
-
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 BAD_INPUT_KINDS = ("data", "run_dir", "resume", "checkpoint")  # RunFailed.error_kind
 
 
-def exit_code(status: str, error_kind: Optional[str] = None) -> int:
+def exit_code(status: str, error_kind: str | None = None) -> int:
     """0 finished, 1 failed while running, 2 bad input (command line, settings, data, run
     directory, checkpoint), 130 cancelled (Ctrl-C, or quit / abort in the dashboard)."""
     if status == "failed":

@@ -101,15 +101,11 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str, str, str]]:
     rows = []
     for key, (label, spec, cpu, fmt) in FIGURES.items():
         value = ours.get(key)
-
-        def show(v):
-            return "—" if v is None else fmt.format(v)
-
+        shown = ["—" if v is None else fmt.format(v) for v in (spec, cpu, value)]
         diff = "—" if value is None or spec is None else fmt.format(value - spec)
-        if diff not in ("—",) and not diff.startswith("-"):
-            diff = "+" + diff
+        diff = diff if diff.startswith(("—", "-")) else "+" + diff
         verdict = {True: "in band", False: "OUT", None: ""}[in_band(key, value)]
-        rows.append((label, show(spec), show(cpu), show(value), diff, verdict))
+        rows.append((label, *shown, diff, verdict))
     return rows
 
 
