@@ -36,6 +36,18 @@ def scrub(value):
     return value
 
 
+def machine() -> dict:
+    """What the float results depend on: another CPU or torch rounds differently."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in
+              (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+              if line.startswith("model name")]
+    return {"cpu": models[0] if models else "unknown", "torch": torch.__version__,
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def golden_run(name: str, tmp: Path) -> dict:
     """Runs one configuration; returns its scrubbed events, summary.json and sweep.json."""
     import torch
@@ -64,7 +76,7 @@ def main() -> None:
     GOLDEN.mkdir(exist_ok=True)
     for name in CONFIGS:
         with tempfile.TemporaryDirectory() as tmp:
-            data = golden_run(name, Path(tmp))
+            data = {"machine": machine(), **golden_run(name, Path(tmp))}
         (GOLDEN / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
         print(name, len(data["events"]), "events")
 
