@@ -173,12 +173,16 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     assert_refused(path)
 
 
-def test_resume_with_wrong_shape_checkpoint_fails_cleanly(uninterrupted, tmp_path):
-    settings, _ = uninterrupted
+def cancelled_after_stage_one(settings):
     control = RunControl()
-    first = run_ashem(settings, [cancel_when(
+    return run_ashem(settings, [cancel_when(
         control, lambda e: isinstance(e, ev.StageEnded) and e.stage == 1)], control,
         corpus=tiny_corpus(settings))
+
+
+def test_resume_with_wrong_shape_checkpoint_fails_cleanly(uninterrupted, tmp_path):
+    settings, _ = uninterrupted
+    first = cancelled_after_stage_one(settings)
     best = first.run_dir / "stage-1-best.pt"
     torch.save({"model": {"embedding.weight": torch.zeros(3, 3)}}, best)
     before = sorted(p.name for p in first.run_dir.iterdir())
@@ -205,10 +209,7 @@ def test_resume_cli_bad_inputs(tmp_path):
 
 def test_resume_of_a_corrupt_progress_file_is_one_line(uninterrupted, tmp_path):
     settings, _ = uninterrupted
-    control = RunControl()
-    first = run_ashem(settings, [cancel_when(
-        control, lambda e: isinstance(e, ev.StageEnded) and e.stage == 1)], control,
-        corpus=tiny_corpus(settings))
+    first = cancelled_after_stage_one(settings)
     (first.run_dir / "progress.pt").write_bytes(b"not a checkpoint")
     before = {p.name: p.read_bytes() for p in first.run_dir.iterdir()}
     proc = subprocess.run([sys.executable, "-m", "ashem_engine", "resume", str(first.run_dir)],
