@@ -56,7 +56,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _load_settings(given: Optional[str], overrides: Sequence[str]):
-    """Settings, the defaults notice if any, or an error line. The engine's settings module is the one authority."""
+    """Settings, the defaults notice if any, or an error line (the engine's settings module
+    is the one authority)."""
     from ashem_engine.settings import SettingsError, choose_settings_file, load_settings
 
     path, notice = choose_settings_file(given)

@@ -27,7 +27,7 @@ from .names import CLASSIFIER
 from .settings import Settings
 from .stages import HardTokenTask, MaskedSequenceTask, SequenceTask, run_stage
 from .summary import SummaryReducer
-from .sweep import single_point, sweep, train_classifiers
+from .sweep import one_point_series, sweep, train_classifiers
 
 
 def choose_threads(requested: int) -> int:
@@ -268,10 +268,10 @@ class Pipeline:
         plain = costs.plain()
         if len(exits) == 1:
             name = f"plain model ({exits[0]} layers)"
-            series = [single_point(name, final, costs, plain, exits[0])]
+            series = [one_point_series(name, final, costs, plain, exits[0])]
         else:
             series = [*self._swept_signals(state),
-                      single_point("ASHEM · as run", final, costs, plain, exits[-1]),
+                      one_point_series("ASHEM · as run", final, costs, plain, exits[-1]),
                       self._first_stage_alone(plain, exits[-1])]
         mark_pareto([p for x in series for p in x["points"]])
         self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
@@ -308,8 +308,8 @@ class Pipeline:
         base.load_state_dict(load_checkpoint(self.best_checkpoint(1))["model"])
         report = self.batches(self.settings.evaluation.split)
         alone = evaluate(base, report, Cascade.of([layers]), self.check)
-        return single_point(f"stage-1 model ({layers} layers)", alone, self._costs((layers,), ()),
-                            plain, deepest)
+        name, costs = f"stage-1 model ({layers} layers)", self._costs((layers,), ())
+        return one_point_series(name, alone, costs, plain, deepest)
 
     def new_model(self, layers: int) -> EarlyExitLM:
         return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)

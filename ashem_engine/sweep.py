@@ -93,7 +93,7 @@ def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     return evaluate_at
 
 
-def point(evaluation: Evaluation, costs: CostModel, plain: float,
+def curve_point(evaluation: Evaluation, costs: CostModel, plain: float,
           quantile: Optional[float] = None, spec_cost: Optional[float] = None) -> dict:
     """One point of a series. `plain`: the MACs per token honest_cost is relative to."""
     fractions = evaluation.exit_ratios
@@ -121,19 +121,19 @@ def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade
     for signal in signals:
         signalled = replace(cascade, classifiers=classifiers if signal == CLASSIFIER else None)
         costs = signalled.costs(model, report.x.shape[-1])
-        out = [point(evaluate_at(calibrate(model, mining, signalled, q, first, check)), costs,
-                     costs.plain(), q) for q in sweep_quantiles(points)]
+        out = [curve_point(evaluate_at(calibrate(model, mining, signalled, q, first, check)),
+                           costs, costs.plain(), q) for q in sweep_quantiles(points)]
         name = "max-softmax" if signal == SOFTMAX else "exit classifier"
         series.append({"name": f"ASHEM · {name}", "kind": "sweep", "signal": signal,
                        "points": out})
     return series
 
 
-def single_point(name: str, evaluation: Evaluation, costs: CostModel, plain: float,
+def one_point_series(name: str, evaluation: Evaluation, costs: CostModel, plain: float,
                  deepest: int, kind: str = "baseline", signal: Optional[str] = None) -> dict:
     """A series of one point: a baseline model, or the run's own final evaluation. `plain`:
     the MACs per token honest_cost is relative to (the run's plain deepest model), and
     `deepest` its layers, which the spec's cost counts against."""
     spec_cost = evaluation.spec_cost * evaluation.exit_layers[-1] / deepest
     return {"name": name, "kind": kind, "signal": signal,
-            "points": [point(evaluation, costs, plain, spec_cost=spec_cost)]}
+            "points": [curve_point(evaluation, costs, plain, spec_cost=spec_cost)]}
