@@ -82,7 +82,8 @@ async def test_every_panel_shows_the_figures_of_a_finished_run():
         assert "finished in 30:52" in text(app, "#progress-status")
         log = log_text(app)
         assert "threshold 0.1596" in log and "run finished" in log
-        assert chart_title(app.dashboard.query_one(PplChart)) == "train / val PPL per epoch"
+        ppl_title = chart_title(app.dashboard.query_one(PplChart))
+        assert ppl_title == "train / val PPL per epoch · log y"
         # replay: pause/continue disabled
         assert app.check_action("toggle_pause", ()) is None
         await pilot.press("space")
@@ -348,10 +349,10 @@ async def test_export_screenshot_help_log_scale_and_charts(tmp_path):
         assert any(".svg" in n.message for n in app._notifications)
         charts = app.dashboard.query_one(Charts)
         ppl = app.dashboard.query_one(PplChart)
-        assert "log y" not in chart_title(ppl)
+        assert chart_title(ppl) == "train / val PPL per epoch · log y"  # log by default
         await pilot.press("l")
         await pilot.pause()
-        assert charts.log_y and chart_title(ppl) == "train / val PPL per epoch · log y"
+        assert not charts.log_y and chart_title(ppl) == "train / val PPL per epoch"
         await pilot.press("n")
         assert charts.selected == 1
         shown = [c.id for c in app.dashboard.query(Chart) if c.styles.display != "none"]
@@ -371,7 +372,8 @@ async def test_wide_terminal_shows_all_charts():
         shown = [c for c in app.dashboard.query(Chart) if c.styles.display != "none"]
         assert len(shown) == 4 and all(c.size.height >= 8 for c in shown)
         assert [chart_title(c) for c in shown] == [
-            "train / val PPL per epoch", "hard PPL per epoch · ── mined 2,854.97",
+            "train / val PPL per epoch · log y",
+            "hard PPL per epoch · ── mined 2,854.97 · log y",
             "confidence at layer 2 · 65,536 tokens", "final routing 72.6 % / 27.4 %"]
 
 
@@ -392,3 +394,13 @@ async def test_a_startup_notice_is_shown_in_the_app():
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         assert any("built-in defaults" in n.message for n in app._notifications)
+
+
+def test_ppl_axis_labels_are_round_values_on_the_log_scale():
+    from ashem_app.widgets.charts import _log_ticks
+
+    ticks, labels = _log_ticks([33_712.0, 2_900.0, 310.0])  # epoch 1, then 300-3,000
+    assert labels == ["500", "1k", "2k", "5k", "10k", "20k"]
+    assert all(a < b for a, b in zip(ticks, ticks[1:]))
+    _, narrow = _log_ticks([776.71, 850.0])  # no round value inside: even steps
+    assert narrow[0] == "777" and narrow[-1] == "850" and len(narrow) == 5
