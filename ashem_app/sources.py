@@ -159,13 +159,16 @@ class LiveSource(AttachedSource):
     The engine thread touches no widget; it only calls the app's sink."""
 
     def __init__(self, settings: Any, runner: Optional[Runner] = None,
-                 start_paused: bool = False, control: Any = None) -> None:
+                 start_paused: bool = False, control: Any = None,
+                 history: Iterable[Event] = ()) -> None:
+        """`history`: what the run did before (a resumed run's earlier attempts), shown
+        first, without notifications or pop-ups; then the engine's events."""
         if control is None:
             from ashem_engine.control import RunControl
 
             control = RunControl(pause_at=tuple(settings.run.pause_at),
                                  start_paused=start_paused)
-        super().__init__(control)
+        super().__init__(control, history)
         self.settings = settings
         self.runner = runner or run_engine
         self.worker: Optional[Worker] = None

@@ -43,10 +43,11 @@ class DashboardScreen(Screen[None]):
             self.query_one(MetricCards).show(view)
             self.query_one(Charts).show(view)
 
-    def log_events(self, events: Iterable[Event]) -> None:
+    def log_events(self, events: Iterable[tuple[Event, float]]) -> None:
+        """(event, clock offset of its attempt) pairs, one log line each."""
         log = self.query_one(EventLog)
-        for event in events:
-            log.add(event)
+        for event, clock_offset in events:
+            log.add(event, clock_offset)
 
     def toggle_log_y(self, view: RunView) -> bool:
         """A log y axis on the PPL charts, or not again; whether it is on now."""

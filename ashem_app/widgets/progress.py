@@ -19,8 +19,9 @@ def status_line(view: RunView, note: str = "") -> Text:
     if view.status == "cancelled" and view.cancelled:
         return Text(f"■ cancelled at {view.cancelled.where}", style="bold magenta")
     if view.status == "finished" and view.finished:
-        return Text(f"✓ finished in {fmt.duration(view.finished.seconds)} · "
-                    f"{view.finished.run_dir}", style="bold cyan")
+        seconds = view.clock_offset + view.finished.seconds  # over every attempt
+        return Text(f"✓ finished in {fmt.duration(seconds)} · {view.finished.run_dir}",
+                    style="bold cyan")
     if view.status == "paused" and view.pause:
         if view.pause.reason == "pause_at":
             return Text(f"⏸ holding at boundary {view.pause.boundary} ({view.pause.where}) — "
