@@ -404,3 +404,47 @@ def test_ppl_axis_labels_are_round_values_on_the_log_scale():
     assert all(a < b for a, b in zip(ticks, ticks[1:]))
     _, narrow = _log_ticks([776.71, 850.0])  # no round value inside: even steps
     assert narrow[0] == "777" and narrow[-1] == "850" and len(narrow) == 5
+
+
+def screen_lines(app: AshemApp) -> list[str]:
+    """What the terminal shows, line by line (as in an SVG screenshot, without styles)."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True,
+                      force_terminal=True, color_system="truecolor", legacy_windows=False)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text().splitlines()
+
+
+async def test_classic_80_by_24_terminal_shows_every_figure_whole():
+    app = AshemApp(ReplaySource(make_events()))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.dashboard.has_class("-compact")
+        lines = screen_lines(app)
+        screen = "\n".join(lines)
+        for title in ("1 ✓ Stage 1", "2 ✓ Mining", "3 ✓ Stage 2", "4 ✓ Evaluation"):
+            assert title in screen
+        timeline = lines[2]
+        for figure in ("best 985.59", "0.1596 · 32.8k", "best 776.71", "776.71 · 15.8 %"):
+            assert figure in timeline
+        assert "…" not in "".join(lines[:5])  # no figure cut with an ellipsis
+        assert "REPLAY" in lines[0] and "elapsed 30:52" in lines[0] and "FINISHED" in lines[0]
+        bar = app.dashboard.query_one("#progress-bar")
+        assert bar.size.width >= 20 and "━" * 14 in lines[4] and "100%" in lines[4]
+        assert "512/512" in lines[4] and "loss 6.580" in lines[4]
+        for card in ("Val PPL   781.24  best 776.71 s2 e4",
+                     "Hard tok  32,768 / 65,536  50.0 % · conf 0.0653",
+                     "Shal/deep 72.6 % / 27.4 %  final · validation",
+                     "Cost      63.72 %  honest 123.4 %"):
+            assert card in screen
+        footer = lines[-1]
+        for key in ("space Pause/Resume", "i Inspect", "? Help", "q Quit"):
+            assert key in footer
+        await pilot.resize_terminal(100, 30)  # back to the regular layout
+        await pilot.pause()
+        assert not app.dashboard.has_class("-compact")
+        assert "best PPL 985.59" in plain(boxes(app)["stage-1"])
