@@ -52,6 +52,7 @@ class RunView:
     progress: Optional[BatchProgress] = None
     pause: Optional[Paused] = None  # set while paused
     holds: tuple[Paused, ...] = ()  # every pause_at hold seen (the transitions)
+    hold_clocks: tuple[float, ...] = ()  # the run clock (see `clock`) of each of `holds`
     finished: Optional[RunFinished] = None
     cancelled: Optional[RunCancelled] = None
     failed: Optional[RunFailed] = None
@@ -188,9 +189,16 @@ class RunView:
         return self.step_started(step) or self.step_done(step)
 
     def hold_for(self, step_id: str) -> Optional[Paused]:
-        for p in reversed(self.holds):
+        for p in reversed(self.holds):  # (the latest hold at step_id)
             if p.boundary == step_id:
                 return p
+        return None
+
+    def hold_clock(self, step_id: str) -> Optional[float]:
+        """The run clock when the run last held at `step_id` (over every attempt)."""
+        for p, clock in zip(reversed(self.holds), reversed(self.hold_clocks)):
+            if p.boundary == step_id:
+                return clock
         return None
 
 
@@ -257,7 +265,8 @@ def reduce(view: RunView, event: Event) -> RunView:
         if not view.terminal:
             changes.update(status="paused")
         if event.reason == "pause_at" and event.boundary:
-            changes.update(holds=view.holds + (event,))
+            changes.update(holds=view.holds + (event,),
+                           hold_clocks=view.hold_clocks + (view.clock_offset + event.t,))
     elif isinstance(event, Resumed):
         changes.update(pause=None)
         if not view.terminal:

@@ -217,3 +217,5 @@ def test_a_resume_drops_what_is_redone_and_keeps_one_run_clock():
     assert describe(redone, view.clock_offset).plain.startswith("  17:40  stage 2 epoch 3")
     finished = replace(events[-1], seconds=90.0, t=90.0)
     assert "run finished in 16:30" in describe(finished, 900.0).plain
+    hold = Paused(where="after stage 2", reason="pause_at", boundary="stage-2", t=70.0)
+    assert reduce(view, hold).hold_clock("stage-2") == 1070.0
