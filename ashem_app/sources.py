@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from textual.worker import Worker, WorkerState
 
-from ashem_engine.events import Event, RunCancelled, RunFailed
+from ashem_engine.events import Event, RunCancelled, RunFailed, RunFinished
 
 from .replay import EventFollower
 from .state import RunView
@@ -173,6 +173,7 @@ class LiveSource(AttachedSource):
         self.runner = runner or run_engine
         self.worker: Optional[Worker] = None
         self.done = threading.Event()  # set when the engine thread returns
+        self.final_sent = False  # this engine sent its final event (the history's don't count)
 
     @property
     def ended(self) -> bool:
@@ -189,8 +190,13 @@ class LiveSource(AttachedSource):
                                      description="ASHEM run")
 
     def _main(self, sink: Callable[[Event], None]) -> Any:
+        def forward(event: Event) -> None:  # the engine thread: a flag and the app's sink
+            if isinstance(event, _FINAL_EVENTS):
+                self.final_sent = True
+            sink(event)
+
         try:
-            return self.runner(self.settings, sinks=(sink,), control=self.control)
+            return self.runner(self.settings, sinks=(forward,), control=self.control)
         finally:
             self.done.set()
 
@@ -201,7 +207,7 @@ class LiveSource(AttachedSource):
                      ) -> Optional[list[Event]]:
         if worker is not self.worker or state not in _WORKER_ENDS:
             return None
-        if view.terminal or state == WorkerState.CANCELLED:
+        if self.final_sent or state == WorkerState.CANCELLED:
             return []
         t, run_dir = view.t, view.run_dir
         if state == WorkerState.SUCCESS:
@@ -218,3 +224,4 @@ class LiveSource(AttachedSource):
 
 
 _WORKER_ENDS = (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED)
+_FINAL_EVENTS = (RunFinished, RunCancelled, RunFailed)

@@ -302,6 +302,24 @@ async def test_exception_escaping_the_worker_becomes_a_failure():
     assert app.return_code == 1
 
 
+async def test_a_resumed_engine_that_dies_silently_is_a_failure_despite_its_history():
+    """The history (an earlier attempt, cancelled) ends in a final event; the resumed
+    engine's own end decides: it raised before sending any event, so the run failed."""
+    def dies(settings, sinks=(), control=None):
+        raise RuntimeError("resume died")
+
+    settings = SimpleNamespace(run=SimpleNamespace(pause_at=()))
+    history = cancelled_after(until(make_events(), boundary="mining-1"))
+    app = AshemApp(LiveSource(settings, runner=dies, history=history))
+    async with app.run_test(size=SIZE) as pilot:
+        await until_true(pilot, lambda: app.view.status == "failed")
+        assert "resume died" in app.view.failed.message
+        assert len(app.view.stage_epochs(1)) == 4  # the history is shown
+        assert not any("cancelled" in n.message for n in app._notifications)
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
 async def test_engine_thread_events_reach_the_ui():
     def fake_engine(settings, sinks=(), control=None):
         for event in make_events(hold=False):
