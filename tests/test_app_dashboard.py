@@ -459,6 +459,7 @@ async def test_classic_80_by_24_terminal_shows_every_figure_whole():
                      "Shal/deep 72.6 % / 27.4 %  final · validation",
                      "Cost      63.72 %  honest 123.4 %"):
             assert card in screen
+        assert chart_title(app.dashboard.query_one(PplChart)) == "train / val PPL · log y"
         footer = lines[-1]
         for key in ("space Pause/Resume", "i Inspect", "? Help", "q Quit"):
             assert key in footer

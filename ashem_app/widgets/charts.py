@@ -93,6 +93,14 @@ class Chart(PlotextPlot):
         self._rendered = (key, rendered)
         return rendered
 
+    def fitting_title(self, *titles: str) -> str:
+        """The first of `titles` (longest first) that fits the chart's width; plotext drops
+        a title that does not fit (a narrow chart, e.g. at 80 columns)."""
+        for title in titles:
+            if len(title) <= self.size.width - 2:
+                return title
+        return titles[-1]
+
     @staticmethod
     def empty(plt, message: str) -> None:
         plt.title(message)
@@ -138,7 +146,9 @@ class PplChart(Chart):
         if log_y and every:
             yt, yl = _log_ticks(every)
             plt.yticks(yt, yl)
-        plt.title("train / val PPL per epoch" + (" · log y" if log_y else ""))
+        scale = " · log y" if log_y else ""
+        plt.title(self.fitting_title(f"train / val PPL per epoch{scale}",
+                                     f"train / val PPL{scale}", f"PPL{scale}"))
 
 
 class HardPplChart(Chart):
@@ -183,7 +193,9 @@ class HardPplChart(Chart):
             yt, yl = _log_ticks(every)
             plt.yticks(yt, yl)
         ref_txt = f" · ── mined {fmt.ppl(refs[-1][1])}" if refs else ""
-        plt.title("hard PPL per epoch" + ref_txt + (" · log y" if log_y else ""))
+        scale = " · log y" if log_y else ""
+        plt.title(self.fitting_title(f"hard PPL per epoch{ref_txt}{scale}",
+                                     f"hard PPL{ref_txt}{scale}", f"hard PPL{scale}"))
 
 
 class ConfidenceChart(Chart):
