@@ -189,7 +189,7 @@ class RunView:
         return self.step_started(step) or self.step_done(step)
 
     def hold_for(self, step_id: str) -> Optional[Paused]:
-        for p in reversed(self.holds):  # (the latest hold at step_id)
+        for p in reversed(self.holds):
             if p.boundary == step_id:
                 return p
         return None
