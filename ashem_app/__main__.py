@@ -125,20 +125,25 @@ def _resume_app(args: argparse.Namespace) -> Union["App[int]", int]:
     from ashem_engine.settings import SettingsError
 
     from .app import AshemApp
+    from .replay import earlier_attempts
     from .sources import LiveSource
 
     if args.overrides:
         return _fail("error: --set does not apply to --resume (a run keeps its settings)")
     try:
         settings, _ = read_resume_point(args.resume)
+        history = earlier_attempts(args.resume)  # read before the engine appends to it
     except (ResumeError, SettingsError, CheckpointError) as err:
         return _fail(f"resume: {err}")
+    except OSError as err:
+        return _fail(f"resume: cannot read the run's events: {err}")
     run_dir = args.resume
 
     def resume_runner(settings, sinks=(), control=None):
         return resume_ashem(run_dir, sinks=sinks, control=control)
 
-    return AshemApp(LiveSource(settings, runner=resume_runner, start_paused=args.paused))
+    return AshemApp(LiveSource(settings, runner=resume_runner, start_paused=args.paused,
+                               history=history))
 
 
 def _new_run_app(args: argparse.Namespace) -> Union["App[int]", int]:

@@ -143,12 +143,14 @@ class AshemApp(App[int]):
     def _apply(self, batch: list[Event]) -> None:
         old = view = self.view
         structural: list[Event] = []
+        logged: list[tuple[Event, float]] = []
         for event in batch:
             view = reduce(view, event)
             if not isinstance(event, BatchProgress):
                 structural.append(event)
+                logged.append((event, view.clock_offset))
         self.view = view
-        self.dashboard.log_events(structural)
+        self.dashboard.log_events(logged)
         if any(isinstance(e, _NOTE_ENDS) for e in structural):
             self._note = ""
         if self._quitting and not view.terminal:
@@ -170,7 +172,7 @@ class AshemApp(App[int]):
 
     def _react(self, event: Event) -> None:
         """Side effects of an event: notifications, the transition screen."""
-        news = self._loaded or self.source.live  # a replay's history is not news
+        news = self._loaded  # the history (a replay, a resumed run's attempts) is not news
         if isinstance(event, Paused) and event.reason == "pause_at" and event.boundary:
             if self.popups and self._loaded and not self.view.terminal:
                 self.open_step(event.boundary, auto=True)

@@ -1,6 +1,7 @@
 """One log line per event (pure: event -> rich Text, or None for events not logged)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from rich.text import Text
@@ -16,18 +17,28 @@ from . import fmt
 LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
 
 
-def describe(event: Event) -> Optional[Text]:
-    body = _body(event)
+def describe(event: Event, clock_offset: float = 0.0) -> Optional[Text]:
+    """`clock_offset`: the seconds earlier attempts of a resumed run ran (its
+    RunStarted.seconds_before), added to the event's `t` and to the run's total seconds
+    so that the log shows one run clock over every attempt."""
+    body = _body(_on_run_clock(event, clock_offset))
     if body is None:
         return None
     if isinstance(body, str):
         body = Text(body)
-    line = Text(fmt.stamp(event.t) + "  ", style="dim")
+    line = Text(fmt.stamp(clock_offset + event.t) + "  ", style="dim")
     line.append_text(body)
     return line
 
 
 Body = Optional[Text | str]
+
+
+def _on_run_clock(event: Event, clock_offset: float) -> Event:
+    """A run's end counts its `seconds` from this attempt's start: add the earlier ones."""
+    if clock_offset and isinstance(event, (RunFinished, RunCancelled)):
+        return replace(event, seconds=clock_offset + event.seconds)
+    return event
 
 
 def _body(e: Event) -> Body:

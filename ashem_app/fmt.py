@@ -61,3 +61,11 @@ def duration(seconds: Optional[float]) -> str:
 def stamp(t: float) -> str:
     """The run clock as a log prefix."""
     return duration(t).rjust(7)
+
+
+def tick(x: float) -> str:
+    """An axis label, short: 3 significant digits, k / M for thousands / millions."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"

@@ -36,6 +36,7 @@ class ActionSpec:
     description: str  # short, for the footer
     scope: str = "app"
     footer: bool = True  # shown in the footer
+    footer_compact: bool = True  # also in the footer of a compact (< 100 columns) screen
     palette: bool = False  # offered in the command palette
     help: str = ""  # longer text for the help screen
     key_display: str | None = None
@@ -82,11 +83,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("ashem.next_chart", "n", "next_chart", "Chart", palette=True,
                help="Show the next chart (narrow terminals show one chart at a time)"),
     ActionSpec("ashem.compare", "c", "open_compare", "Compare", palette=True,
+               footer_compact=False,
                help="Compare runs: PPL against MACs per token and the Pareto frontier"),
     ActionSpec("ashem.export", "e", "export_metrics", "Export", palette=True,
+               footer_compact=False,
                help="Write the metrics table as metrics.csv and metrics.json "
                     "(into the run directory; the current directory in replay)"),
     ActionSpec("ashem.screenshot", "s", "screenshot", "SVG", palette=True,
+               footer_compact=False,
                help="Save an SVG screenshot (run directory; current directory in replay)"),
     ActionSpec("ashem.help", "question_mark", "show_help", "Help", palette=True,
                key_display="?", help="Show this list of keys"),
@@ -127,6 +131,12 @@ def specs(scope: str) -> list[ActionSpec]:
 
 def bindings(scope: str) -> list[Binding]:
     return [a.binding() for a in specs(scope)]
+
+
+def footer_extras(scope: str) -> set[str]:
+    """The actions of `scope` whose keys a compact screen leaves out of its footer (they
+    still work, and `?` lists them)."""
+    return {a.action for a in specs(scope) if a.footer and not a.footer_compact}
 
 
 def palette_actions() -> list[ActionSpec]:

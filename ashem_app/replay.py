@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ashem_engine.events import Event, event_from_dict
+from ashem_engine.events import Event, event_from_dict, read_events
 
 # After RunFinished nothing more comes; after RunCancelled / RunFailed an
 # `ashem-engine resume` may append a new session to the same file, so we keep following.
@@ -32,6 +32,16 @@ def resolve_events_path(path: str | os.PathLike) -> Path:
     if not p.is_file():
         raise ReplayError(f"{p} is not a file")
     return p
+
+
+def earlier_attempts(run_dir: str | os.PathLike) -> list[Event]:
+    """The events a run directory holds already (the attempts before a resume), read with
+    the engine's reader: a torn last line (a killed writer) is left out. No file: none."""
+    path = Path(run_dir) / "events.jsonl"
+    try:
+        return read_events(path)
+    except FileNotFoundError:
+        return []
 
 
 class EventFollower:

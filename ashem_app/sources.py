@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from textual.worker import Worker, WorkerState
 
-from ashem_engine.events import Event, RunCancelled, RunFailed
+from ashem_engine.events import Event, RunCancelled, RunFailed, RunFinished
 
 from .replay import EventFollower
 from .state import RunView
@@ -159,17 +159,21 @@ class LiveSource(AttachedSource):
     The engine thread touches no widget; it only calls the app's sink."""
 
     def __init__(self, settings: Any, runner: Optional[Runner] = None,
-                 start_paused: bool = False, control: Any = None) -> None:
+                 start_paused: bool = False, control: Any = None,
+                 history: Iterable[Event] = ()) -> None:
+        """`history`: what the run did before (a resumed run's earlier attempts), shown
+        first, without notifications or pop-ups; then the engine's events."""
         if control is None:
             from ashem_engine.control import RunControl
 
             control = RunControl(pause_at=tuple(settings.run.pause_at),
                                  start_paused=start_paused)
-        super().__init__(control)
+        super().__init__(control, history)
         self.settings = settings
         self.runner = runner or run_engine
         self.worker: Optional[Worker] = None
         self.done = threading.Event()  # set when the engine thread returns
+        self.final_sent = False  # this engine sent its final event (the history's don't count)
 
     @property
     def ended(self) -> bool:
@@ -186,8 +190,13 @@ class LiveSource(AttachedSource):
                                      description="ASHEM run")
 
     def _main(self, sink: Callable[[Event], None]) -> Any:
+        def forward(event: Event) -> None:  # the engine thread: a flag and the app's sink
+            if isinstance(event, _FINAL_EVENTS):
+                self.final_sent = True
+            sink(event)
+
         try:
-            return self.runner(self.settings, sinks=(sink,), control=self.control)
+            return self.runner(self.settings, sinks=(forward,), control=self.control)
         finally:
             self.done.set()
 
@@ -198,7 +207,7 @@ class LiveSource(AttachedSource):
                      ) -> Optional[list[Event]]:
         if worker is not self.worker or state not in _WORKER_ENDS:
             return None
-        if view.terminal or state == WorkerState.CANCELLED:
+        if self.final_sent or state == WorkerState.CANCELLED:
             return []
         t, run_dir = view.t, view.run_dir
         if state == WorkerState.SUCCESS:
@@ -215,3 +224,4 @@ class LiveSource(AttachedSource):
 
 
 _WORKER_ENDS = (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED)
+_FINAL_EVENTS = (RunFinished, RunCancelled, RunFailed)

@@ -38,7 +38,8 @@ class Step:
 @dataclass(frozen=True)
 class RunView:
     status: str = "waiting"  # waiting | running | paused | finished | failed | cancelled
-    t: float = 0.0  # the run clock of the latest event
+    t: float = 0.0  # the `t` of the latest event: seconds since this attempt started
+    clock_offset: float = 0.0  # RunStarted.seconds_before: what earlier attempts ran
     started: Optional[RunStarted] = None
     plan: tuple[StagePlan, ...] = ()
     stage_started: dict = field(default_factory=dict)  # stage -> StageStarted
@@ -51,12 +52,19 @@ class RunView:
     progress: Optional[BatchProgress] = None
     pause: Optional[Paused] = None  # set while paused
     holds: tuple[Paused, ...] = ()  # every pause_at hold seen (the transitions)
+    hold_clocks: tuple[float, ...] = ()  # the run clock (see `clock`) of each of `holds`
     finished: Optional[RunFinished] = None
     cancelled: Optional[RunCancelled] = None
     failed: Optional[RunFailed] = None
     events_seen: int = 0  # events reduced so far
 
-    # -- derived look-ups (no arithmetic) ------------------------------------------------
+    # -- derived look-ups (no arithmetic but the run clock's offset) --------------------
+    @property
+    def clock(self) -> float:
+        """The run clock: seconds over every attempt (a resumed engine starts `t` at 0
+        again and says in RunStarted.seconds_before how long the earlier attempts ran)."""
+        return self.clock_offset + self.t
+
     @property
     def name(self) -> str:
         return self.started.name if self.started else ""
@@ -186,6 +194,13 @@ class RunView:
                 return p
         return None
 
+    def hold_clock(self, step_id: str) -> Optional[float]:
+        """The run clock when the run last held at `step_id` (over every attempt)."""
+        for p, clock in zip(reversed(self.holds), reversed(self.hold_clocks)):
+            if p.boundary == step_id:
+                return clock
+        return None
+
 
 def _plan(started: RunStarted) -> tuple[StagePlan, ...]:
     out = []
@@ -196,17 +211,38 @@ def _plan(started: RunStarted) -> tuple[StagePlan, ...]:
     return tuple(out)
 
 
+def _started(view: RunView, event: RunStarted) -> dict:
+    """The changes a RunStarted makes. A resumed run (same directory, same file) carries on
+    from its resume point: what an earlier attempt did after it is done again, so it is
+    dropped here (as the engine's summary does) and the redone events take its place."""
+    changes = dict(started=event, plan=_plan(event), status="running", pause=None,
+                   progress=None, cancelled=None, failed=None, finished=None,
+                   clock_offset=event.seconds_before or 0.0)
+    point = event.resume_point if event.resumed else None
+    if not point:
+        return changes
+    stage, epoch, stage_done = point["stage"], point["epoch"], point["stage_done"]
+    last_done = stage if stage_done else stage - 1
+    changes.update(
+        epochs=tuple(e for e in view.epochs
+                     if e.stage < stage or (e.stage == stage and e.epoch <= epoch)),
+        stage_started={n: e for n, e in view.stage_started.items() if n <= stage},
+        stage_ended={n: e for n, e in view.stage_ended.items() if n <= last_done},
+        threshold_computed={n: e for n, e in view.threshold_computed.items() if n < stage},
+        hard_collected={n: e for n, e in view.hard_collected.items() if n < stage},
+        evaluation=None, sweep=None)
+    return changes
+
+
 def reduce(view: RunView, event: Event) -> RunView:
     """The next view after `event`. Pure: `view` is not modified."""
-    # t: the run clock of the latest event (a resumed run starts its clock again)
+    # t: the latest event's clock (a resumed run starts it at 0 again: see RunView.clock)
     changes: dict = {"t": event.t, "events_seen": view.events_seen + 1}
     running = "running" if view.status == "waiting" else view.status
     if isinstance(event, BatchProgress):
         changes.update(progress=event, status=running)
     elif isinstance(event, RunStarted):
-        # a resumed run (same directory, same file) carries on from what was finished
-        changes.update(started=event, plan=_plan(event), status="running", pause=None,
-                       progress=None, cancelled=None, failed=None, finished=None)
+        changes.update(_started(view, event))
     elif isinstance(event, StageStarted):
         changes.update(stage_started={**view.stage_started, event.stage: event},
                        progress=None, status=running)
@@ -229,7 +265,8 @@ def reduce(view: RunView, event: Event) -> RunView:
         if not view.terminal:
             changes.update(status="paused")
         if event.reason == "pause_at" and event.boundary:
-            changes.update(holds=view.holds + (event,))
+            changes.update(holds=view.holds + (event,),
+                           hold_clocks=view.hold_clocks + (view.clock_offset + event.t,))
     elif isinstance(event, Resumed):
         changes.update(pause=None)
         if not view.terminal:

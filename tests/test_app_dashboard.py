@@ -82,7 +82,8 @@ async def test_every_panel_shows_the_figures_of_a_finished_run():
         assert "finished in 30:52" in text(app, "#progress-status")
         log = log_text(app)
         assert "threshold 0.1596" in log and "run finished" in log
-        assert chart_title(app.dashboard.query_one(PplChart)) == "train / val PPL per epoch"
+        ppl_title = chart_title(app.dashboard.query_one(PplChart))
+        assert ppl_title == "train / val PPL per epoch · log y"
         # replay: pause/continue disabled
         assert app.check_action("toggle_pause", ()) is None
         await pilot.press("space")
@@ -301,6 +302,24 @@ async def test_exception_escaping_the_worker_becomes_a_failure():
     assert app.return_code == 1
 
 
+async def test_a_resumed_engine_that_dies_silently_is_a_failure_despite_its_history():
+    """The history (an earlier attempt, cancelled) ends in a final event; the resumed
+    engine's own end decides: it raised before sending any event, so the run failed."""
+    def dies(settings, sinks=(), control=None):
+        raise RuntimeError("resume died")
+
+    settings = SimpleNamespace(run=SimpleNamespace(pause_at=()))
+    history = cancelled_after(until(make_events(), boundary="mining-1"))
+    app = AshemApp(LiveSource(settings, runner=dies, history=history))
+    async with app.run_test(size=SIZE) as pilot:
+        await until_true(pilot, lambda: app.view.status == "failed")
+        assert "resume died" in app.view.failed.message
+        assert len(app.view.stage_epochs(1)) == 4  # the history is shown
+        assert not any("cancelled" in n.message for n in app._notifications)
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
 async def test_engine_thread_events_reach_the_ui():
     def fake_engine(settings, sinks=(), control=None):
         for event in make_events(hold=False):
@@ -348,10 +367,10 @@ async def test_export_screenshot_help_log_scale_and_charts(tmp_path):
         assert any(".svg" in n.message for n in app._notifications)
         charts = app.dashboard.query_one(Charts)
         ppl = app.dashboard.query_one(PplChart)
-        assert "log y" not in chart_title(ppl)
+        assert chart_title(ppl) == "train / val PPL per epoch · log y"  # log by default
         await pilot.press("l")
         await pilot.pause()
-        assert charts.log_y and chart_title(ppl) == "train / val PPL per epoch · log y"
+        assert not charts.log_y and chart_title(ppl) == "train / val PPL per epoch"
         await pilot.press("n")
         assert charts.selected == 1
         shown = [c.id for c in app.dashboard.query(Chart) if c.styles.display != "none"]
@@ -371,7 +390,8 @@ async def test_wide_terminal_shows_all_charts():
         shown = [c for c in app.dashboard.query(Chart) if c.styles.display != "none"]
         assert len(shown) == 4 and all(c.size.height >= 8 for c in shown)
         assert [chart_title(c) for c in shown] == [
-            "train / val PPL per epoch", "hard PPL per epoch · ── mined 2,854.97",
+            "train / val PPL per epoch · log y",
+            "hard PPL per epoch · ── mined 2,854.97 · log y",
             "confidence at layer 2 · 65,536 tokens", "final routing 72.6 % / 27.4 %"]
 
 
@@ -392,3 +412,58 @@ async def test_a_startup_notice_is_shown_in_the_app():
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         assert any("built-in defaults" in n.message for n in app._notifications)
+
+
+def test_ppl_axis_labels_are_round_values_on_the_log_scale():
+    from ashem_app.widgets.charts import _log_ticks
+
+    ticks, labels = _log_ticks([33_712.0, 2_900.0, 310.0])  # epoch 1, then 300-3,000
+    assert labels == ["500", "1k", "2k", "5k", "10k", "20k"]
+    assert all(a < b for a, b in zip(ticks, ticks[1:]))
+    _, narrow = _log_ticks([776.71, 850.0])  # no round value inside: even steps
+    assert narrow[0] == "777" and narrow[-1] == "850" and len(narrow) == 5
+
+
+def screen_lines(app: AshemApp) -> list[str]:
+    """What the terminal shows, line by line (as in an SVG screenshot, without styles)."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True,
+                      force_terminal=True, color_system="truecolor", legacy_windows=False)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text().splitlines()
+
+
+async def test_classic_80_by_24_terminal_shows_every_figure_whole():
+    app = AshemApp(ReplaySource(make_events()))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.dashboard.has_class("-compact")
+        lines = screen_lines(app)
+        screen = "\n".join(lines)
+        for title in ("1 ✓ Stage 1", "2 ✓ Mining", "3 ✓ Stage 2", "4 ✓ Evaluation"):
+            assert title in screen
+        timeline = lines[2]
+        for figure in ("best 985.59", "0.1596 · 32.8k", "best 776.71", "776.71 · 15.8 %"):
+            assert figure in timeline
+        assert "…" not in "".join(lines[:5])  # no figure cut with an ellipsis
+        assert "REPLAY" in lines[0] and "elapsed 30:52" in lines[0] and "FINISHED" in lines[0]
+        bar = app.dashboard.query_one("#progress-bar")
+        assert bar.size.width >= 20 and "━" * 14 in lines[4] and "100%" in lines[4]
+        assert "512/512" in lines[4] and "loss 6.580" in lines[4]
+        for card in ("Val PPL   781.24  best 776.71 s2 e4",
+                     "Hard tok  32,768 / 65,536  50.0 % · conf 0.0653",
+                     "Shal/deep 72.6 % / 27.4 %  final · validation",
+                     "Cost      63.72 %  honest 123.4 %"):
+            assert card in screen
+        assert chart_title(app.dashboard.query_one(PplChart)) == "train / val PPL · log y"
+        footer = lines[-1]
+        for key in ("space Pause/Resume", "i Inspect", "? Help", "q Quit"):
+            assert key in footer
+        await pilot.resize_terminal(100, 30)  # back to the regular layout
+        await pilot.pause()
+        assert not app.dashboard.has_class("-compact")
+        assert "best PPL 985.59" in plain(boxes(app)["stage-1"])

@@ -51,3 +51,49 @@ async def test_tiny_run_holds_continues_and_finishes(tmp_path):
         assert (run_dir / "metrics.csv").exists() and (run_dir / "metrics.json").exists()
         await pilot.press("q")
     assert app.return_code == 0
+
+
+async def test_resume_in_the_app_shows_the_whole_history_on_one_clock(tmp_path):
+    """A real tiny run cancelled in stage 1 epoch 2, then `ashem --resume RUN_DIR`'s app:
+    the earlier attempt's events come first (no notification), then the resumed engine's;
+    the charts' epochs start at stage 1 epoch 1 and the clock goes on from the first
+    attempt's seconds."""
+    from ashem_app.__main__ import _make_app, build_parser
+    from ashem_engine.control import RunControl
+    from ashem_engine.events import EpochEnded, read_events
+    from ashem_engine.run import run_ashem
+    from conftest import tiny_corpus
+
+    settings = tiny_settings(tmp_path)
+    control = RunControl()
+
+    def cancel_after_stage1_epoch2(event):
+        if isinstance(event, EpochEnded) and (event.stage, event.epoch) == (1, 2):
+            control.cancel()
+
+    first = run_ashem(settings, [cancel_after_stage1_epoch2], control,
+                      corpus=tiny_corpus(settings))
+    assert first.status == "cancelled"
+    events_file = Path(first.run_dir) / "events.jsonl"
+    before = read_events(events_file)
+    with events_file.open("a") as f:
+        f.write('{"kind": "Log", "t": 1')  # a torn last line, as after a kill -9
+    app = _make_app(build_parser().parse_args(["--resume", str(first.run_dir)]))
+    assert isinstance(app, AshemApp)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(lambda: app.view.status == "finished", 120)
+        await wait_for(lambda: app.source.ended, 10)
+        await pilot.pause()
+        view = app.view
+        stage_one = [(e.stage, e.epoch) for e in view.epochs if e.stage == 1]
+        assert stage_one == [(1, 1), (1, 2), (1, 3)]
+        resumed = view.started
+        assert resumed.resumed and resumed.seconds_before > 0
+        assert view.clock == resumed.seconds_before + view.t > view.t
+        assert view.events_seen == len(read_events(events_file))  # every line, once
+        log = "".join(strip.text for strip in app.dashboard.query_one("#log").lines)
+        assert "run cancelled" in log and log.index("run cancelled") < log.index("resumed on")
+        assert not any("cancelled" in n.message for n in app._notifications)
+        assert view.stage_ended[1].epochs == 3 and len(before) < view.events_seen
+        await pilot.press("q")
+    assert app.return_code == 0

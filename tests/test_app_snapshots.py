@@ -36,3 +36,9 @@ def test_transition_screen_at_mining(snap_compare):
 def test_help_screen(snap_compare):
     assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(100, 30),
                         press=["question_mark"])
+
+
+def test_dashboard_classic_80_by_24(snap_compare):
+    """The compact layout (< 100 columns): short timeline figures, one line per card, the
+    footer's essential keys."""
+    assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(80, 24))

@@ -193,3 +193,29 @@ def test_run_directories_written_before_the_redesign_still_replay():
         assert len(view.stage_ended) == stages_done, run_dir
         assert view.epochs and view.epochs[0].val_ppl > 0
         assert all(line_of(e) is not None or e.kind == "BatchProgress" for e in events)
+
+
+def test_a_resume_drops_what_is_redone_and_keeps_one_run_clock():
+    """The resumed RunStarted's resume_point says what is done again (dropped from the view,
+    as from the engine's summary); its seconds_before moves the clock on."""
+    from dataclasses import replace
+
+    events = make_events()
+    head = cancelled_after(until(events, predicate=lambda e: e.kind == "EpochEnded"
+                                 and e.stage == 2 and e.epoch == 3))
+    epoch_3 = head[-2]
+    assert (epoch_3.kind, epoch_3.stage, epoch_3.epoch) == ("EpochEnded", 2, 3)
+    resumed = replace(events[0], resumed=True, t=0.0, seconds_before=1000.0,
+                      resume_point={"stage": 2, "epoch": 2, "stage_done": False})
+    view = reduce(reduce_all(head), resumed)
+    assert [e.epoch for e in view.stage_epochs(2)] == [1, 2]  # epoch 3 is done again
+    assert 1 in view.stage_ended and 1 in view.hard_collected and view.evaluation is None
+    assert view.clock == 1000.0
+    redone = replace(epoch_3, t=60.0)
+    view = reduce(view, redone)
+    assert [e.epoch for e in view.stage_epochs(2)] == [1, 2, 3] and view.clock == 1060.0
+    assert describe(redone, view.clock_offset).plain.startswith("  17:40  stage 2 epoch 3")
+    finished = replace(events[-1], seconds=90.0, t=90.0)
+    assert "run finished in 16:30" in describe(finished, 900.0).plain
+    hold = Paused(where="after stage 2", reason="pause_at", boundary="stage-2", t=70.0)
+    assert reduce(view, hold).hold_clock("stage-2") == 1070.0

@@ -1,26 +1,36 @@
 """The dashboard: header, timeline, progress, metric cards, charts, log, footer."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from ashem_engine.events import Event
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from ..state import RunView
 from ..widgets.cards import MetricCards
 from ..widgets.charts import Charts
 from ..widgets.eventlog import EventLog
 from ..widgets.header import RunHeader
+from ..widgets.keyfooter import KeyFooter
 from ..widgets.progress import ProgressPanel
 from ..widgets.timeline import Timeline
+
+
+# Below this width the screen is compact (-compact): short figures on the timeline and in
+# the progress row, one line per metric card, the footer's essential keys only.
+COMPACT_WIDTH = 100
 
 
 class DashboardScreen(Screen[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (140, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._shown: Optional[tuple[RunView, bool, str]] = None  # show_view's last view
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -30,23 +40,37 @@ class DashboardScreen(Screen[None]):
             yield MetricCards(id="cards")
             yield Charts(id="charts")
         yield EventLog(id="log")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
+
+    @property
+    def compact(self) -> bool:
+        return self.has_class("-compact")
+
+    def on_resize(self, event: events.Resize) -> None:
+        compact = event.size.width < COMPACT_WIDTH
+        if compact != self.compact:
+            self.set_class(compact, "-compact")
+            if self._shown is not None:
+                self.show_view(self._shown[0], True, *self._shown[1:])
 
     def show_view(self, view: RunView, structural: bool = True, live: bool = True,
                   note: str = "") -> None:
         """Update the panels: header and progress always, the rest on structural events.
         `live`: the run can be steered (else the header says REPLAY)."""
+        self._shown = (view, live, note)
+        compact = self.compact
         self.query_one(RunHeader).show(view, live)
-        self.query_one(ProgressPanel).show(view, note)
+        self.query_one(ProgressPanel).show(view, note, compact)
         if structural:
-            self.query_one(Timeline).show(view)
-            self.query_one(MetricCards).show(view)
+            self.query_one(Timeline).show(view, compact)
+            self.query_one(MetricCards).show(view, compact)
             self.query_one(Charts).show(view)
 
-    def log_events(self, events: Iterable[Event]) -> None:
+    def log_events(self, events: Iterable[tuple[Event, float]]) -> None:
+        """(event, clock offset of its attempt) pairs, one log line each."""
         log = self.query_one(EventLog)
-        for event in events:
-            log.add(event)
+        for event, clock_offset in events:
+            log.add(event, clock_offset)
 
     def toggle_log_y(self, view: RunView) -> bool:
         """A log y axis on the PPL charts, or not again; whether it is on now."""

@@ -236,11 +236,11 @@ class InspectScreen(Screen[None]):
             return Text(f"⏸ The run is holding at boundary {self.step_id}. "
                         "c: continue · a: abort the run · esc: back (stays held)",
                         style="bold yellow")
-        hold = view.hold_for(self.step_id)
+        held_at = view.hold_clock(self.step_id)
         state = view.step_state(self.step)
         text = Text(f"step {state}", style="bold")
-        if hold is not None:
-            text.append(f" · the run held here at {fmt.duration(hold.t)}", style="dim")
+        if held_at is not None:
+            text.append(f" · the run held here at {fmt.duration(held_at)}", style="dim")
         text.append(f" · run {view.status}", style="dim")
         if not self.live:
             text.append(" · replay", style="bold blue")

@@ -10,15 +10,15 @@ from .. import fmt
 from ..state import RunView
 from . import set_text
 
-CARDS = (
-    ("val-ppl", "Val PPL"),
-    ("val-acc", "Val accuracy"),
-    ("train-ppl", "Train PPL"),
-    ("hard-ppl", "Hard PPL"),
-    ("threshold", "Threshold"),
-    ("hard-tokens", "Hard tokens"),
-    ("routing", "Shallow / deep"),
-    ("cost", "Compute cost"),
+CARDS = (  # id, title, title on a compact screen (one line per card, at most 9 characters)
+    ("val-ppl", "Val PPL", "Val PPL"),
+    ("val-acc", "Val accuracy", "Val acc"),
+    ("train-ppl", "Train PPL", "Train PPL"),
+    ("hard-ppl", "Hard PPL", "Hard PPL"),
+    ("threshold", "Threshold", "Threshold"),
+    ("hard-tokens", "Hard tokens", "Hard tok"),
+    ("routing", "Shallow / deep", "Shal/deep"),
+    ("cost", "Compute cost", "Cost"),
 )
 
 
@@ -86,24 +86,34 @@ def _routing_cards(view: RunView) -> dict[str, tuple[str, str]]:
 
 
 class MetricCard(Static):
-    def __init__(self, card_id: str, title: str) -> None:
+    """A box with its title in the border; on a compact screen one line (the CSS drops the
+    border): short title, value, sub line."""
+
+    def __init__(self, card_id: str, title: str, short_title: str) -> None:
         super().__init__(id=f"card-{card_id}", classes="card")
         self.border_title = title
+        self.short_title = short_title
 
-    def set_value(self, value: str, sub: str) -> None:
-        text = Text(value, style="bold", overflow="ellipsis", no_wrap=True)
-        text.append("\n")
-        text.append(sub or " ", style="dim")
+    def set_value(self, value: str, sub: str, compact: bool = False) -> None:
+        if compact:
+            text = Text(f"{self.short_title:<10}", style="dim", overflow="ellipsis",
+                        no_wrap=True)
+            text.append(value, style="bold")
+            text.append(f"  {sub}", style="dim")
+        else:
+            text = Text(value, style="bold", overflow="ellipsis", no_wrap=True)
+            text.append("\n")
+            text.append(sub or " ", style="dim")
         set_text(self, text)
 
 
 class MetricCards(Grid):
     def compose(self) -> ComposeResult:
-        for card_id, title in CARDS:
-            yield MetricCard(card_id, title)
+        for card_id, title, short_title in CARDS:
+            yield MetricCard(card_id, title, short_title)
 
-    def show(self, view: RunView) -> None:
+    def show(self, view: RunView, compact: bool = False) -> None:
         values = card_values(view)
-        for card_id, _ in CARDS:
+        for card_id, _, _ in CARDS:
             value, sub = values[card_id]
-            self.query_one(f"#card-{card_id}", MetricCard).set_value(value, sub)
+            self.query_one(f"#card-{card_id}", MetricCard).set_value(value, sub, compact)

@@ -27,12 +27,29 @@ def _ok(x: Any) -> bool:
 
 
 def _log_ticks(values: list[float], n: int = 5) -> tuple[list[float], list[str]]:
-    """Tick positions (log10 units) and their labels in the original units."""
+    """Tick positions (log10 units) and their labels in the original units: round values
+    (1, 2, 5 × 10^k) inside the range where there are at least two, else `n` even steps."""
     lo, hi = math.log10(min(values)), math.log10(max(values))
     if hi - lo < 1e-9:
-        return [lo], [f"{10 ** lo:,.0f}"]
+        return [lo], [fmt.tick(10 ** lo)]
+    round_values = _round_values_between(10 ** lo, 10 ** hi, max_ticks=n + 1)
+    if len(round_values) >= 2:
+        return [math.log10(v) for v in round_values], [fmt.tick(v) for v in round_values]
     ticks = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
-    return ticks, [f"{10 ** t:,.0f}" for t in ticks]
+    return ticks, [fmt.tick(10 ** t) for t in ticks]
+
+
+def _round_values_between(low: float, high: float, max_ticks: int) -> list[float]:
+    """1, 2, 5 × 10^k between low and high; thinned to powers of ten (then every other
+    one …) while there are more than `max_ticks`."""
+    for mantissas in ((1, 2, 5), (1, 3), (1,)):
+        values = [m * 10.0 ** k for k in range(math.floor(math.log10(low)),
+                                               math.ceil(math.log10(high)) + 1)
+                  for m in mantissas]
+        inside = [v for v in values if low * (1 - 1e-9) <= v <= high * (1 + 1e-9)]
+        if len(inside) <= max_ticks:
+            return inside
+    return inside[::math.ceil(len(inside) / max_ticks)]
 
 
 class Chart(PlotextPlot):
@@ -76,6 +93,14 @@ class Chart(PlotextPlot):
         self._rendered = (key, rendered)
         return rendered
 
+    def fitting_title(self, *titles: str) -> str:
+        """The first of `titles` (longest first) that fits the chart's width; plotext drops
+        a title that does not fit (a narrow chart, e.g. at 80 columns)."""
+        for title in titles:
+            if len(title) <= self.size.width - 2:
+                return title
+        return titles[-1]
+
     @staticmethod
     def empty(plt, message: str) -> None:
         plt.title(message)
@@ -87,10 +112,10 @@ class PplChart(Chart):
     """Train and val PPL per epoch across all stages; dotted lines at stage boundaries."""
 
 
-    def data_key(self, view: RunView, log_y: bool = False, **_: Any) -> Any:
+    def data_key(self, view: RunView, log_y: bool = True, **_: Any) -> Any:
         return (len(view.epochs), log_y)
 
-    def draw(self, plt, view: RunView, log_y: bool = False, **_: Any) -> None:
+    def draw(self, plt, view: RunView, log_y: bool = True, **_: Any) -> None:
         epochs = view.epochs
         if not epochs:
             self.empty(plt, "train / val PPL — waiting for the first epoch")
@@ -121,7 +146,9 @@ class PplChart(Chart):
         if log_y and every:
             yt, yl = _log_ticks(every)
             plt.yticks(yt, yl)
-        plt.title("train / val PPL per epoch" + (" · log y" if log_y else ""))
+        scale = " · log y" if log_y else ""
+        plt.title(self.fitting_title(f"train / val PPL per epoch{scale}",
+                                     f"train / val PPL{scale}", f"PPL{scale}"))
 
 
 class HardPplChart(Chart):
@@ -129,10 +156,10 @@ class HardPplChart(Chart):
     mined (previous stage's) hard PPL as a reference line."""
 
 
-    def data_key(self, view: RunView, log_y: bool = False, **_: Any) -> Any:
+    def data_key(self, view: RunView, log_y: bool = True, **_: Any) -> Any:
         return (len(view.epochs), len(view.hard_collected), log_y)
 
-    def draw(self, plt, view: RunView, log_y: bool = False, **_: Any) -> None:
+    def draw(self, plt, view: RunView, log_y: bool = True, **_: Any) -> None:
         by_stage: dict[int, list] = {}
         for e in view.epochs:
             if e.stage >= 2 and _ok(e.hard_ppl):
@@ -166,7 +193,9 @@ class HardPplChart(Chart):
             yt, yl = _log_ticks(every)
             plt.yticks(yt, yl)
         ref_txt = f" · ── mined {fmt.ppl(refs[-1][1])}" if refs else ""
-        plt.title("hard PPL per epoch" + ref_txt + (" · log y" if log_y else ""))
+        scale = " · log y" if log_y else ""
+        plt.title(self.fitting_title(f"hard PPL per epoch{ref_txt}{scale}",
+                                     f"hard PPL{ref_txt}{scale}", f"hard PPL{scale}"))
 
 
 class ConfidenceChart(Chart):
@@ -253,7 +282,7 @@ class Charts(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.selected = 0
-        self.log_y = False
+        self.log_y = True  # PPLs span 10-100× (epoch 1 against the rest): log by default
 
     def compose(self) -> ComposeResult:
         yield ChartTabs(id="chart-tabs")

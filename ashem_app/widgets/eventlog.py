@@ -12,8 +12,9 @@ class EventLog(RichLog):
         super().__init__(max_lines=2000, wrap=True, markup=False, highlight=False,
                          auto_scroll=True, **kwargs)
 
-    def add(self, event: Event) -> bool:
-        line = describe(event)
+    def add(self, event: Event, clock_offset: float = 0.0) -> bool:
+        """`clock_offset`: see describe (a resumed run's earlier attempts)."""
+        line = describe(event, clock_offset)
         if line is None:
             return False
         self.write(line)

@@ -39,7 +39,7 @@ class RunHeader(Horizontal):
             left.append("  REPLAY", style="bold blue")
         right = Text()
         right.append("elapsed ", style="dim")
-        right.append(fmt.duration(view.t))
+        right.append(fmt.duration(view.clock))
         icon, label, style = STATE_STYLE.get(view.status, ("?", view.status.upper(), ""))
         if view.status == "paused" and view.held_at:
             label = f"HELD @ {view.held_at}"

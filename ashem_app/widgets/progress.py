@@ -19,8 +19,9 @@ def status_line(view: RunView, note: str = "") -> Text:
     if view.status == "cancelled" and view.cancelled:
         return Text(f"■ cancelled at {view.cancelled.where}", style="bold magenta")
     if view.status == "finished" and view.finished:
-        return Text(f"✓ finished in {fmt.duration(view.finished.seconds)} · "
-                    f"{view.finished.run_dir}", style="bold cyan")
+        seconds = view.clock_offset + view.finished.seconds  # over every attempt
+        return Text(f"✓ finished in {fmt.duration(seconds)} · {view.finished.run_dir}",
+                    style="bold cyan")
     if view.status == "paused" and view.pause:
         if view.pause.reason == "pause_at":
             return Text(f"⏸ holding at boundary {view.pause.boundary} ({view.pause.where}) — "
@@ -76,7 +77,8 @@ class ProgressPanel(Vertical):
             yield Static(id="progress-stats")
         yield Static(id="progress-status")
 
-    def show(self, view: RunView, note: str = "") -> None:
+    def show(self, view: RunView, note: str = "", compact: bool = False) -> None:
+        """`compact`: shorter labels (a compact screen keeps the bar wide)."""
         p = view.progress
         epoch = self.query_one("#progress-epoch", Static)
         stats = self.query_one("#progress-stats", Static)
@@ -86,14 +88,20 @@ class ProgressPanel(Vertical):
             set_text(stats, "")
             bar.set(0, 0)
         else:
-            max_epochs = view.max_epochs(p.stage)
-            set_text(epoch, Text.assemble(("Stage ", "dim"), (str(p.stage), "bold"),
-                                          ("  epoch ", "dim"),
-                                          (f"{p.epoch}/{max_epochs or '?'}", "bold")))
+            set_text(epoch, epoch_label(p.stage, p.epoch, view.max_epochs(p.stage), compact))
             bar.set(p.batch, p.batches)
             set_text(stats, Text.assemble(
-                ("batch ", "dim"), f"{p.batch}/{p.batches}",
+                ("" if compact else "batch ", "dim"), f"{p.batch}/{p.batches}",
                 ("  ", ""), (fmt.rate(p.tokens_per_s), "bold"), (" tok/s", "dim"),
                 ("  ETA ", "dim"), fmt.duration(p.eta_s),
-                ("  loss ", "dim"), fmt.num(p.loss, 3)))
+                ("  loss ", "dim"), fmt.num(p.loss, 3), overflow="ellipsis", no_wrap=True))
         set_text(self.query_one("#progress-status", Static), status_line(view, note))
+
+
+def epoch_label(stage: int, epoch: int, max_epochs: int | None, compact: bool) -> Text:
+    """`Stage 2  epoch 3/50`, or on a compact screen `S2 ep 3/50`."""
+    of = f"{epoch}/{max_epochs or '?'}"
+    if compact:
+        return Text.assemble(("S", "dim"), (str(stage), "bold"), (" ep ", "dim"), (of, "bold"))
+    return Text.assemble(("Stage ", "dim"), (str(stage), "bold"), ("  epoch ", "dim"),
+                         (of, "bold"))

@@ -21,31 +21,41 @@ ICONS = {"pending": "○", "running": "▶", "held": "⏸", "done": "✓", "fail
          "cancelled": "■"}
 
 
-def step_figure(view: RunView, step: Step) -> str:
-    """The step's key figure, picked from its events."""
+def step_figure(view: RunView, step: Step, short: bool = False) -> str:
+    """The step's key figure, picked from its events. `short`: for a compact screen
+    (at most 16 characters for the usual figures: fewer words, counts in k / M)."""
     if step.kind == "stage":
-        ended = view.stage_ended.get(step.stage)
-        if ended is not None:
-            return f"best PPL {fmt.ppl(ended.best_val_ppl)}"
-        last = view.last_epoch(step.stage)
-        started = view.stage_started.get(step.stage)
-        if last is not None:
-            return f"ep {last.epoch}/{view.max_epochs(step.stage)} · {fmt.ppl(last.val_ppl)}"
-        if started is not None:
-            return f"{started.layers} layers · ep 1/{started.max_epochs}"
-        plan = [p for p in view.plan if p.stage == step.stage]
-        return f"{plan[0].layers} layers" if plan else ""
+        return _stage_figure(view, step.stage, short)
     if step.kind == "mining":
         th = view.threshold_computed.get(step.stage)
         hard = view.hard_collected.get(step.stage)
+        label = "" if short else "thr "
         if th is not None and hard is not None:
-            return f"thr {fmt.conf(th.threshold)} · {fmt.integer(hard.count)}"
+            count = fmt.tick(hard.count) if short else fmt.integer(hard.count)
+            return f"{label}{fmt.conf(th.threshold)} · {count}"
         if th is not None:
-            return f"thr {fmt.conf(th.threshold)}"
-        return "threshold, hard tokens"
+            return f"{label}{fmt.conf(th.threshold)}"
+        return "threshold" if short else "threshold, hard tokens"
     if view.evaluation is not None:
-        return f"PPL {fmt.ppl(view.evaluation.ppl)} · {fmt.pct(view.evaluation.accuracy)}"
-    return "two-stage inference"
+        ppl, acc = fmt.ppl(view.evaluation.ppl), fmt.pct(view.evaluation.accuracy)
+        return f"{ppl} · {acc}" if short else f"PPL {ppl} · {acc}"
+    return "two-stage" if short else "two-stage inference"
+
+
+def _stage_figure(view: RunView, stage: int, short: bool) -> str:
+    ended = view.stage_ended.get(stage)
+    if ended is not None:
+        return ("best " if short else "best PPL ") + fmt.ppl(ended.best_val_ppl)
+    last = view.last_epoch(stage)
+    started = view.stage_started.get(stage)
+    if last is not None:
+        epoch = f"e{last.epoch}" if short else f"ep {last.epoch}/{view.max_epochs(stage)}"
+        return f"{epoch} · {fmt.ppl(last.val_ppl)}"
+    if started is not None:
+        layers = f"{started.layers} layers"
+        return layers if short else f"{layers} · ep 1/{started.max_epochs}"
+    plan = [p for p in view.plan if p.stage == stage]
+    return f"{plan[0].layers} layers" if plan else ""
 
 
 class StepBox(Static):
@@ -57,7 +67,7 @@ class StepBox(Static):
         self.number = number
         self.border_title = f"{number} {step.label}"
 
-    def show(self, view: RunView) -> None:
+    def show(self, view: RunView, short: bool = False) -> None:
         state = view.step_state(self.step)
         if getattr(self, "_state", None) != state:
             self._state = state
@@ -66,7 +76,8 @@ class StepBox(Static):
         title = f"{self.number} {ICONS[state]} {self.step.label}"
         if self.border_title != title:
             self.border_title = title
-        set_text(self, Text(step_figure(view, self.step), overflow="ellipsis", no_wrap=True))
+        set_text(self, Text(step_figure(view, self.step, short), overflow="ellipsis",
+                            no_wrap=True))
 
     def on_click(self, event: events.Click) -> None:
         event.stop()
@@ -78,7 +89,8 @@ class Timeline(Horizontal):
         super().__init__(**kwargs)
         self._ids: tuple[str, ...] = ()
 
-    def show(self, view: RunView) -> None:
+    def show(self, view: RunView, short: bool = False) -> None:
+        """`short`: the steps' short figures (a compact screen)."""
         steps = view.steps()
         ids = tuple(s.id for s in steps)
         if ids != self._ids:
@@ -92,10 +104,10 @@ class Timeline(Horizontal):
             self.mount_all(widgets)
             for w in widgets:
                 if isinstance(w, StepBox):
-                    w.show(view)
+                    w.show(view, short)
             return
         for box in self.query(StepBox):
-            box.show(view)
+            box.show(view, short)
 
     def compose(self) -> ComposeResult:
         return iter(())
