@@ -87,9 +87,10 @@ def _make_app(args: argparse.Namespace) -> Union["App[int]", int]:
     from .comparison import CompareApp, ComparisonError, comparison_of, load_sweeps
 
     compared: list[dict] = []
+    for shown_only in ("compare", "replay"):  # these train nothing
+        if getattr(args, shown_only) and (args.overrides or args.paused):
+            return _fail(f"error: --set and --paused do not apply to --{shown_only}")
     if args.compare:
-        if args.overrides or args.paused:
-            return _fail("error: --set and --paused do not apply to --compare")
         if args.resume or args.settings:
             return _fail("error: --compare goes alone or with --replay (no run is trained)")
         try:
@@ -110,8 +111,6 @@ def _replay_app(args: argparse.Namespace, compared: list[dict]) -> Union["App[in
     from .replay import ReplayError, resolve_events_path
     from .sources import FollowSource
 
-    if args.overrides or args.paused:
-        return _fail("error: --set and --paused do not apply to --replay")
     try:
         path = resolve_events_path(args.replay)
     except ReplayError as err:

@@ -198,28 +198,27 @@ def read_hub_rows(settings: DataSettings,
     return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
 
 
-def describe_source(settings: DataSettings) -> str:
-    """Where load_corpus will read from, in words, without reading anything."""
+def data_source(settings: DataSettings, reachable: Callable[[], bool] = hub_reachable
+                ) -> tuple[str, Callable[[], dict[str, list[str]]]]:
+    """Where the rows come from, in words, and how to read them: data.path, else
+    $ASHEM_DATA, else the embedded copy (for its hub configuration), else the hub."""
     local = resolve_local_path(settings)
     if local is not None:
-        return str(local)
+        return str(local), lambda: read_local_rows(local)
     if (settings.hub_name, settings.hub_config) == EMBEDDED:
-        return f"embedded:{'/'.join(EMBEDDED)}"
-    return f"hub:{settings.hub_name}/{settings.hub_config}"
+        return f"embedded:{'/'.join(EMBEDDED)}", read_embedded_rows
+    return (f"hub:{settings.hub_name}/{settings.hub_config}",
+            lambda: read_hub_rows(settings, reachable))
+
+
+def describe_source(settings: DataSettings) -> str:
+    return data_source(settings)[0]
 
 
 def load_corpus(settings: DataSettings,
                 reachable: Callable[[], bool] = hub_reachable) -> Corpus:
-    """data.path, else $ASHEM_DATA, else the embedded copy (for its hub configuration),
-    else the hub."""
-    local = resolve_local_path(settings)
-    if local is not None:
-        rows = read_local_rows(local)
-    elif (settings.hub_name, settings.hub_config) == EMBEDDED:
-        rows = read_embedded_rows()
-    else:
-        rows = read_hub_rows(settings, reachable)
-    return corpus_from_rows(rows, settings, describe_source(settings))
+    source, read_rows = data_source(settings, reachable)
+    return corpus_from_rows(read_rows(), settings, source)
 
 
 def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,

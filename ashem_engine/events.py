@@ -6,7 +6,6 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 # Fields that depend on the clock, not on the computation (runs compare equal without them).
@@ -218,13 +217,14 @@ class JsonLinesSink:
     """Appends one JSON object per line and flushes, so a reader can follow the file live."""
 
     def __init__(self, path: str | os.PathLike):
-        torn = os.path.exists(path) and Path(path).read_bytes()[-1:] not in (b"", b"\n")
-        self._file = open(path, "a", encoding="utf-8")
-        if torn:  # a line torn by a kill: end it, or it would swallow the first event written
-            self._file.write("\n")
+        self._file = open(path, "a+b")  # appends; binary, so the last byte can be read back
+        if self._file.tell() > 0:
+            self._file.seek(-1, os.SEEK_END)
+            if self._file.read(1) != b"\n":  # torn by a kill: end it, or it swallows the next
+                self._file.write(b"\n")
 
     def __call__(self, event: Event) -> None:
-        self._file.write(json.dumps(event.to_dict(), allow_nan=True) + "\n")
+        self._file.write((json.dumps(event.to_dict(), allow_nan=True) + "\n").encode())
         self._file.flush()
 
     def close(self) -> None:

@@ -188,19 +188,17 @@ class Pipeline:
     def _task(self, number: int, state: RunState):
         """Stage N's training task; from stage 2 on, on the hard tokens saved by the mining
         before it (read back from disk, whether that mining ran in this attempt or not)."""
-        m, s, exits = state.model, self.settings, state.exit_layers
+        m, s = state.model, self.settings
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
-                                Cascade.of(exits))
+                                self.cascade(state, 1))
         saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
         tokens = HardTokens(**{f.name: saved[f.name].to(self.device) for f in fields(HardTokens)})
-        common = dict(validation=self.batches("validation"),
-                      cascade=Cascade.of(exits, state.thresholds, self.modes(number)))
+        common = dict(validation=self.batches("validation"), cascade=self.cascade(state, number))
         if s.stages[number - 1].context != "sequence":
             return HardTokenTask(m, tokens, saved["order"], s.data.batch_size, **common)
         source = self.batches(s.mining.split)
-        below = Cascade.of(exits[:-1], state.thresholds[:-1], self.modes(number - 1))
-        lower = exit_pass(m, source, below).hidden  # the frozen layers' output: the context
+        lower = exit_pass(m, source, self.cascade(state, number - 1)).hidden  # the context
         mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
         mask[tokens.positions] = True
         shape = source.x.shape
@@ -222,10 +220,10 @@ class Pipeline:
                               f"after mining at stage {number - 1}'s exit")
 
     def _mine(self, stage: int, ratio: float, state: RunState):
-        s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
+        s, m, exits = self.settings, state.model, state.exit_layers
         self.where = f"mining after stage {stage}"
-        source, modes = self.batches(s.mining.split), self.modes(stage)
-        passed = exit_pass(m, source, Cascade.of(exits, thresholds, modes), self.check)
+        source = self.batches(s.mining.split)
+        passed = exit_pass(m, source, self.cascade(state, stage), self.check)
         mined = mine(passed, source.y, ratio, exits[-1])
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         self.emit(ev.ThresholdComputed(
@@ -248,23 +246,23 @@ class Pipeline:
 
     def final_evaluation(self, state: RunState) -> None:
         self.where = "final evaluation"
-        split, modes = self.settings.evaluation.split, self.modes(len(self.settings.stages))
-        m, exits, thresholds = state.model, state.exit_layers, state.thresholds
-        final = evaluate(m, self.batches(split), Cascade.of(exits, thresholds, modes), self.check)
+        split, cascade = self.settings.evaluation.split, self.cascade(state, len(state.exit_layers))
+        exits, thresholds = state.exit_layers, state.thresholds
+        final = evaluate(state.model, self.batches(split), cascade, self.check)
         state.final, ratios = final, final.exit_ratios
         self.emit(ev.Evaluated(
             split=split, tokens=final.tokens, accuracy=final.accuracy, ppl=final.ppl,
             exit_layers=exits, exit_ratios=ratios, shallow_ratio=ratios[0],
             deep_ratio=1.0 - ratios[0], compute_cost=final.spec_cost,
             honest_cost=final.honest_cost, thresholds=thresholds,
-            macs_per_token=final.macs_per_token, inference_modes=list(modes)))
+            macs_per_token=final.macs_per_token, inference_modes=list(cascade.modes)))
 
     def threshold_sweep(self, state: RunState) -> None:
         """PPL against honest cost over thresholds for each signal, beside the run's own point
         and the stage-1 model alone; on the report split, calibrated on the mining split."""
         self.where = "threshold sweep"
         s, final, exits = self.settings, state.final, state.exit_layers
-        costs = self._costs(tuple(exits), self.modes(len(s.stages)))
+        costs = self._costs(tuple(exits), self.cascade(state, len(exits)).modes)
         plain = costs.plain()
         if len(exits) == 1:
             name = f"plain model ({exits[0]} layers)"
@@ -291,9 +289,9 @@ class Pipeline:
 
     def _swept_signals(self, state: RunState) -> list[dict]:
         """One series per signal; the exit classifiers a signal needs are trained first."""
-        s, m, exits, thresholds = self.settings, state.model, state.exit_layers, state.thresholds
+        s, m = self.settings, state.model
         mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
-        cascade = Cascade.of(exits, thresholds, self.modes(len(s.stages)))
+        cascade = self.cascade(state, len(state.exit_layers))
         classifiers = None
         if CLASSIFIER in s.evaluation.signals:
             classifiers = train_classifiers(m, mining, cascade, s.run.seed, self.check)
@@ -317,9 +315,10 @@ class Pipeline:
     def best_checkpoint(self, number: int) -> Path:
         return self.run_dir / f"stage-{number}-best.pt"
 
-    def modes(self, stages: int) -> tuple:
-        """Inference modes of the layers after each exit of the first `stages` stages."""
-        return inference_modes(self.settings.stages[:stages], self.settings.evaluation.inference)
+    def cascade(self, state: RunState, stages: int) -> Cascade:
+        """The exits of the first `stages` stages, their layers run as inference runs them."""
+        modes = inference_modes(self.settings.stages[:stages], self.settings.evaluation.inference)
+        return Cascade.of(state.exit_layers[:stages], state.thresholds[:stages - 1], modes)
 
     def batches(self, split: str) -> Batches:
         """A split's batches on the run's device, read from the corpus on first use (a split
