@@ -5,9 +5,12 @@ The set-up is SPEC_NOTES' exactly: `row.lower().split()` per row; vocabulary `<u
 then words in order of first occurrence over the train rows and then the validation rows;
 each split one flat token stream, cut to samples × (seq_len + 1) tokens; batch k starts at
 token k · batch · seq_len and its row j at seq_len · j further on; only full batches are kept.
+Beyond the spec: data.vocab_size keeps only the most frequent words (the rest read as
+`<unk>`), and a sample count of 0 keeps a whole split.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -25,6 +28,7 @@ import torch
 from .settings import DataSettings
 
 SPLIT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+SPLITS = tuple(SPLIT_FILES)
 UNK, PAD = "<unk>", "<pad>"
 HUB_HOST = ("huggingface.co", 443)
 EMBEDDED = ("wikitext", "wikitext-2-raw-v1")  # shipped in ashem_engine/corpus/, see its README
@@ -87,9 +91,17 @@ def tokenize(rows: Sequence[str]) -> list[str]:
     return [token for row in rows for token in row.lower().split()]
 
 
-def build_vocabulary(*token_lists: Sequence[str]) -> Vocabulary:
-    """<unk>, <pad>, then every word in order of first occurrence."""
-    return Vocabulary(list(dict.fromkeys(itertools.chain([UNK, PAD], *token_lists))))
+def build_vocabulary(*token_lists: Sequence[str], size: int = 0) -> Vocabulary:
+    """<unk>, <pad>, then every word in order of first occurrence. With size > 0, only the
+    size - 2 most frequent words (of equal counts, the one seen first) stay, still in order
+    of first occurrence, so a size at or above the full vocabulary's changes nothing."""
+    words = list(dict.fromkeys(itertools.chain([UNK, PAD], *token_lists)))
+    if size <= 0 or size >= len(words):
+        return Vocabulary(words)
+    counts = collections.Counter(itertools.chain(*token_lists))
+    ranked = sorted(words[2:], key=lambda word: -counts[word])  # stable: ties keep order
+    kept = set(ranked[: size - 2])
+    return Vocabulary([UNK, PAD, *(word for word in words[2:] if word in kept)])
 
 
 def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batches:
@@ -105,10 +117,28 @@ def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batche
     return Batches(x.clone(), y.clone())
 
 
-def cut_lengths(settings: DataSettings) -> dict[str, int]:
-    eval_samples = int(settings.train_samples * settings.eval_fraction)
-    samples = {"train": settings.train_samples, "validation": eval_samples, "test": eval_samples}
-    return {split: n * (settings.seq_len + 1) for split, n in samples.items()}
+def sample_counts(settings: DataSettings) -> dict[str, Optional[int]]:
+    """Samples per split, None for the whole split: train_samples (0 = whole); eval_samples
+    for validation and test (0 = whole; -1 = int(train_samples × eval_fraction), whole when
+    train_samples is)."""
+    train = settings.train_samples or None
+    if settings.eval_samples == -1:
+        evaluation = None if train is None else int(train * settings.eval_fraction)
+    else:
+        evaluation = settings.eval_samples or None
+    return {"train": train, "validation": evaluation, "test": evaluation}
+
+
+def cut_lengths(settings: DataSettings) -> dict[str, Optional[int]]:
+    """Tokens kept of each split's stream: samples × (seq_len + 1); None keeps all."""
+    return {split: None if n is None else n * (settings.seq_len + 1)
+            for split, n in sample_counts(settings).items()}
+
+
+def split_files(settings: DataSettings) -> dict[str, str]:
+    """The file inside data.path that holds each split."""
+    return {"train": settings.train_file, "validation": settings.validation_file,
+            "test": settings.test_file}
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,15 +160,18 @@ def rows_of(raw: bytes, name: str) -> list[str]:
                         ) from None
 
 
-def read_local_rows(directory: Path) -> dict[str, list[str]]:
-    need = f"it must hold {', '.join(SPLIT_FILES.values())}"
+def read_local_rows(directory: Path,
+                    names: dict[str, str] = SPLIT_FILES) -> dict[str, list[str]]:
+    """Each split's rows from its file in `directory` (names: split -> file name)."""
+    need = f"it must hold {', '.join(names.values())}"
     if not directory.is_dir():
         raise DataError(f"data.path {str(directory)!r} is not a directory; {need}")
     rows = {}
-    for split, name in SPLIT_FILES.items():
+    for split, name in names.items():
         path = directory / name
         if not path.is_file():
-            raise DataError(f"data.path {str(directory)!r} has no {name}; {need}")
+            raise DataError(f"data.path {str(directory)!r} has no {name} (the {split} split, "
+                            f"data.{split}_file); {need}")
         try:
             raw = path.read_bytes()
         except OSError as e:
@@ -180,7 +213,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def read_hub_rows(settings: DataSettings,
                   reachable: Callable[[], bool] = hub_reachable) -> dict[str, list[str]]:
     hint = ("set data.path in settings.toml (or the ASHEM_DATA environment variable) to a "
-            f"directory holding {', '.join(SPLIT_FILES.values())}")
+            f"directory holding {', '.join(split_files(settings).values())}")
     if not reachable():
         raise DataError(f"the Hugging Face hub is not reachable (offline?); {hint}")
     import datasets
@@ -195,7 +228,23 @@ def read_hub_rows(settings: DataSettings,
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot load {settings.hub_name}/{settings.hub_config} from the hub "
                         f"({first}); {hint}") from None
-    return {split: list(ds[split]["text"]) for split in SPLIT_FILES}
+    return hub_text_rows(ds, settings)
+
+
+def hub_text_rows(ds, settings: DataSettings) -> dict[str, list[str]]:
+    """The text column (data.hub_text_column) of the hub dataset's train, validation and
+    test splits."""
+    name, column = f"{settings.hub_name}/{settings.hub_config}", settings.hub_text_column
+    missing = [split for split in SPLITS if split not in ds]
+    if missing:
+        raise DataError(f"{name} on the hub has no {missing[0]} split; it has "
+                        f"{', '.join(ds.keys())} (ashem needs {', '.join(SPLITS)})")
+    for split in SPLITS:
+        if column not in ds[split].column_names:
+            raise DataError(f"data.hub_text_column = {column!r}: {name} has no such column in "
+                            f"its {split} split; its columns: "
+                            f"{', '.join(ds[split].column_names)}")
+    return {split: list(ds[split][column]) for split in SPLITS}
 
 
 def data_source(settings: DataSettings, reachable: Callable[[], bool] = hub_reachable
@@ -204,7 +253,7 @@ def data_source(settings: DataSettings, reachable: Callable[[], bool] = hub_reac
     $ASHEM_DATA, else the embedded copy (for its hub configuration), else the hub."""
     local = resolve_local_path(settings)
     if local is not None:
-        return str(local), lambda: read_local_rows(local)
+        return str(local), lambda: read_local_rows(local, split_files(settings))
     if (settings.hub_name, settings.hub_config) == EMBEDDED:
         return f"embedded:{'/'.join(EMBEDDED)}", read_embedded_rows
     return (f"hub:{settings.hub_name}/{settings.hub_config}",
@@ -223,21 +272,22 @@ def load_corpus(settings: DataSettings,
 
 def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,
                      source: str) -> Corpus:
-    tokens = {split: tokenize(rows[split]) for split in SPLIT_FILES}
+    tokens = {split: tokenize(rows[split]) for split in SPLITS}
     for split in ("train", "validation"):
         if not tokens[split]:
             raise DataError(f"the {split} split of {source} holds no words")
-    vocab = build_vocabulary(tokens["train"], tokens["validation"])
+    vocab = build_vocabulary(tokens["train"], tokens["validation"], size=settings.vocab_size)
     lengths = cut_lengths(settings)
     batches = {}
-    for split in SPLIT_FILES:
-        stream = vocab.encode(tokens[split][: lengths[split]])
+    for split in SPLITS:
+        tokens[split] = tokens[split][: lengths[split]]
+        stream = vocab.encode(tokens[split])
         batches[split] = make_batches(stream, settings.batch_size, settings.seq_len)
     for split in ("train", "validation"):
         if len(batches[split]) == 0:
             raise DataError(
                 f"the {split} split of {source} is too small for one batch: "
-                f"{min(len(tokens[split]), lengths[split])} tokens, one batch of "
+                f"{len(tokens[split])} tokens, one batch of "
                 f"data.batch_size={settings.batch_size} × data.seq_len={settings.seq_len} "
                 f"needs {settings.batch_size * settings.seq_len + 1}")
     return Corpus(vocab, batches, source)

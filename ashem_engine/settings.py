@@ -272,6 +272,11 @@ def _one_of(*allowed: str) -> tuple:
     return lambda v, c: v in allowed, "allowed: " + ", ".join(allowed)
 
 
+def _file_name() -> tuple:
+    return (lambda v, c: bool(v) and "/" not in v and "\\" not in v,
+            "must be a file name inside data.path (not empty, no '/' or '\\')")
+
+
 RULES: list[Rule] = [
     ("run.name", lambda v, c: bool(v) and "/" not in v and v.strip() == v,
      "must be a non-empty name without '/' or surrounding spaces"),
@@ -282,11 +287,18 @@ RULES: list[Rule] = [
     ("run.progress_events_per_epoch", *_at_least(1)),
     ("run.pause_at", lambda v, c: all(_valid_boundary(b, len(c.stages)) for b in v),
      "each entry must be stage-N, mining-N or evaluation for an existing stage"),
-    ("data.train_samples", *_at_least(1)),
+    ("data.train_samples", *_at_least(0, " (0 = the whole split)")),
+    ("data.eval_samples", *_at_least(-1, " (-1 = set by eval_fraction, 0 = the whole split)")),
     ("data.eval_fraction", lambda v, c: 0 < v <= 1, "must be in (0, 1]"),
+    ("data.vocab_size", lambda v, c: v == 0 or v >= 3,
+     "must be 0 (no cap) or >= 3 (<unk>, <pad> and at least one word)"),
     ("data.seq_len", *_at_least(1)),
     ("data.batch_size", *_at_least(1)),
+    ("data.train_file", *_file_name()),
+    ("data.validation_file", *_file_name()),
+    ("data.test_file", *_file_name()),
     ("data.hub_name", lambda v, c: bool(v), "must be a dataset name"),
+    ("data.hub_text_column", lambda v, c: bool(v), "must be the name of a text column"),
     ("model.dim", *_at_least(1)),
     ("model.heads", lambda v, c: v >= 1 and c.model.dim % v == 0,
      "must divide model.dim ({c.model.dim})"),

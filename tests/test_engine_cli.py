@@ -198,3 +198,8 @@ def test_the_docs_state_the_same_exit_code_rule():
     for doc in (REPO / "README.md", REPO / "docs" / "APP.md"):
         text = " ".join(doc.read_text().split())
         assert rule in text, doc
+
+
+def test_a_bad_scale_setting_is_one_line_and_exit_code_2(tmp_path):
+    line = single_error_line(cli(tmp_path, "run", "--set", "data.vocab_size=-1"))
+    assert "data.vocab_size = -1: must be 0 (no cap) or >= 3" in line

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import lzma
+import sys
 import time
+import types
 from importlib import resources
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import torch
 from ashem_engine import data
 from ashem_engine.data import (SPLIT_FILES, DataError, build_vocabulary, corpus_from_rows,
                                cut_lengths, describe_source, hub_reachable, load_corpus,
-                               make_batches, read_hub_rows, read_local_rows, tokenize)
+                               make_batches, read_hub_rows, read_local_rows, sample_counts,
+                               tokenize)
 from ashem_engine.settings import DataSettings, load_settings
 from conftest import SHARED_DATA, tiny_corpus
 from synthetic import synthetic_splits, write_corpus
@@ -266,3 +269,157 @@ def test_a_damaged_embedded_copy_is_one_line(monkeypatch):
     monkeypatch.setitem(data.EMBEDDED_SHA256, "validation", "0" * 64)
     message = data_error(data.read_embedded_rows)
     assert "wiki.valid.raw" in message and "damaged" in message and "\n" not in message
+
+
+# -- scale: whole splits, a capped vocabulary, other file names, a hub text column -------------
+
+@pytest.mark.parametrize("train, evaluation, expected", [
+    (200, -1, {"train": 200, "validation": 50, "test": 50}),  # today's rule, fraction 0.25
+    (0, -1, {"train": None, "validation": None, "test": None}),  # whole splits throughout
+    (200, 0, {"train": 200, "validation": None, "test": None}),
+    (0, 10, {"train": None, "validation": 10, "test": 10}),
+])
+def test_sample_counts_none_is_the_whole_split(train, evaluation, expected):
+    settings = DataSettings(train_samples=train, eval_samples=evaluation, eval_fraction=0.25)
+    assert sample_counts(settings) == expected
+
+
+def test_default_sample_counts_are_todays():
+    assert sample_counts(DataSettings()) == {"train": 10000, "validation": 2000, "test": 2000}
+
+
+@pytest.mark.parametrize("extra, cut", [
+    (["data.train_samples=0"], {}),
+    (["data.eval_samples=0"], {"train": 200 * 9}),
+    (["data.train_samples=0", "data.eval_samples=30"], {"validation": 30 * 9, "test": 30 * 9}),
+])
+def test_whole_splits_give_every_full_batch(extra, cut):
+    settings = settings_for(Path("unused"), *extra)
+    corpus = corpus_from_rows(synthetic_splits(), settings, "synthetic")
+    for split, rows in synthetic_splits().items():
+        tokens = min(len(tokenize(rows)), cut.get(split, 10 ** 9))
+        assert len(corpus.batches[split]) == (tokens - 1) // 32, split
+        assert corpus.batches[split].tokens == len(corpus.batches[split]) * 32
+
+
+def test_whole_train_split_is_longer_than_the_cut_one():
+    whole = corpus_from_rows(synthetic_splits(), settings_for(Path("u"), "data.train_samples=0"),
+                             "synthetic")
+    cut = tiny_corpus(load_settings(None, ["data.train_samples=200", "data.eval_fraction=0.25",
+                                           "data.seq_len=8", "data.batch_size=4"]))
+    assert len(whole.batches["train"]) > len(cut.batches["train"])
+    n = len(cut.batches["train"])
+    assert torch.equal(whole.batches["train"].x[:n], cut.batches["train"].x)  # same start
+
+
+def test_capped_vocabulary_keeps_the_most_frequent_words():
+    train, validation = ["b", "a", "b", "c", "c", "c", "e"], ["d", "a", "e"]
+    # counts over train and validation: a 2, b 2, c 3, e 2, d 1
+    assert build_vocabulary(train, validation, size=3).words == ["<unk>", "<pad>", "c"]
+    # a tie of three at count 2: the earliest first occurrence (b, then a) wins
+    assert build_vocabulary(train, validation, size=4).words == ["<unk>", "<pad>", "b", "c"]
+    assert build_vocabulary(train, validation, size=5).words == \
+        ["<unk>", "<pad>", "b", "a", "c"]  # kept words stay in order of first occurrence
+    v = build_vocabulary(train, validation, size=4)
+    assert v.encode(["a", "b", "c", "d", "e", "zebra"]) == [0, 2, 3, 0, 0, 0]
+
+
+def test_a_cap_at_or_above_the_vocabulary_changes_nothing():
+    train, validation = ["b", "a", "b", "c"], ["d", "a"]
+    full = build_vocabulary(train, validation).words
+    assert len(full) == 6
+    for size in (0, 6, 7, 1000):
+        assert build_vocabulary(train, validation, size=size).words == full
+
+
+def test_unk_in_the_text_takes_no_place_of_the_cap():
+    words = build_vocabulary(["<unk>", "<unk>", "<unk>", "x", "y", "x"], size=3).words
+    assert words == ["<unk>", "<pad>", "x"]
+
+
+def test_vocab_size_caps_the_corpus_and_maps_the_rest_to_unk():
+    settings = settings_for(Path("unused"), "data.vocab_size=12")
+    capped = corpus_from_rows(synthetic_splits(), settings, "synthetic")
+    full = corpus_from_rows(synthetic_splits(), settings_for(Path("unused")), "synthetic")
+    assert len(capped.vocab) == 12 and len(full.vocab) > 12
+    train = [t for s in ("train", "validation") for t in tokenize(synthetic_splits()[s])]
+    counts = {w: train.count(w) for w in set(train)}
+    lowest_kept = min(counts[w] for w in capped.vocab.words[2:])
+    assert all(counts[w] <= lowest_kept for w in full.vocab.words[2:]
+               if w not in capped.vocab.index)
+    y_full, y_capped = full.batches["train"].y, capped.batches["train"].y
+    dropped = torch.tensor([w not in capped.vocab.index for w in full.vocab.words])
+    assert torch.equal(y_capped == 0, dropped[y_full] | (y_full == 0))  # <unk> is id 0
+    assert capped.batches["train"].tokens == full.batches["train"].tokens
+
+
+def test_split_files_under_other_names(tmp_path):
+    directory = tmp_path / "plain"
+    directory.mkdir()
+    names = {"train": "train.txt", "validation": "dev.txt", "test": "held out.txt"}
+    for split, rows in synthetic_splits().items():
+        (directory / names[split]).write_text("\n".join(rows), encoding="utf-8")
+    settings = settings_for(directory, "data.train_file=train.txt",
+                            "data.validation_file=dev.txt", "data.test_file='held out.txt'")
+    corpus = load_corpus(settings, reachable=lambda: pytest.fail("hub consulted"))
+    rows = corpus_from_rows(synthetic_splits(), settings, "rows")
+    assert corpus.vocab.words == rows.vocab.words
+    for split in NAMES:
+        assert torch.equal(corpus.batches[split].x, rows.batches[split].x), split
+    (directory / "dev.txt").unlink()
+    message = data_error(load_corpus, settings)
+    assert "dev.txt" in message and "data.validation_file" in message
+
+
+class FakeSplit:
+    """A hub split: its column names and a column's values."""
+
+    def __init__(self, columns: dict[str, list[str]]):
+        self.columns = columns
+        self.column_names = list(columns)
+
+    def __getitem__(self, column: str) -> list[str]:
+        return self.columns[column]
+
+
+def fake_datasets(monkeypatch, splits: dict[str, dict[str, list[str]]]) -> list:
+    """Puts a stand-in `datasets` module in place (the hub is unreachable here); returns the
+    list of (name, config) it was asked to load."""
+    asked: list = []
+    quiet = types.SimpleNamespace(set_verbosity_error=lambda: None,
+                                  disable_progress_bar=lambda: None)
+
+    def load_dataset(name, config):
+        asked.append((name, config))
+        return {split: FakeSplit(columns) for split, columns in splits.items()}
+
+    module = types.SimpleNamespace(utils=types.SimpleNamespace(logging=quiet),
+                                   load_dataset=load_dataset)
+    monkeypatch.setitem(sys.modules, "datasets", module)
+    return asked
+
+
+HUB_SPLITS = {split: {"id": ["1", "2"], "content": [f"{split} one", f"{split} two"]}
+              for split in ("train", "validation", "test")}
+
+
+def test_hub_rows_come_from_the_named_text_column(monkeypatch):
+    asked = fake_datasets(monkeypatch, HUB_SPLITS)
+    settings = DataSettings(hub_name="someone/corpus", hub_config="plain",
+                            hub_text_column="content")
+    rows = read_hub_rows(settings, reachable=lambda: True)
+    assert asked == [("someone/corpus", "plain")]
+    assert rows == {s: [f"{s} one", f"{s} two"] for s in ("train", "validation", "test")}
+
+
+def test_a_missing_hub_text_column_names_the_columns(monkeypatch):
+    fake_datasets(monkeypatch, HUB_SPLITS)
+    message = data_error(read_hub_rows, DataSettings(hub_config="other"), reachable=lambda: True)
+    assert "data.hub_text_column = 'text'" in message and "its columns: id, content" in message
+
+
+def test_a_missing_hub_split_names_the_splits(monkeypatch):
+    fake_datasets(monkeypatch, {"train": HUB_SPLITS["train"], "dev": HUB_SPLITS["test"]})
+    settings = DataSettings(hub_text_column="content")
+    message = data_error(read_hub_rows, settings, reachable=lambda: True)
+    assert "no validation split" in message and "it has train, dev" in message

@@ -182,11 +182,47 @@ def test_override_on_top_of_a_file(tmp_path):
     ("run.pause_at=['mining-2']", "run.pause_at", "mining-2"),  # no stage 3 to mine for
     ("run.pause_at=['later']", "run.pause_at", "later"),
     ("run.name=a/b", "run.name", "'a/b'"),
+    ("data.train_samples=-1", "data.train_samples", "-1"),
+    ("data.eval_samples=-2", "data.eval_samples", "-2"),
+    ("data.eval_samples=0.5", "data.eval_samples", "0.5"),
+    ("data.vocab_size=-1", "data.vocab_size", "-1"),
+    ("data.vocab_size=2", "data.vocab_size", "2"),
+    ("data.train_file=''", "data.train_file", "''"),
+    ("data.validation_file=sub/dev.txt", "data.validation_file", "'sub/dev.txt'"),
+    ("data.test_file=1", "data.test_file", "1"),
+    ("data.hub_text_column=''", "data.hub_text_column", "''"),
 ])
 def test_bad_value_names_key_and_value(override, key, value):
     message = error_of([override])
     assert key in message
     assert value in message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_samples=-1", "data.train_samples = -1: must be >= 0 (0 = the whole split)"),
+    ("data.eval_samples=-2",
+     "data.eval_samples = -2: must be >= -1 (-1 = set by eval_fraction, 0 = the whole split)"),
+    ("data.vocab_size=1",
+     "data.vocab_size = 1: must be 0 (no cap) or >= 3 (<unk>, <pad> and at least one word)"),
+    ("data.test_file=a/b.txt",
+     "data.test_file = 'a/b.txt': must be a file name inside data.path (not empty, no '/' or "
+     "'\\')"),
+    ("data.hub_text_column=''", "data.hub_text_column = '': must be the name of a text column"),
+])
+def test_scale_settings_say_what_is_allowed(override, message):
+    assert error_of([override]) == message
+
+
+def test_scale_settings_defaults_and_accepted_values():
+    d = Settings().data
+    assert (d.train_samples, d.eval_samples, d.vocab_size, d.hub_text_column) == \
+        (10000, -1, 0, "text")
+    assert (d.train_file, d.validation_file, d.test_file) == \
+        ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw")
+    s = load_settings(None, ["data.train_samples=0", "data.eval_samples=0", "data.vocab_size=3",
+                             "data.train_file=a.txt", "data.hub_text_column=content"]).data
+    assert (s.train_samples, s.eval_samples, s.vocab_size, s.train_file, s.hub_text_column) == \
+        (0, 0, 3, "a.txt", "content")
 
 
 def test_heads_must_divide_dim_message_says_so():
