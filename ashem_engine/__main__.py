@@ -191,6 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if notice:
             print(f"ashem-engine: {notice}", file=sys.stderr)
 
+    from .dist import World, leave
     from .run import resume_ashem, run_ashem  # torch loads here, after the cheap checks
 
     control = RunControl(pause_at=(), hold_at_boundaries=False)
@@ -209,10 +210,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = resume_ashem(args.run_dir, [printer], control)
     finally:
         signal.signal(signal.SIGINT, previous)
-    if args.quiet and result.status == "finished":
+        world = World.current()
+        leave()
+    if args.quiet and result.status == "finished" and world.lead:
         print(format_table(result.summary))
-    if result.status == "failed":
-        print(f"ashem-engine: error: {result.error.message}", file=sys.stderr)
+    if result.status == "failed" and (world.lead or result.error.error_kind == "distributed"):
+        rank = f" (rank {world.rank} of {world.size})" if world.parallel else ""
+        print(f"ashem-engine: error{rank}: {result.error.message}", file=sys.stderr)
     return exit_code(result.status, result.error.error_kind if result.error else None)
 
 

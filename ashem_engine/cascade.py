@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .costs import CostModel, spec_cost
 from .data import Batches
+from .dist import World
 from .head import ExitStats, exit_stats
 from .model import Block, EarlyExitLM, rotary_tables, rotate_half
 from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
@@ -298,8 +299,8 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     states, a sweep's states and statistics). `check()` runs before every batch."""
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
-    n, parts = batches.y[0].numel(), []
-    for i in range(len(batches)):
+    n, parts, world = batches.y[0].numel(), [], World.current()
+    for i in world.share(len(batches)):
         check()
         rows = slice(i * n, (i + 1) * n)
         known = None if first is None else \
@@ -307,4 +308,8 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
         r = route(model, cascade, batches.x[i], batches.y[i], known,
                   only_needed=cascade.only_needed_is_exact)
         parts.append((r.exit_index, r.nll, r.correct))
+    if world.parallel:  # every batch's part, in batch order, as one process has them
+        gathered = [world.gather(torch.cat(p), len(batches), n).view(len(batches), n)
+                    for p in zip(*parts)]
+        parts = list(zip(*gathered))
     return tally(model, cascade, batches.x.shape[-1], n, parts)

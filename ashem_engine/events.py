@@ -43,6 +43,9 @@ class RunStarted(Event):
     data_source: str = ""
     seconds_before: float = 0.0  # run time spent before this resume
     resume_point: Optional[dict] = None  # where it goes on: {"stage", "epoch", "stage_done"}
+    world_size: int = 1  # processes training together (torchrun), each on its share
+    backend: str = "none"  # torch.distributed's backend: gloo (CPU), nccl (CUDA), or none
+    precision: str = "fp32"  # run.precision
 
 
 @dataclass

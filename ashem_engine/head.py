@@ -13,31 +13,43 @@ from dataclasses import dataclass
 
 import torch
 
+from .precision import low_precision
 
-def default_chunk(device: torch.device) -> int:
-    return 8192 if device.type == "cuda" else 128
+
+def default_chunk(device: torch.device, low: bool = False) -> int:
+    if device.type == "cuda":
+        return 8192
+    return 64 if low else 128
+
+
+def row_sums(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's sum, accumulated in float32 (bf16 logits included)."""
+    if logits.dtype == torch.float32:
+        return logits.sum(dim=1, keepdim=True)
+    return logits.sum(dim=1, keepdim=True, dtype=torch.float32)
 
 
 class _FusedHeadLoss(torch.autograd.Function):
     """Mean cross-entropy of `h @ weight.T` against `targets`, gradients made in forward."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk):  # noqa: D401 - autograd signature
-        n = h.shape[0]
+    def forward(ctx, h, weight, targets, chunk, low):  # noqa: D401 - autograd signature
+        n, dtype = h.shape[0], torch.bfloat16 if low else h.dtype
+        hx, wx = h.to(dtype), weight.to(dtype)  # the same tensors in float32
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(h) if want_h else None
-        grad_w = torch.empty_like(weight) if want_w else None
+        grad_h = torch.empty_like(hx) if want_h else None
+        grad_w = torch.empty_like(wx) if want_w else None
         total = torch.zeros((), dtype=torch.float64, device=h.device)
-        buf = torch.empty(min(chunk, n), weight.shape[0], dtype=h.dtype, device=h.device)
+        buf = torch.empty(min(chunk, n), weight.shape[0], dtype=dtype, device=h.device)
         scale = 1.0 / n
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            hc, yc, logits = h[start:stop], targets[start:stop], buf[: stop - start]
-            torch.mm(hc, weight.t(), out=logits)
+            hc, yc, logits = hx[start:stop], targets[start:stop], buf[: stop - start]
+            torch.mm(hc, wx.t(), out=logits)
             top = logits.amax(dim=1, keepdim=True)
             target_logit = logits.gather(1, yc[:, None])
             logits.sub_(top).exp_()
-            sums = logits.sum(dim=1, keepdim=True)
+            sums = row_sums(logits)
             total += (sums.log() + top - target_logit).sum(dtype=torch.float64)
             if want_h or want_w:
                 # d loss / d logits = (softmax - onehot) / n, built in the same buffer.
@@ -45,12 +57,13 @@ class _FusedHeadLoss(torch.autograd.Function):
                 rows = torch.arange(stop - start, device=h.device)
                 logits[rows, yc] -= scale
                 if want_h:
-                    torch.mm(logits, weight, out=grad_h[start:stop])
+                    torch.mm(logits, wx, out=grad_h[start:stop])
                 if want_w and start == 0:
                     torch.mm(logits.t(), hc, out=grad_w)  # no zero-fill of a 18 MB tensor
                 elif want_w:
                     grad_w.addmm_(logits.t(), hc)
-        ctx.grads = (grad_h, grad_w)
+        ctx.grads = (None if grad_h is None else grad_h.to(h.dtype),
+                     None if grad_w is None else grad_w.to(weight.dtype))
         return (total / n).to(h.dtype)
 
     @staticmethod
@@ -58,16 +71,18 @@ class _FusedHeadLoss(torch.autograd.Function):
         grad_h, grad_w = ctx.grads
         ctx.grads = None
         if grad_out.device.type == "cpu" and grad_out.item() == 1.0:
-            return grad_h, grad_w, None, None  # the usual case: skip two full-size copies
+            return grad_h, grad_w, None, None, None  # the usual case: skip two full-size copies
         return (grad_h * grad_out if grad_h is not None else None,
-                grad_w * grad_out if grad_w is not None else None, None, None)
+                grad_w * grad_out if grad_w is not None else None, None, None, None)
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
               chunk: int | None = None) -> torch.Tensor:
-    """Mean cross-entropy over tokens; h is (N, dim), targets (N,)."""
-    chunk = chunk or default_chunk(h.device)
-    return _FusedHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), chunk)
+    """Mean cross-entropy over tokens; h is (N, dim), targets (N,). Products in bf16 inside
+    a bf16 run (precision.py)."""
+    low = low_precision(h.device)
+    chunk = chunk or default_chunk(h.device, low)
+    return _FusedHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), chunk, low)
 
 
 @dataclass
@@ -93,22 +108,25 @@ class ExitStats:
 @torch.no_grad()
 def exit_stats(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                chunk: int | None = None) -> ExitStats:
-    """NLL, confidence and correctness per token, without ever holding all the logits."""
-    h = h.reshape(-1, h.shape[-1]).contiguous()
-    targets = targets.reshape(-1)
+    """NLL, confidence and correctness per token, without ever holding all the logits; the
+    logits in bf16 inside a bf16 run, the statistics always float32."""
+    low = low_precision(h.device)
+    dtype = torch.bfloat16 if low else h.dtype
+    h = h.reshape(-1, h.shape[-1]).to(dtype).contiguous()
+    weight, targets = weight.to(dtype), targets.reshape(-1)
     n = h.shape[0]
-    chunk = chunk or default_chunk(h.device)
+    chunk = chunk or default_chunk(h.device, low)
     nll = torch.empty(n, dtype=torch.float32, device=h.device)
     confidence = torch.empty(n, dtype=torch.float32, device=h.device)
     correct = torch.empty(n, dtype=torch.bool, device=h.device)
-    buf = torch.empty(min(chunk, n), weight.shape[0], dtype=h.dtype, device=h.device)
+    buf = torch.empty(min(chunk, n), weight.shape[0], dtype=dtype, device=h.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         hc, yc, logits = h[start:stop], targets[start:stop], buf[: stop - start]
         torch.mm(hc, weight.t(), out=logits)
         top, best = logits.max(dim=1, keepdim=True)
         target_logit = logits.gather(1, yc[:, None])
-        sums = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
+        sums = row_sums(logits.sub_(top).exp_())
         nll[start:stop] = (sums.log() + top - target_logit).squeeze(1)
         confidence[start:stop] = sums.reciprocal().squeeze(1)
         correct[start:stop] = best.squeeze(1) == yc

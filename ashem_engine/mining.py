@@ -14,6 +14,7 @@ import torch
 
 from .cascade import Cascade, ExitPass, route
 from .data import Batches, Vocabulary
+from .dist import World
 from .head import ExitStats
 from .model import EarlyExitLM
 
@@ -42,16 +43,20 @@ class MiningResult:
 def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
               check: Callable[[], None] = lambda: None) -> ExitPass:
     """Every token of a split at the cascade's last exit, computing everything; `remaining`:
-    those the earlier exits did not let go (None with one exit). `check()`: before a batch."""
-    passes, remaining = [], []
-    for i in range(len(batches)):
+    those the earlier exits did not let go (None with one exit). `check()`: before a batch.
+    Under torchrun each rank routes its share of the batches and every rank gets them all."""
+    passes, remaining, world = [], [], World.current()
+    for i in world.share(len(batches)):
         check()
         routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
         passes.append(routed.every_exit[-1])
         remaining.append(routed.exit_index == cascade.last)
-    return ExitPass(torch.cat([p.hidden for p in passes]),
-                    ExitStats.cat([p.stats for p in passes]),
-                    torch.cat(remaining) if cascade.last else None)
+    n, per = len(batches), batches.y[0].numel()
+    stats = ExitStats.cat([p.stats for p in passes])
+    return ExitPass(world.gather(torch.cat([p.hidden for p in passes]), n, per),
+                    ExitStats(*(world.gather(t, n, per) for t in
+                                (stats.nll, stats.confidence, stats.correct))),
+                    world.gather(torch.cat(remaining), n, per) if cascade.last else None)
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:

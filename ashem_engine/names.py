@@ -13,3 +13,7 @@ SIGNALS = (SOFTMAX, CLASSIFIER)
 # evaluation.inference: the spec's SEQUENCE everywhere, or each stage's layers as trained.
 SPEC, AS_TRAINED = "spec", "as_trained"
 INFERENCES = (SPEC, AS_TRAINED)
+
+# run.precision: everything in float32, or matrix products and activations in bfloat16.
+FP32, BF16 = "fp32", "bf16"
+PRECISIONS = (FP32, BF16)

@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 from . import events as ev
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError
+from .dist import SharedControl, World, join
 from .resume import ResumeError, ResumePoint, read_resume_point
 from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run_dir,
                      probe_writable)
@@ -33,13 +34,23 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
               control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
               ) -> RunResult:
     """Runs every stage in a new run directory; never raises for cancel or failure
-    (see RunResult.status)."""
+    (see RunResult.status). Under torchrun, rank 0 makes the directory and tells the others."""
     try:
-        run_dir = create_run_dir(settings.run.runs_dir, settings.run.name)
-    except RunDirError as e:
-        return _failed_before_start(sinks, "run_dir", str(e))
-    atomic_write_json(run_dir / "settings.json", settings.to_dict())
-    return _drive(settings, run_dir, sinks, control, corpus, point=None)
+        world = join(settings.run.device)
+    except Exception as e:  # torch.distributed raises many types
+        return _failed_before_start(sinks, "distributed", f"cannot join torchrun's process "
+                                    f"group: {str(e).splitlines()[0] if str(e) else e!r}")
+    made = None
+    if world.lead:
+        try:
+            made = create_run_dir(settings.run.runs_dir, settings.run.name)
+            atomic_write_json(made / "settings.json", settings.to_dict())
+        except RunDirError as e:
+            made = e
+    made = world.from_lead(made)
+    if isinstance(made, RunDirError):
+        return _failed_before_start(sinks if world.lead else (), "run_dir", str(made))
+    return _drive(settings, made, sinks, control, corpus, point=None)
 
 
 def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
@@ -49,7 +60,8 @@ def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
     same run directory, with the settings it was started with."""
     try:
         settings, point = read_resume_point(run_dir)
-        probe_writable(Path(run_dir))
+        if join(settings.run.device).lead:
+            probe_writable(Path(run_dir))
     except (ResumeError, RunDirError, SettingsError, CheckpointError) as e:
         return _failed_before_start(sinks, "resume", str(e))
     return _drive(settings, Path(run_dir), sinks, control, corpus, point)
@@ -69,17 +81,20 @@ FAILURE_KINDS = {DataError: "data", NumericFault: "numeric", RunDirError: "run_d
 def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
            control: Optional[RunControl], corpus: Optional[Corpus],
            point: Optional[ResumePoint]) -> RunResult:
-    control = control or RunControl(pause_at=settings.run.pause_at)
+    control, world = control or RunControl(pause_at=settings.run.pause_at), World.current()
+    if world.parallel:
+        control = SharedControl(control, world)
     reducer = replay(run_dir)  # the attempts before, in a resumed run
-    jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
-    emit = ev.Emitter(jsonl, reducer, *sinks)
+    jsonl = ev.JsonLinesSink(run_dir / "events.jsonl") if world.lead else None
+    emit = ev.Emitter(jsonl, reducer, *sinks) if world.lead else ev.Emitter(reducer)
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where))
     pipeline = Pipeline(settings, run_dir, emit, control, reducer)
     try:
         state = pipeline.start(corpus, point)
-        for step in pipeline.steps(point):
-            step.run(state)
+        with pipeline.precision():
+            for step in pipeline.steps(point):
+                step.run(state)
         control.boundary("evaluation", "after the final evaluation")
         finished = ev.RunFinished(run_dir=str(run_dir), seconds=round(emit.elapsed(), 3),
                                   summary={})
@@ -95,7 +110,8 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
         emit(failure)
         return RunResult("failed", run_dir, pipeline.write_summary(), failure)
     finally:
-        jsonl.close()
+        if jsonl is not None:
+            jsonl.close()
         control.on_pause = control.on_resume = None
 
 

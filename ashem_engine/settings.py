@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import tomli
 
-from .names import INFERENCES, SIGNALS
+from .names import INFERENCES, PRECISIONS, SIGNALS
 
 LOCAL_FILE = "settings.toml"
 DEFAULTS_NOTICE = (f"no ./{LOCAL_FILE} here: using the built-in defaults (the spec's set-up); "
@@ -284,6 +284,7 @@ RULES: list[Rule] = [
     ("run.runs_dir", lambda v, c: bool(v), "must be a directory path"),
     ("run.device", *_one_of("cpu", "cuda", "auto")),
     ("run.threads", *_at_least(0, " (0 = chosen by ashem)")),
+    ("run.precision", *_one_of(*PRECISIONS)),
     ("run.progress_events_per_epoch", *_at_least(1)),
     ("run.pause_at", lambda v, c: all(_valid_boundary(b, len(c.stages)) for b in v),
      "each entry must be stage-N, mining-N or evaluation for an existing stage"),

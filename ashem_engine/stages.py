@@ -17,6 +17,7 @@ import torch
 from .cascade import Cascade, Evaluation, ExitPass, advance, evaluate
 from .control import RunControl
 from .data import Batches
+from .dist import World
 from .events import BatchProgress, EpochEnded, Event
 from .head import exit_stats, head_loss
 from .mining import HardTokens
@@ -60,6 +61,12 @@ class StageTask:
     def __init__(self, model: EarlyExitLM, validation: Batches, cascade: Cascade):
         self.model, self.validation, self.cascade = model, validation, cascade
         self._first_exit: Optional[ExitPass] = None  # when its blocks are frozen
+        self.world = World.current()
+
+    def mine(self, n: int) -> slice:
+        """This process' rows of a batch of n (all of them in a single process)."""
+        rows = self.world.share(n)
+        return slice(rows.start, rows.stop)
 
     @property
     def hard_from_layer(self) -> int:
@@ -80,8 +87,16 @@ class StageTask:
         return ()
 
     def loss(self, index: int) -> torch.Tensor:
+        """Mean cross-entropy over the batch; under torchrun over this rank's rows, weighted
+        so that DistributedDataParallel's average over ranks is the whole batch's mean."""
         hidden, targets = self.batch(index)
-        return head_loss(hidden, self.model.head.weight, targets)
+        weight = self.model.head.weight
+        if not self.world.parallel:
+            return head_loss(hidden, weight, targets)
+        if targets.numel() == 0:  # no rows here: zero gradients, so every rank joins in
+            return hidden.sum() * 0.0 + weight.sum() * 0.0
+        share = targets.numel() * self.world.size / self.tokens_in(index)
+        return head_loss(hidden, weight, targets) * share
 
     def validate(self, check: Callable[[], None]) -> Evaluation:
         first_layer, model = self.cascade.layers[0], self.model
@@ -104,6 +119,7 @@ class StageTask:
             s = exit_stats(hidden, self.model.head.weight, targets)
             nll_sum += float(s.nll.double().sum())
             count += len(s)
+        nll_sum, count = self.world.total(nll_sum), int(self.world.total(count))
         return math.exp(nll_sum / count) if count else None
 
 
@@ -115,8 +131,9 @@ class SequenceTask(StageTask):
         self.train, self.batch_tokens = train, [y.numel() for y in train.y]
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.model.hidden(self.train.x[index])
-        return h.reshape(-1, h.shape[-1]), self.train.y[index]
+        rows = self.mine(self.train.x.shape[1])
+        h = self.model.hidden(self.train.x[index][rows])
+        return h.reshape(-1, h.shape[-1]), self.train.y[index][rows].reshape(-1)
 
 
 class HardTokenTask(StageTask):
@@ -136,10 +153,12 @@ class HardTokenTask(StageTask):
         return out, self.hard.targets[rows]
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.upper(self.order[index])
+        rows = self.order[index]
+        return self.upper(rows[self.mine(len(rows))])
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        return (self.upper(slice(i, i + 4096)) for i in range(0, len(self.hard), 4096))
+        starts = range(0, len(self.hard), 4096)
+        return (self.upper(slice(i, i + 4096)) for i in starts[self.mine(len(starts))])
 
 
 class MaskedSequenceTask(StageTask):
@@ -158,10 +177,11 @@ class MaskedSequenceTask(StageTask):
         self.batch_tokens = self.remaining.flatten(1).sum(1).tolist()
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        remaining = self.remaining[index]
-        upper = advance(self.model, self.lower[index], self.hard_from_layer,
+        rows = self.mine(self.lower.shape[1])
+        remaining = self.remaining[index][rows]
+        upper = advance(self.model, self.lower[index][rows], self.hard_from_layer,
                         self.model.num_layers, PROPAGATED, remaining)
-        return upper[remaining], self.y[index][remaining]
+        return upper[remaining], self.y[index][rows][remaining]
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return (self.batch(i) for i in range(self.num_batches()))
@@ -257,21 +277,43 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
                         stopping.seconds, list(stopping.history))
 
 
+class _TaskLoss(torch.nn.Module):
+    """A task's loss as a module, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, task: StageTask):
+        super().__init__()
+        self.model, self.task = task.model, task
+
+    def forward(self, index: int) -> torch.Tensor:
+        return self.task.loss(index)
+
+
+def data_parallel(task: StageTask) -> Callable[[int], torch.Tensor]:
+    """The task's loss; under torchrun through DistributedDataParallel, which averages the
+    gradients over the ranks during backward."""
+    if not task.world.parallel:
+        return task.loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(_TaskLoss(task))
+
+
 def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: OptimizerSettings,
                 control: RunControl, emit: Callable[[Event], None],
                 progress_events_per_epoch: int) -> tuple[float, float]:
     """One pass over the task's batches; returns the train PPL and the seconds it took."""
-    model, batches = task.model, task.num_batches()
+    model, batches, world = task.model, task.num_batches(), task.world
     params = [p for p in model.parameters() if p.requires_grad]
     every = max(1, math.ceil(batches / progress_events_per_epoch))
     model.train()
+    loss_of = data_parallel(task)
     seconds, loss_sum, tokens = 0.0, 0.0, 0
     for b in range(batches):
         control.checkpoint(f"stage {stage}, epoch {epoch}, batch {b + 1}/{batches}")
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = task.loss(b)
-        value = loss.item()
+        loss = loss_of(b)
+        value = world.total(loss.item()) / world.size  # the whole batch's mean
         if not math.isfinite(value):
             raise NumericFault(stage, epoch, b + 1, value)
         loss.backward()

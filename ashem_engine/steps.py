@@ -19,11 +19,13 @@ from .control import RunControl
 from .cascade import Cascade, evaluate, inference_modes
 from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
+from .dist import World
 from .mining import HardTokens, examples_in_context, exit_pass, histogram, mine, top_words
 from .model import EarlyExitLM, count_parameters
 from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
 from .names import CLASSIFIER
+from .precision import compute
 from .settings import Settings
 from .stages import HardTokenTask, MaskedSequenceTask, SequenceTask, run_stage
 from .summary import SummaryReducer
@@ -72,6 +74,11 @@ class Pipeline:
         self.control, self.reducer = control, reducer
         self.where = "start"  # where a failure happened, for its message
         self._batches: dict[str, Batches] = {}
+        self.world = World.current()  # under torchrun, rank 0 alone writes files
+
+    def precision(self):
+        """run.precision around the steps (autocast to bf16, or nothing)."""
+        return compute(self.settings.run.precision, self.device)
 
     def steps(self, point: Optional[ResumePoint]) -> list[Step]:
         """The steps still to run after `point` (all of them without one)."""
@@ -127,7 +134,9 @@ class Pipeline:
             stages=[{"stage": i, "layers": st.layers, "max_epochs": st.max_epochs}
                     for i, st in enumerate(s.stages, 1)], machine=machine,
             data_source=corpus.source, seconds_before=self.seconds_before,
-            resume_point=point.where() if point is not None else None))
+            resume_point=point.where() if point is not None else None,
+            world_size=self.world.size, backend=self.world.backend,
+            precision=s.run.precision))
         self.emit(ev.Log("info", f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
                          f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
                          f"batches of {s.data.batch_size} × {s.data.seq_len}"))
@@ -160,7 +169,7 @@ class Pipeline:
             batches=task.num_batches(), context=st.context or "sequence"))
 
         def save_best(epoch: int, weights: dict) -> None:
-            atomic_torch_save(self.best_checkpoint(number), {
+            self.save(self.best_checkpoint(number), {
                 "model": weights, "stage": number, "layers": st.layers,
                 "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
                 "thresholds": state.thresholds, "best_epoch": epoch})
@@ -212,9 +221,10 @@ class Pipeline:
         state.model = state.model.grow(st.layers)
         state.model.freeze_lower(below, freeze_head=st.freeze_head)
         state.exit_layers = [*state.exit_layers, st.layers]
-        atomic_torch_save(self.run_dir / f"stage-{number}-hard.pt", {
+        self.save(self.run_dir / f"stage-{number}-hard.pt", {
             **{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
             "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold})
+        self.world.barrier()  # the next stage reads it back, on every rank
         self.save_point(number, 0, False, state, {"model": state.model.state_dict()})
         self.control.boundary(f"mining-{number - 1}",
                               f"after mining at stage {number - 1}'s exit")
@@ -278,10 +288,11 @@ class Pipeline:
                     "inference": s.evaluation.inference,
                     "contexts": [st.context for st in s.stages[1:]],
                     "freeze_head": [st.freeze_head for st in s.stages[1:]]}
-        atomic_write_json(self.run_dir / SWEEP_FILE, {
-            "name": s.run.name, "run_dir": str(self.run_dir), "protocol": protocol,
-            "split": s.evaluation.split, "tokens": final.tokens,
-            "plain_macs_per_token": plain, "series": series})
+        if self.world.lead:
+            atomic_write_json(self.run_dir / SWEEP_FILE, {
+                "name": s.run.name, "run_dir": str(self.run_dir), "protocol": protocol,
+                "split": s.evaluation.split, "tokens": final.tokens,
+                "plain_macs_per_token": plain, "series": series})
 
     def _costs(self, exit_layers: tuple, modes: tuple) -> CostModel:
         seq_len = self.batches(self.settings.evaluation.split).x.shape[-1]
@@ -295,7 +306,7 @@ class Pipeline:
         classifiers = None
         if CLASSIFIER in s.evaluation.signals:
             classifiers = train_classifiers(m, mining, cascade, s.run.seed, self.check)
-            atomic_torch_save(self.run_dir / "exit-classifiers.pt",
+            self.save(self.run_dir / "exit-classifiers.pt",
                               {"classifiers": [c.state_dict() for c in classifiers]})
         return sweep(m, mining, report, cascade, s.evaluation.signals, s.evaluation.sweep_points,
                      classifiers, self.check)
@@ -332,14 +343,19 @@ class Pipeline:
 
     def write_summary(self) -> dict:
         summary = self.reducer.summary
-        atomic_write_json(self.run_dir / "summary.json", summary)
+        if self.world.lead:
+            atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def save(self, path: Path, obj: dict) -> None:
+        if self.world.lead:
+            atomic_torch_save(path, obj)
 
     def save_point(self, stage: int, epoch: int, stage_done: bool, state: RunState,
                    training: Optional[dict] = None) -> None:
         """`training`: "model", "optimizer" and "early", while the stage is under way."""
         training = training or {}
-        atomic_torch_save(self.run_dir / PROGRESS, vars(ResumePoint(
+        self.save(self.run_dir / PROGRESS, vars(ResumePoint(
             stage, epoch, stage_done, state.exit_layers, state.thresholds, torch.get_rng_state(),
             self.seconds_before + self.emit.elapsed(), training.get("model"),
             training.get("optimizer"), training.get("early"))))

@@ -19,6 +19,7 @@ import torch
 from .cascade import Cascade, Evaluation, ExitPass, evaluate, route, tally
 from .costs import CostModel
 from .data import Batches
+from .dist import World
 from .head import ExitStats
 from .mining import exit_pass, quantile_threshold
 from .model import EarlyExitLM
@@ -75,15 +76,19 @@ def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     """evaluate() for the cascade under any thresholds and signal, when no inference mode
     depends on the routing (no PROPAGATED): every exit's statistics and signals for every
     token of the split, from one pass."""
-    stats, scores = [], []
-    for i in range(len(batches)):
+    stats, scores, world = [], [], World.current()
+    for i in world.share(len(batches)):
         check()
         passes = route(model, cascade, batches.x[i], batches.y[i], every_exit=True).every_exit
         stats.append([p.stats for p in passes])
         scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
-    stats = [ExitStats.cat(per_exit) for per_exit in zip(*stats)]
+
+    def whole(t: torch.Tensor) -> torch.Tensor:  # under torchrun: every rank's batches
+        return world.gather(t, len(batches), batches.y[0].numel())
+    stats = [ExitStats(*map(whole, (s.nll, s.confidence, s.correct)))
+             for s in (ExitStats.cat(per_exit) for per_exit in zip(*stats))]
     signals = {SOFTMAX: [s.confidence for s in stats[:-1]],
-               CLASSIFIER: [torch.cat(per_exit) for per_exit in zip(*scores)]}
+               CLASSIFIER: [whole(torch.cat(per_exit)) for per_exit in zip(*scores)]}
     nll, correct = torch.stack([s.nll for s in stats]), torch.stack([s.correct for s in stats])
 
     def evaluate_at(thresholded: Cascade) -> Evaluation:

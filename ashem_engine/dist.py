@@ -1,0 +1,145 @@
+"""Several processes under torchrun: PyTorch's own distributed stack (DESIGN.md).
+
+`join(device)` sets up torch.distributed when torchrun started this process (WORLD_SIZE > 1):
+gloo on CPU, NCCL on CUDA. `World.current()` reads the process group back, so a single
+process needs nothing and changes nothing. Training batches are split across ranks
+(stages.py, DistributedDataParallel); the passes over a split (mining, validation, the final
+evaluation, the sweep) give each rank a contiguous share of the batches and gather the
+per-token results in batch order, so every rank then holds exactly what one process would,
+and a threshold is the quantile over the whole split. Rank 0 alone writes the run directory.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+# A collective waits at most this long for a rank that stopped answering; a rank that died
+# is noticed at once (its sockets close).
+TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    backend: str = "none"
+
+    @classmethod
+    def current(cls) -> "World":
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), str(dist.get_backend()))
+        return cls()
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the one process that writes the run directory and the events."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+    def share(self, n: int, rank: Optional[int] = None) -> range:
+        """A rank's contiguous block of n items; the first n % size ranks take one more."""
+        rank = self.rank if rank is None else rank
+        base, extra = divmod(n, self.size)
+        start = rank * base + min(rank, extra)
+        return range(start, start + base + (rank < extra))
+
+    def gather(self, local: torch.Tensor, n: int, per: int) -> torch.Tensor:
+        """Every rank's `local` rows (its share of n items, `per` rows each) -> all n * per
+        rows in item order, on every rank."""
+        if not self.parallel:
+            return local
+        counts = [len(self.share(n, r)) * per for r in range(self.size)]
+        wire = local.to(torch.uint8) if local.dtype == torch.bool else local
+        padded = wire.new_zeros((max(counts), *wire.shape[1:]))
+        padded[: len(wire)] = wire
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        out = torch.cat([part[:count] for part, count in zip(parts, counts)])
+        return out.to(local.dtype)
+
+    def total(self, value: float) -> float:
+        """The sum of `value` over the ranks (float64)."""
+        if not self.parallel:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t[0])
+
+    def from_lead(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (a run directory's path, ...)."""
+        if not self.parallel:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.parallel:
+            dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join(device: str) -> World:
+    """Joins the process group torchrun set up the environment for; one process: no-op."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return World.current()
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    return World.current()
+
+
+def leave() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class SharedControl:
+    """Rank 0's RunControl decides at every batch and stage boundary; every rank obeys the
+    same decision there (go on, or cancel). The decision travels on a gloo group of its
+    own with no practical time limit, so a run may stay paused for as long as its user
+    likes; a rank that dies still closes its sockets, which the others notice at once."""
+
+    def __init__(self, control: Any, world: World):
+        self.control, self.world = control, world
+        self.group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
+
+    def __getattr__(self, name: str) -> Any:  # pause_at, on_pause, ... of rank 0's control
+        return getattr(self.control, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("control", "world", "group"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.control, name, value)
+
+    def checkpoint(self, where: str) -> None:
+        self._agree(where, lambda: self.control.checkpoint(where))
+
+    def boundary(self, name: str, where: str) -> None:
+        self._agree(where, lambda: self.control.boundary(name, where))
+
+    def _agree(self, where: str, decide) -> None:
+        from .control import Cancelled
+
+        cancel = torch.zeros(1, dtype=torch.int32)
+        if self.world.lead:
+            try:
+                decide()
+            except Cancelled:
+                cancel[0] = 1
+        dist.broadcast(cancel, src=0, group=self.group)
+        if cancel[0]:
+            raise Cancelled(where)
