@@ -8,6 +8,7 @@ run never holds at stage boundaries. Exit codes: `exitcodes.exit_code`, the rule
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Optional, Sequence, TextIO
@@ -188,11 +189,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             settings = load_settings(path, args.overrides)
         except SettingsError as e:
             return bad_input(e)
-        if notice:
+        if notice and os.environ.get("RANK", "0") == "0":
             print(f"ashem-engine: {notice}", file=sys.stderr)
 
-    from .dist import World, leave
+    from .dist import World, launched_by_torchrun, leave, stop_on_terminate
     from .run import resume_ashem, run_ashem  # torch loads here, after the cheap checks
+
+    if launched_by_torchrun():
+        stop_on_terminate()
 
     control = RunControl(pause_at=(), hold_at_boundaries=False)
 
@@ -214,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         leave()
     if args.quiet and result.status == "finished" and world.lead:
         print(format_table(result.summary))
-    if result.status == "failed" and (world.lead or result.error.error_kind == "distributed"):
+    if result.status == "failed":  # under torchrun every rank says why it stopped
         rank = f" (rank {world.rank} of {world.size})" if world.parallel else ""
         print(f"ashem-engine: error{rank}: {result.error.message}", file=sys.stderr)
     return exit_code(result.status, result.error.error_kind if result.error else None)

@@ -300,8 +300,7 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
     n, parts, world = batches.y[0].numel(), [], World.current()
-    for i in world.share(len(batches)):
-        check()
+    for i in world.each_of_mine(len(batches), check):
         rows = slice(i * n, (i + 1) * n)
         known = None if first is None else \
             ExitPass(first.hidden[rows], None if first.stats is None else first.stats[rows])

@@ -11,9 +11,10 @@ and a threshold is the quantile over the whole split. Rank 0 alone writes the ru
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,39 @@ import torch.distributed as dist
 # A collective waits at most this long for a rank that stopped answering; a rank that died
 # is noticed at once (its sockets close).
 TIMEOUT_S = 30
+
+
+class PeerLost(Exception):
+    """Another process of this run ended or stopped answering. str(error) is one line."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"another process of this run ended or stopped answering ({detail}); "
+                         "what was finished is kept: go on with ashem-engine resume RUN_DIR")
+
+
+def lost_peer(e: Exception) -> bool:
+    """A collective failed because a rank died or hung (gloo and NCCL raise RuntimeError
+    subclasses, naming themselves)."""
+    text = f"{type(e).__module__} {type(e).__name__} {e}".lower()
+    return isinstance(e, RuntimeError) and any(
+        word in text for word in ("gloo", "nccl", "connection", "timed out", "distbackend"))
+
+
+def peer_detail(e: Exception) -> str:
+    """The first sentence of a backend's error, without its source location."""
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0].rstrip(".")
+
+
+def stop_on_terminate() -> None:
+    """torchrun ends every process of a run with SIGTERM once one of them has died: end as a
+    failure (an event, one line, files kept), not as a silent kill."""
+    import signal
+
+    def on_terminate(signum, frame):
+        raise PeerLost("torchrun stopped this process")
+
+    signal.signal(signal.SIGTERM, on_terminate)
 
 
 @dataclass(frozen=True)
@@ -50,6 +84,16 @@ class World:
         base, extra = divmod(n, self.size)
         start = rank * base + min(rank, extra)
         return range(start, start + base + (rank < extra))
+
+    def each_of_mine(self, n: int, check: Callable[[], None]) -> Iterator[int]:
+        """This rank's share of n batches, `check()` before each step. Every rank makes as
+        many steps as rank 0 (whose share is the longest), so that checks, collective under
+        torchrun, pair up; in one process: check, batch i, for every i."""
+        mine = self.share(n)
+        for k in range(len(self.share(n, 0))):
+            check()
+            if k < len(mine):
+                yield mine[k]
 
     def gather(self, local: torch.Tensor, n: int, per: int) -> torch.Tensor:
         """Every rank's `local` rows (its share of n items, `per` rows each) -> all n * per

@@ -46,8 +46,7 @@ def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     those the earlier exits did not let go (None with one exit). `check()`: before a batch.
     Under torchrun each rank routes its share of the batches and every rank gets them all."""
     passes, remaining, world = [], [], World.current()
-    for i in world.share(len(batches)):
-        check()
+    for i in world.each_of_mine(len(batches), check):
         routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
         passes.append(routed.every_exit[-1])
         remaining.append(routed.exit_index == cascade.last)

@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 from . import events as ev
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError
-from .dist import SharedControl, World, join
+from .dist import PeerLost, SharedControl, World, join, lost_peer, peer_detail
 from .resume import ResumeError, ResumePoint, read_resume_point
 from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run_dir,
                      probe_writable)
@@ -75,7 +75,7 @@ def _failed_before_start(sinks: Iterable[ev.Sink], kind: str, message: str) -> R
 
 
 FAILURE_KINDS = {DataError: "data", NumericFault: "numeric", RunDirError: "run_dir",
-                 CheckpointError: "checkpoint"}
+                 CheckpointError: "checkpoint", PeerLost: "distributed"}
 
 
 def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
@@ -106,7 +106,9 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
                              seconds=round(emit.elapsed(), 3)))
         return RunResult("cancelled", run_dir, pipeline.write_summary())
     except Exception as e:  # expected or not, a failure ends as an event, not a traceback
-        failure = ev.RunFailed(*_described(e, pipeline.where), run_dir=str(run_dir))
+        kind, message, where = _described(e, pipeline.where)
+        failure = ev.RunFailed(kind, message.replace("RUN_DIR", str(run_dir)), where,
+                               run_dir=str(run_dir))
         emit(failure)
         return RunResult("failed", run_dir, pipeline.write_summary(), failure)
     finally:
@@ -117,6 +119,8 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
 
 def _described(e: Exception, where: str) -> tuple[str, str, str]:
     """A failure's kind, message and place; an unexpected one's place in the code too."""
+    if World.current().parallel and lost_peer(e):
+        e = PeerLost(peer_detail(e))
     if type(e) in FAILURE_KINDS:
         return FAILURE_KINDS[type(e)], str(e), getattr(e, "where", where)
     tb = traceback.extract_tb(e.__traceback__)

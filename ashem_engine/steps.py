@@ -119,6 +119,11 @@ class Pipeline:
             if corpus.sizes[split][0] == 0:
                 raise DataError(f"{key} = {split!r}, but the {split} split of {corpus.source} "
                                 "is too small for one batch")
+        for split in {"validation", s.mining.split, s.evaluation.split}:
+            if corpus.sizes[split][0] < self.world.size:
+                raise DataError(f"the {split} split has {corpus.sizes[split][0]} batches, fewer "
+                                f"than the {self.world.size} processes sharing it; use fewer "
+                                "processes or more data.eval_samples")
         return corpus
 
     def _announce(self, threads: int) -> None:

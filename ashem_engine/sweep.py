@@ -77,8 +77,7 @@ def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     depends on the routing (no PROPAGATED): every exit's statistics and signals for every
     token of the split, from one pass."""
     stats, scores, world = [], [], World.current()
-    for i in world.share(len(batches)):
-        check()
+    for i in world.each_of_mine(len(batches), check):
         passes = route(model, cascade, batches.x[i], batches.y[i], every_exit=True).every_exit
         stats.append([p.stats for p in passes])
         scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
