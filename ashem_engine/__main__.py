@@ -214,6 +214,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = resume_ashem(args.run_dir, [printer], control)
     finally:
         signal.signal(signal.SIGINT, previous)
+        if launched_by_torchrun():  # finished either way: say so, even when told to stop
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         world = World.current()
         leave()
     if args.quiet and result.status == "finished" and world.lead:
