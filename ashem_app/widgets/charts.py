@@ -236,14 +236,17 @@ class ConfidenceChart(Chart):
             self.empty(plt, "confidence histogram — after mining")
             return
         edges, counts = confidence_bins(th)
-        width = edges[1] - edges[0] if len(edges) > 1 else 1.0
-        centres = [edges[i] + width / 2 for i in range(len(counts))]
-        hard = [(x, c) for x, c in zip(centres, counts) if x < th.threshold]
-        easy = [(x, c) for x, c in zip(centres, counts) if x >= th.threshold]
-        for part, color in ((hard, HARD), (easy, TRAIN)):  # below the threshold: hard
-            if part:
-                plt.bar([x for x, _ in part], [c for _, c in part], width=1.0, color=color,
-                        marker="sd")
+        # Bins as filled steps: plotext's bars fill each bar by a search quadratic in its
+        # size (1.5 s for a weak model's tall first bin, the UI thread holding the GIL);
+        # a line filled down to the axis costs a few ms. Below the threshold: hard tokens.
+        for below, color in ((True, HARD), (False, TRAIN)):
+            xs, ys = [], []
+            for left, right, count in zip(edges, edges[1:], counts):
+                if (left < th.threshold) == below:
+                    xs += [left, right]
+                    ys += [count, count]
+            if xs:
+                plt.plot(xs, ys, color=color, marker="sd", fillx=True)
         plt.vline(th.threshold, THRESH)
         plt.xlim(edges[0], edges[-1])
         plt.xticks([edges[0], th.threshold, edges[-1]],
