@@ -29,6 +29,8 @@ def _plain(event) -> dict[str, Any] | None:
     out = asdict(event)
     out.pop("histogram_edges", None)
     out.pop("histogram_counts", None)
+    out.pop("zoom_edges", None)
+    out.pop("zoom_counts", None)
     return out
 
 

@@ -113,6 +113,10 @@ class ThresholdComputed(Event):
     tokens: int
     histogram_edges: list  # len(counts) + 1 edges over [0, 1]
     histogram_counts: list
+    # the same number of bins over the range the confidences fill (their 0.5 to 99.5 %
+    # quantiles, widened to include the threshold); None in logs written before them
+    zoom_edges: Optional[list] = None
+    zoom_counts: Optional[list] = None
 
 
 @dataclass

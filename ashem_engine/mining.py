@@ -91,6 +91,24 @@ def histogram(confidences: torch.Tensor, bins: int) -> tuple[list[float], list[i
     return [round(e, 6) for e in edges.tolist()], [int(c) for c in counts.tolist()]
 
 
+def fitted_histogram(confidences: torch.Tensor, bins: int, threshold: float,
+                     tail: float = 0.005) -> tuple[list[float], list[int]]:
+    """`bins` equal bins over the range the confidences fill: from their `tail` to their
+    `1 - tail` quantile (a few near-certain tokens do not stretch it), widened to include
+    the threshold. A weak model's confidences all lie in the first of `histogram`'s bins
+    on [0, 1]; these show their shape. Tokens outside the range are not counted."""
+    values = confidences.reshape(-1).float()
+    if values.numel() == 0:
+        return [0.0, 1.0], [0]
+    q = torch.quantile(values, torch.tensor([tail, 1.0 - tail], dtype=values.dtype))
+    low, high = min(float(q[0]), threshold), max(float(q[1]), threshold)
+    if high - low < 1e-7:  # every confidence the same (up to float32 rounding)
+        low, high = max(0.0, low - 0.005), high + 0.005
+    counts = torch.histc(values, bins=bins, min=low, max=high)
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64)
+    return [float(f"{e:.6g}") for e in edges.tolist()], [int(c) for c in counts.tolist()]
+
+
 def top_words(targets: torch.Tensor, vocab: Vocabulary, k: int) -> list[list]:
     counts = Counter(targets.tolist())
     return [[vocab.words[i], n] for i, n in counts.most_common(k)]

@@ -20,7 +20,8 @@ from .cascade import Cascade, evaluate, inference_modes
 from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .dist import World
-from .mining import HardTokens, examples_in_context, exit_pass, histogram, mine, top_words
+from .mining import (HardTokens, examples_in_context, exit_pass, fitted_histogram, histogram,
+                     mine, top_words)
 from .model import EarlyExitLM, count_parameters
 from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
@@ -241,10 +242,12 @@ class Pipeline:
         passed = exit_pass(m, source, self.cascade(state, stage), self.check)
         mined = mine(passed, source.y, ratio, exits[-1])
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
+        zoom_edges, zoom_counts = fitted_histogram(mined.confidences, s.mining.histogram_bins,
+                                                   mined.threshold)
         self.emit(ev.ThresholdComputed(
             stage=stage, exit_layer=exits[-1], threshold=mined.threshold, target_ratio=ratio,
             split=s.mining.split, tokens=mined.total, histogram_edges=edges,
-            histogram_counts=counts))
+            histogram_counts=counts, zoom_edges=zoom_edges, zoom_counts=zoom_counts))
         hard, count, nan, vocab = mined.hard, len(mined.hard), float("nan"), self.corpus.vocab
         hard_nll = passed.stats.nll[hard.positions].double()
         self.emit(ev.HardExamplesCollected(

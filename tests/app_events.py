@@ -63,6 +63,17 @@ def _histogram(bins: int = 40) -> tuple[list[float], list[int]]:
     return edges, counts
 
 
+def _fitted_histogram(bins: int = 50, low: float = 0.0021, high: float = 0.5317
+                      ) -> tuple[list[float], list[int]]:
+    """The same confidences in bins over the range they fill (ThresholdComputed.zoom_*)."""
+    width = (high - low) / bins
+    edges = [round(low + i * width, 6) for i in range(bins + 1)]
+    centres = [low + (i + 0.5) * width for i in range(bins)]
+    weights = [pow(0.80, 40 * x) * (1.6 if 0.05 <= x <= 0.175 else 1.0) for x in centres]
+    scale = 0.99 * VAL_TOKENS / sum(weights)
+    return edges, [int(w * scale) for w in weights]
+
+
 TOP_WORDS = [["the", 2113], [",", 1877], ["of", 1201], ["and", 1102], ["in", 987],
              ["a", 812], ["to", 766], ["was", 512], ["@-@", 498], ["his", 301],
              ["first", 244], ["game", 198]]
@@ -122,9 +133,11 @@ def make_events(*, stage1_epochs: int = 4, stage2_epochs: int = 7, hold: bool = 
         add(Paused(where="after stage 1", reason="pause_at", boundary="stage-1"), 0.1)
         add(Resumed(where="after stage 1"), 12.0)
     edges, counts = _histogram()
+    zoom_edges, zoom_counts = _fitted_histogram()
     add(ThresholdComputed(stage=1, exit_layer=2, threshold=THRESHOLD, target_ratio=0.5,
                           split="validation", tokens=VAL_TOKENS, histogram_edges=edges,
-                          histogram_counts=counts), 9.8)
+                          histogram_counts=counts, zoom_edges=zoom_edges,
+                          zoom_counts=zoom_counts), 9.8)
     add(HardExamplesCollected(stage=1, count=32_768, total=VAL_TOKENS, ratio=0.5,
                               mean_confidence=0.0653, hard_ppl=2854.97, split="validation",
                               top_words=TOP_WORDS, examples=EXAMPLES), 1.1)

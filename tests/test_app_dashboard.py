@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from dataclasses import asdict
 from types import SimpleNamespace
 
 from app_events import (
@@ -14,14 +15,16 @@ from app_events import (
 
 from ashem_app.app import AshemApp
 from ashem_app.sources import AttachedSource, FollowSource, LiveSource, ReplaySource
+from ashem_app.state import reduce_all
 from ashem_app.screens.confirm import ConfirmScreen
 from ashem_app.screens.help import HelpScreen
 from ashem_app.screens.inspect import InspectScreen
 from ashem_app.widgets.cards import MetricCards
-from ashem_app.widgets.charts import Chart, Charts, PplChart
+from ashem_app.widgets.charts import (Chart, Charts, ConfidenceChart, HardPplChart, PplChart,
+                                      confidence_bins, log_axis)
 from ashem_app.widgets.eventlog import EventLog
 from ashem_app.widgets.timeline import StepBox
-from ashem_engine.events import BatchProgress, Paused, Resumed
+from ashem_engine.events import BatchProgress, Paused, Resumed, ThresholdComputed
 
 SIZE = (100, 30)
 
@@ -391,7 +394,7 @@ async def test_wide_terminal_shows_all_charts():
         assert len(shown) == 4 and all(c.size.height >= 8 for c in shown)
         assert [chart_title(c) for c in shown] == [
             "train / val PPL per epoch · log y",
-            "hard PPL per epoch · ── mined 2,854.97 · log y",
+            "hard PPL per epoch · ── mined 2,854.97",  # 675 … 2,855: under 10×, linear
             "confidence at layer 2 · 65,536 tokens", "final routing 72.6 % / 27.4 %"]
 
 
@@ -451,8 +454,7 @@ async def test_classic_80_by_24_terminal_shows_every_figure_whole():
             assert figure in timeline
         assert "…" not in "".join(lines[:5])  # no figure cut with an ellipsis
         assert "REPLAY" in lines[0] and "elapsed 30:52" in lines[0] and "FINISHED" in lines[0]
-        bar = app.dashboard.query_one("#progress-bar")
-        assert bar.size.width >= 20 and "━" * 14 in lines[4] and "100%" in lines[4]
+        assert "━" * 20 in lines[4] and "%" not in lines[4]  # a bar of 20 cells at least
         assert "512/512" in lines[4] and "loss 6.580" in lines[4]
         for card in ("Val PPL   781.24  best 776.71 s2 e4",
                      "Hard tok  32,768 / 65,536  50.0 % · conf 0.0653",
@@ -467,3 +469,71 @@ async def test_classic_80_by_24_terminal_shows_every_figure_whole():
         await pilot.pause()
         assert not app.dashboard.has_class("-compact")
         assert "best PPL 985.59" in plain(boxes(app)["stage-1"])
+
+
+def test_ppl_axis_is_log_where_the_values_span_more_than_ten_times():
+    assert log_axis(None, [3208.8, 298.6]) and not log_axis(None, [1870.1, 675.3])
+    assert log_axis(True, [2.0, 3.0]) and not log_axis(False, [1.0, 100.0])
+    assert not log_axis(None, [])
+
+
+async def test_l_switches_both_ppl_charts_from_their_default_axis():
+    app = AshemApp(ReplaySource(make_events()))
+    async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.pause()
+        charts = app.dashboard.query_one(Charts)
+        ppl, hard = app.dashboard.query_one(PplChart), app.dashboard.query_one(HardPplChart)
+        assert charts.log_y is None  # log for the PPLs (10.7×), linear for the hard PPLs
+        assert chart_title(ppl).endswith("log y") and not chart_title(hard).endswith("log y")
+        await pilot.press("l")
+        await pilot.pause()
+        assert charts.log_y is False and not chart_title(ppl).endswith("log y")
+        await pilot.press("l")
+        await pilot.pause()
+        assert chart_title(ppl).endswith("log y") and chart_title(hard).endswith("log y")
+
+
+def test_confidence_chart_uses_the_fitted_bins_and_old_logs_the_bins_on_0_1():
+    th = next(e for e in make_events() if isinstance(e, ThresholdComputed))
+    assert confidence_bins(th) == (th.zoom_edges, th.zoom_counts)
+    assert th.zoom_edges[0] > 0 and th.zoom_edges[-1] < 1
+    old = ThresholdComputed(**{**asdict(th), "zoom_edges": None, "zoom_counts": None})
+    assert confidence_bins(old) == (th.histogram_edges, th.histogram_counts)
+
+
+async def test_mining_screen_at_80_by_24_keeps_figures_whole_and_marks_the_threshold():
+    app = AshemApp(AttachedSource(FakeControl()))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.feed(until(make_events(), boundary="mining-1"))
+        await pilot.pause()
+        assert isinstance(app.screen, InspectScreen) and app.screen.has_class("-compact")
+        screen = "\n".join(screen_lines(app))
+        for figure in ("trainable      4,600,448 / 4,600,448", "lr · patience  0.001 · 1",
+                       "stopped early  yes", "thr 0.1596", "0.0021", "0.532",
+                       "threshold         0.1596"):
+            assert figure in screen
+        assert "…" not in screen
+        footer = screen_lines(app)[-1]
+        for key in ("c Continue", "a Abort", "esc Back", "? Help", "q Quit"):
+            assert key in footer
+
+
+def test_confidence_chart_of_tall_fitted_bins_builds_in_milliseconds():
+    """A real run's fitted bins (a weak model: most tokens in the first few bins) took
+    plotext's bar fill 1.5 s of GIL on the UI thread; filled steps take a few ms."""
+    import time
+
+    from textual_plotext import PlotextPlot
+
+    counts = [2595, 628, 134, 71, 78, 66, 83, 56, 37, 43] + [20] * 40
+    edges = [0.000348 + i * 0.000367 for i in range(51)]
+    th = ThresholdComputed(stage=1, exit_layer=2, threshold=0.00061, target_ratio=0.5,
+                           split="validation", tokens=4096, histogram_edges=edges,
+                           histogram_counts=counts, zoom_edges=edges, zoom_counts=counts)
+    chart = ConfidenceChart()
+    plot = PlotextPlot().plt
+    plot.plotsize(79, 11)
+    started = time.perf_counter()
+    chart.draw(plot, reduce_all([th]))
+    plot.build()
+    assert time.perf_counter() - started < 0.3

@@ -2,6 +2,7 @@
 the replay fixture, at fixed terminal sizes. Update with `pytest --snapshot-update`."""
 from __future__ import annotations
 
+import pytest
 from app_events import FakeControl, make_events, until
 
 from ashem_app.app import AshemApp
@@ -10,10 +11,6 @@ from ashem_app.sources import AttachedSource, ReplaySource
 
 def test_dashboard_finished_run(snap_compare):
     assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(100, 30))
-
-
-def test_dashboard_wide(snap_compare):
-    assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(160, 45))
 
 
 def test_dashboard_mid_stage_two(snap_compare):
@@ -38,7 +35,32 @@ def test_help_screen(snap_compare):
                         press=["question_mark"])
 
 
-def test_dashboard_classic_80_by_24(snap_compare):
-    """The compact layout (< 100 columns): short timeline figures, one line per card, the
-    footer's essential keys."""
-    assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=(80, 24))
+# The classic terminal, a middle size and a wide one (docs/APP.md, "Layouts"): every panel
+# readable at 80 x 24 (compact), all four charts from 140 columns on.
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40"),
+         pytest.param((160, 45), id="160x45")]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard_finished_at(snap_compare, size):
+    assert snap_compare(AshemApp(ReplaySource(make_events())), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard_mid_run_at(snap_compare, size):
+    """Stage 2, epoch 4 half done: the progress bar, a running step, routing per epoch."""
+    events = until(make_events(), predicate=lambda e: e.kind == "BatchProgress"
+                   and e.stage == 2 and e.epoch == 4 and e.batch == 256)
+    app = AshemApp(AttachedSource(FakeControl(), events))
+    assert snap_compare(app, terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mining_transition_at(snap_compare, size):
+    app = AshemApp(AttachedSource(FakeControl()))
+
+    async def hold(pilot):
+        app.feed(until(make_events(), boundary="mining-1"))  # pops the screen up
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=hold)

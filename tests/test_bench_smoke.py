@@ -56,3 +56,17 @@ def test_protocols_table_from_finished_runs(tiny_sound_run, tmp_path):
     assert len(rows) == 1 + 5 + 5 + 1 + 1  # header, two sweeps, as run, stage-1 model
     p = bench("bench/protocols.py", "--table", str(tmp_path / "missing"))
     assert p.returncode == 2 and "does not exist" in p.stderr
+
+
+def test_bench_app_quick_runs_a_headless_and_an_app_run(tmp_path):
+    from conftest import TINY
+    from synthetic import synthetic_splits, write_corpus
+
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    sets = [a for o in (*TINY, f"data.path={data}", "stages.1.max_epochs=1",
+                        "stages.2.max_epochs=1", "evaluation.sweep_points=0")
+            for a in ("--set", o)]
+    p = bench("bench/bench_app.py", "--quick", *sets)
+    assert p.returncode == 0, p.stderr
+    assert "[1/1] headless" in p.stdout and "[1/1] app" in p.stdout
+    assert "stage 1 batch ms" in p.stdout and "UI thread CPU" in p.stdout

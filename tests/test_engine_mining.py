@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ashem_engine.cascade import Cascade
 from ashem_engine.data import Batches, Vocabulary
 from ashem_engine.head import ExitStats
-from ashem_engine.mining import (ExitPass, examples_in_context, exit_pass, hard_mask, histogram,
-                                 mine, quantile_threshold, top_words)
+from ashem_engine.mining import (ExitPass, examples_in_context, exit_pass, fitted_histogram,
+                                 hard_mask, histogram, mine, quantile_threshold, top_words)
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.settings import ModelSettings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
@@ -130,6 +131,23 @@ def test_histogram():
     assert edges == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert sum(counts) == len(conf)
     assert counts == [3, 1, 1, 2]  # the last bin includes 1.0
+
+
+def test_fitted_histogram_spans_the_confidences_and_the_threshold():
+    # a weak model: every confidence far below 1/50, all in the first bin on [0, 1]
+    conf = torch.linspace(1e-4, 9e-3, 1000)
+    assert histogram(conf, 50)[1][0] == 1000
+    edges, counts = fitted_histogram(conf, 50, threshold=0.004, tail=0.0)
+    assert len(edges) == 51 and len(counts) == 50
+    assert edges[0] == pytest.approx(1e-4) and edges[-1] == pytest.approx(9e-3)
+    assert sum(counts) == 1000 and max(counts) <= 25  # spread over the bins
+    # the threshold outside the confidences widens the range; a tail is left out
+    edges, counts = fitted_histogram(conf, 10, threshold=0.02)
+    assert edges[-1] == pytest.approx(0.02) and edges[0] > 1e-4
+    assert sum(counts) < 1000
+    # all the same: a small range around them
+    edges, counts = fitted_histogram(torch.full((5,), 0.3), 4, threshold=0.3)
+    assert edges[0] < 0.3 < edges[-1] and sum(counts) == 5
 
 
 def test_top_words():

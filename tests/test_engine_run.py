@@ -185,6 +185,9 @@ def test_mining_figures_recomputed_from_stage1_checkpoint(tiny_run):
     assert computed.threshold == pytest.approx(threshold, abs=1e-7)
     assert computed.tokens == conf.numel() == 448 and computed.exit_layer == 2
     assert sum(computed.histogram_counts) == 448
+    assert len(computed.zoom_counts) == len(computed.histogram_counts)
+    assert computed.zoom_edges[0] <= computed.threshold <= computed.zoom_edges[-1]
+    assert computed.zoom_edges[0] >= conf.min().item() - 1e-6
     hard = one(events, ev.HardExamplesCollected)
     mask = conf < computed.threshold
     assert hard.count == int(mask.sum()) == 224 and hard.total == 448 and hard.ratio == 0.5

@@ -74,10 +74,7 @@ class DashboardScreen(Screen[None]):
 
     def toggle_log_y(self, view: RunView) -> bool:
         """A log y axis on the PPL charts, or not again; whether it is on now."""
-        charts = self.query_one(Charts)
-        charts.log_y = not charts.log_y
-        charts.show(view)
-        return charts.log_y
+        return self.query_one(Charts).toggle_log_y(view)
 
     def next_chart(self) -> None:
         charts = self.query_one(Charts)

@@ -16,16 +16,19 @@ from typing import Optional
 
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from .. import fmt, keys
 from ..messages import AbortRun, ContinueRun, StepSelected
 from ..state import RunView, Step
 from ..widgets.charts import ConfidenceChart, PplChart, RoutingChart
+from ..widgets.keyfooter import KeyFooter
 from .confirm import ConfirmScreen
+from .dashboard import COMPACT_WIDTH
 
 
 def _kv_table(rows: list[tuple[str, str]]) -> Table:
@@ -190,7 +193,12 @@ class InspectScreen(Screen[None]):
                     yield from self._mining_sections(step)
                 else:
                     yield from self._evaluation_sections()
-        yield Footer(compact=True)
+        # compact: c / a / esc / ? / q; space (pause) is the dashboard's, c resumes here
+        yield KeyFooter(compact=True, extra=("toggle_pause",))
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Below COMPACT_WIDTH columns (80 x 24) the rows marked -stack are stacked."""
+        self.set_class(event.size.width < COMPACT_WIDTH, "-compact")
 
     @staticmethod
     def _stage_sections(step: Step) -> ComposeResult:
@@ -207,14 +215,14 @@ class InspectScreen(Screen[None]):
                            classes="narrow")
             yield ConfidenceChart(stage=step.stage, id="inspect-confidence",
                                   classes="inspect-chart")
-        with Horizontal(classes="inspect-row"):
+        with Horizontal(classes="inspect-row -stack"):
             yield _section("Hard tokens", "", id="hard-figures", classes="narrow")
             yield _section("Hard words", "", id="top-words", classes="narrow")
             yield _section("Hard tokens in context", "", id="hard-examples", classes="wide")
 
     def _evaluation_sections(self) -> ComposeResult:
         last = self.view.stages[-1] if self.view.stages else 1
-        with Horizontal(classes="inspect-row"):
+        with Horizontal(classes="inspect-row -stack"):
             yield _section("Final evaluation", "", id="evaluation", classes="narrow")
             yield _section(f"Stage {last} summary", "", id="stage-summary", classes="narrow")
         yield RoutingChart(id="inspect-routing", classes="inspect-chart")

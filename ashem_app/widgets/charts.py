@@ -8,6 +8,8 @@ from typing import Any, Optional
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Container, Vertical
+from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
@@ -24,6 +26,19 @@ BARS = [(80, 200, 120), (90, 160, 255), (255, 170, 60), (200, 120, 255)]
 
 def _ok(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def log_axis(choice: Optional[bool], values: list[float]) -> bool:
+    """Whether a PPL chart has a log y axis: `choice` (l pressed), else when the plotted
+    values span more than 10× (epoch 1 against the rest, which a linear axis flattens)."""
+    if choice is not None:
+        return choice
+    return bool(values) and max(values) > 10 * min(values)
+
+
+def ppl_values(view: RunView) -> list[float]:
+    """The values the PPL chart plots (what its default axis is chosen from)."""
+    return [v for e in view.epochs for v in (e.train_ppl, e.val_ppl) if _ok(v)]
 
 
 def _log_ticks(values: list[float], n: int = 5) -> tuple[list[float], list[str]]:
@@ -112,10 +127,10 @@ class PplChart(Chart):
     """Train and val PPL per epoch across all stages; dotted lines at stage boundaries."""
 
 
-    def data_key(self, view: RunView, log_y: bool = True, **_: Any) -> Any:
+    def data_key(self, view: RunView, log_y: Optional[bool] = None, **_: Any) -> Any:
         return (len(view.epochs), log_y)
 
-    def draw(self, plt, view: RunView, log_y: bool = True, **_: Any) -> None:
+    def draw(self, plt, view: RunView, log_y: Optional[bool] = None, **_: Any) -> None:
         epochs = view.epochs
         if not epochs:
             self.empty(plt, "train / val PPL — waiting for the first epoch")
@@ -124,6 +139,7 @@ class PplChart(Chart):
         tr = [(x, e.train_ppl) for x, e in zip(xs, epochs) if _ok(e.train_ppl)]
         va = [(x, e.val_ppl) for x, e in zip(xs, epochs) if _ok(e.val_ppl)]
         every = [v for _, v in tr + va]
+        log_y = log_axis(log_y, every)
 
         def y(v: float) -> float:
             return math.log10(v) if log_y else v
@@ -156,10 +172,10 @@ class HardPplChart(Chart):
     mined (previous stage's) hard PPL as a reference line."""
 
 
-    def data_key(self, view: RunView, log_y: bool = True, **_: Any) -> Any:
+    def data_key(self, view: RunView, log_y: Optional[bool] = None, **_: Any) -> Any:
         return (len(view.epochs), len(view.hard_collected), log_y)
 
-    def draw(self, plt, view: RunView, log_y: bool = True, **_: Any) -> None:
+    def draw(self, plt, view: RunView, log_y: Optional[bool] = None, **_: Any) -> None:
         by_stage: dict[int, list] = {}
         for e in view.epochs:
             if e.stage >= 2 and _ok(e.hard_ppl):
@@ -169,15 +185,15 @@ class HardPplChart(Chart):
         if not by_stage and not refs:
             self.empty(plt, "hard PPL — after mining")
             return
+        every = [r for _, r in refs] + [e.hard_ppl for eps in by_stage.values() for e in eps]
+        log_y = log_axis(log_y, every)
 
         def y(v: float) -> float:
             return math.log10(v) if log_y else v
 
-        every = [r for _, r in refs]
         for i, (stage, eps) in enumerate(sorted(by_stage.items())):
             xs = [e.epoch for e in eps]
             ys = [e.hard_ppl for e in eps]
-            every += ys
             plt.plot(xs, [y(v) for v in ys], label=f"stage {stage}" if len(by_stage) > 1
                      else None, marker="braille",
                      color=HARD if i == 0 else BARS[i % len(BARS)])
@@ -219,13 +235,41 @@ class ConfidenceChart(Chart):
         if th is None or not th.histogram_counts:
             self.empty(plt, "confidence histogram — after mining")
             return
-        edges, counts = th.histogram_edges, th.histogram_counts
-        lefts = edges[: len(counts)]
-        plt.bar(lefts, counts, width=1.0, color=TRAIN, marker="sd")
+        edges, counts = confidence_bins(th)
+        # Bins as filled steps: plotext's bars fill each bar by a search quadratic in its
+        # size (1.5 s for a weak model's tall first bin, the UI thread holding the GIL);
+        # a line filled down to the axis costs a few ms. Below the threshold: hard tokens.
+        for below, color in ((True, HARD), (False, TRAIN)):
+            xs, ys = [], []
+            for left, right, count in zip(edges, edges[1:], counts):
+                if (left < th.threshold) == below:
+                    xs += [left, right]
+                    ys += [count, count]
+            if xs:
+                plt.plot(xs, ys, color=color, marker="sd", fillx=True)
         plt.vline(th.threshold, THRESH)
+        plt.xlim(edges[0], edges[-1])
         plt.xticks([edges[0], th.threshold, edges[-1]],
-                   [f"{edges[0]:g}", f"thr {th.threshold:.3f}", f"{edges[-1]:g}"])
-        plt.title(f"confidence at layer {th.exit_layer} · {fmt.integer(th.tokens)} tokens")
+                   [_conf_tick(edges[0]), f"thr {th.threshold:.4g}", _conf_tick(edges[-1])])
+        top = max(counts) if counts else 0
+        if top > 0:
+            ticks = _round_values_between(max(1.0, top / 4), top, max_ticks=3)
+            plt.yticks([0, *ticks], ["0", *(fmt.tick(t) for t in ticks)])
+        tokens = f"{fmt.integer(th.tokens)} tokens"
+        plt.title(self.fitting_title(f"confidence at layer {th.exit_layer} · {tokens}",
+                                     f"confidence · layer {th.exit_layer}", "confidence"))
+
+
+def confidence_bins(th) -> tuple[list[float], list[int]]:
+    """The bins the engine fitted to the confidences (`zoom_*`), else (an event log from
+    before them) the bins on [0, 1]."""
+    if th.zoom_edges and th.zoom_counts:
+        return th.zoom_edges, th.zoom_counts
+    return th.histogram_edges, th.histogram_counts
+
+
+def _conf_tick(x: float) -> str:
+    return f"{x:.2g}" if 0 < abs(x) < 0.01 else f"{x:.3g}"
 
 
 class RoutingChart(Chart):
@@ -265,24 +309,41 @@ CHARTS = (
 )
 
 
-class ChartTabs(Static):
-    """The names of the charts with the selected one marked (used on narrow screens)."""
+class ChartTabs(Widget):
+    """The names of the charts with the selected one marked (used on narrow screens); where
+    they do not all fit (80 columns), the selected one and its number."""
+
+    index = reactive(0)
 
     def select(self, index: int) -> None:
+        self.index = index
+
+    def render(self) -> Text:
+        return self.tabs(self.index, self.content_size.width)
+
+    @staticmethod
+    def tabs(index: int, width: int) -> Text:
         text = Text()
         for i, (_, name, _) in enumerate(CHARTS):
             if i:
                 text.append(" │ ", style="dim")
             text.append(f" {name} ", style="bold reverse" if i == index else "dim")
+        names = text.copy()
         text.append("   n: next chart · l: log-y", style="dim italic")
-        self.update(text)
+        if width and len(text) > width:
+            text = names.append("  n next · l log-y", style="dim italic")
+        if width and len(text) > width:
+            text = Text(f" {CHARTS[index][1]} ", style="bold reverse")
+            text.append(f" {index + 1}/{len(CHARTS)}", style="dim")
+            text.append(" · n next · l log-y", style="dim italic")
+        return text
 
 
 class Charts(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.selected = 0
-        self.log_y = True  # PPLs span 10-100× (epoch 1 against the rest): log by default
+        self.log_y: Optional[bool] = None  # None: log where the values span > 10× (l sets)
 
     def compose(self) -> ComposeResult:
         yield ChartTabs(id="chart-tabs")
@@ -298,6 +359,13 @@ class Charts(Vertical):
         self.query_one(ChartTabs).select(self.selected)
         for i, chart in enumerate(self.query(Chart)):
             chart.set_class(i == self.selected, "-selected")
+
+    def toggle_log_y(self, view: RunView) -> bool:
+        """Switches the PPL charts to the other y axis (log / linear); whether it is log
+        now."""
+        self.log_y = not log_axis(self.log_y, ppl_values(view))
+        self.show(view)
+        return self.log_y
 
     def show(self, view: RunView) -> None:
         for chart in self.query(Chart):

@@ -9,9 +9,10 @@ from .. import keys
 
 
 class KeyFooter(Footer):
-    def __init__(self, scope: str = "app", **kwargs) -> None:
+    def __init__(self, scope: str = "app", extra: tuple[str, ...] = (), **kwargs) -> None:
+        """`extra`: more actions this screen's compact footer leaves out."""
         super().__init__(**kwargs)
-        self.extras = keys.footer_extras(scope)
+        self.extras = keys.footer_extras(scope) | set(extra)
 
     def compose(self) -> ComposeResult:
         for widget in super().compose():

@@ -47,15 +47,17 @@ def status_line(view: RunView, note: str = "") -> Text:
 
 class BatchBar(Static):
     """A one-line bar of batch / batches. (Textual's ProgressBar draws a gradient cell by
-    cell, about 5 ms a frame; this one is a single styled Text.)"""
+    cell, about 5 ms a frame; this one is a single styled Text.) `percent`: the share in
+    % after it (a compact screen leaves it out: batch / batches stands next to the bar)."""
 
-    def show(self, done: int, total: int) -> None:
-        width = max(1, self.size.width - 6)
+    def show(self, done: int, total: int, percent: bool = True) -> None:
+        width = max(1, self.size.width - (6 if percent else 0))
         filled = width * done // total if total > 0 else 0
         text = Text()
         text.append("━" * filled, style="bold green")
         text.append("━" * (width - filled), style="grey23")
-        text.append(f" {100 * done // total if total > 0 else 0:3d}%")
+        if percent:
+            text.append(f" {100 * done // total if total > 0 else 0:3d}%")
         set_text(self, text)
 
     def on_resize(self) -> None:
@@ -64,9 +66,9 @@ class BatchBar(Static):
             self._ashem_last = None
             self.show(*last)
 
-    def set(self, done: int, total: int) -> None:
-        self._last_args = (done, total)
-        self.show(done, total)
+    def set(self, done: int, total: int, percent: bool = True) -> None:
+        self._last_args = (done, total, percent)
+        self.show(done, total, percent)
 
 
 class ProgressPanel(Vertical):
@@ -86,10 +88,10 @@ class ProgressPanel(Vertical):
         if p is None:
             set_text(epoch, Text("epoch –", style="dim"))
             set_text(stats, "")
-            bar.set(0, 0)
+            bar.set(0, 0, not compact)
         else:
             set_text(epoch, epoch_label(p.stage, p.epoch, view.max_epochs(p.stage), compact))
-            bar.set(p.batch, p.batches)
+            bar.set(p.batch, p.batches, not compact)
             set_text(stats, Text.assemble(
                 ("" if compact else "batch ", "dim"), f"{p.batch}/{p.batches}",
                 ("  ", ""), (fmt.rate(p.tokens_per_s), "bold"), (" tok/s", "dim"),
