@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import events as ev
+from .commands import COMMAND_FILE, CommandFile
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError
 from .resume import ResumeError, ResumePoint, read_resume_point
@@ -75,6 +76,10 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
     emit = ev.Emitter(jsonl, reducer, *sinks)
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where))
+    control.on_command = emit
+    own_commands = control.commands is None  # a data-parallel run brings its own reader
+    if own_commands:
+        control.commands = CommandFile(run_dir / COMMAND_FILE)
     pipeline = Pipeline(settings, run_dir, emit, control, reducer)
     try:
         state = pipeline.start(corpus, point)
@@ -96,7 +101,9 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
         return RunResult("failed", run_dir, pipeline.write_summary(), failure)
     finally:
         jsonl.close()
-        control.on_pause = control.on_resume = None
+        control.on_pause = control.on_resume = control.on_command = None
+        if own_commands:
+            control.commands = None
 
 
 def _described(e: Exception, where: str) -> tuple[str, str, str]:
