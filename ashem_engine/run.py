@@ -71,15 +71,15 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
            control: Optional[RunControl], corpus: Optional[Corpus],
            point: Optional[ResumePoint]) -> RunResult:
     control = control or RunControl(pause_at=settings.run.pause_at)
+    own_commands = control.commands is None  # a data-parallel run brings its own reader
+    if own_commands:  # before events.jsonl: a dashboard can attach only once that is there
+        control.commands = CommandFile(run_dir / COMMAND_FILE)
     reducer = replay(run_dir)  # the attempts before, in a resumed run
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl")
     emit = ev.Emitter(jsonl, reducer, *sinks)
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where))
     control.on_command = emit
-    own_commands = control.commands is None  # a data-parallel run brings its own reader
-    if own_commands:
-        control.commands = CommandFile(run_dir / COMMAND_FILE)
     pipeline = Pipeline(settings, run_dir, emit, control, reducer)
     try:
         state = pipeline.start(corpus, point)
