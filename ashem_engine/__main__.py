@@ -166,7 +166,7 @@ class ProgressPrinter:
             self.line(f"Paused at {e.where}")
 
     def on_Resumed(self, e: ev.Resumed) -> None:
-        self.line(f"Resumed at {e.where}")
+        self.line(f"Resumed ({e.where})")
 
     def on_CommandObeyed(self, e: ev.CommandObeyed) -> None:
         value = f" {e.value:g}" if e.value is not None else ""
