@@ -3,6 +3,7 @@
     ashem [--settings settings.toml] [--set table.key=value ...] [--paused]
     ashem --replay runs/<id>        # a finished run, or one a headless engine still writes
     ashem --resume runs/<id>        # continue a cancelled or killed run
+    ashem --attach runs/<id>        # follow and steer a run another process writes
     ashem --compare runs/<a> runs/<b> ...           # only the comparison screen (no run)
     ashem --replay runs/<id> --compare runs/<a> ... # the replay, compared with those runs (c)
 
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional, Sequence, Union
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show a run from its events.jsonl (follows it while it is written)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a cancelled or killed run from its last finished epoch")
+    p.add_argument("--attach", metavar="RUN_DIR",
+                   help="follow a run that another process writes (ashem-engine run --hold, "
+                        "resume, torchrun) and control it; q detaches, the run goes on")
     p.add_argument("--popups", action="store_true",
                    help="in replay, open transition screens by themselves")
     p.add_argument("--compare", metavar="RUN_DIR", nargs="+", default=[],
@@ -87,6 +92,8 @@ def _make_app(args: argparse.Namespace) -> Union["App[int]", int]:
     from .comparison import CompareApp, ComparisonError, comparison_of, load_sweeps
 
     compared: list[dict] = []
+    if args.attach:
+        return _attach_app(args)
     for shown_only in ("compare", "replay"):  # these train nothing
         if getattr(args, shown_only) and (args.overrides or args.paused):
             return _fail(f"error: --set and --paused do not apply to --{shown_only}")
@@ -116,6 +123,26 @@ def _replay_app(args: argparse.Namespace, compared: list[dict]) -> Union["App[in
     except ReplayError as err:
         return _fail(f"replay: {err}")
     return AshemApp(FollowSource(path), popups=args.popups, compare=compared)
+
+
+def _attach_app(args: argparse.Namespace) -> Union["App[int]", int]:
+    others = [f"--{name}" for name in ("settings", "replay", "resume", "compare")
+              if getattr(args, name)] + (["--set"] if args.overrides else []) + \
+        (["--paused"] if args.paused else [])
+    if others:
+        return _fail(f"error: --attach goes alone (not with {', '.join(others)})")
+    run_dir = Path(args.attach)
+    if not run_dir.is_dir():
+        return _fail(f"attach: no run directory at {run_dir}")
+    if not (run_dir / "events.jsonl").is_file():
+        return _fail(f"attach: {run_dir} has no events.jsonl (not an ashem run directory, "
+                     "or its engine has not started yet)")
+    from .app import AshemApp
+    from .sources import AttachSource
+
+    return AshemApp(AttachSource(run_dir), notice_title="Attached",
+                    notice=f"{run_dir}: commands go to its control.json; q detaches and "
+                           "leaves the run going")
 
 
 def _resume_app(args: argparse.Namespace) -> Union["App[int]", int]:

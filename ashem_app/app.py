@@ -1,8 +1,9 @@
 """AshemApp: the Textual dashboard around an ASHEM run.
 
 The app holds one `EventSource` (sources.py): the live engine in a thread worker, a replay,
-a followed events.jsonl, or an attached run. Its mode is which source it holds: a live
-source can be paused, resumed and cancelled; a replay cannot.
+a followed events.jsonl, or a run another process writes (`ashem --attach`, steered through
+the run directory; quitting detaches). Its mode is which source it holds: a live source can
+be paused, resumed, cancelled and steered; a replay cannot.
 
 Events are reduced into a `RunView` (state.py), which the app passes to the screens it
 shows. High-rate BatchProgress events only update the header and progress panel, at most
@@ -10,7 +11,7 @@ shows. High-rate BatchProgress events only update the header and progress panel,
 structural event (epoch end, mining, …) arrives.
 
 Screens and widgets ask for things by posting messages (messages.py): `ContinueRun`,
-`AbortRun`, `StepSelected`; the app handles them here.
+`AbortRun`, `SteerRun`, `StepSelected`; the app handles them here.
 
 `compare`: the sweeps of other runs (`ashem --compare`), shown with this run's own sweep on
 the comparison screen (`c`).
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from textual.app import App
 from textual.screen import Screen
@@ -27,15 +28,15 @@ from textual.worker import Worker
 
 from ashem_engine.exitcodes import exit_code
 from ashem_engine.events import (
-    BatchProgress, Event, Paused, Resumed, RunCancelled, RunFailed, RunFinished,
-    SweepComputed,
+    BatchProgress, CommandIgnored, Event, Paused, Resumed, RunCancelled, RunFailed,
+    RunFinished, SettingChanged, SweepComputed,
 )
 
 from . import keys
 from .commands import AshemCommands
 from .comparison import ComparisonError, comparison_of
 from .export import export_metrics
-from .messages import AbortRun, ContinueRun, EventsWaiting, StepSelected
+from .messages import AbortRun, ContinueRun, EventsWaiting, SteerRun, StepSelected
 from .screens.compare import ComparisonScreen
 from .screens.confirm import ConfirmScreen
 from .screens.dashboard import DashboardScreen
@@ -54,12 +55,12 @@ class AshemApp(App[int]):
     def __init__(self, source: EventSource, *, compare: Sequence[dict] = (),
                  popups: Optional[bool] = None, output_dir: Optional[str | Path] = None,
                  refresh_interval: float = 0.25, quit_grace: float = 1.2,
-                 notice: Optional[str] = None) -> None:
+                 notice: Optional[str] = None, notice_title: str = "Settings") -> None:
         """`popups`: transition screens open by themselves (default: for a live run).
         `notice`: one line to tell the user at the start (e.g. built-in settings in use)."""
         super().__init__()
         self.source = source
-        self.notice = notice
+        self.notice, self.notice_title = notice, notice_title
         self.compare_sweeps = list(compare)
         self.popups = source.live if popups is None else popups
         self.output_dir = Path(output_dir) if output_dir else None
@@ -86,7 +87,7 @@ class AshemApp(App[int]):
     def on_ready(self) -> None:
         self._ui_ready = True
         if self.notice:
-            self.notify(self.notice, title="Settings", timeout=10)
+            self.notify(self.notice, title=self.notice_title, timeout=10)
         self._show_dashboard(True)
         self.set_interval(self.refresh_interval, self._drain, name="ashem-refresh")
         # What was there before we started is history: no notifications, no pop-ups.
@@ -94,6 +95,8 @@ class AshemApp(App[int]):
         self._inbox.clear()
         self.feed(self.source.history())
         self._loaded = True
+        if self.source.detaches and self.popups and self.view.held_at:  # attached while held
+            self.open_step(self.view.held_at, auto=True)
         self.feed(early)  # fed or sent before the screen was ready: live events
         self.source.start(self)
 
@@ -176,6 +179,8 @@ class AshemApp(App[int]):
         if isinstance(event, Paused) and event.reason == "pause_at" and event.boundary:
             if self.popups and self._loaded and not self.view.terminal:
                 self.open_step(event.boundary, auto=True)
+        elif isinstance(event, CommandIgnored) and news:
+            self.notify(event.reason, title="Command ignored", severity="warning")
         elif isinstance(event, RunFailed) and news:
             self.notify(f"{event.message}\n({event.error_kind}, at {event.where})",
                         title="Run failed", severity="error", timeout=20)
@@ -196,7 +201,7 @@ class AshemApp(App[int]):
     def exit_code(self) -> int:
         """The engine's rule (exitcodes.exit_code) for the run this app trains; 0 when it
         only shows a run. Quitting before the engine has confirmed the cancel is a cancel."""
-        if not self.source.live:
+        if not self.source.live or self.source.detaches:  # shown only, or another's run
             return 0
         status = self.view.status if self.view.terminal or not self._quitting else "cancelled"
         failed = self.view.failed
@@ -213,16 +218,30 @@ class AshemApp(App[int]):
     def _steerable(self) -> bool:
         return self.source.live and not self.view.terminal
 
+    def _send(self, command: Callable[[], None], note: str) -> bool:
+        """Hands the source a command; an attached run's command file may not be writable."""
+        try:
+            command()
+        except OSError as err:
+            self.notify(f"cannot write the run's command file: {err}", title="Not sent",
+                        severity="error")
+            return False
+        self._set_note(note)
+        return True
+
     def on_continue_run(self, _: ContinueRun) -> None:
         if self._steerable():
-            self.source.resume()
-            self._set_note("resuming…")
+            self._send(self.source.continue_run, "resuming…")
 
     def on_abort_run(self, _: AbortRun) -> None:
-        if self._steerable():
-            self.source.cancel()
-            self._set_note("cancelling…")
+        if self._steerable() and self._send(self.source.cancel, "cancelling…"):
             self.notify("the run stops at the next batch boundary", title="Aborting")
+
+    def on_steer_run(self, message: SteerRun) -> None:
+        held = self.view.held_at or ""
+        if self._steerable() and held.startswith("mining-"):
+            self._send(lambda: self.source.steer(message.hard_ratio),
+                       f"asking for hard ratio {message.hard_ratio:g}…")
 
     def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
         if action in DASHBOARD_ONLY:
@@ -235,14 +254,15 @@ class AshemApp(App[int]):
         if not self._steerable():
             self.bell()
         elif self.view.status == "paused" or self.source.paused:
-            self.source.resume()
-            self._set_note("resuming…")
+            self._send(self.source.resume, "resuming…")
         else:
-            self.source.pause()
-            self._set_note("pausing at the next batch…")
+            self._send(self.source.pause, "pausing at the next batch…")
 
     def action_request_quit(self) -> None:
         if isinstance(self.screen, ConfirmScreen):
+            return
+        if self.source.detaches:
+            self._detach()
             return
         if not self.run_active:
             self.leave()
@@ -252,6 +272,20 @@ class AshemApp(App[int]):
                           "The run is cancelled at the next batch boundary; what it has "
                           "finished stays in its run directory.", yes="Quit", no="Stay"),
             self._quit_answer)
+
+    def _detach(self) -> None:
+        """Quitting an attached dashboard leaves the run going; a paused or held run stays
+        so until a dashboard resumes it, so that is asked first."""
+        if not (self.run_active and self.view.status == "paused"):
+            self.leave()
+            return
+        where = self.view.held_at or "its pause"
+        self.push_screen(
+            ConfirmScreen("Detach from the run?",
+                          f"The run stays held at {where} until a dashboard continues it "
+                          f"(ashem --attach {self.view.run_dir or 'RUN_DIR'}).",
+                          yes="Detach", no="Stay"),
+            lambda yes: self.leave() if yes else None)
 
     async def action_quit(self) -> None:  # ctrl+q (Textual's own binding) asks too
         self.action_request_quit()
@@ -369,4 +403,5 @@ class AshemApp(App[int]):
 
 
 DASHBOARD_ONLY = ("next_chart", "toggle_log_y", "inspect_current", "open_compare")
-_NOTE_ENDS = (Paused, Resumed, RunFinished, RunCancelled, RunFailed)  # "resuming…" is over
+_NOTE_ENDS = (Paused, Resumed, RunFinished, RunCancelled, RunFailed,  # "resuming…" is over
+              CommandIgnored, SettingChanged)

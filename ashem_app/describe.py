@@ -7,9 +7,9 @@ from typing import Any, Callable, Optional
 from rich.text import Text
 
 from ashem_engine.events import (
-    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, Paused, Resumed,
-    RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
-    SweepComputed, ThresholdComputed,
+    BatchProgress, CommandIgnored, CommandObeyed, EpochEnded, Evaluated, Event,
+    HardExamplesCollected, Log, Paused, Resumed, RunCancelled, RunFailed, RunFinished,
+    RunStarted, SettingChanged, StageEnded, StageStarted, SweepComputed, ThresholdComputed,
 )
 
 from . import fmt
@@ -85,7 +85,7 @@ def _stage_ended(e: StageEnded) -> Body:
 
 
 def _threshold_computed(e: ThresholdComputed) -> Body:
-    return (f"threshold {fmt.conf(e.threshold)} (quantile {e.target_ratio:g} of "
+    return (("steered: " if e.steered else "") + f"threshold {fmt.conf(e.threshold)} (quantile {e.target_ratio:g} of "
             f"{fmt.integer(e.tokens)} {e.split} confidences at layer {e.exit_layer})")
 
 
@@ -119,6 +119,22 @@ def _resumed(e: Resumed) -> Body:
     return Text(f"resumed ({e.where})", style="cyan")
 
 
+def _command_obeyed(e: CommandObeyed) -> Body:
+    value = f" {e.value:g}" if e.value is not None else ""
+    origin = f" (#{e.seq} from {e.writer})" if e.seq is not None else ""
+    return Text(f"command {e.command}{value}{origin} at {e.where}", style="cyan")
+
+
+def _command_ignored(e: CommandIgnored) -> Body:
+    what = f" {e.command}" if e.command else ""
+    return Text(f"warning: command{what} ignored: {e.reason}", style="yellow")
+
+
+def _setting_changed(e: SettingChanged) -> Body:
+    return Text(f"setting {e.key} = {e.value!r} (was {e.previous!r}); settings.json rewritten",
+                style="cyan")
+
+
 def _log(e: Log) -> Body:
     return Text(f"{e.level}: {e.message}", style=LEVEL_STYLE.get(e.level, ""))
 
@@ -142,5 +158,7 @@ _LINES: tuple[tuple[type, Callable[[Any], Body]], ...] = (
     (StageEnded, _stage_ended), (ThresholdComputed, _threshold_computed),
     (HardExamplesCollected, _hard_collected), (Evaluated, _evaluated),
     (SweepComputed, _sweep_computed), (Paused, _paused), (Resumed, _resumed), (Log, _log),
+    (CommandObeyed, _command_obeyed), (CommandIgnored, _command_ignored),
+    (SettingChanged, _setting_changed),
     (RunFinished, _run_finished), (RunCancelled, _run_cancelled), (RunFailed, _run_failed),
 )

@@ -16,13 +16,14 @@ from textual.binding import Binding
 
 # Scopes: where a key is live. "app" keys work on the dashboard (and every screen that does
 # not shadow them); the others belong to one screen each.
-SCOPES = ("app", "inspect", "compare", "confirm", "help")
+SCOPES = ("app", "inspect", "compare", "confirm", "help", "ratio")
 SCOPE_TITLES = {
     "app": "Dashboard",
     "inspect": "Transition / inspection screen",
     "compare": "Comparison screen",
     "confirm": "Confirmation dialogs",
     "help": "This help",
+    "ratio": "Hard ratio dialog",
 }
 
 MAX_STEP_KEYS = 9
@@ -105,6 +106,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("ashem.inspect.back", "escape,b", "back", "Back", scope="inspect",
                key_display="esc",
                help="Back to the dashboard; a held run stays held"),
+    ActionSpec("ashem.inspect.ratio-up", "plus,equals_sign", "step_ratio(1)", "Ratio +",
+               scope="inspect", key_display="+",
+               help="Held at a mining transition: hard ratio + 0.05 (the engine mines again)"),
+    ActionSpec("ashem.inspect.ratio-down", "minus", "step_ratio(-1)", "Ratio −",
+               scope="inspect", key_display="−",
+               help="Held at a mining transition: hard ratio − 0.05"),
+    ActionSpec("ashem.inspect.ratio", "r", "type_ratio", "Type ratio", scope="inspect",
+               help="Held at a mining transition: type a hard ratio in (0, 1)"),
     ActionSpec("ashem.inspect.prev", "left", "step(-1)", "Prev step", scope="inspect",
                key_display="←", help="Inspect the previous timeline step"),
     ActionSpec("ashem.inspect.next", "right", "step(1)", "Next step", scope="inspect",
@@ -119,6 +128,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("ashem.confirm.yes", "y", "answer(True)", "Yes", scope="confirm"),
     ActionSpec("ashem.confirm.no", "n,escape", "answer(False)", "No", scope="confirm",
                key_display="n/esc"),
+    # -- hard ratio dialog -----------------------------------------------------------------
+    ActionSpec("ashem.ratio.cancel", "escape", "cancel", "Cancel", scope="ratio",
+               key_display="esc", help="Close the dialog; the ratio stays (enter sends it)"),
     # -- help ------------------------------------------------------------------------------
     ActionSpec("ashem.help.close", "escape,question_mark,q", "close", "Close", scope="help",
                key_display="esc"),

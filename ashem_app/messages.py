@@ -1,7 +1,7 @@
 """What screens and widgets ask of the app: small messages, handled by `AshemApp`.
 
 Screens never call into the app; they post one of these, and it bubbles up to the app
-(`on_continue_run`, `on_abort_run`, `on_step_selected`).
+(`on_continue_run`, `on_abort_run`, `on_steer_run`, `on_step_selected`).
 """
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ class ContinueRun(Message):
 
 class AbortRun(Message):
     """Cancel the run (already confirmed); the app stays open."""
+
+
+class SteerRun(Message):
+    """A new hard ratio for the mining transition the run holds at (the engine recomputes
+    and reports the mining's figures again)."""
+
+    def __init__(self, hard_ratio: float) -> None:
+        super().__init__()
+        self.hard_ratio = hard_ratio
 
 
 class StepSelected(Message):

@@ -5,13 +5,18 @@
   its writer (a headless engine) is still going; a finished file is simply replayed;
 - `LiveSource(settings)`: the engine, run in a Textual thread worker; its events reach the
   app through the app's thread-safe sink (`AshemApp.ingest`), its control is a `RunControl`;
+- `AttachSource(run_dir)`: a run that another process writes (`ashem --attach`): its
+  events.jsonl followed as FollowSource does, the user's commands written to the run
+  directory's control.json (ashem_engine.commands), which the engine obeys at its next batch
+  boundary; quitting detaches and leaves the run going. A finished run is a replay;
 - `AttachedSource(control)`: a run whose events are fed to the app from outside
   (`AshemApp.feed`) and whose control is given (the UI tests).
 
 The app asks a source for the events there before the UI was ready (`history`), starts it
-(`start`), and sends it the user's commands (`pause`, `resume`, `cancel`). Whether the run
-can be steered (`live`) and whether more events can come (`ended`) are the source's to say:
-the app's mode is which source it holds.
+(`start`), and sends it the user's commands (`pause`, `resume`, `continue_run`, `cancel`,
+`steer`). Whether the run can be steered (`live`), whether more events can come (`ended`)
+and whether quitting leaves the run going (`detaches`) are the source's to say: the app's
+mode is which source it holds.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ class EventSource:
     """A replay: nothing to steer, nothing more to come once the history is read."""
 
     live = False  # pause / resume / cancel reach a run
+    detaches = False  # quitting leaves the run going (it is another process's)
 
     @property
     def ended(self) -> bool:
@@ -67,6 +73,13 @@ class EventSource:
 
     def cancel(self) -> None:
         """Only a live source obeys."""
+
+    def continue_run(self) -> None:
+        """Go on from a held transition (a resume)."""
+        self.resume()
+
+    def steer(self, hard_ratio: float) -> None:
+        """A new hard ratio for the mining transition the run holds at (live sources)."""
 
     def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` s for the engine thread; whether it has stopped."""
@@ -146,6 +159,57 @@ class AttachedSource(EventSource):
 
     def cancel(self) -> None:
         self.control.cancel()
+
+    def steer(self, hard_ratio: float) -> None:
+        self.control.set_hard_ratio(hard_ratio)
+
+
+class AttachSource(FollowSource):
+    """A run another process writes (headless `ashem-engine run`, `resume`, or rank 0 under
+    torchrun): followed, and steered through control.json. Whether it is paused is what the
+    engine's events say (the view), never assumed here. Writing a command may raise OSError."""
+
+    detaches = True
+
+    def __init__(self, run_dir: str | Path, poll_interval: float = 0.25) -> None:
+        super().__init__(Path(run_dir) / "events.jsonl", poll_interval)
+        self.run_dir = Path(run_dir)
+        self._finished_before = False
+
+    @property
+    def live(self) -> bool:  # type: ignore[override]
+        """A run that had finished when attached is a replay."""
+        return not self._finished_before
+
+    def history(self) -> list[Event]:
+        events = super().history()
+        self._finished_before = self.follower.done
+        return events
+
+    def start(self, app: "AshemApp") -> None:
+        if self.live:
+            self._timer = app.set_interval(self.poll_interval, lambda: self._poll(app),
+                                           name="ashem-attach")
+
+    def _send(self, command: str, value: Optional[float] = None) -> None:
+        from ashem_engine.commands import write_command
+
+        write_command(self.run_dir, command, value)
+
+    def pause(self) -> None:
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._send("resume")
+
+    def continue_run(self) -> None:
+        self._send("continue")
+
+    def cancel(self) -> None:
+        self._send("abort")
+
+    def steer(self, hard_ratio: float) -> None:
+        self._send("set_hard_ratio", hard_ratio)
 
 
 def run_engine(settings: Any, sinks=(), control: Any = None) -> Any:

@@ -3,14 +3,18 @@
 
 Just one more consumer of the engine's events: it prints progress lines like the spec's
 debug prints and ends with the table of the spec's figures against this run's. A headless
-run never holds at stage boundaries. Exit codes: `exitcodes.exit_code`, the rule of `ashem`.
+run holds at the stage boundaries in `run.pause_at` only with `--hold`, until a dashboard
+attached with `ashem --attach RUN_DIR` continues it; any headless run obeys the commands such
+a dashboard writes (commands.py). Exit codes: `exitcodes.exit_code`, the rule of `ashem`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
 from . import events as ev
@@ -18,12 +22,16 @@ from .control import RunControl
 from .exitcodes import EXIT_BAD_INPUT, EXIT_OK, exit_code
 from .reference import format_table
 from .settings import (LOCAL_FILE, SettingsError, choose_settings_file, load_settings,
-                       write_default_settings)
+                       settings_from_dict, write_default_settings)
 
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block, exit 2
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+HOLD_HELP = ("hold at the boundaries in run.pause_at until a dashboard attached with "
+             "'ashem --attach RUN_DIR' continues (without it a headless run never holds)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="TABLE.KEY=VALUE", help="override one setting (repeatable)")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
+    run.add_argument("--hold", action="store_true", help=HOLD_HELP)
     resume = sub.add_parser("resume", help="continue a cancelled or killed run")
     resume.add_argument("run_dir", help="the run directory, e.g. runs/20261125T180000Z-ashem")
     resume.add_argument("--quiet", action="store_true", help="print only the final table")
+    resume.add_argument("--hold", action="store_true", help=HOLD_HELP)
     init = sub.add_parser("init", help="write the commented default settings.toml to edit")
     init.add_argument("file", nargs="?", default=LOCAL_FILE,
                       help="where to write it (default: ./settings.toml; never overwritten)")
@@ -53,6 +63,7 @@ class ProgressPrinter:
         self.quiet = quiet
         self.tty = out.isatty()
         self._quarter: dict = {}
+        self.run_dir = "RUN_DIR"
 
     def line(self, text: str) -> None:
         if self.tty:
@@ -68,6 +79,7 @@ class ProgressPrinter:
             handler(e)
 
     def on_RunStarted(self, e: ev.RunStarted) -> None:
+        self.run_dir = e.run_dir
         self.line(f"Run {e.name} -> {e.run_dir}")
         self.line(f"Device: {e.device}, {e.threads} threads; vocabulary {e.vocab_size:,}; "
                   f"{e.train_tokens:,} train / {e.val_tokens:,} validation tokens")
@@ -147,6 +159,28 @@ class ProgressPrinter:
             self.line(f"  {series['name']}: {text}")
         self.line("  (* = Pareto-optimal; all points in sweep.json)")
 
+    def on_Paused(self, e: ev.Paused) -> None:
+        if e.reason == "pause_at":
+            self.line(f"Holding at {e.boundary} ({e.where}): continue it with "
+                      f"'ashem --attach {self.run_dir}' (c), or Ctrl-C to cancel")
+        else:
+            self.line(f"Paused at {e.where}")
+
+    def on_Resumed(self, e: ev.Resumed) -> None:
+        self.line(f"Resumed ({e.where})")
+
+    def on_CommandObeyed(self, e: ev.CommandObeyed) -> None:
+        value = f" {e.value:g}" if e.value is not None else ""
+        origin = f" #{e.seq} from {e.writer}" if e.seq is not None else ""
+        self.line(f"[command] {e.command}{value}{origin}")
+
+    def on_CommandIgnored(self, e: ev.CommandIgnored) -> None:
+        self.line(f"[warning] command ignored: {e.reason}")
+
+    def on_SettingChanged(self, e: ev.SettingChanged) -> None:
+        self.line(f"[setting] {e.key} = {e.value!r} (was {e.previous!r}); settings.json "
+                  "rewritten")
+
     def on_Log(self, e: ev.Log) -> None:
         if e.level != "debug":
             self.line(f"[{e.level}] {e.message}")
@@ -174,6 +208,20 @@ def init(file: str) -> int:
     return EXIT_OK
 
 
+def _hold_points(args: argparse.Namespace, settings) -> tuple:
+    """Where the run holds: with --hold, run.pause_at of its settings (a resumed run's own);
+    else nowhere."""
+    if not args.hold:
+        return ()
+    if settings is not None:
+        return tuple(settings.run.pause_at)
+    try:
+        saved = json.loads((Path(args.run_dir) / "settings.json").read_text(encoding="utf-8"))
+        return tuple(settings_from_dict(saved).run.pause_at)
+    except (OSError, ValueError):  # SettingsError too: resume_ashem says what is wrong
+        return ()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -198,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if launched_by_torchrun():
         stop_on_terminate()
 
-    control = RunControl(pause_at=(), hold_at_boundaries=False)
+    control = RunControl(pause_at=_hold_points(args, settings), hold_at_boundaries=args.hold)
 
     def on_interrupt(signum, frame):
         if control.cancelled:

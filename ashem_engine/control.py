@@ -1,16 +1,35 @@
 """RunControl: the thread-safe handle through which a UI pauses, resumes and cancels a run.
 The engine calls `checkpoint` at every batch boundary and `boundary` between stages: both block
-while paused and raise `Cancelled` once cancelled, so a cancel is honoured within one batch."""
+while paused and raise `Cancelled` once cancelled, so a cancel is honoured within one batch.
+
+Commands also come from outside the process (`commands`: the run directory's control.json,
+commands.py) and, for steering, from the app's own thread (`set_hard_ratio`): the engine
+thread takes them all in `poll`, at every batch boundary and every POLL_S seconds while it
+waits, and reports each as an event (CommandObeyed, or CommandIgnored with the reason)."""
 from __future__ import annotations
 
 import threading
 from typing import Callable, Iterable, Optional
+
+from . import events as ev
+from .commands import Command, Read, Rejected
+
+POLL_S = 0.2  # how often a paused or held engine reads the command file
 
 
 class Cancelled(Exception):
     def __init__(self, where: str):
         super().__init__(f"cancelled at {where}")
         self.where = where
+
+
+class CommandRefused(Exception):
+    """A command that cannot be carried out where the run is; str() says why, in one line."""
+
+
+# What steering a held mining transition is given: the new hard ratio. It checks the ratio and
+# returns what applies it (raising CommandRefused instead when it cannot).
+Steering = Callable[[float], Callable[[], None]]
 
 
 class RunControl:
@@ -23,6 +42,10 @@ class RunControl:
         # Set by the orchestrator so that Paused / Resumed reach the sinks.
         self.on_pause: Optional[Callable[[str, str, Optional[str]], None]] = None
         self.on_resume: Optional[Callable[[str], None]] = None
+        self.on_command: Optional[Callable[[ev.Event], None]] = None  # obeyed / ignored
+        self.commands = None  # an object with read() -> [Command | Rejected]: CommandFile
+        self.steering: Optional[Steering] = None  # set while held at a mining transition
+        self._queue: list[Command] = []  # commands from the app's own thread
 
     # -- called from the UI thread -------------------------------------------------------
     def pause(self) -> None:
@@ -34,6 +57,12 @@ class RunControl:
     def cancel(self) -> None:
         self._set(cancelled=True)
 
+    def set_hard_ratio(self, ratio: float, writer: str = "app") -> None:
+        """Steer the mining transition the run holds at (obeyed by the engine thread)."""
+        with self._cond:
+            self._queue.append(Command("set_hard_ratio", None, float(ratio), writer))
+            self._cond.notify_all()
+
     def _set(self, **flags: bool) -> None:
         with self._cond:
             vars(self).update(flags)
@@ -41,7 +70,7 @@ class RunControl:
 
     # -- called from the engine thread ---------------------------------------------------
     def checkpoint(self, where: str) -> None:
-        """A batch boundary: honour cancel, and wait here while paused."""
+        """A batch boundary: take commands, honour cancel, and wait here while paused."""
         self._wait(where, reason="user", boundary=None)
 
     def boundary(self, name: str, where: str) -> None:
@@ -53,13 +82,71 @@ class RunControl:
             self.checkpoint(where)
 
     def _wait(self, where: str, reason: str, boundary: Optional[str]) -> None:
+        self.poll(where)
         with self._cond:
             paused = self.paused and not self.cancelled
         if paused and self.on_pause:
             self.on_pause(where, reason, boundary)
-        with self._cond:
-            self._cond.wait_for(lambda: self.cancelled or not self.paused)
-            if self.cancelled:
-                raise Cancelled(where)
+        while self._waiting(where):
+            self.poll(where)
         if paused and self.on_resume:
             self.on_resume(where)
+
+    def _waiting(self, where: str) -> bool:
+        """Waits while paused, until something changes or it is time to read the command
+        file again; raises Cancelled once cancelled. Whether to poll and wait on."""
+        with self._cond:
+            if self.paused and not self.cancelled and not self._queue:
+                self._cond.wait_for(lambda: self.cancelled or not self.paused or self._queue,
+                                    timeout=POLL_S if self.commands is not None else None)
+            if self.cancelled:
+                raise Cancelled(where)
+            return self.paused or bool(self._queue)
+
+    def poll(self, where: str) -> None:
+        """Takes the commands that came in since the last call and obeys them, in order.
+        The one place that reads the command file (a data-parallel run can wrap `commands`
+        so that rank 0 reads it and the others are given what it read)."""
+        with self._cond:
+            queued, self._queue = self._queue, []
+        outside = self.commands.read() if self.commands is not None else []
+        for item in [*outside, *queued]:
+            self._take(item, where)
+
+    def _take(self, item: Read, where: str) -> None:
+        if isinstance(item, Rejected):
+            self._report(ev.CommandIgnored(reason=item.reason, where=where,
+                                           command=item.command, seq=item.seq))
+            return
+        try:
+            apply = self._check(item)
+        except CommandRefused as refused:
+            self._report(ev.CommandIgnored(reason=str(refused), where=where,
+                                           command=item.command, seq=item.seq))
+            return
+        self._report(ev.CommandObeyed(command=item.command, where=where, seq=item.seq,
+                                      value=item.value, writer=item.writer))
+        apply()
+
+    def _check(self, item: Command) -> Callable[[], None]:
+        """What obeying `item` does, or CommandRefused: the run is not where it applies."""
+        name = item.command
+        if name == "pause":
+            if self.paused:
+                raise CommandRefused("the run is paused already")
+            return lambda: self._set(paused=True)
+        if name in ("resume", "continue"):
+            if not self.paused:
+                raise CommandRefused("the run is not paused")
+            return lambda: self._set(paused=False)
+        if name == "abort":
+            return lambda: self._set(cancelled=True)
+        if not 0 < item.value < 1:
+            raise CommandRefused(f"a hard ratio must be in (0, 1), not {item.value:g}")
+        if self.steering is None:
+            raise CommandRefused("the run is not held at a mining transition")
+        return self.steering(item.value)
+
+    def _report(self, event: ev.Event) -> None:
+        if self.on_command is not None:
+            self.on_command(event)

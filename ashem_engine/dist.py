@@ -10,6 +10,7 @@ and a threshold is the quantile over the whole split. Rank 0 alone writes the ru
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -180,14 +181,37 @@ class SharedControl:
         self._agree(where, lambda: self.control.boundary(name, where))
 
     def _agree(self, where: str, decide) -> None:
+        """Rank 0 decides (holding, obeying commands, steering); then every rank learns
+        whether to cancel and which hard ratio was steered to last (NaN: none)."""
         from .control import Cancelled
 
-        cancel = torch.zeros(1, dtype=torch.int32)
+        decision = torch.tensor([0.0, math.nan], dtype=torch.float64)
         if self.world.lead:
+            steered = self._recording_steering()
             try:
                 decide()
             except Cancelled:
-                cancel[0] = 1
-        dist.broadcast(cancel, src=0, group=self.group)
-        if cancel[0]:
+                decision[0] = 1.0
+            finally:
+                self.control.steering = steered.pop(0)
+            if steered:
+                decision[1] = steered[-1]
+        dist.broadcast(decision, src=0, group=self.group)
+        if not self.world.lead and not math.isnan(decision[1]) and self.control.steering:
+            self.control.steering(float(decision[1]))()  # what rank 0 applied
+        if decision[0]:
             raise Cancelled(where)
+
+    def _recording_steering(self) -> list:
+        """[rank 0's own steering, then each ratio it applies while deciding]."""
+        own, record = self.control.steering, [self.control.steering]
+        if own is not None:
+            def steering(ratio: float):
+                apply = own(ratio)
+
+                def applied() -> None:
+                    apply()
+                    record.append(ratio)
+                return applied
+            self.control.steering = steering
+        return record

@@ -117,6 +117,7 @@ class ThresholdComputed(Event):
     # quantiles, widened to include the threshold); None in logs written before them
     zoom_edges: Optional[list] = None
     zoom_counts: Optional[list] = None
+    steered: bool = False  # computed again, at a ratio set while the run held here
 
 
 @dataclass
@@ -173,6 +174,35 @@ class Paused(Event):
 @dataclass
 class Resumed(Event):
     where: str
+
+
+@dataclass
+class CommandObeyed(Event):
+    """A command the engine carried out: from the run directory's control.json (`seq`, the
+    `writer` that wrote it) or, for steering, from the app's own process (seq None)."""
+    command: str  # "pause", "resume", "continue", "abort" or "set_hard_ratio"
+    where: str  # where the run was when it took the command
+    seq: Optional[int] = None
+    value: Optional[float] = None  # set_hard_ratio's ratio
+    writer: str = ""
+
+
+@dataclass
+class CommandIgnored(Event):
+    """A warning: a command (or a command file) that was not obeyed, and why."""
+    reason: str  # one line, e.g. "the run is not held at a mining transition"
+    where: str
+    command: Optional[str] = None
+    seq: Optional[int] = None
+
+
+@dataclass
+class SettingChanged(Event):
+    """A setting changed while the run held (settings.json was rewritten with it), e.g.
+    key "stages.2.hard_ratio" after the mining transition before stage 2 was steered."""
+    key: str
+    value: Any
+    previous: Any = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import events as ev
+from .commands import COMMAND_FILE, CommandFile
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError
 from .dist import PeerLost, SharedControl, World, join, lost_peer, peer_detail
@@ -82,13 +83,17 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
            control: Optional[RunControl], corpus: Optional[Corpus],
            point: Optional[ResumePoint]) -> RunResult:
     control, world = control or RunControl(pause_at=settings.run.pause_at), World.current()
-    if world.parallel:
+    own_commands = world.lead and control.commands is None  # (a caller may bring a reader)
+    if own_commands:  # before events.jsonl: a dashboard can attach only once that is there
+        control.commands = CommandFile(run_dir / COMMAND_FILE)
+    if world.parallel:  # rank 0's control (and command file) decides for every rank
         control = SharedControl(control, world)
     reducer = replay(run_dir)  # the attempts before, in a resumed run
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl") if world.lead else None
     emit = ev.Emitter(jsonl, reducer, *sinks) if world.lead else ev.Emitter(reducer)
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where))
+    control.on_command = emit
     pipeline = Pipeline(settings, run_dir, emit, control, reducer)
     try:
         state = pipeline.start(corpus, point)
@@ -114,7 +119,9 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
     finally:
         if jsonl is not None:
             jsonl.close()
-        control.on_pause = control.on_resume = None
+        control.on_pause = control.on_resume = control.on_command = None
+        if own_commands:
+            control.commands = None
 
 
 def _described(e: Exception, where: str) -> tuple[str, str, str]:

@@ -10,8 +10,6 @@ import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-import torch
-
 
 class RunDirError(Exception):
     """The run directory cannot be made or written. str(error) is one line for a person."""
@@ -73,6 +71,8 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch  # here, so that the command file (commands.py) can be written without it
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -81,6 +81,8 @@ def load_checkpoint(path: str | os.PathLike, required: str = "model") -> dict:
     unreadable = (f"checkpoint {str(path)!r} is not a readable ashem checkpoint (corrupt, "
                   "truncated or written by another program); start a new run, or resume "
                   "another run directory")
+    import torch
+
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickles; we refuse them
             warnings.simplefilter("ignore")

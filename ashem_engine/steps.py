@@ -2,6 +2,7 @@
 "evaluate", "sweep". A step takes the RunState its predecessor left."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import random
@@ -15,13 +16,13 @@ import torch
 
 from . import events as ev
 from .compare import SWEEP_FILE, mark_pareto
-from .control import RunControl
+from .control import CommandRefused, RunControl
 from .cascade import Cascade, evaluate, inference_modes
 from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .dist import World
-from .mining import (HardTokens, examples_in_context, exit_pass, fitted_histogram, histogram,
-                     mine, top_words)
+from .mining import (HardTokens, MiningResult, examples_in_context, exit_pass, fitted_histogram,
+                     histogram, mine, top_words)
 from .model import EarlyExitLM, count_parameters
 from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
@@ -220,34 +221,82 @@ class Pipeline:
         return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
 
     def mine_and_grow(self, number: int, state: RunState) -> None:
-        """Mines at stage N-1's exit, then grows the model to stage N over what it freezes."""
+        """Mines at stage N-1's exit, then grows the model to stage N over what it freezes.
+        While it holds after this (mining-{N-1}), the hard ratio can be steered."""
         st, below = self.settings.stages[number - 1], self.settings.stages[number - 2].layers
-        mined = self._mine(number - 1, st.hard_ratio, state)
-        state.thresholds = [*state.thresholds, mined.threshold]
+        self.where = f"mining after stage {number - 1}"
+        source = self.batches(self.settings.mining.split)
+        passed = exit_pass(state.model, source, self.cascade(state, number - 1), self.check)
+        mined = self._mine(number - 1, st.hard_ratio, passed, state.exit_layers[-1])
+        if len(mined.hard) == 0:
+            raise DataError(f"mining after stage {number - 1} found no hard tokens "
+                            f"(threshold {mined.threshold:.4g}); raise stages."
+                            f"{number}.hard_ratio")
         state.model = state.model.grow(st.layers)
         state.model.freeze_lower(below, freeze_head=st.freeze_head)
         state.exit_layers = [*state.exit_layers, st.layers]
+        rng = torch.get_rng_state()  # the hard tokens' order is drawn from here, steered or not
+        self._keep_hard(number, mined, state)
+        self.control.steering = partial(self._steer, number, passed, state, rng)
+        try:
+            self.control.boundary(f"mining-{number - 1}",
+                                  f"after mining at stage {number - 1}'s exit")
+        finally:
+            self.control.steering = None
+        self.world.barrier()  # the hard tokens are on disk for every rank (rank 0 wrote them)
+
+    def _keep_hard(self, number: int, mined, state: RunState) -> None:
+        """Stage N's hard tokens and threshold, on disk for its training and for a resume."""
+        state.thresholds = [*state.thresholds[:number - 2], mined.threshold]
         self.save(self.run_dir / f"stage-{number}-hard.pt", {
             **{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
             "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold})
-        self.world.barrier()  # the next stage reads it back, on every rank
         self.save_point(number, 0, False, state, {"model": state.model.state_dict()})
-        self.control.boundary(f"mining-{number - 1}",
-                              f"after mining at stage {number - 1}'s exit")
 
-    def _mine(self, stage: int, ratio: float, state: RunState):
-        s, m, exits = self.settings, state.model, state.exit_layers
-        self.where = f"mining after stage {stage}"
-        source = self.batches(s.mining.split)
-        passed = exit_pass(m, source, self.cascade(state, stage), self.check)
-        mined = mine(passed, source.y, ratio, exits[-1])
+    def _steer(self, number: int, passed, state: RunState, rng: torch.Tensor,
+               ratio: float) -> Callable[[], None]:
+        """A new hard ratio for stage N, from the confidences the mining pass left (the model
+        does not run again): what applies it, or CommandRefused when it selects no token.
+        Applied, the run goes on exactly as a run started with that ratio would."""
+        exit_layer = state.exit_layers[-2]
+        y = self.batches(self.settings.mining.split).y
+        mined = mine(passed, y, ratio, exit_layer)
+        if len(mined.hard) == 0:
+            raise CommandRefused(f"a hard ratio of {ratio:g} selects no token "
+                                 f"(threshold {mined.threshold:.4g})")
+
+        def apply() -> None:
+            self._mine(number - 1, ratio, passed, exit_layer, mined)
+            torch.set_rng_state(rng)
+            self._keep_hard(number, mined, state)
+            self._set_hard_ratio(number, ratio)
+        return apply
+
+    def _set_hard_ratio(self, number: int, ratio: float) -> None:
+        stages = list(self.settings.stages)
+        previous = stages[number - 1].hard_ratio
+        stages[number - 1] = dataclasses.replace(stages[number - 1], hard_ratio=ratio)
+        self.settings = self.settings.replace(stages=tuple(stages))
+        if self.world.lead:
+            atomic_write_json(self.run_dir / "settings.json", self.settings.to_dict())
+        self.emit(ev.SettingChanged(key=f"stages.{number}.hard_ratio", value=ratio,
+                                    previous=previous))
+
+    def _mine(self, stage: int, ratio: float, passed, exit_layer: int,
+              mined: Optional[MiningResult] = None) -> MiningResult:
+        """The threshold and the hard tokens at `ratio` (`mined`: already selected, when
+        steered), reported as ThresholdComputed and HardExamplesCollected."""
+        s, source = self.settings, self.batches(self.settings.mining.split)
+        steered = mined is not None
+        mined = mined or mine(passed, source.y, ratio, exit_layer)
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         zoom_edges, zoom_counts = fitted_histogram(mined.confidences, s.mining.histogram_bins,
                                                    mined.threshold)
         self.emit(ev.ThresholdComputed(
-            stage=stage, exit_layer=exits[-1], threshold=mined.threshold, target_ratio=ratio,
+            stage=stage, exit_layer=exit_layer, threshold=mined.threshold, target_ratio=ratio,
             split=s.mining.split, tokens=mined.total, histogram_edges=edges,
-            histogram_counts=counts, zoom_edges=zoom_edges, zoom_counts=zoom_counts))
+            histogram_counts=counts, zoom_edges=zoom_edges, zoom_counts=zoom_counts,
+            steered=steered))
         hard, count, nan, vocab = mined.hard, len(mined.hard), float("nan"), self.corpus.vocab
         hard_nll = passed.stats.nll[hard.positions].double()
         self.emit(ev.HardExamplesCollected(
@@ -256,10 +305,6 @@ class Pipeline:
             hard_ppl=float(torch.exp(hard_nll.mean())) if count else nan, split=s.mining.split,
             top_words=top_words(hard.targets, vocab, s.mining.top_words),
             examples=examples_in_context(hard, _on("cpu", source), vocab, s.mining.examples)))
-        if count == 0:
-            raise DataError(f"mining after stage {stage} found no hard tokens "
-                            f"(threshold {mined.threshold:.4g}); raise stages."
-                            f"{stage + 1}.hard_ratio")
         return mined
 
     def final_evaluation(self, state: RunState) -> None:

@@ -109,6 +109,17 @@ class SummaryReducer:
         record = {"stage": e.stage, **threshold, **found}
         self._s["mining"] = [*(m for m in self._s["mining"] if m["stage"] < e.stage), record]
 
+    def on_SettingChanged(self, e: ev.SettingChanged) -> None:
+        """A setting changed while the run held (a steered hard ratio): as settings.json."""
+        table, *path = e.key.split(".")
+        try:
+            where = self._s["settings"][table]
+            if table == "stages":
+                where, path = where[int(path[0]) - 1], path[1:]
+            where[path[0]] = e.value
+        except (KeyError, IndexError, ValueError, TypeError):  # a key of another version
+            pass
+
     def on_Evaluated(self, e: ev.Evaluated) -> None:
         self._s["final"] = _pick(e, FINAL)
 

@@ -35,6 +35,11 @@ async def test_tiny_run_holds_continues_and_finishes(tmp_path):
         assert isinstance(screen, InspectScreen) and screen.step_id == "mining-1"
         hard = app.view.hard_collected[1]
         assert f"{hard.count:,} / {hard.total:,}" in plain(screen.query_one("#hard-figures"))
+        await pilot.press("minus")  # steered in the app's own run: the same engine code
+        await wait_for(lambda: app.view.threshold_computed[1].target_ratio == 0.45, 10)
+        await pilot.pause()
+        hard = app.view.hard_collected[1]
+        assert f"{hard.count:,} / {hard.total:,}" in plain(screen.query_one("#hard-figures"))
         await pilot.press("c")
         await wait_for(lambda: app.view.terminal)
         assert app.view.status == "finished", app.view.failed
@@ -45,6 +50,10 @@ async def test_tiny_run_holds_continues_and_finishes(tmp_path):
         kinds = [json.loads(line)["kind"] for line in
                  (run_dir / "events.jsonl").read_text().splitlines()]
         assert kinds.count("Paused") == 1 and kinds.count("Resumed") == 1
+        assert kinds.count("CommandObeyed") == 1 and kinds.count("SettingChanged") == 1
+        stage2 = [json.loads(line) for line in (run_dir / "events.jsonl").read_text()
+                  .splitlines() if '"StageStarted"' in line][1]
+        assert stage2["training_tokens"] == hard.count  # the steered ratio's hard tokens
         assert kinds[-1] == "RunFinished"
         assert app.view.events_seen == len(kinds)  # the app saw every event the file has
         await pilot.press("e")

@@ -7,8 +7,10 @@
 
 Opened by itself when a live run holds at a boundary (Paused, reason "pause_at"), or from the
 timeline (number keys, click). Keys: c continue (resume), a abort (cancel the run, keep the
-app), esc back to the dashboard (the run stays held), ←/→ other steps. Continue, abort and
-the other steps are messages to the app (messages.py).
+app), esc back to the dashboard (the run stays held), ←/→ other steps; held at a mining
+transition, +/− step the hard ratio by 0.05 and r asks for a typed one (the engine mines
+again and its new figures replace these). Continue, abort, steering and the other steps are
+messages to the app (messages.py).
 """
 from __future__ import annotations
 
@@ -23,12 +25,15 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from .. import fmt, keys
-from ..messages import AbortRun, ContinueRun, StepSelected
+from ..messages import AbortRun, ContinueRun, SteerRun, StepSelected
 from ..state import RunView, Step
 from ..widgets.charts import ConfidenceChart, PplChart, RoutingChart
 from ..widgets.keyfooter import KeyFooter
 from .confirm import ConfirmScreen
 from .dashboard import COMPACT_WIDTH
+from .ratio import RatioScreen
+
+RATIO_STEP = 0.05
 
 
 def _kv_table(rows: list[tuple[str, str]]) -> Table:
@@ -105,7 +110,7 @@ def hard_figures(view: RunView, stage: int):
     rows: list[tuple[str, str]] = []
     if th:
         rows += [("threshold", fmt.conf(th.threshold)),
-                 ("quantile", f"{th.target_ratio:g}"),
+                 ("quantile", f"{th.target_ratio:g}" + (" steered" if th.steered else "")),
                  ("measured on", f"{fmt.integer(th.tokens)} {th.split}"),
                  ("exit layer", str(th.exit_layer))]
     if hard:
@@ -175,6 +180,7 @@ class InspectScreen(Screen[None]):
         self.step_id = step_id
         self.view = view
         self.live = live
+        self.asked: Optional[float] = None  # a hard ratio sent, until the engine reports it
 
     @property
     def step(self) -> Step:
@@ -240,6 +246,12 @@ class InspectScreen(Screen[None]):
 
     def _status(self) -> Text:
         view = self.view
+        if self.steerable:
+            text = Text(f"⏸ Holding at {self.step_id}. c: continue · a: abort · +/−: hard "
+                        "ratio ±0.05 · r: type it · esc: back", style="bold yellow")
+            if self.asked is not None:
+                text.append(f"  asked for {self.asked:g}…", style="bold cyan")
+            return text
         if view.held_at == self.step_id and self.live:
             return Text(f"⏸ The run is holding at boundary {self.step_id}. "
                         "c: continue · a: abort the run · esc: back (stays held)",
@@ -256,6 +268,8 @@ class InspectScreen(Screen[None]):
 
     def show_view(self, view: RunView) -> None:
         self.view = view
+        if self.asked is not None and self._ratio() == self.asked:
+            self.asked = None  # the engine has mined at it
         step = self.step
         self.query_one("#inspect-box").border_title = self._title()
         self.query_one("#inspect-status", Static).update(self._status())
@@ -282,7 +296,37 @@ class InspectScreen(Screen[None]):
             return True if self.live and self.view.status == "paused" else None
         if action == "abort_run":
             return True if self.live and not self.view.terminal else None
+        if action in ("step_ratio", "type_ratio"):
+            return self.steerable  # shown only where it applies
         return True
+
+    @property
+    def steerable(self) -> bool:
+        """Held at this mining transition, in a run we steer: the hard ratio can change."""
+        return (self.live and self.step.kind == "mining"
+                and self.view.held_at == self.step_id)
+
+    def _ratio(self) -> Optional[float]:
+        th = self.view.threshold_computed.get(self.step.stage)
+        return th.target_ratio if th else None
+
+    def action_step_ratio(self, delta: int) -> None:
+        base = self.asked if self.asked is not None else self._ratio()
+        ratio = round((base or 0.0) + delta * RATIO_STEP, 4)
+        if base is None or not 0 < ratio < 1:
+            self.app.bell()
+            return
+        self._ask(ratio)
+
+    def action_type_ratio(self) -> None:
+        current = self.asked if self.asked is not None else self._ratio()
+        self.app.push_screen(RatioScreen(current or 0.5, self.step.stage or 1),
+                             lambda ratio: self._ask(ratio) if ratio is not None else None)
+
+    def _ask(self, ratio: float) -> None:
+        self.asked = ratio
+        self.post_message(SteerRun(ratio))
+        self.query_one("#inspect-status", Static).update(self._status())
 
     def action_continue_run(self) -> None:
         self.post_message(ContinueRun())
