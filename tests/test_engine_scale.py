@@ -190,3 +190,30 @@ def test_a_killed_rank_ends_the_others_with_one_line_and_the_run_resumes(tmp_pat
 def test_an_unknown_precision_is_one_line_and_exit_code_2(tmp_path):
     line = single_error_line(cli(tmp_path, "run", "--set", "run.precision=fp16"))
     assert "run.precision" in line and "'fp16'" in line and "bf16" in line
+
+
+def test_two_processes_held_and_steered_through_the_command_file_train_on_the_ratio(tmp_path):
+    """--hold under torchrun: rank 0 reads the command file, every rank applies the ratio."""
+    from ashem_engine.commands import write_command
+
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    job = torchrun(tmp_path, *tiny_args(data, tmp_path / "runs", 'run.pause_at=["mining-1"]'),
+                   "--hold")
+    run_dir = wait_for(lambda: next((tmp_path / "runs").glob("*"), None), 60)
+    log = run_dir / "events.jsonl"
+    wait_for(lambda: log.exists() and '"boundary": "mining-1"' in log.read_text(), 120)
+    write_command(run_dir, "set_hard_ratio", 0.3, writer="test")
+    wait_for(lambda: '"kind": "SettingChanged"' in log.read_text(), 30)
+    write_command(run_dir, "continue", writer="test")
+    out, err = job.communicate(timeout=180)
+    assert job.returncode == 0, err[-2000:]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    hard = [e for e in events if e["kind"] == "HardExamplesCollected"][-1]
+    assert hard["ratio"] == pytest.approx(0.3, abs=0.01)
+    stage2 = next(e for e in events if e["kind"] == "StageStarted" and e["stage"] == 2)
+    assert stage2["training_tokens"] == hard["count"]
+    one = tiny_settings(tmp_path / "one", "stages.2.hard_ratio=0.3")
+    single = run_ashem(one, [], None, tiny_corpus(one))
+    parallel = json.loads((run_dir / "summary.json").read_text())
+    for name, value in figures(single.summary).items():
+        assert math.isclose(figures(parallel)[name], value, rel_tol=1e-5), name
