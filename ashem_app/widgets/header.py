@@ -1,4 +1,5 @@
-"""Top line: run name, device, elapsed run clock, state."""
+"""Top line: run name, device (threads, torchrun ranks and backend, precision when not
+fp32), elapsed run clock, state."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -32,11 +33,16 @@ class RunHeader(Horizontal):
         left.append(" ASHEM ", style="bold reverse")
         left.append(" ")
         left.append(view.name or "(no run yet)", style="bold")
+        if not live:  # before the device: what a narrow header cuts is the least needed
+            left.append("  REPLAY", style="bold blue")
         if view.started:
             left.append(f"  {view.started.device}", style="")
             left.append(f" ×{view.started.threads}", style="dim")
-        if not live:
-            left.append("  REPLAY", style="bold blue")
+            world, precision = view.started.world_size, view.started.precision
+            if world > 1:
+                left.append(f" · {world}×{view.started.backend}", style="")
+            if precision != "fp32":
+                left.append(f" · {precision}", style="bold")
         right = Text()
         right.append("elapsed ", style="dim")
         right.append(fmt.duration(view.clock))
