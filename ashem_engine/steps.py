@@ -36,13 +36,14 @@ from .sweep import one_point_series, sweep, train_classifiers
 
 def choose_threads(requested: int) -> int:
     """0 means: one intra-op thread per core this process may use (measured best here,
-    see docs/REPRODUCTION.md)."""
+    see docs/REPRODUCTION.md), the cores shared among torchrun's processes on this machine."""
     if requested > 0:
         return requested
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def choose_device(requested: str) -> torch.device:
