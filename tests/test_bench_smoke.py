@@ -70,3 +70,17 @@ def test_bench_app_quick_runs_a_headless_and_an_app_run(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "[1/1] headless" in p.stdout and "[1/1] app" in p.stdout
     assert "stage 1 batch ms" in p.stdout and "UI thread CPU" in p.stdout
+
+
+def test_bench_scale_times_fp32_and_bf16_in_one_and_two_processes(tmp_path):
+    from conftest import TINY
+    from synthetic import synthetic_splits, write_corpus
+
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    sets = [x for o in [*TINY, f"data.path={data}", "stages.1.max_epochs=1",
+                        "stages.2.max_epochs=1"] for x in ("--set", o)]
+    p = bench("bench/bench_scale.py", "--repeats", "1", *sets)
+    assert p.returncode == 0, p.stderr
+    rows = {line[:24].strip(): line for line in p.stdout.splitlines()[1:]}
+    assert set(rows) == {"1 × fp32", "1 × bf16", "2 × fp32", "2 × bf16"}
+    assert all("[" in row for row in rows.values())  # a rate with its range per stage
