@@ -26,6 +26,7 @@ from .mining import (HardTokens, MiningResult, examples_in_context, exit_pass, f
 from .model import EarlyExitLM, count_parameters
 from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
+from .memory import keep_freed_memory
 from .names import CLASSIFIER
 from .precision import compute
 from .settings import Settings
@@ -102,6 +103,7 @@ class Pipeline:
         self.seconds_before = point.seconds_before if point is not None else 0.0
         threads = choose_threads(s.run.threads)
         torch.set_num_threads(threads)
+        keep_freed_memory()
         self.device = choose_device(s.run.device)
         random.seed(s.run.seed)
         np.random.seed(s.run.seed)
