@@ -217,3 +217,24 @@ def test_two_processes_held_and_steered_through_the_command_file_train_on_the_ra
     parallel = json.loads((run_dir / "summary.json").read_text())
     for name, value in figures(single.summary).items():
         assert math.isclose(figures(parallel)[name], value, rel_tol=1e-5), name
+
+
+def test_the_bf16_statistics_shift_only_where_exp_would_overflow():
+    from ashem_engine.head import exit_stats
+
+    torch.manual_seed(1)
+    h, w, y = torch.randn(200, 16), torch.randn(300, 16), torch.randint(0, 300, (200,))
+    h[:50] *= 40.0  # logits far beyond exp's range: those chunks take the shift
+    fp32 = exit_stats(h, w, y, chunk=50)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        bf16 = exit_stats(h, w, y, chunk=50)
+    for stats in (fp32, bf16):
+        assert torch.isfinite(stats.nll).all() and torch.isfinite(stats.confidence).all()
+    normal, huge = slice(50, None), slice(None, 50)
+    # logits of ~10 here: bf16 keeps each to ~0.4 %, so a few hundredths in the NLL
+    assert (bf16.confidence[normal] - fp32.confidence[normal]).abs().max() < 0.05
+    assert (bf16.nll[normal] - fp32.nll[normal]).abs().max() < 0.1
+    # logits of ~100s keep ~0.2 % in bf16: the NLL stays close, two near-equal leaders may tie
+    assert ((bf16.nll[huge] - fp32.nll[huge]).abs() / fp32.nll[huge]).max() < 0.02
+    assert ((bf16.confidence >= 0) & (bf16.confidence <= 1)).all()
+    assert (bf16.correct == fp32.correct).float().mean() > 0.95
