@@ -84,19 +84,21 @@ def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     return _FusedHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), chunk, low)
 
 
-def _bf16_chunk(hc, wx, yc, logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One chunk in bf16: leaves exp(logits - shift) in `logits` and returns their row sums
-    (accumulated in float32), the NLL per token (float32) and the shift: 0, unless exp
-    overflows or underflows a row (then each row's maximum, for this chunk)."""
+def _bf16_chunk(hc, wx, yc, logits, probs=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's bf16 logits and their exponentials exp(logit - shift): in place in bf16
+    (training: their sums are rounded to bf16 after a float32 accumulation), or in float32
+    `probs` (statistics: float32 sums, so confidences keep float32 resolution and do not tie
+    at a quantile). Returns the row sums and the NLL per token, float32. The shift is 0,
+    unless exp overflows or underflows a row (then each row's maximum, for this chunk)."""
     torch.mm(hc, wx.t(), out=logits)
     target_logit = logits.gather(1, yc[:, None]).float()
-    top = torch.zeros_like(target_logit)
-    sums = logits.exp_().sum(dim=1, keepdim=True).float()
-    if not (bool(torch.isfinite(sums).all()) and bool((sums > 0).all())):
-        torch.mm(hc, wx.t(), out=logits)
-        top = logits.amax(dim=1, keepdim=True).float()
-        sums = logits.sub_(top.to(logits.dtype)).exp_().sum(dim=1, keepdim=True).float()
-    return sums, sums.log() + top - target_logit, top
+    out = logits if probs is None else probs
+    sums = torch.exp(logits, out=out).sum(dim=1, keepdim=True).float()
+    if bool(torch.isfinite(sums).all()) and bool((sums > 0).all()):
+        return sums, sums.log() - target_logit
+    top = logits.amax(dim=1, keepdim=True)
+    sums = torch.exp(logits.float() - top.float(), out=out).sum(dim=1, keepdim=True).float()
+    return sums, sums.log() + top.float() - target_logit
 
 
 def _bf16_loss(h, weight, targets, chunk, want_h, want_w):
@@ -109,7 +111,7 @@ def _bf16_loss(h, weight, targets, chunk, want_h, want_w):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         hc, yc, g = hx[start:stop], targets[start:stop], buf[: stop - start]
-        sums, nll, _ = _bf16_chunk(hc, wx, yc, g)
+        sums, nll = _bf16_chunk(hc, wx, yc, g)
         total += nll.sum(dtype=torch.float64)
         if want_h or want_w:  # (softmax - onehot) / n, in place, in bf16 for the products
             g.mul_(sums.reciprocal_().mul_(1.0 / n).to(g.dtype))  # no float32 round trip
@@ -175,13 +177,14 @@ def _bf16_exit_stats(h, weight, targets, chunk) -> ExitStats:
     n, hx, wx = h.shape[0], h.to(torch.bfloat16), weight.to(torch.bfloat16)
     out = ExitStats(torch.empty(n, device=h.device), torch.empty(n, device=h.device),
                     torch.empty(n, dtype=torch.bool, device=h.device))
-    buf = torch.empty(min(chunk, n), weight.shape[0], dtype=torch.bfloat16, device=h.device)
+    logits = torch.empty(min(chunk, n), weight.shape[0], dtype=torch.bfloat16, device=h.device)
+    probs = torch.empty(logits.shape, dtype=torch.float32, device=h.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        yc, g = targets[start:stop], buf[: stop - start]
-        sums, nll, _ = _bf16_chunk(hx[start:stop], wx, yc, g)
-        top, best = g.max(dim=1, keepdim=True)  # the largest exp(logit - shift), its word
+        yc, p = targets[start:stop], probs[: stop - start]
+        sums, nll = _bf16_chunk(hx[start:stop], wx, yc, logits[: stop - start], p)
+        top, best = p.max(dim=1, keepdim=True)  # the largest exp(logit - shift), its word
         out.nll[start:stop] = nll.squeeze(1)
-        out.confidence[start:stop] = (top.float() / sums).squeeze(1)
+        out.confidence[start:stop] = (top / sums).squeeze(1)
         out.correct[start:stop] = best.squeeze(1) == yc
     return out
