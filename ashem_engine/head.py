@@ -183,8 +183,17 @@ def _bf16_exit_stats(h, weight, targets, chunk) -> ExitStats:
         stop = min(start + chunk, n)
         yc, p = targets[start:stop], probs[: stop - start]
         sums, nll = _bf16_chunk(hx[start:stop], wx, yc, logits[: stop - start], p)
-        top, best = p.max(dim=1, keepdim=True)  # the largest exp(logit - shift), its word
+        top = p.amax(dim=1, keepdim=True)  # the largest exp(logit - shift)
         out.nll[start:stop] = nll.squeeze(1)
         out.confidence[start:stop] = (top / sums).squeeze(1)
-        out.correct[start:stop] = best.squeeze(1) == yc
+        out.correct[start:stop] = first_best_is_target(p, top, yc)
     return out
+
+
+def first_best_is_target(p: torch.Tensor, top: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+    """argmax(p) == target, as argmax breaks ties (the first index), at the cost of a max
+    (an argmax is 5x a max here): only rows whose target reaches the top need argmax."""
+    tied = p.gather(1, yc[:, None]).squeeze(1) == top.squeeze(1)
+    rows = tied.nonzero().squeeze(1)
+    tied[rows] = p[rows].argmax(dim=1) == yc[rows]
+    return tied

@@ -237,3 +237,13 @@ def test_the_bf16_statistics_shift_only_where_exp_would_overflow():
     assert ((bf16.nll[huge] - fp32.nll[huge]).abs() / fp32.nll[huge]).max() < 0.02
     assert ((bf16.confidence >= 0) & (bf16.confidence <= 1)).all()
     assert (bf16.correct == fp32.correct).float().mean() > 0.95
+
+
+def test_correctness_without_a_full_argmax_breaks_ties_as_argmax_does():
+    from ashem_engine.head import first_best_is_target
+
+    p = torch.tensor([[1.0, 3.0, 3.0], [3.0, 1.0, 3.0], [0.5, 2.0, 1.0], [2.0, 1.0, 0.0]])
+    y = torch.tensor([2, 0, 1, 1])  # a tie lost, a tie won, a plain hit, a plain miss
+    top = p.amax(dim=1, keepdim=True)
+    assert first_best_is_target(p, top, y).tolist() == (p.argmax(1) == y).tolist()
+    assert first_best_is_target(p, top, y).tolist() == [False, True, True, False]
