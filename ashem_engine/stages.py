@@ -277,6 +277,15 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
                         stopping.seconds, list(stopping.history))
 
 
+def clip_gradients(params: list, max_norm: float) -> None:
+    """clip_grad_norm_, bit for bit, without its multiply by exactly 1 when the norm is
+    within the limit (torch always multiplies, to spare a GPU a sync): one pass less over
+    the 4.5 M-parameter head's gradient in every step that is not clipped."""
+    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if bool(max_norm / (total + 1e-6) < 1.0):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+
+
 class _TaskLoss(torch.nn.Module):
     """A task's loss as a module, so that DistributedDataParallel can wrap it."""
 
@@ -317,7 +326,7 @@ def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: Optimiz
         if not math.isfinite(value):
             raise NumericFault(stage, epoch, b + 1, value)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
+        clip_gradients(params, opt.grad_clip)
         optimizer.step()
         seconds += time.perf_counter() - started
         loss_sum += value

@@ -247,3 +247,17 @@ def test_correctness_without_a_full_argmax_breaks_ties_as_argmax_does():
     top = p.amax(dim=1, keepdim=True)
     assert first_best_is_target(p, top, y).tolist() == (p.argmax(1) == y).tolist()
     assert first_best_is_target(p, top, y).tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize("max_norm", [0.1, 1e3])  # clipped, and within the limit
+def test_clip_gradients_equals_clip_grad_norm_bit_for_bit(max_norm):
+    from ashem_engine.stages import clip_gradients
+
+    torch.manual_seed(0)
+    grads = [torch.randn(50, 7), torch.randn(13)]
+    ours, theirs = ([torch.nn.Parameter(torch.zeros_like(g)) for g in grads] for _ in "ab")
+    for p, q, g in zip(ours, theirs, grads):
+        p.grad, q.grad = g.clone(), g.clone()
+    clip_gradients(ours, max_norm)
+    torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours, theirs))
