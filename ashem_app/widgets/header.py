@@ -42,7 +42,7 @@ class RunHeader(Horizontal):
             if world > 1:
                 left.append(f" · {world}×{view.started.backend}", style="")
             if precision != "fp32":
-                left.append(f" · {precision}", style="bold")
+                left.append(f" {precision}", style="bold")
         right = Text()
         right.append("elapsed ", style="dim")
         right.append(fmt.duration(view.clock))
