@@ -537,3 +537,21 @@ def test_confidence_chart_of_tall_fitted_bins_builds_in_milliseconds():
     chart.draw(plot, reduce_all([th]))
     plot.build()
     assert time.perf_counter() - started < 0.3
+
+
+def test_a_chart_renders_the_same_whatever_the_process_string_hashing():
+    """plotext orders ticks by a set of strings; ashem makes that order the given one."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import ashem_app.widgets.charts\n"
+              "from textual_plotext.plot import Plot\n"
+              "p = Plot(); p.plotsize(34, 14); p._set_size(34, 14)\n"
+              "p.plot([0.002, 0.01, 0.05], [2000, 500, 500]); p.xlim(0.002, 0.53)\n"
+              "p.xticks([0.002, 0.16, 0.53], ['0.0021', 'thr 0.1596', '0.532'])\n"
+              "p.yticks([0, 1000, 2000], ['0', '1k', '2k']); print(p.build())\n")
+    seen = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in range(6)}
+    assert len(seen) == 1 and next(iter(seen))

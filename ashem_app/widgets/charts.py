@@ -11,10 +11,22 @@ from textual.containers import Container, Vertical
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
+import plotext._utility as plotext_utility
 from textual_plotext import PlotextPlot
 
 from .. import fmt
 from ..state import RunView
+
+
+def _keep_order(data) -> list:
+    return list(dict.fromkeys(data))
+
+
+# plotext drops duplicate ticks through a set of (tick, label) pairs, whose order follows
+# Python's per-process string hashing; where labels meet, the one drawn last wins, so the
+# same chart rendered differently from one process to the next (a flaky 80 x 24 snapshot).
+# Its own commented-out alternative keeps the order given.
+plotext_utility.no_duplicates = _keep_order
 
 TRAIN = (90, 160, 255)
 VAL = (255, 170, 60)
