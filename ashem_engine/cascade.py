@@ -308,7 +308,7 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
                   only_needed=cascade.only_needed_is_exact)
         parts.append((r.exit_index, r.nll, r.correct))
     if world.parallel:  # every batch's part, in batch order, as one process has them
-        gathered = [world.gather(torch.cat(p), len(batches), n).view(len(batches), n)
+        gathered = [world.gather_tokens(torch.cat(p), batches).view(len(batches), n)
                     for p in zip(*parts)]
         parts = list(zip(*gathered))
     return tally(model, cascade, batches.x.shape[-1], n, parts)

@@ -105,8 +105,8 @@ class RunControl:
 
     def poll(self, where: str) -> None:
         """Takes the commands that came in since the last call and obeys them, in order.
-        The one place that reads the command file (a data-parallel run can wrap `commands`
-        so that rank 0 reads it and the others are given what it read)."""
+        The one place that reads the command file (under torchrun only rank 0's control
+        runs it; dist.SharedControl passes its decisions on to the other ranks)."""
         with self._cond:
             queued, self._queue = self._queue, []
         outside = self.commands.read() if self.commands is not None else []

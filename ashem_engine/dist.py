@@ -110,6 +110,11 @@ class World:
         out = torch.cat([part[:count] for part, count in zip(parts, counts)])
         return out.to(local.dtype)
 
+    def gather_tokens(self, local: torch.Tensor, batches: Any) -> torch.Tensor:
+        """Per-token rows of this rank's share of a split's batches -> every batch's, in
+        order (`batches`: a data.Batches)."""
+        return self.gather(local, len(batches), batches.y[0].numel())
+
     def total(self, value: float) -> float:
         """The sum of `value` over the ranks (float64)."""
         if not self.parallel:

@@ -21,11 +21,9 @@ import torch
 from .precision import low_precision
 
 
-def default_chunk(device: torch.device, low: bool = False) -> int:
+def default_chunk(device: torch.device) -> int:
     """Tokens per chunk: their logits stay in cache (measured best: 128, fp32 and bf16)."""
-    if device.type == "cuda":
-        return 8192
-    return 128
+    return 8192 if device.type == "cuda" else 128
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -33,37 +31,31 @@ class _FusedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, targets, chunk, low):  # noqa: D401 - autograd signature
-        n = h.shape[0]
+        n, dtype = h.shape[0], torch.bfloat16 if low else h.dtype
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if low:
-            total, ctx.grads = _bf16_loss(h, weight, targets, chunk, want_h, want_w)
-            return (total / n).to(h.dtype)
-        grad_h = torch.empty_like(h) if want_h else None
-        grad_w = torch.empty_like(weight) if want_w else None
+        hx, wx = h.to(dtype), weight.to(dtype)  # in fp32: the very tensors, no copy
+        grad_h = torch.empty_like(hx) if want_h else None
+        grad_w = torch.empty_like(wx) if want_w else None
         total = torch.zeros((), dtype=torch.float64, device=h.device)
-        buf = torch.empty(min(chunk, n), weight.shape[0], dtype=h.dtype, device=h.device)
-        scale = 1.0 / n
+        buf = torch.empty(min(chunk, n), weight.shape[0], dtype=dtype, device=h.device)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            hc, yc, logits = h[start:stop], targets[start:stop], buf[: stop - start]
-            torch.mm(hc, weight.t(), out=logits)
-            top = logits.amax(dim=1, keepdim=True)
-            target_logit = logits.gather(1, yc[:, None])
-            logits.sub_(top).exp_()
-            sums = logits.sum(dim=1, keepdim=True)
-            total += (sums.log() + top - target_logit).sum(dtype=torch.float64)
+            hc, yc, logits = hx[start:stop], targets[start:stop], buf[: stop - start]
+            sums, nll = (_bf16_chunk if low else _fp32_chunk)(hc, wx, yc, logits)
+            total += nll.sum(dtype=torch.float64)
             if want_h or want_w:
-                # d loss / d logits = (softmax - onehot) / n, built in the same buffer.
-                logits.mul_(sums.reciprocal_().mul_(scale))
-                rows = torch.arange(stop - start, device=h.device)
-                logits[rows, yc] -= scale
+                # d loss / d logits = (softmax - onehot) / n, built in the same buffer (the
+                # scale in the logits' dtype: a float32 one would round-trip bf16 logits).
+                logits.mul_(sums.reciprocal_().mul_(1.0 / n).to(dtype))
+                logits[torch.arange(stop - start, device=h.device), yc] -= 1.0 / n
                 if want_h:
-                    torch.mm(logits, weight, out=grad_h[start:stop])
+                    torch.mm(logits, wx, out=grad_h[start:stop])
                 if want_w and start == 0:
                     torch.mm(logits.t(), hc, out=grad_w)  # no zero-fill of a 18 MB tensor
                 elif want_w:
                     grad_w.addmm_(logits.t(), hc)
-        ctx.grads = (grad_h, grad_w)
+        ctx.grads = (None if grad_h is None else grad_h.to(h.dtype),
+                     None if grad_w is None else grad_w.to(weight.dtype))
         return (total / n).to(h.dtype)
 
     @staticmethod
@@ -79,9 +71,19 @@ class _FusedHeadLoss(torch.autograd.Function):
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
               chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy over tokens; h is (N, dim), targets (N,)."""
-    low = low_precision(h.device)
-    chunk = chunk or default_chunk(h.device, low)
-    return _FusedHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), chunk, low)
+    chunk = chunk or default_chunk(h.device)
+    return _FusedHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), chunk,
+                                low_precision(h.device))
+
+
+def _fp32_chunk(hc, wx, yc, logits) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's exp(logit - row maximum) in `logits`, their row sums and the NLL."""
+    torch.mm(hc, wx.t(), out=logits)
+    top = logits.amax(dim=1, keepdim=True)
+    target_logit = logits.gather(1, yc[:, None])
+    logits.sub_(top).exp_()
+    sums = logits.sum(dim=1, keepdim=True)
+    return sums, sums.log() + top - target_logit
 
 
 def _bf16_chunk(hc, wx, yc, logits, probs=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,31 +103,6 @@ def _bf16_chunk(hc, wx, yc, logits, probs=None) -> tuple[torch.Tensor, torch.Ten
     return sums, sums.log() + top.float() - target_logit
 
 
-def _bf16_loss(h, weight, targets, chunk, want_h, want_w):
-    """_FusedHeadLoss.forward in bf16: the summed NLL (float64) and the gradients (float32)."""
-    n, hx, wx = h.shape[0], h.to(torch.bfloat16), weight.to(torch.bfloat16)
-    grad_h = torch.empty_like(hx) if want_h else None
-    grad_w = torch.empty_like(wx) if want_w else None
-    total = torch.zeros((), dtype=torch.float64, device=h.device)
-    buf = torch.empty(min(chunk, n), weight.shape[0], dtype=torch.bfloat16, device=h.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        hc, yc, g = hx[start:stop], targets[start:stop], buf[: stop - start]
-        sums, nll = _bf16_chunk(hc, wx, yc, g)
-        total += nll.sum(dtype=torch.float64)
-        if want_h or want_w:  # (softmax - onehot) / n, in place, in bf16 for the products
-            g.mul_(sums.reciprocal_().mul_(1.0 / n).to(g.dtype))  # no float32 round trip
-            g[torch.arange(stop - start, device=h.device), yc] -= 1.0 / n
-            if want_h:
-                torch.mm(g, wx, out=grad_h[start:stop])
-            if want_w and start == 0:
-                torch.mm(g.t(), hc, out=grad_w)
-            elif want_w:
-                grad_w.addmm_(g.t(), hc)
-    return total, (None if grad_h is None else grad_h.to(h.dtype),
-                   None if grad_w is None else grad_w.to(weight.dtype))
-
-
 @dataclass
 class ExitStats:
     """Per-token statistics of one exit: (N,) tensors."""
@@ -138,7 +115,11 @@ class ExitStats:
         return self.nll.shape[0]
 
     def __getitem__(self, rows) -> "ExitStats":  # some tokens: an index, a mask or a slice
-        return ExitStats(self.nll[rows], self.confidence[rows], self.correct[rows])
+        return self.apply(lambda t: t[rows])
+
+    def apply(self, fn) -> "ExitStats":
+        """`fn` of each per-token tensor (a selection, a gather across ranks, ...)."""
+        return ExitStats(fn(self.nll), fn(self.confidence), fn(self.correct))
 
     @staticmethod
     def cat(parts: list) -> "ExitStats":
@@ -152,9 +133,8 @@ def exit_stats(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     """NLL, confidence and correctness per token, without ever holding all the logits."""
     h = h.reshape(-1, h.shape[-1]).contiguous()
     targets = targets.reshape(-1)
-    n, low = h.shape[0], low_precision(h.device)
-    chunk = chunk or default_chunk(h.device, low)
-    if low:
+    n, chunk = h.shape[0], chunk or default_chunk(h.device)
+    if low_precision(h.device):
         return _bf16_exit_stats(h, weight, targets, chunk)
     nll = torch.empty(n, dtype=torch.float32, device=h.device)
     confidence = torch.empty(n, dtype=torch.float32, device=h.device)

@@ -50,12 +50,12 @@ def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
         routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
         passes.append(routed.every_exit[-1])
         remaining.append(routed.exit_index == cascade.last)
-    n, per = len(batches), batches.y[0].numel()
-    stats = ExitStats.cat([p.stats for p in passes])
-    return ExitPass(world.gather(torch.cat([p.hidden for p in passes]), n, per),
-                    ExitStats(*(world.gather(t, n, per) for t in
-                                (stats.nll, stats.confidence, stats.correct))),
-                    world.gather(torch.cat(remaining), n, per) if cascade.last else None)
+    def whole(t: torch.Tensor) -> torch.Tensor:  # under torchrun: every rank's batches
+        return world.gather_tokens(t, batches)
+
+    return ExitPass(whole(torch.cat([p.hidden for p in passes])),
+                    ExitStats.cat([p.stats for p in passes]).apply(whole),
+                    whole(torch.cat(remaining)) if cascade.last else None)
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:

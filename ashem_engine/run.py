@@ -39,8 +39,8 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
     try:
         world = join(settings.run.device)
     except Exception as e:  # torch.distributed raises many types
-        return _failed_before_start(sinks, "distributed", f"cannot join torchrun's process "
-                                    f"group: {str(e).splitlines()[0] if str(e) else e!r}")
+        return _failed_before_start(sinks, "distributed", "cannot join torchrun's process "
+                                    f"group: {peer_detail(e)}")
     made = None
     if world.lead:
         try:

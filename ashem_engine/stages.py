@@ -62,8 +62,9 @@ class StageTask:
         self.model, self.validation, self.cascade = model, validation, cascade
         self._first_exit: Optional[ExitPass] = None  # when its blocks are frozen
         self.world = World.current()
+        self.wrapped: Optional[torch.nn.Module] = None  # DistributedDataParallel, under torchrun
 
-    def mine(self, n: int) -> slice:
+    def my_rows(self, n: int) -> slice:
         """This process' rows of a batch of n (all of them in a single process)."""
         rows = self.world.share(n)
         return slice(rows.start, rows.stop)
@@ -131,7 +132,7 @@ class SequenceTask(StageTask):
         self.train, self.batch_tokens = train, [y.numel() for y in train.y]
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.mine(self.train.x.shape[1])
+        rows = self.my_rows(self.train.x.shape[1])
         h = self.model.hidden(self.train.x[index][rows])
         return h.reshape(-1, h.shape[-1]), self.train.y[index][rows].reshape(-1)
 
@@ -154,11 +155,11 @@ class HardTokenTask(StageTask):
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.order[index]
-        return self.upper(rows[self.mine(len(rows))])
+        return self.upper(rows[self.my_rows(len(rows))])
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         starts = range(0, len(self.hard), 4096)
-        return (self.upper(slice(i, i + 4096)) for i in starts[self.mine(len(starts))])
+        return (self.upper(slice(i, i + 4096)) for i in starts[self.my_rows(len(starts))])
 
 
 class MaskedSequenceTask(StageTask):
@@ -177,7 +178,7 @@ class MaskedSequenceTask(StageTask):
         self.batch_tokens = self.remaining.flatten(1).sum(1).tolist()
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.mine(self.lower.shape[1])
+        rows = self.my_rows(self.lower.shape[1])
         remaining = self.remaining[index][rows]
         upper = advance(self.model, self.lower[index][rows], self.hard_from_layer,
                         self.model.num_layers, PROPAGATED, remaining)
@@ -299,12 +300,15 @@ class _TaskLoss(torch.nn.Module):
 
 def data_parallel(task: StageTask) -> Callable[[int], torch.Tensor]:
     """The task's loss; under torchrun through DistributedDataParallel, which averages the
-    gradients over the ranks during backward."""
+    gradients over the ranks during backward (wrapped once per stage: wrapping broadcasts
+    every parameter)."""
     if not task.world.parallel:
         return task.loss
-    from torch.nn.parallel import DistributedDataParallel
+    if task.wrapped is None:
+        from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(_TaskLoss(task))
+        task.wrapped = DistributedDataParallel(_TaskLoss(task))
+    return task.wrapped
 
 
 def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: OptimizerSettings,

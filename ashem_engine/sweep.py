@@ -83,9 +83,8 @@ def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
         scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
 
     def whole(t: torch.Tensor) -> torch.Tensor:  # under torchrun: every rank's batches
-        return world.gather(t, len(batches), batches.y[0].numel())
-    stats = [ExitStats(*map(whole, (s.nll, s.confidence, s.correct)))
-             for s in (ExitStats.cat(per_exit) for per_exit in zip(*stats))]
+        return world.gather_tokens(t, batches)
+    stats = [ExitStats.cat(per_exit).apply(whole) for per_exit in zip(*stats)]
     signals = {SOFTMAX: [s.confidence for s in stats[:-1]],
                CLASSIFIER: [whole(torch.cat(per_exit)) for per_exit in zip(*scores)]}
     nll, correct = torch.stack([s.nll for s in stats]), torch.stack([s.correct for s in stats])
