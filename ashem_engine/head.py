@@ -98,6 +98,8 @@ def _bf16_chunk(hc, wx, yc, logits, probs=None) -> tuple[torch.Tensor, torch.Ten
     sums = torch.exp(logits, out=out).sum(dim=1, keepdim=True).float()
     if bool(torch.isfinite(sums).all()) and bool((sums > 0).all()):
         return sums, sums.log() - target_logit
+    if probs is None:  # the exponentials took the logits' place: make them again
+        torch.mm(hc, wx.t(), out=logits)
     top = logits.amax(dim=1, keepdim=True)
     sums = torch.exp(logits.float() - top.float(), out=out).sum(dim=1, keepdim=True).float()
     return sums, sums.log() + top.float() - target_logit

@@ -239,6 +239,27 @@ def test_the_bf16_statistics_shift_only_where_exp_would_overflow():
     assert (bf16.correct == fp32.correct).float().mean() > 0.95
 
 
+def test_the_bf16_training_loss_takes_the_shift_where_exp_would_overflow():
+    from ashem_engine.head import head_loss
+
+    torch.manual_seed(2)
+    h, w, y = torch.randn(100, 16), torch.randn(300, 16), torch.randint(0, 300, (100,))
+    h[:50] *= 40.0  # the first chunk's logits overflow exp without the shift
+
+    def loss_and_grads(low: bool):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low, cache_enabled=False):
+            loss = head_loss(hh, ww, y, chunk=50)
+        loss.backward()
+        return loss.item(), hh.grad, ww.grad
+
+    (l32, h32, w32), (l16, h16, w16) = loss_and_grads(False), loss_and_grads(True)
+    assert math.isfinite(l16) and abs(l16 - l32) / l32 < 0.02
+    for ours, exact in ((h16, h32), (w16, w32)):
+        assert torch.isfinite(ours).all()
+        assert float((ours - exact).norm() / exact.norm()) < 0.05
+
+
 def test_correctness_without_a_full_argmax_breaks_ties_as_argmax_does():
     from ashem_engine.head import first_best_is_target
 
