@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .costs import CostModel, spec_cost
 from .data import Batches
 from .dist import World
 from .head import ExitStats, exit_stats
-from .model import Block, EarlyExitLM, rotary_tables, rotate_half
+from .model import Block, EarlyExitLM, attention, rotary_tables, rotate_half
 from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
 
 
@@ -158,7 +157,7 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
     qc, qs = cos[pos][:, None], sin[pos][:, None]  # (B, 1, M, D)
     q = q * qc + rotate_half(q) * qs
     allowed = torch.arange(T, device=state.device)[None, None, :] <= pos[:, :, None]
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    y = attention(q, k, v, attn_mask=allowed[:, None])
     x = block.norm1(x + attn.wo(y.transpose(1, 2).reshape(B, M, C)))
     x = block.norm2(x + block.ffn(x))
     out = state.clone()

@@ -40,6 +40,16 @@ def rotary_tables(seq_len: int, head_dim: int, base: float, device=None):
     return angles.cos(), angles.sin()
 
 
+def attention(q, k, v, **kwargs) -> torch.Tensor:
+    """Scaled dot-product attention. Inside a bf16 run on the CPU it runs in float32: torch's
+    bf16 CPU kernel is the slower one here (8.6 against 2.1 ms forward and backward for a
+    spec batch, 64 x 4 heads x 32 tokens x 16), and float32 is the safer one."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelSettings):
         super().__init__()
@@ -59,7 +69,7 @@ class Attention(nn.Module):
         cos, sin = rotary_tables(T, self.head_dim, self.rope_base, x.device)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        y = attention(q, k, v, is_causal=T > 1)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
 
