@@ -76,10 +76,19 @@ def _load_settings(given: Optional[str], overrides: Sequence[str]):
         return None, notice, f"settings: cannot read {path}: {err.strerror or err}"
 
 
+def prepare_process() -> None:
+    """Before any thread starts: the allocator keeps freed memory for every thread, the
+    engine's worker included (ashem_engine/memory.py)."""
+    from ashem_engine.memory import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
     """The command line. With `hard_exit` (the console script), the process ends right
     after the app has closed and the engine thread has stopped: interpreter teardown with
     torch and datasets loaded takes another second or more, and quitting must be quick."""
+    prepare_process()
     args = build_parser().parse_args(argv)
     app_or_code = _make_app(args)
     if isinstance(app_or_code, int):

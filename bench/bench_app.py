@@ -208,8 +208,10 @@ def child_app(settings, size: tuple[int, int], interval: float) -> dict[str, Any
 
 
 def child(args) -> int:
-    if args.child == "app":
-        import ashem_app.__main__  # noqa: F401  the app's process set-up, as `ashem` does
+    if args.child in ("app", "thread"):  # the app's process set-up, as `ashem` does
+        from ashem_app.__main__ import prepare_process
+
+        prepare_process()
     from ashem_engine.settings import load_settings
 
     settings = load_settings(args.settings, args.overrides)

@@ -5,12 +5,15 @@ thread or in a worker thread, as the dashboard runs the engine (issue #13's stag
     for i in 1 2 3; do python bench/omp_teams.py main; done         # the main thread
     python bench/omp_teams.py thread-after-main-op   # the main thread ran a parallel op first
 
-Prints the median milliseconds of 200 steps. Run it several times: on the 2-core machine the
-worker thread was sometimes ~30 % slower (29-30 ms against 22-24 ms; 1 process in 5), the
-main thread never (22.8-23.4 ms); why is still open.
+Prints the median milliseconds of 200 steps and the page faults they took. Run it several
+times. Before ashem_engine/memory.py set one allocator arena, the worker thread was sometimes
+~25 % slower (27.3-27.6 ms with ~1.0 M minor page faults, against 21.8-23.0 ms and ~55 K on
+the main thread; 2026-11-26, 2-core machine): a thread's own glibc arena gave the head's big
+buffers back as fresh pages. With one arena: 22.0-22.1 ms and ~57 K faults, 4 of 4 processes.
 """
 from __future__ import annotations
 
+import resource
 import sys
 import threading
 import time
@@ -44,11 +47,13 @@ def median_step_ms(out: list) -> None:
     for _ in range(10):
         step()
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(200):
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
     out.append(sorted(times)[len(times) // 2] * 1000)
+    out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def main() -> None:
@@ -63,7 +68,7 @@ def main() -> None:
         worker = threading.Thread(target=median_step_ms, args=(out,))
         worker.start()
         worker.join()
-    print(f"{mode}: {out[0]:.1f} ms per stage-2 step (median of 200)")
+    print(f"{mode}: {out[0]:.1f} ms per stage-2 step (median of 200), {out[1]:,} page faults")
 
 
 if __name__ == "__main__":
