@@ -44,16 +44,9 @@ class _FusedHeadLoss(torch.autograd.Function):
             sums, nll = (_bf16_chunk if low else _fp32_chunk)(hc, wx, yc, logits)
             total += nll.sum(dtype=torch.float64)
             if want_h or want_w:
-                # d loss / d logits = (softmax - onehot) / n, built in the same buffer (the
-                # scale in the logits' dtype: a float32 one would round-trip bf16 logits).
-                logits.mul_(sums.reciprocal_().mul_(1.0 / n).to(dtype))
-                logits[torch.arange(stop - start, device=h.device), yc] -= 1.0 / n
-                if want_h:
-                    torch.mm(logits, wx, out=grad_h[start:stop])
-                if want_w and start == 0:
-                    torch.mm(logits.t(), hc, out=grad_w)  # no zero-fill of a 18 MB tensor
-                elif want_w:
-                    grad_w.addmm_(logits.t(), hc)
+                gradients = _bf16_gradients if low else _fp32_gradients
+                gradients(logits, sums, hc, wx, yc, n, grad_h[start:stop] if want_h else None,
+                          grad_w if want_w else None, start == 0)
         ctx.grads = (None if grad_h is None else grad_h.to(h.dtype),
                      None if grad_w is None else grad_w.to(weight.dtype))
         return (total / n).to(h.dtype)
@@ -66,6 +59,35 @@ class _FusedHeadLoss(torch.autograd.Function):
             return grad_h, grad_w, None, None, None  # the usual case: skip two full-size copies
         return (grad_h * grad_out if grad_h is not None else None,
                 grad_w * grad_out if grad_w is not None else None, None, None, None)
+
+
+def _fp32_gradients(p, sums, hc, wx, yc, n, grad_h, grad_w, first: bool) -> None:
+    """One chunk's share of both gradients from its exponentials p: d loss / d logits =
+    (softmax - onehot) / n, built in p's buffer."""
+    p.mul_(sums.reciprocal_().mul_(1.0 / n))
+    p[torch.arange(p.shape[0], device=p.device), yc] -= 1.0 / n
+    if grad_h is not None:
+        torch.mm(p, wx, out=grad_h)
+    if grad_w is not None and first:
+        torch.mm(p.t(), hc, out=grad_w)  # no zero-fill of a 18 MB tensor
+    elif grad_w is not None:
+        grad_w.addmm_(p.t(), hc)
+
+
+def _bf16_gradients(p, sums, hc, wx, yc, n, grad_h, grad_w, first: bool) -> None:
+    """The same from bf16 exponentials, without a pass over them: the softmax scale 1 / (n *
+    sum) multiplies the small side of each product (p @ W's rows, h's rows), and the onehot
+    term is W's and h's target rows. Scale and subtraction in float32."""
+    scale = sums.reciprocal() / n
+    if grad_h is not None:
+        grad_h.copy_(torch.mm(p, wx).float().mul_(scale).sub_(wx[yc].float(), alpha=1.0 / n))
+    if grad_w is not None:
+        scaled = (hc.float() * scale).to(p.dtype)
+        if first:
+            torch.mm(p.t(), scaled, out=grad_w)
+        else:
+            grad_w.addmm_(p.t(), scaled)
+        grad_w.index_add_(0, yc, hc, alpha=-1.0 / n)
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
