@@ -37,6 +37,7 @@ class MiningResult:
     total: int
     hard: HardTokens
     confidences: torch.Tensor  # every token's confidence, for the histogram
+    reached: torch.Tensor  # (total,) flat positions of the tokens at this exit, hard or not
 
 
 @torch.no_grad()
@@ -72,9 +73,7 @@ def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int
     at this exit (the pass's `remaining`); hard = those of them strictly below it. At the
     first exit that is every token (the spec's rule); at a later exit only those the earlier
     exits did not let go."""
-    confidences, remaining = passed.stats.confidence, passed.remaining
-    if remaining is None:
-        remaining = torch.ones_like(confidences, dtype=torch.bool)
+    confidences, remaining = passed.stats.confidence, reaching(passed)
     population = confidences[remaining]
     threshold = quantile_threshold(population, ratio)
     positions = (remaining & hard_mask(confidences, threshold)).nonzero().squeeze(1)
@@ -82,7 +81,22 @@ def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int
                       targets=targets.reshape(-1)[positions].clone(),
                       confidences=confidences[positions].clone(),
                       positions=positions)
-    return MiningResult(exit_layer, threshold, int(population.numel()), hard, population)
+    return MiningResult(exit_layer, threshold, int(population.numel()), hard, population,
+                        remaining.nonzero().squeeze(1))
+
+
+def reaching(passed: ExitPass) -> torch.Tensor:
+    """(tokens,) bool: the tokens the cascade brings to the pass's exit (all at the first)."""
+    if passed.remaining is None:
+        return torch.ones(passed.hidden.shape[0], dtype=torch.bool, device=passed.hidden.device)
+    return passed.remaining
+
+
+def tokens_at(passed: ExitPass, targets: torch.Tensor, positions: torch.Tensor) -> HardTokens:
+    """The tokens at `positions` (flat) in the form of the hard tokens: every token that
+    reached the exit when stages.N.tokens = "all" (MiningResult.reached)."""
+    return HardTokens(hidden=passed.hidden[positions], targets=targets.reshape(-1)[positions],
+                      confidences=passed.stats.confidence[positions], positions=positions)
 
 
 def histogram(confidences: torch.Tensor, bins: int) -> tuple[list[float], list[int]]:

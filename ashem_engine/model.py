@@ -129,13 +129,18 @@ class EarlyExitLM(nn.Module):
         """Full logits of the last layer (small vocabularies, tests); training uses head.py."""
         return self.head(self.hidden(x))
 
-    def grow(self, num_layers: int) -> "EarlyExitLM":
+    def grow(self, num_layers: int, init: str = "fresh") -> "EarlyExitLM":
         """A deeper model: built whole and freshly initialised (as the reference does, so the
-        random stream matches), then the embedding, existing blocks and head copied in."""
+        random stream matches), then the embedding, existing blocks and head copied in.
+        init = "copy" (depthwise stacking): new block i is then a copy of block i mod the
+        blocks before, the trained stack repeated upward (the random stream is the same)."""
         if num_layers <= self.num_layers:
             raise ValueError(f"cannot grow {self.num_layers} layers to {num_layers}")
         grown = EarlyExitLM(self.vocab_size, num_layers, self.cfg).to(self.head.weight.device)
         grown.load_state_dict(self.state_dict(), strict=False)  # the new blocks' keys missing
+        if init == "copy":
+            for i in range(self.num_layers, num_layers):
+                grown.layers[i].load_state_dict(self.layers[i % self.num_layers].state_dict())
         return grown
 
     def freeze_lower(self, num_layers: int, freeze_head: bool = False) -> None:

@@ -65,6 +65,9 @@ class StageSettings:
     hard_ratio: Optional[float] = None  # None in stage 1, required in later stages
     context: Optional[str] = None  # None in stage 1, required in later stages
     freeze_head: bool = False
+    tokens: Optional[str] = None  # None in stage 1; later: "hard" or "all" (no mining selection)
+    trainable: Optional[str] = None  # None in stage 1; later: "new" or "all" (the whole model)
+    init: Optional[str] = None  # None in stage 1; later: "fresh" or "copy" (depthwise stacking)
 
 
 DEFAULT_STAGES = tuple(StageSettings(**table) for table in DEFAULTS["stages"])
@@ -255,7 +258,7 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
 
 # ---------------------------------------------------------------------------------------
 # Validation: rules (key, test of the value, what is allowed), checked in order; the first
-# broken one is reported. A test also sees `c`, the whole Settings (None for a stage).
+# broken one is reported. A test also sees `c`: the whole Settings, or the stage for a stage.
 
 Rule = tuple[str, Callable[[Any, Any], bool], str]
 
@@ -331,6 +334,31 @@ FIRST_STAGE: list[Rule] = [
     ("context", lambda v, c: v is None,
      "stage 1 sees whole sequences; context belongs to stages 2 and later"),
     ("freeze_head", lambda v, c: not v, "stage 1 must train its output head"),
+    ("tokens", lambda v, c: v is None,
+     "stage 1 trains on every token; tokens belongs to stages 2 and later"),
+    ("trainable", lambda v, c: v is None,
+     "stage 1 trains the whole model; trainable belongs to stages 2 and later"),
+    ("init", lambda v, c: v is None,
+     "stage 1 starts from a fresh model; init belongs to stages 2 and later"),
+]
+
+
+# A later stage's ablations of ASHEM (growing + freezing + training on hard tokens only);
+# here a test's `c` is the stage itself.
+ABLATIONS: list[Rule] = [
+    ("tokens", lambda v, c: v in ("hard", "all"),
+     "allowed: hard (the tokens mined at the previous exit) or all (every token that reaches "
+     "it: no mining selection)"),
+    ("trainable", lambda v, c: v in ("new", "all"),
+     "allowed: new (the new layers, and the head unless freeze_head) or all (the whole model)"),
+    ("trainable", lambda v, c: v != "all" or c.context == "sequence",
+     "all needs context = 'sequence', not {c.context!r} (the token context trains on "
+     "saved hidden states)"),
+    ("trainable", lambda v, c: v != "all" or not c.freeze_head,
+     "all trains the head as well; it needs freeze_head = false"),
+    ("init", lambda v, c: v in ("fresh", "copy"),
+     "allowed: fresh (new layers freshly initialised) or copy (new layer i a copy of trained "
+     "layer i mod the layers before: the trained stack repeated upward)"),
 ]
 
 
@@ -342,7 +370,11 @@ def _later_stage(number: int, layers_before: int) -> list[Rule]:
              "must be in (0, 1), e.g. 0.5"),
             ("context", lambda v, c: v in ("token", "sequence"),
              "allowed: token (new layers see each hard token's hidden state alone, "
-             "as the spec) or sequence (whole sequences, loss at hard tokens only)")]
+             "as the spec) or sequence (whole sequences, loss at hard tokens only)"),
+            *ABLATIONS,
+            ("trainable", lambda v, c: v != "all" or number == 2,
+             "all is for stage 2 only (below a later stage, tokens leave at earlier exits, "
+             "which training from the token ids would not follow)")]
 
 
 def _check(rules: list[Rule], root: Any, c: Any = None, prefix: str = "") -> None:
@@ -360,7 +392,7 @@ def validate(settings: Settings) -> None:
     layers_before = 0
     for number, stage in enumerate(settings.stages, start=1):
         rules = FIRST_STAGE if number == 1 else _later_stage(number, layers_before)
-        _check(rules, stage, prefix=f"stages.{number}.")
+        _check(rules, stage, stage, prefix=f"stages.{number}.")
         layers_before = stage.layers
 
 

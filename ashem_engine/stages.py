@@ -3,7 +3,8 @@
 What differs between stages is a `StageTask`: the training batches and their loss, how
 validation is done (plain at the only exit, or routed through every exit), and the hard PPL.
 Stage 1 trains the whole model on every train token; a later stage trains only its new
-layers (and the shared head) on the hard tokens mined from the previous exit.
+layers (and the shared head) on the hard tokens mined from the previous exit, unless its
+ablation keys say otherwise (every token; the whole model).
 """
 from __future__ import annotations
 
@@ -139,27 +140,30 @@ class SequenceTask(StageTask):
 
 class HardTokenTask(StageTask):
     """A later stage in the spec's token context: each hard token's stored hidden state goes
-    through the new layers as a sequence of length 1. Shuffled once, then fixed batches."""
+    through the new layers as a sequence of length 1. Shuffled once, then fixed batches.
+    `train`: the tokens it trains on when they are not the hard ones (stages.N.tokens =
+    "all"); `order` orders those. The hard PPL is always the hard tokens'."""
 
     def __init__(self, model, hard: HardTokens, order: torch.Tensor, batch_size: int,
-                 validation, cascade):
+                 validation, cascade, train: Optional[HardTokens] = None):
         super().__init__(model, validation, cascade)
-        self.hard = hard
-        self.order = [order[i:i + batch_size] for i in range(0, len(hard), batch_size)]
+        self.hard, self.train = hard, hard if train is None else train
+        self.order = [order[i:i + batch_size] for i in range(0, len(self.train), batch_size)]
         self.batch_tokens = [rows.numel() for rows in self.order]
 
-    def upper(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.hard.hidden[rows][:, None, :]
+    def upper(self, tokens: HardTokens, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        h = tokens.hidden[rows][:, None, :]
         out = self.model.run_layers(h, self.hard_from_layer, self.model.num_layers)[:, 0, :]
-        return out, self.hard.targets[rows]
+        return out, tokens.targets[rows]
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.order[index]
-        return self.upper(rows[self.my_rows(len(rows))])
+        return self.upper(self.train, rows[self.my_rows(len(rows))])
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         starts = range(0, len(self.hard), 4096)
-        return (self.upper(slice(i, i + 4096)) for i in starts[self.my_rows(len(starts))])
+        return (self.upper(self.hard, slice(i, i + 4096))
+                for i in starts[self.my_rows(len(starts))])
 
 
 class MaskedSequenceTask(StageTask):
@@ -167,25 +171,37 @@ class MaskedSequenceTask(StageTask):
     mining split, the loss counts only the hard tokens. The other tokens left at an earlier
     exit: they keep their exit state in the new layers (state propagation), which is exactly
     how the real early exit runs them at inference, so training and inference agree.
-    `lower` (batches, B, T, dim): the frozen layers' output, computed once; `remaining`
-    (batches, B, T): the hard tokens, those the cascade sends on to the new layers."""
+    `lower` (batches, B, T, dim): the frozen layers' output, computed once, or None when the
+    layers below train too (stages.N.trainable = "all"): then it runs from the token ids at
+    every step. `remaining` (batches, B, T): the tokens trained on, those the cascade sends
+    on to the new layers; `hard`: the mined ones, for the hard PPL (default: `remaining`)."""
 
-    def __init__(self, model, lower: torch.Tensor, remaining: torch.Tensor, targets: Batches,
-                 validation, cascade):
+    def __init__(self, model, lower: Optional[torch.Tensor], remaining: torch.Tensor,
+                 source: Batches, validation, cascade, hard: Optional[torch.Tensor] = None):
         super().__init__(model, validation, cascade)
-        keep = remaining.flatten(1).any(1).nonzero().squeeze(1)  # batches with a hard token
-        self.lower, self.remaining, self.y = lower[keep], remaining[keep], targets.y[keep]
+        keep = remaining.flatten(1).any(1).nonzero().squeeze(1)  # batches with a token to train
+        self.lower = None if lower is None else lower[keep]
+        self.x, self.y, self.remaining = source.x[keep], source.y[keep], remaining[keep]
+        self.hard = self.remaining if hard is None else hard[keep]
         self.batch_tokens = self.remaining.flatten(1).sum(1).tolist()
 
+    def upper(self, index: int, rows: slice) -> torch.Tensor:
+        """The batch's rows after the new layers, the tokens not remaining propagated."""
+        lower = self.model.hidden(self.x[index][rows], stop=self.hard_from_layer) \
+            if self.lower is None else self.lower[index][rows]
+        return advance(self.model, lower, self.hard_from_layer, self.model.num_layers,
+                       PROPAGATED, self.remaining[index][rows])
+
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.my_rows(self.lower.shape[1])
+        rows = self.my_rows(self.x.shape[1])
         remaining = self.remaining[index][rows]
-        upper = advance(self.model, self.lower[index][rows], self.hard_from_layer,
-                        self.model.num_layers, PROPAGATED, remaining)
-        return upper[remaining], self.y[index][rows][remaining]
+        return self.upper(index, rows)[remaining], self.y[index][rows][remaining]
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        return (self.batch(i) for i in range(self.num_batches()))
+        for index in range(self.num_batches()):
+            rows = self.my_rows(self.x.shape[1])
+            hard = self.hard[index][rows]
+            yield self.upper(index, rows)[hard], self.y[index][rows][hard]
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):

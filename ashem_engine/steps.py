@@ -22,7 +22,7 @@ from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .dist import World
 from .mining import (HardTokens, MiningResult, examples_in_context, exit_pass, fitted_histogram,
-                     histogram, mine, top_words)
+                     histogram, mine, tokens_at, top_words)
 from .model import EarlyExitLM, count_parameters
 from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
@@ -161,8 +161,7 @@ class Pipeline:
             raise CheckpointError(f"the saved model does not fit the run's settings: "
                                   f"{str(e).splitlines()[0]}") from None
         if number > 1:
-            model.freeze_lower(self.settings.stages[number - 2].layers,
-                               freeze_head=st.freeze_head)
+            self._freeze(model, number)
         torch.set_rng_state(point.rng)  # after building the skeleton, which draws from it
         self.emit(ev.Log("info", f"resumed at stage {number}, " + (
             "after the stage" if point.stage_done else f"after epoch {point.epoch}")))
@@ -206,28 +205,39 @@ class Pipeline:
 
     def _task(self, number: int, state: RunState):
         """Stage N's training task; from stage 2 on, on the hard tokens saved by the mining
-        before it (read back from disk, whether that mining ran in this attempt or not)."""
+        before it (read back from disk, whether that mining ran in this attempt or not), or
+        on every token that reached the previous exit then (stages.N.tokens = "all")."""
         m, s = state.model, self.settings
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
                                 self.cascade(state, 1))
+        st, source = s.stages[number - 1], self.batches(s.mining.split)
         saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
-        tokens = HardTokens(**{f.name: saved[f.name].to(self.device) for f in fields(HardTokens)})
+        hard = HardTokens(**{f.name: saved[f.name].to(self.device) for f in fields(HardTokens)})
+        every = saved["every_positions"].to(self.device) if st.tokens == "all" else None
         common = dict(validation=self.batches("validation"), cascade=self.cascade(state, number))
-        if s.stages[number - 1].context != "sequence":
-            return HardTokenTask(m, tokens, saved["order"], s.data.batch_size, **common)
-        source = self.batches(s.mining.split)
-        lower = exit_pass(m, source, self.cascade(state, number - 1)).hidden  # the context
-        mask = torch.zeros(source.tokens, dtype=torch.bool, device=self.device)
-        mask[tokens.positions] = True
+        context = partial(exit_pass, m, source, self.cascade(state, number - 1))
+        if st.context != "sequence" and every is None:
+            return HardTokenTask(m, hard, saved["order"], s.data.batch_size, **common)
+        if st.context != "sequence":
+            return HardTokenTask(m, hard, saved["every_order"], s.data.batch_size, **common,
+                                 train=tokens_at(context(), source.y, every))
         shape = source.x.shape
-        return MaskedSequenceTask(m, lower.view(*shape, -1), mask.view(shape), source, **common)
+        mined = self._mask(source.tokens, hard.positions)
+        trained = mined if every is None else self._mask(source.tokens, every)
+        lower = None if st.trainable == "all" else context().hidden.view(*shape, -1)
+        return MaskedSequenceTask(m, lower, trained.view(shape), source, **common,
+                                  hard=mined.view(shape))
+
+    def _mask(self, tokens: int, positions: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(tokens, dtype=torch.bool, device=self.device)
+        mask[positions] = True
+        return mask
 
     def mine_and_grow(self, number: int, state: RunState) -> None:
         """Mines at stage N-1's exit, then grows the model to stage N over what it freezes.
         While it holds after this (mining-{N-1}), the hard ratio can be steered."""
-        st, below = self.settings.stages[number - 1], self.settings.stages[number - 2].layers
-        self.where = f"mining after stage {number - 1}"
+        st, self.where = self.settings.stages[number - 1], f"mining after stage {number - 1}"
         source = self.batches(self.settings.mining.split)
         passed = exit_pass(state.model, source, self.cascade(state, number - 1), self.check)
         mined = self._mine(number - 1, st.hard_ratio, passed, state.exit_layers[-1])
@@ -235,8 +245,8 @@ class Pipeline:
             raise DataError(f"mining after stage {number - 1} found no hard tokens "
                             f"(threshold {mined.threshold:.4g}); raise stages."
                             f"{number}.hard_ratio")
-        state.model = state.model.grow(st.layers)
-        state.model.freeze_lower(below, freeze_head=st.freeze_head)
+        state.model = state.model.grow(st.layers, st.init or "fresh")
+        self._freeze(state.model, number)
         state.exit_layers = [*state.exit_layers, st.layers]
         rng = torch.get_rng_state()  # the hard tokens' order is drawn from here, steered or not
         self._keep_hard(number, mined, state)
@@ -248,12 +258,24 @@ class Pipeline:
             self.control.steering = None
         self.world.barrier()  # the hard tokens are on disk for every rank (rank 0 wrote them)
 
+    def _freeze(self, model: EarlyExitLM, number: int) -> None:
+        """What stage N does not train: the embedding and the layers below its new ones (the
+        head too with freeze_head), or nothing with stages.N.trainable = "all"."""
+        st = self.settings.stages[number - 1]
+        if st.trainable != "all":
+            model.freeze_lower(self.settings.stages[number - 2].layers,
+                               freeze_head=st.freeze_head)
+
     def _keep_hard(self, number: int, mined, state: RunState) -> None:
-        """Stage N's hard tokens and threshold, on disk for its training and for a resume."""
+        """Stage N's hard tokens and threshold, on disk for its training and for a resume;
+        with stages.N.tokens = "all" also the order of every token it trains on."""
         state.thresholds = [*state.thresholds[:number - 2], mined.threshold]
-        self.save(self.run_dir / f"stage-{number}-hard.pt", {
-            **{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
-            "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold})
+        kept = {**{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
+                "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold}
+        if self.settings.stages[number - 1].tokens == "all":  # drawn after "order", unchanged
+            kept.update(every_positions=mined.reached.cpu(),
+                        every_order=torch.randperm(mined.total))
+        self.save(self.run_dir / f"stage-{number}-hard.pt", kept)
         self.save_point(number, 0, False, state, {"model": state.model.state_dict()})
 
     def _steer(self, number: int, passed, state: RunState, rng: torch.Tensor,
