@@ -5,10 +5,11 @@
     ashem --resume runs/<id>        # continue a cancelled or killed run
     ashem --attach runs/<id>        # follow and steer a run another process writes
     ashem --compare runs/<a> runs/<b> ...           # only the comparison screen (no run)
+    ashem --compare studies/<id>    # a study: each configuration's mean over seeds, 95 % bars
     ashem --replay runs/<id> --compare runs/<a> ... # the replay, compared with those runs (c)
 
-Bad settings or arguments (also a --compare directory without a readable sweep.json): one
-line on stderr, exit code 2, nothing started.
+Bad settings or arguments (also a --compare directory that is neither a run with a
+readable sweep.json nor a study): one line on stderr, exit code 2, nothing started.
 """
 from __future__ import annotations
 
@@ -48,10 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "resume, torchrun) and control it; q detaches, the run goes on")
     p.add_argument("--popups", action="store_true",
                    help="in replay, open transition screens by themselves")
-    p.add_argument("--compare", metavar="RUN_DIR", nargs="+", default=[],
-                   help="compare the threshold sweeps (sweep.json) of these finished runs: "
-                        "alone, only the comparison screen; with --replay, added to the "
-                        "replayed run's comparison (key c)")
+    p.add_argument("--compare", metavar="DIR", nargs="+", default=[],
+                   help="compare the threshold sweeps (sweep.json) of these finished runs, "
+                        "or of a study directory's configurations (the mean over seeds, "
+                        "with 95 %% interval bars): alone, only the comparison screen; with "
+                        "--replay, added to the replayed run's comparison (key c)")
     return p
 
 

@@ -2,8 +2,10 @@
 
 - `run_sweep(view)`: the shown run's latest `SweepComputed` as a sweep dict (the shape of a
   sweep.json), or None before it arrives;
-- `load_sweeps(run_dirs)`: the sweeps of `--compare` run directories; anything that cannot be
-  compared raises `ComparisonError` with a one-line message;
+- `load_sweeps(dirs)`: the sweeps of `--compare` run directories, and of study directories
+  one per configuration, its points the means over seeds with their 95 % intervals
+  (`ashem_engine.compare.study_sweeps`); anything that cannot be compared raises
+  `ComparisonError` with a one-line message;
 - `comparison_of(view, others)`: `ashem_engine.compare.combine` of both, the one authority on
   labels and Pareto flags. Nothing is computed here.
 """
@@ -15,7 +17,7 @@ from typing import Optional, Sequence
 from textual.app import App
 from textual.screen import Screen
 
-from ashem_engine.compare import SWEEP_FILE, ComparisonError, combine, read_sweep
+from ashem_engine.compare import SWEEP_FILE, ComparisonError, combine, read_compared
 
 from . import keys
 from .screens.compare import ComparisonScreen
@@ -56,15 +58,16 @@ def _combined(sweeps: Sequence[dict]) -> dict:
                               f"({type(err).__name__}: {err})") from None
 
 
-def load_sweeps(run_dirs: Sequence[str]) -> list[dict]:
-    """Each directory's sweep.json, checked. A sweep without a name takes the directory's."""
+def load_sweeps(dirs: Sequence[str]) -> list[dict]:
+    """Each run directory's sweep.json (or each study's configurations), checked. A sweep
+    without a name takes the directory's."""
     sweeps = []
-    for run_dir in run_dirs:
-        sweep = read_sweep(run_dir)  # a run directory, or its sweep.json
-        path = Path(run_dir)
+    for given in dirs:
+        path = Path(given)
         path = path if path.is_file() else path / SWEEP_FILE
-        sweep.setdefault("name", path.resolve().parent.name)
-        sweeps.append(sweep)
+        for sweep in read_compared(given):  # a run directory, its sweep.json, or a study
+            sweep.setdefault("name", path.resolve().parent.name)
+            sweeps.append(sweep)
     return sweeps
 
 

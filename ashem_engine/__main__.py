@@ -1,5 +1,6 @@
 """Headless command line: `ashem-engine run [--settings F] [--set table.key=value]...`,
-`ashem-engine resume RUN_DIR` and `ashem-engine init [FILE]`.
+`ashem-engine resume RUN_DIR`, `ashem-engine study SETTINGS... --seeds N` and
+`ashem-engine init [FILE]`.
 
 Just one more consumer of the engine's events: it prints progress lines like the spec's
 debug prints and ends with the table of the spec's figures against this run's. A headless
@@ -49,10 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="the run directory, e.g. runs/20261125T180000Z-ashem")
     resume.add_argument("--quiet", action="store_true", help="print only the final table")
     resume.add_argument("--hold", action="store_true", help=HOLD_HELP)
+    add_study_parser(sub)
     init = sub.add_parser("init", help="write the commented default settings.toml to edit")
     init.add_argument("file", nargs="?", default=LOCAL_FILE,
                       help="where to write it (default: ./settings.toml; never overwritten)")
     return parser
+
+
+STUDY_HELP = """Runs each configuration (one settings file each, named by its file's stem)
+over N seeds: run.seed + 0, 1, ..., N - 1 (the seed changes initialisation and shuffles, never
+the data). Every run is an ordinary run directory in STUDY_DIR/runs/<config>/seed-<s>/, headless
+and never held; table.json, table.csv and table.md (mean, sd, 95 % interval and per-seed values
+of every figure) are rewritten after each finished run. To go on after a stop, run the same
+command with --dir STUDY_DIR, or 'ashem-engine study --resume STUDY_DIR': finished runs are
+skipped, an interrupted one resumed, missing ones started."""
+
+
+def add_study_parser(sub) -> None:
+    study = sub.add_parser("study", help="run configurations over several seeds, with a "
+                           "table of means and 95 %% intervals", description=STUDY_HELP)
+    study.add_argument("settings", nargs="*", metavar="SETTINGS.toml",
+                       help="one settings file per configuration")
+    study.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="seeds per configuration (at least 1)")
+    study.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="TABLE.KEY=VALUE", help="override one setting of every "
+                       "configuration (repeatable)")
+    study.add_argument("--dir", default=None, metavar="STUDY_DIR",
+                       help="the study directory (default: studies/<UTC timestamp>-study); an "
+                       "existing study there goes on if it has the same configurations and seeds")
+    study.add_argument("--resume", default=None, metavar="STUDY_DIR",
+                       help="go on with this study as its study.json records it (alone)")
+    study.add_argument("--quiet", action="store_true",
+                       help="only the study's own lines, not each run's progress")
 
 
 class ProgressPrinter:
@@ -222,11 +252,106 @@ def _hold_points(args: argparse.Namespace, settings) -> tuple:
         return ()
 
 
+STUDY_LINES = {
+    "skip": "finished already, skipped ({run_dir})",
+    "start": "starting",
+    "resume": "resuming {run_dir}",
+    "finished": "finished ({run_dir})",
+    "cancelled": "cancelled; it resumes with the study ({run_dir})",
+    "failed": "failed: {detail} ({run_dir})",
+}
+
+
+class StudyPrinter:
+    """The study's own lines, between its runs' progress lines."""
+
+    def __init__(self, printer: ProgressPrinter):
+        self.line = printer.line
+
+    def __call__(self, step) -> None:
+        if step.action == "table":
+            self.line(f"[study] table rewritten: {step.run_dir}/table.md ({step.detail})")
+            return
+        text = STUDY_LINES[step.action].format(**{**vars(step),
+                                                  "run_dir": step.run_dir or "no run directory"})
+        self.line(f"[study {step.index}/{step.total}] {step.config} seed {step.seed}: {text}")
+
+
+class StudyStop:
+    """Ctrl-C in a study: the first cancels the run under way (it stays resumable) and
+    starts no other; a second one interrupts at once."""
+
+    def __init__(self):
+        self.stopping = False
+        self.control: Optional[RunControl] = None
+
+    def new_control(self) -> RunControl:
+        self.control = RunControl()  # headless: never held
+        if self.stopping:
+            self.control.cancel()
+        return self.control
+
+    def __call__(self, signum, frame) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
+        self.stopping = True
+        if self.control is not None:
+            self.control.cancel()
+
+
+def _study_plan(args: argparse.Namespace):
+    """The placed study the arguments ask for, or an error line (StudyError)."""
+    from .study import StudyError, open_study, plan_study, reopen_study
+
+    if args.resume and (args.settings or args.seeds is not None or args.overrides or args.dir):
+        raise StudyError("--resume STUDY_DIR goes alone: its study.json holds the "
+                         "configurations, the seeds and the overrides")
+    if args.resume:
+        return reopen_study(args.resume)
+    if args.seeds is None:
+        raise StudyError("give --seeds N, the seeds per configuration")
+    return open_study(plan_study(args.settings, args.seeds, args.overrides, args.dir))
+
+
+def study(args: argparse.Namespace) -> int:
+    from .study import StudyError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return bad_input("study: a study runs in one process; under torchrun, run each "
+                         "configuration with 'ashem-engine run'")
+    try:
+        plan = _study_plan(args)
+    except StudyError as e:
+        return bad_input(f"study: {e}")
+    from .study_run import run_study
+    from .study_table import table_markdown
+
+    printer = ProgressPrinter(sys.stdout, args.quiet)
+    printer.line(f"Study {plan.directory}: {len(plan.configurations)} configuration(s) × "
+                 f"{plan.seeds} seed(s)")
+    stop = StudyStop()
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        result = run_study(plan, [printer], stop.new_control, StudyPrinter(printer))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if result.status == "finished":
+        printer.line(table_markdown(result.table).split("\n## ")[0].rstrip())
+        printer.line(f"Study finished; tables in {plan.directory}")
+    elif result.status == "cancelled":
+        printer.line(f"Study stopped; go on with 'ashem-engine study --resume {plan.directory}'")
+    else:
+        print(f"ashem-engine: error: study: {result.error.message}", file=sys.stderr)
+    return exit_code(result.status, result.error.error_kind if result.error else None)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "init":
         return init(args.file)
+    if args.command == "study":
+        return study(args)
     if args.command not in ("run", "resume"):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT

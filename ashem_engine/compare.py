@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .stats import aggregate
+from .study import StudyError, is_study, reopen_study, study_runs
+
 SWEEP_FILE = "sweep.json"
 
 
@@ -40,8 +43,9 @@ def read_sweep(run_dir: str | os.PathLike) -> dict:
     try:
         sweep = json.loads((path / SWEEP_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ComparisonError(f"{str(path)!r} has no {SWEEP_FILE}: only a finished run with "
-                              "evaluation.sweep_points > 0 can be compared") from None
+        raise ComparisonError(f"{str(path)!r} has no {SWEEP_FILE} and no study.json: it is "
+                              "neither a finished run (with evaluation.sweep_points > 0) nor "
+                              "a study") from None
     except ValueError as e:
         raise ComparisonError(f"{str(path / SWEEP_FILE)!r} is not valid JSON: {e}") from None
     check_sweep(sweep, str(path / SWEEP_FILE))
@@ -96,3 +100,72 @@ def pareto_rows(comparison: dict) -> list[dict]:
     rows = [{**p, "label": s["label"]} for s in comparison["series"] for p in s["points"]
             if p.get("pareto")]
     return sorted(rows, key=lambda r: r["macs_per_token"])
+
+
+# -- studies: each configuration's seeds as one sweep, with intervals ----------------------
+
+MEANED = ("ppl", "accuracy", "deep_ratio", "spec_cost", "honest_cost", "macs_per_token")
+INTERVALS = ("ppl", "macs_per_token")  # point["interval"][key]: stats.aggregate across seeds
+
+
+def read_compared(directory: str | os.PathLike) -> list[dict]:
+    """What `ashem --compare DIR` shows of a directory: a run's sweep.json, or a study's
+    configurations, one sweep each (study_sweeps). Raises ComparisonError."""
+    return study_sweeps(directory) if is_study(directory) else [read_sweep(directory)]
+
+
+def study_sweeps(study_dir: str | os.PathLike) -> list[dict]:
+    """Per configuration with a finished run: its seeds' sweeps as one (seeds_sweep)."""
+    try:
+        runs = study_runs(reopen_study(study_dir))
+    except StudyError as e:
+        raise ComparisonError(str(e)) from None
+    configs = dict.fromkeys(r.config.name for r in runs)
+    out = []
+    for name in configs:
+        sweeps = [read_sweep(r.run_dir) for r in runs if r.config.name == name
+                  and r.finished and (r.run_dir / SWEEP_FILE).is_file()]
+        if sweeps:
+            out.append(seeds_sweep(name, sweeps))
+    if not out:
+        raise ComparisonError(f"study {str(study_dir)!r} has no finished run with a sweep yet")
+    return out
+
+
+def seeds_sweep(name: str, sweeps: Sequence[dict]) -> dict:
+    """One configuration's sweeps over its seeds as one sweep: each point (the same series
+    and quantile in every seed) the mean over seeds, with the 95 % interval of its PPL and
+    MACs per token in point["interval"], and point["seeds"] the number of seeds."""
+    first = sweeps[0]
+    series = []
+    for s in first["series"]:
+        same = [_series_named(sweep, s["name"], name) for sweep in sweeps]
+        if any(len(x["points"]) != len(s["points"]) for x in same):
+            raise ComparisonError(f"study configuration {name!r}: the seeds' series "
+                                  f"{s['name']!r} have different numbers of points")
+        points = [mean_point([x["points"][i] for x in same], name)
+                  for i in range(len(s["points"]))]
+        series.append({**{k: v for k, v in s.items() if k != "points"}, "points": points})
+    return {"name": name, "split": first.get("split", "?"), "tokens": first.get("tokens"),
+            "plain_macs_per_token": first.get("plain_macs_per_token"),
+            "protocol": first.get("protocol", {}), "seeds": len(sweeps), "series": series}
+
+
+def _series_named(sweep: dict, series: str, config: str) -> dict:
+    for s in sweep["series"]:
+        if s["name"] == series:
+            return s
+    raise ComparisonError(f"study configuration {config!r}: a seed has no series {series!r}")
+
+
+def mean_point(points: Sequence[dict], config: str) -> dict:
+    quantiles = {p.get("quantile") for p in points}
+    if len(quantiles) != 1:
+        raise ComparisonError(f"study configuration {config!r}: the seeds' sweeps have "
+                              f"other quantiles ({sorted(map(str, quantiles))})")
+    out: dict = {"quantile": points[0].get("quantile"), "seeds": len(points), "pareto": False}
+    for key in MEANED:
+        values = [p.get(key) for p in points]
+        out[key] = aggregate(values)["mean"] if all(map(_number, values)) else None
+    out["interval"] = {key: aggregate([p[key] for p in points]) for key in INTERVALS}
+    return out

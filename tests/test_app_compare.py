@@ -360,3 +360,69 @@ def test_compare_alone_runs_no_dashboard_and_q_quits(tmp_path):
         assert b"REPLAY" not in term.seen and b"Pause/Resume" not in term.seen
     finally:
         term.close()
+
+
+# -- a study: each configuration's mean over seeds, with the engine's 95 % intervals ---------
+T_975_1 = 12.7062  # Student t(0.975, 1 degree of freedom), from printed tables
+
+
+def write_study(root, finished=True):
+    """A study directory as `ashem-engine study` leaves it, with two seeds whose sweeps are
+    the reference sweep and the same with every PPL 10 higher and every MACs 2 % higher."""
+    import dataclasses
+
+    from ashem_engine.settings import Settings
+    from ashem_engine.study import STUDY_FILE, Configuration, StudyPlan, seed_dir
+
+    settings = Settings().replace(run=dataclasses.replace(Settings().run, name="cfg"))
+    plan = StudyPlan(root, (Configuration("cfg", "cfg.toml", settings),), 2)
+    root.mkdir()
+    (root / STUDY_FILE).write_text(json.dumps(plan.to_json()), encoding="utf-8")
+    for k, seed in enumerate((42, 43)):
+        run = seed_dir(root, "cfg", seed) / "20261126T120000Z-cfg"
+        sweep = reference_sweep()
+        for s in sweep["series"]:
+            for p in s["points"]:
+                p["ppl"] += 10 * k
+                p["macs_per_token"] *= 1 + 0.02 * k
+        write_sweep(run, sweep)
+        (run / "settings.json").write_text("{}", encoding="utf-8")
+        status = "finished" if finished else "running"
+        (run / "summary.json").write_text(json.dumps({"status": status}), encoding="utf-8")
+    return root
+
+
+async def test_compare_a_study_shows_each_points_interval(tmp_path):
+    from ashem_app.widgets.pareto import error_bars
+
+    sweeps = load_sweeps([str(write_study(tmp_path / "study"))])
+    assert [s["name"] for s in sweeps] == ["cfg"]
+    comparison = comparison_of(None, sweeps)
+    first = comparison["series"][0]["points"][0]  # quantile 0: PPL 900 and 910
+    assert first["ppl"] == pytest.approx(905.0)
+    half = first["interval"]["ppl"]["half_width"]
+    assert half == pytest.approx(T_975_1 * 5.0, rel=1e-4)  # sd 10/sqrt(2), n = 2
+    points = [p for s in comparison["series"] for p in s["points"]]
+    assert all(len(error_bars(p)) == 2 for p in points)  # PPL and MACs per token
+    app = CompareApp(comparison)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        rows = table_cells(screen)
+        assert len(rows) == 22
+        assert rows[0][2] == f"905.00 ±{half:,.2f}"
+        assert " ±" in rows[0][7] and " ±" in rows[21][2]
+        assert "means over 2 seeds" in plain(screen.query_one("#compare-summary"))
+        chart = screen.query_one(ParetoChart)
+        lowest_low = min(p["interval"]["ppl"]["low"] for p in points)
+        assert chart.ylim[0] <= lowest_low  # the bars below the lowest mean are in view
+
+
+def test_compare_of_a_directory_that_is_neither_run_nor_study_is_one_line(capsys, tmp_path):
+    (tmp_path / "neither").mkdir()
+    assert main(["--compare", str(tmp_path / "neither")], hard_exit=False) == 2
+    err = one_line_error(capsys)
+    assert "neither a finished run" in err and "nor a study" in err
+    unfinished = write_study(tmp_path / "study", finished=False)
+    assert main(["--compare", str(unfinished)], hard_exit=False) == 2
+    assert "no finished run" in one_line_error(capsys)

@@ -2,8 +2,10 @@
 
 Shows the dict `ashem_engine.compare.combine` returns (every figure and every Pareto flag
 comes from there): the Pareto chart (PPL against MACs per token), a warning when the series
-were reported on different splits, and a table with one row per point. Without any sweep it
-says what is needed. z toggles the chart's y range between all points and near the Pareto
+were reported on different splits, and a table with one row per point. A study's points are
+means over seeds: the chart draws their 95 % intervals as error bars and the table shows
+"± half-width" beside the PPL and the MMAC/tok (both from the engine's `point["interval"]`).
+Without any sweep it says what is needed. z toggles the chart's y range between all points and near the Pareto
 front (display scaling only, see `widgets.pareto`); it starts zoomed when the zoom hides
 at least one point. esc / q close it (with `ashem --compare`, where it is the app's only
 screen, they quit).
@@ -42,6 +44,10 @@ def summary(comparison: dict) -> Text:
                 f"{splits} · ", style="bold")
     text.append(f"{PARETO_MARK} Pareto-optimal · honest/spec: % of plain deepest model",
                 style="dim")
+    seeds = sorted({p["seeds"] for s in series for p in s.get("points", []) if "seeds" in p})
+    if seeds:
+        count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+        text.append(f" · means over {count} seeds, ± and bars: 95 % interval", style="dim")
     return text
 
 
@@ -66,6 +72,15 @@ def _mmacs(macs: Any) -> str:
     return f"{m:,.0f}" if abs(m) >= 1000 else f"{m:#.4g}".rstrip(".")
 
 
+def half_width(point: dict, key: str) -> Optional[float]:
+    """The half-width of the engine's 95 % interval of point[key] across seeds, if any."""
+    return ((point.get("interval") or {}).get(key) or {}).get("half_width")
+
+
+def _spread(text: str, half: Optional[float], shown) -> str:
+    return text if half is None else f"{text} ±{shown(half)}"
+
+
 def table_rows(comparison: dict) -> list[list[Text]]:
     """One row per point, in series order; the series' marker in its colour first."""
     rows = []
@@ -73,12 +88,14 @@ def table_rows(comparison: dict) -> list[list[Text]]:
         color, marker = style(i)
         for p in s.get("points", []):
             pareto = bool(p.get("pareto"))
-            cells = [_quantile(p.get("quantile")), fmt.ppl(p.get("ppl")),
+            cells = [_quantile(p.get("quantile")),
+                     _spread(fmt.ppl(p.get("ppl")), half_width(p, "ppl"), fmt.ppl),
                      fmt.pct(p.get("accuracy"), 2, sign=False),
                      fmt.pct(p.get("deep_ratio"), sign=False),
                      fmt.pct(p.get("honest_cost"), sign=False),
                      fmt.pct(p.get("spec_cost"), sign=False),
-                     _mmacs(p.get("macs_per_token")), PARETO_MARK if pareto else ""]
+                     _spread(_mmacs(p.get("macs_per_token")), half_width(p, "macs_per_token"),
+                             _mmacs), PARETO_MARK if pareto else ""]
             cell_style = "bold green" if pareto else ""
             label = Text(f"{marker} ", style=f"rgb{color}")
             label.append(str(s.get("label", "?")), style=cell_style)

@@ -12,6 +12,10 @@ Two y ranges (`show(comparison, zoomed=...)`, the `z` key of the comparison scre
   PPL plus 10 % of the lowest PPL. Points above it are not drawn (their lines run off the
   top: clipped, not squeezed); the x range stays that of all points.
 The screen starts zoomed when that hides at least one point (`hidden_by_zoom`), else full.
+
+A study's points (`ashem --compare STUDY_DIR`) are means over seeds and carry the engine's 95 %
+intervals of PPL and MACs per token (`point["interval"]`): each is drawn as an error bar, a
+vertical segment for PPL and a horizontal one for MACs per token, in the series' colour.
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ def _ok(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def drawable(points: list[dict]) -> list[dict]:
     return [p for p in points if _ok(p.get("ppl")) and _ok(p.get("macs_per_token"))]
 
@@ -50,6 +58,19 @@ ZOOM_MARGIN = 0.10  # of the lowest PPL, above the highest Pareto-optimal PPL
 ZOOM_RULE = "y to top Pareto PPL + 10 % of lowest"
 ZOOMED_TITLE = "PPL near the Pareto front"  # the titles start with these
 FULL_TITLE = "PPL, all points"
+
+
+def error_bars(point: dict) -> list[tuple[list[float], list[float]]]:
+    """The point's error bars as (xs, ys) segments, from the interval the engine gave it:
+    none for a single run or a single seed."""
+    interval = point.get("interval") or {}
+    bars = []
+    ppl, macs = interval.get("ppl") or {}, interval.get("macs_per_token") or {}
+    if _finite(ppl.get("low")) and _finite(ppl.get("high")):
+        bars.append(([mmacs(point)] * 2, [ppl["low"], ppl["high"]]))
+    if _finite(macs.get("low")) and _finite(macs.get("high")):
+        bars.append(([macs["low"] / 1e6, macs["high"] / 1e6], [point["ppl"]] * 2))
+    return bars
 
 
 def _all_drawable(comparison: dict) -> list[dict]:
@@ -121,6 +142,7 @@ class ParetoChart(Chart):
         frontier = shown(drawable(pareto_rows(comparison)))
         visible = [(i, s, shown(pts)) for i, s, pts in series]
         visible = [(i, s, pts) for i, s, pts in visible if pts]
+        bar_ys = self._draw_error_bars(plt, visible, top if zoomed else math.inf)
         self.hidden = len(every) - sum(len(pts) for _, _, pts in visible)
         labels = len(visible) + bool(frontier)
         rows = max(1, self.size.height - 4)  # the canvas: less title, x ticks and label
@@ -135,8 +157,12 @@ class ParetoChart(Chart):
                         color=color, label=s.get("label", "?") if legend else None)
         room = (labels + 1) / max(1, rows - labels - 1) if legend else 0.0
         self._set_limits(plt, [mmacs(p) for p in every],
-                         [p["ppl"] for _, _, pts in visible for p in pts] + [top], room)
+                         [p["ppl"] for _, _, pts in visible for p in pts] + bar_ys + [top],
+                         room)
         plt.xlabel("MMACs per token")
+        self._title(plt, zoomed, legend)
+
+    def _title(self, plt, zoomed: bool, legend: bool) -> None:
         if zoomed:
             parts = [ZOOMED_TITLE, ZOOM_RULE,
                      f"{self.hidden} point{'s' * (self.hidden != 1)} above not drawn"]
@@ -147,6 +173,19 @@ class ParetoChart(Chart):
         # plotext centres the title on the canvas (right of the y ticks) and drops it when
         # it does not fit there: 10 columns for the ticks ("12345.6┤" and a margin)
         plt.title(fit_title(parts, self.size.width - 10))
+
+    @staticmethod
+    def _draw_error_bars(plt, visible: list, top: float) -> list[float]:
+        """Each shown point's error bars (under its marker), cut at `top` (the zoomed view's);
+        the PPLs they reach, so that the y range takes them in."""
+        reach = []
+        for i, _, pts in visible:
+            for p in pts:
+                for xs, ys in error_bars(p):
+                    plt.plot(xs, [min(y, top) for y in ys], marker="braille",
+                             color=style(i)[0])
+                    reach += [min(y, top) for y in ys]
+        return reach
 
     def _set_limits(self, plt, xs: list[float], ys: list[float], room: float) -> None:
         """A margin around the points; `room`: above them, for the legend (upper left)."""

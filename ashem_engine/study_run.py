@@ -1,0 +1,78 @@
+"""Running a study: each (configuration, seed) in turn, headless and never held. A finished
+run is skipped, an interrupted one resumed in its own run directory (resume.py), a missing one
+started; the table is rewritten after every run that finishes. A cancelled or failed run
+stops the study, which can be resumed the same way. Nothing is printed: what happens goes to
+`notify` as StudyStep notes, and each run's events to the sinks the caller gives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from . import events as ev
+from .control import RunControl
+from .study import StudyPlan, StudyRun, study_runs
+from .study_table import write_tables
+
+
+@dataclass
+class StudyStep:
+    """One note of a study's progress: a run about to start, resume or be skipped; a run
+    ended; the table rewritten."""
+    action: str  # "skip", "start", "resume", "finished", "cancelled", "failed", "table"
+    index: int  # 1-based position of the run in the study (0 for "table")
+    total: int
+    config: str = ""
+    seed: Optional[int] = None
+    run_dir: Optional[str] = None
+    detail: str = ""
+
+
+@dataclass
+class StudyResult:
+    status: str  # "finished", "cancelled" or "failed"
+    table: dict = field(default_factory=dict)
+    error: Optional[ev.RunFailed] = None  # the run that failed
+
+
+Notify = Callable[[StudyStep], None]
+
+
+def run_study(plan: StudyPlan, sinks: Iterable[ev.Sink] = (),
+              new_control: Callable[[], RunControl] = RunControl,
+              notify: Notify = lambda step: None) -> StudyResult:
+    """Runs what is left of a placed study (open_study). `new_control` makes each run's
+    control: a control already cancelled stops the study before that run starts."""
+    runs, sinks = study_runs(plan), list(sinks)
+    table: dict = {}
+    for index, run in enumerate(runs, start=1):
+        step = StudyStep("skip", index, len(runs), run.config.name, run.seed,
+                         str(run.run_dir) if run.run_dir else None)
+        if run.finished:
+            notify(step)
+            continue
+        control = new_control()
+        if control.cancelled:
+            return StudyResult("cancelled", table)
+        step.action = "resume" if run.run_dir is not None else "start"
+        notify(step)
+        result = _run_one(run, sinks, control)
+        if result.status != "finished":
+            ended = StudyStep(result.status, index, len(runs), run.config.name, run.seed,
+                              str(result.run_dir) if result.run_dir else step.run_dir,
+                              result.error.message if result.error else "")
+            notify(ended)
+            return StudyResult(result.status, table, result.error)
+        notify(StudyStep("finished", index, len(runs), run.config.name, run.seed,
+                         str(result.run_dir)))
+        table = write_tables(plan)
+        notify(StudyStep("table", 0, len(runs), run_dir=str(plan.directory),
+                         detail=f"{table['finished_runs']} of {table['runs']} runs finished"))
+    return StudyResult("finished", table or write_tables(plan))
+
+
+def _run_one(run: StudyRun, sinks: list, control: RunControl):
+    from .run import resume_ashem, run_ashem  # torch loads here, when a run is due
+
+    if run.run_dir is not None:
+        return resume_ashem(run.run_dir, sinks, control)
+    return run_ashem(run.settings(), sinks, control)

@@ -1,0 +1,211 @@
+"""A study's table: every figure of every configuration across its finished seeds.
+
+FIGURES below is the one list of what a study tabulates, each read from a finished run's
+summary.json (and sweep.json). For each configuration and figure the table holds n, the
+mean, the sample standard deviation, the 95 % interval (stats.aggregate) and the per-seed
+values, written atomically as table.json, table.csv and table.md in the study directory.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .compare import SWEEP_FILE
+from .rundir import atomic_write, atomic_write_json
+from .stats import CONFIDENCE, aggregate
+from .study import StudyPlan, StudyRun, study_runs
+
+TABLE_FILES = ("table.json", "table.csv", "table.md")
+INTERVAL_RULE = "Student t: mean ± t(0.975, n - 1) · sd / sqrt(n)"
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    meaning: str
+    read: Callable[[dict, dict], Optional[float]]  # (summary, sweep or {}) -> value or None
+
+
+def _final(key: str) -> Callable[[dict, dict], Optional[float]]:
+    return lambda summary, sweep: (summary.get("final") or {}).get(key)
+
+
+def _shallow(summary: dict, sweep: dict) -> Optional[float]:
+    ratios = (summary.get("final") or {}).get("exit_ratios") or [None]
+    return ratios[0]
+
+
+def _stage_one_alone(key: str) -> Callable[[dict, dict], Optional[float]]:
+    def read(summary: dict, sweep: dict) -> Optional[float]:
+        for series in sweep.get("series", []):
+            if series.get("kind") == "baseline" and series.get("name", "").startswith("stage-1"):
+                return series["points"][0].get(key)
+        return None
+    return read
+
+
+FIGURES = (
+    Figure("final.ppl", "the final report's PPL", _final("ppl")),
+    Figure("final.accuracy", "the final report's accuracy", _final("accuracy")),
+    Figure("final.shallow_ratio", "the final report's fraction of tokens leaving at the "
+           "first exit", _shallow),
+    Figure("final.spec_cost", "the final report's compute cost by the spec's formula, of the "
+           "plain deepest model", _final("compute_cost")),
+    Figure("final.honest_cost", "the final report's honest cost, of the plain deepest model",
+           _final("honest_cost")),
+    Figure("final.macs_per_token", "the final report's MACs per token", _final("macs_per_token")),
+    # stage_N.best_val_ppl and stage_N.best_epoch go here, one pair per stage (STAGE_FIGURES)
+    Figure("stage_1_alone.ppl", "the stage-1 model alone on the report split (sweep.json)",
+           _stage_one_alone("ppl")),
+    Figure("stage_1_alone.accuracy", "the stage-1 model alone: accuracy (sweep.json)",
+           _stage_one_alone("accuracy")),
+    Figure("stage_1_alone.macs_per_token", "the stage-1 model alone: MACs per token "
+           "(sweep.json)", _stage_one_alone("macs_per_token")),
+    Figure("plain_macs_per_token", "MACs per token of the plain deepest model (sweep.json)",
+           lambda summary, sweep: sweep.get("plain_macs_per_token")),
+    Figure("seconds", "the run's seconds, over every attempt",
+           lambda summary, sweep: summary.get("seconds")),
+    Figure("training_macs", "MACs spent in training, every stage (summary training_macs.total)",
+           lambda summary, sweep: (summary.get("training_macs") or {}).get("total")),
+)
+STAGE_FIGURES = (("best_val_ppl", "stage {n}'s best validation PPL"),
+                 ("best_epoch", "the epoch of stage {n}'s best validation PPL"))
+FIRST_AFTER_STAGES = "stage_1_alone.ppl"  # the stage figures come before this one
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def run_figures(summary: dict, sweep: dict) -> dict[str, float]:
+    """A finished run's figures, in FIGURES' order; a figure it lacks is left out."""
+    stages = {f"stage_{r['stage']}.{key}": r.get(key)
+              for r in summary.get("stages", []) for key, _ in STAGE_FIGURES}
+    out: dict[str, float] = {}
+    for figure in FIGURES:
+        if figure.name == FIRST_AFTER_STAGES:
+            out.update((k, v) for k, v in stages.items() if _number(v))
+        value = figure.read(summary, sweep)
+        if _number(value):
+            out[figure.name] = value
+    return out
+
+
+def meaning(name: str) -> str:
+    for figure in FIGURES:
+        if figure.name == name:
+            return figure.meaning
+    stage, _, key = name.partition(".")
+    text = dict(STAGE_FIGURES).get(key, name)
+    return text.format(n=stage.removeprefix("stage_"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def configuration_table(runs: list[StudyRun], directory: Path) -> dict:
+    """One configuration's runs (in seed order) as its part of table.json."""
+    per_seed = {r.seed: run_figures(_read_json(r.run_dir / "summary.json"),
+                                    _read_json(r.run_dir / SWEEP_FILE))
+                for r in runs if r.finished}
+    names = list(dict.fromkeys(name for figures in per_seed.values() for name in figures))
+    figures = {}
+    for name in names:
+        pairs = [(seed, f[name]) for seed, f in per_seed.items() if name in f]
+        figures[name] = {**aggregate([v for _, v in pairs]),
+                         "values": [{"seed": s, "value": v} for s, v in pairs]}
+    config = runs[0].config
+    return {"name": config.name, "file": config.file, "seeds": [r.seed for r in runs],
+            "runs": [{"seed": r.seed, "status": r.status or "not started",
+                      "run_dir": str(r.run_dir.relative_to(directory)) if r.run_dir else None}
+                     for r in runs],
+            "figures": figures}
+
+
+def study_table(plan: StudyPlan) -> dict:
+    runs = study_runs(plan)
+    configs = [configuration_table([r for r in runs if r.config.name == c.name],
+                                   plan.directory) for c in plan.configurations]
+    names = dict.fromkeys(n for c in configs for n in c["figures"])
+    return {"study": plan.directory.name, "seeds": plan.seeds, "confidence": CONFIDENCE,
+            "interval": INTERVAL_RULE, "finished_runs": sum(r.finished for r in runs),
+            "runs": len(runs), "figures": {n: meaning(n) for n in names},
+            "configurations": configs}
+
+
+def write_tables(plan: StudyPlan) -> dict:
+    """table.json, table.csv and table.md from the runs finished so far; the table."""
+    table = study_table(plan)
+    atomic_write_json(plan.directory / "table.json", table)
+    for name, text in (("table.csv", table_csv(table)), ("table.md", table_markdown(table))):
+        atomic_write(plan.directory / name, lambda f, t=text: f.write(t.encode()))
+    return table
+
+
+def table_csv(table: dict) -> str:
+    """One row per configuration and figure; seed+k: the run with seed run.seed + k."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    offsets = [f"seed+{k}" for k in range(table["seeds"])]
+    writer.writerow(["configuration", "figure", "n", "mean", "sd", "ci95_half_width",
+                     "ci95_low", "ci95_high", *offsets])
+    for config in table["configurations"]:
+        for name, f in config["figures"].items():
+            by_seed = {v["seed"]: v["value"] for v in f["values"]}
+            per_seed = [by_seed.get(seed) for seed in config["seeds"]]
+            writer.writerow([config["name"], name, f["n"], *(_csv(f[k]) for k in (
+                "mean", "sd", "half_width", "low", "high")), *map(_csv, per_seed)])
+    return out.getvalue()
+
+
+def _csv(x: Optional[float]) -> str:
+    return "" if x is None else repr(x)
+
+
+def number(x: Optional[float]) -> str:
+    """Four significant digits, thousands grouped from 1,000 on."""
+    if x is None:
+        return "–"
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:,.1f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _with_interval(f: Optional[dict]) -> str:
+    if f is None:
+        return "–"
+    spread = f" ± {number(f['half_width'])}" if f["half_width"] is not None else ""
+    return f"{number(f['mean'])}{spread} (n={f['n']})"
+
+
+def table_markdown(table: dict) -> str:
+    configs = table["configurations"]
+    lines = [f"# Study {table['study']}", "",
+             f"{table['seeds']} seeds per configuration (its run.seed + 0 … "
+             f"{table['seeds'] - 1}); {table['finished_runs']} of {table['runs']} runs "
+             f"finished. Mean ± the half-width of the 95 % interval ({table['interval']}).",
+             "", "| figure | " + " | ".join(c["name"] for c in configs) + " |",
+             "|---|" + "---|" * len(configs)]
+    for name in table["figures"]:
+        cells = [_with_interval(c["figures"].get(name)) for c in configs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for c in configs:
+        lines += ["", f"## {c['name']} ({c['file']}; seeds {', '.join(map(str, c['seeds']))})",
+                  "", "| figure | n | mean | sd | 95 % interval | per seed |",
+                  "|---|---|---|---|---|---|"]
+        for name, f in c["figures"].items():
+            interval = "–" if f["low"] is None else f"{number(f['low'])} … {number(f['high'])}"
+            seeds = ", ".join(f"{v['seed']}: {number(v['value'])}" for v in f["values"])
+            lines.append(f"| {name} | {f['n']} | {number(f['mean'])} | {number(f['sd'])} | "
+                         f"{interval} | {seeds} |")
+    return "\n".join(lines) + "\n"

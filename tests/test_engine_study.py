@@ -1,0 +1,360 @@
+"""Studies: configurations over seeds, the table of means and 95 % intervals, resuming, and the
+study comparison. One 2-seed study on the tiny configuration goes through the command line
+(`python -m ashem_engine study`); its table is checked against the runs' own summaries."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from ashem_engine import events as ev
+from ashem_engine.compare import read_compared, seeds_sweep
+from ashem_engine.control import RunControl
+from ashem_engine.data import load_corpus
+from ashem_engine.settings import parse_override
+from ashem_engine.stats import aggregate, t_quantile, two_sided_probability
+from ashem_engine.study import StudyError, open_study, plan_study, reopen_study, study_runs
+from ashem_engine.study_run import run_study
+from ashem_engine.study_table import run_figures
+from conftest import TINY, tiny_settings
+from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from synthetic import synthetic_splits, write_corpus
+from test_engine_cli import cli, env, single_error_line
+
+T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 29: 2.0452,
+         120: 1.9799}  # Student t quantiles, from printed tables
+QUICK = ["--set", "stages.1.max_epochs=2", "--set", "stages.2.max_epochs=1"]
+
+
+# -- the statistics ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dof, expected", sorted(T_975.items()))
+def test_t_quantiles_match_the_printed_tables(dof, expected):
+    assert t_quantile(dof) == pytest.approx(expected, abs=1e-4)
+    assert two_sided_probability(expected, dof) == pytest.approx(0.95, abs=1e-5)
+
+
+def test_aggregate_against_hand_values():
+    a = aggregate([1.0, 2.0, 3.0, 4.0])
+    assert a["n"] == 4 and a["mean"] == 2.5
+    assert a["sd"] == pytest.approx(1.2910, abs=1e-4)
+    assert a["half_width"] == pytest.approx(3.1824 * 1.2910 / 2, abs=1e-3)  # 2.0542
+    assert (a["low"], a["high"]) == pytest.approx((2.5 - 2.0542, 2.5 + 2.0542), abs=1e-3)
+    same = aggregate([7.0, 7.0])
+    assert same["sd"] == 0.0 and same["half_width"] == 0.0
+    one = aggregate([3.0])
+    assert one["mean"] == 3.0 and one["sd"] is None and one["half_width"] is None
+    assert aggregate([])["mean"] is None
+
+
+def test_a_study_point_is_the_mean_over_seeds_with_its_interval():
+    def sweep(ppl, macs):
+        point = {"quantile": 0.5, "ppl": ppl, "macs_per_token": macs, "accuracy": 0.1,
+                 "deep_ratio": 0.5, "spec_cost": 0.7, "honest_cost": 0.9}
+        return {"name": "x", "split": "test",
+                "series": [{"name": "s", "kind": "sweep", "points": [point]}]}
+    combined = seeds_sweep("cfg", [sweep(10.0, 100.0), sweep(12.0, 104.0)])
+    (point,) = combined["series"][0]["points"]
+    assert point["ppl"] == 11.0 and point["macs_per_token"] == 102.0 and point["seeds"] == 2
+    # sd of (10, 12) is sqrt(2): the half-width is t(0.975, 1) * sqrt(2) / sqrt(2)
+    assert point["interval"]["ppl"]["half_width"] == pytest.approx(12.7062, abs=1e-4)
+    assert point["interval"]["macs_per_token"]["half_width"] == pytest.approx(2 * 12.7062,
+                                                                             abs=1e-3)
+
+
+# -- the seed changes initialisation and shuffles, never the data ---------------------------
+
+def test_the_data_does_not_depend_on_the_random_state(tmp_path):
+    """The pipeline seeds python, numpy and torch before it loads the data; loading reads no
+    random state, so every seed gets the same batches, vocabulary and split."""
+    data = tiny_settings(tmp_path).data
+    corpora = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        corpora.append(load_corpus(data))
+    first, second = corpora
+    assert first.vocab.words == second.vocab.words
+    for split in ("train", "validation", "test"):
+        assert torch.equal(first.batches[split].x, second.batches[split].x)
+        assert torch.equal(first.batches[split].y, second.batches[split].y)
+
+
+# -- the study through the command line ------------------------------------------------------
+
+def toml_value(value) -> str:
+    return json.dumps(value)  # strings, numbers and lists as TOML reads them
+
+
+def write_tiny_toml(path: Path, data_dir: Path) -> Path:
+    """conftest's TINY settings as a settings file."""
+    tables: dict = {}
+    stages: dict = {}
+    for item in [*TINY, f"data.path={data_dir}"]:
+        parts, value = parse_override(item)
+        if parts[0] == "stages":
+            stages.setdefault(int(parts[1]), {})[parts[2]] = value
+        else:
+            tables.setdefault(parts[0], {})[parts[1]] = value
+    lines = []
+    for table, keys in tables.items():
+        lines += [f"[{table}]", *(f"{k} = {toml_value(v)}" for k, v in keys.items())]
+    for number in sorted(stages):
+        lines += ["[[stages]]", *(f"{k} = {toml_value(v)}" for k, v in stages[number].items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def file_times(directory: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(directory.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A 2-seed study of the tiny configuration, made by the command line."""
+    tmp = tmp_path_factory.mktemp("study")
+    data = write_corpus(tmp / "data", synthetic_splits())
+    config = write_tiny_toml(tmp / "tiny.toml", data)
+    args = ["study", str(config), "--seeds", "2", *QUICK, "--dir", "the-study"]
+    p = cli(tmp, *args, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return tmp, tmp / "the-study", args, p.stdout
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def finished_runs(study_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in (study_dir / "runs").rglob("summary.json"))
+
+
+def test_the_study_directory_holds_one_run_per_seed_and_its_plan(study):
+    _, study_dir, _, out = study
+    runs = finished_runs(study_dir)
+    assert [r.parent.relative_to(study_dir).as_posix() for r in runs] == \
+        ["runs/tiny/seed-42", "runs/tiny/seed-43"]  # the default run.seed 42, + 0 and + 1
+    for run, seed in zip(runs, (42, 43)):
+        summary = read(run / "summary.json")
+        assert summary["status"] == "finished" and run.name.endswith("-tiny")
+        settings = read(run / "settings.json")
+        assert settings["run"]["seed"] == seed and settings["run"]["name"] == "tiny"
+        assert settings["stages"][0]["max_epochs"] == 2  # --set reached every run
+    plan = read(study_dir / "study.json")
+    (config,) = plan["configurations"]
+    assert config["name"] == "tiny" and config["seeds"] == [42, 43] and plan["seeds"] == 2
+    assert config["settings"]["stages"][1]["max_epochs"] == 1
+    assert plan["overrides"] == ["stages.1.max_epochs=2", "stages.2.max_epochs=1"]
+    assert "[study 2/2] tiny seed 43: finished" in out and "final.ppl" in out
+
+
+def test_the_table_is_the_mean_and_interval_of_the_per_seed_values(study):
+    _, study_dir, _, _ = study
+    summaries = [read(r / "summary.json") for r in finished_runs(study_dir)]
+    sweeps = [read(r / "sweep.json") for r in finished_runs(study_dir)]
+    expected = {"final.ppl": [s["final"]["ppl"] for s in summaries],
+                "final.accuracy": [s["final"]["accuracy"] for s in summaries],
+                "final.shallow_ratio": [s["final"]["exit_ratios"][0] for s in summaries],
+                "final.spec_cost": [s["final"]["compute_cost"] for s in summaries],
+                "final.honest_cost": [s["final"]["honest_cost"] for s in summaries],
+                "final.macs_per_token": [s["final"]["macs_per_token"] for s in summaries],
+                "stage_1.best_val_ppl": [s["stages"][0]["best_val_ppl"] for s in summaries],
+                "stage_2.best_val_ppl": [s["stages"][1]["best_val_ppl"] for s in summaries],
+                "stage_1_alone.ppl": [next(x for x in w["series"] if x["name"].startswith(
+                    "stage-1 model"))["points"][0]["ppl"] for w in sweeps],
+                "seconds": [s["seconds"] for s in summaries]}
+    (config,) = read(study_dir / "table.json")["configurations"]
+    for name, values in expected.items():
+        figure = config["figures"][name]
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        assert figure["n"] == 2, name
+        assert figure["mean"] == pytest.approx(mean, rel=1e-12), name
+        assert figure["sd"] == pytest.approx(sd, rel=1e-9, abs=1e-12), name
+        assert figure["half_width"] == pytest.approx(12.7062 * sd / math.sqrt(2), rel=1e-4,
+                                                     abs=1e-12), name
+        assert [v["value"] for v in figure["values"]] == values, name
+        assert [v["seed"] for v in figure["values"]] == [42, 43]
+    assert ("training_macs" in config["figures"]) == ("training_macs" in summaries[0])
+    csv_rows = (study_dir / "table.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("configuration,figure,n,mean,sd,ci95_half_width")
+    ppl_row = next(r for r in csv_rows if r.startswith("tiny,final.ppl,")).split(",")
+    assert float(ppl_row[3]) == config["figures"]["final.ppl"]["mean"]
+    assert [float(v) for v in ppl_row[-2:]] == expected["final.ppl"]
+    assert "| final.ppl |" in (study_dir / "table.md").read_text()
+
+
+def test_the_seed_changed_the_model_but_not_the_data(study):
+    _, study_dir, _, _ = study
+    runs = finished_runs(study_dir)
+    finals = [read(r / "summary.json")["final"] for r in runs]
+    assert finals[0]["ppl"] != finals[1]["ppl"]
+    data = []
+    for run, final in zip(runs, finals):
+        events = list(ev.iter_events(run / "events.jsonl"))
+        started = next(e for e in events if isinstance(e, ev.RunStarted))
+        stage_1 = next(e for e in events if isinstance(e, ev.StageStarted))
+        data.append((started.vocab_size, started.train_tokens, started.val_tokens,
+                     started.test_tokens, stage_1.training_tokens, final["tokens"]))
+    assert data[0] == data[1]
+
+
+def test_rerunning_the_command_skips_the_finished_runs(study):
+    tmp, study_dir, args, _ = study
+    before = file_times(study_dir / "runs")
+    again = cli(tmp, *args, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("finished already, skipped") == 2
+    resumed = cli(tmp, "study", "--resume", "the-study", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("finished already, skipped") == 2
+    assert file_times(study_dir / "runs") == before
+
+
+def test_a_command_that_disagrees_with_the_study_is_refused(study):
+    tmp, _, args, _ = study
+    other = [*args]
+    other[other.index("--seeds") + 1] = "3"
+    line = single_error_line(cli(tmp, *other))
+    assert "the-study" in line and "tiny × 2 seeds" in line and "tiny × 3 seeds" in line
+    changed = single_error_line(cli(tmp, *args, "--set", "model.dim=32"))
+    assert "model.dim" in changed
+
+
+def test_the_study_comparison_has_each_points_mean_and_interval(study):
+    _, study_dir, _, _ = study
+    (compared,) = read_compared(study_dir)
+    sweeps = [read(r / "sweep.json") for r in finished_runs(study_dir)]
+    assert compared["name"] == "tiny" and compared["seeds"] == 2
+    assert [s["name"] for s in compared["series"]] == [s["name"] for s in sweeps[0]["series"]]
+    for k, series in enumerate(compared["series"]):
+        for i, point in enumerate(series["points"]):
+            ppls = [w["series"][k]["points"][i]["ppl"] for w in sweeps]
+            macs = [w["series"][k]["points"][i]["macs_per_token"] for w in sweeps]
+            assert point["ppl"] == pytest.approx(statistics.mean(ppls))
+            assert point["macs_per_token"] == pytest.approx(statistics.mean(macs))
+            assert point["interval"]["ppl"]["half_width"] == pytest.approx(
+                12.7062 * statistics.stdev(ppls) / math.sqrt(2), rel=1e-4, abs=1e-9)
+
+
+# -- resuming an interrupted run, in process ------------------------------------------------
+
+class CancelAfterFirstEpoch:
+    """A sink that cancels the run once its first epoch has ended (as Ctrl-C would)."""
+
+    def __init__(self):
+        self.control = None
+
+    def new_control(self) -> RunControl:
+        self.control = RunControl()
+        return self.control
+
+    def __call__(self, event) -> None:
+        if isinstance(event, ev.EpochEnded) and self.control is not None:
+            self.control.cancel()
+            self.control = None  # only the first run
+
+
+def test_an_interrupted_run_resumes_in_its_own_directory(tmp_path):
+    base = tiny_settings(tmp_path)
+    config = write_tiny_toml(tmp_path / "tiny.toml", Path(base.data.path))
+    plan = open_study(plan_study([str(config)], 1, ["stages.2.max_epochs=1"],
+                                 str(tmp_path / "s")))
+    cancel, notes = CancelAfterFirstEpoch(), []
+    stopped = run_study(plan, [cancel], cancel.new_control, notes.append)
+    assert stopped.status == "cancelled"
+    (run,) = study_runs(plan)
+    assert run.status == "cancelled" and run.run_dir is not None
+    done = run_study(reopen_study(plan.directory), [], RunControl, notes.append)
+    assert done.status == "finished"
+    (again,) = study_runs(plan)
+    assert again.run_dir == run.run_dir and again.finished
+    assert [n.action for n in notes] == ["start", "cancelled", "resume", "finished", "table"]
+    started = [e for e in ev.iter_events(run.run_dir / "events.jsonl")
+               if isinstance(e, ev.RunStarted)]
+    assert [e.resumed for e in started] == [False, True]
+    (table,) = done.table["configurations"]
+    assert table["figures"]["final.ppl"]["n"] == 1
+    assert table["figures"]["final.ppl"]["half_width"] is None  # one seed: no interval
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert table["figures"]["final.ppl"]["mean"] == summary["final"]["ppl"]
+    assert run_figures(summary, {})["final.ppl"] == summary["final"]["ppl"]
+
+
+def test_a_study_stopped_between_runs_starts_none(tmp_path):
+    base = tiny_settings(tmp_path)
+    config = write_tiny_toml(tmp_path / "tiny.toml", Path(base.data.path))
+    plan = open_study(plan_study([str(config)], 2, [], str(tmp_path / "s")))
+
+    def cancelled() -> RunControl:
+        control = RunControl()
+        control.cancel()
+        return control
+    assert run_study(plan, [], cancelled).status == "cancelled"
+    assert not (plan.directory / "runs").exists()
+
+
+def test_ctrl_c_stops_the_study_and_the_run_stays_resumable(tmp_path):
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    config = write_tiny_toml(tmp_path / "tiny.toml", data)
+    args = ["study", str(config), "--seeds", "2", "--dir", "s", "--set", "stages.1.max_epochs=50",
+            "--set", "stages.1.patience=50", "--set", "run.progress_events_per_epoch=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "ashem_engine", *args], cwd=tmp_path,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    watchdog = threading.Timer(120, proc.kill)  # a hung run must not hang the suite
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("Epoch 1"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "tiny seed 42: cancelled" in out and "ashem-engine study --resume s" in out
+    first, second = study_runs(reopen_study(tmp_path / "s"))
+    assert first.status == "cancelled" and (first.run_dir / "progress.pt").is_file()
+    assert second.run_dir is None  # not started
+
+
+# -- bad input: one line, exit 2 ---------------------------------------------------------------
+
+def test_bad_study_input_is_one_line_and_exit_2(tmp_path):
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    config = write_tiny_toml(tmp_path / "tiny.toml", data)
+    (tmp_path / "other").mkdir()
+    twin = write_tiny_toml(tmp_path / "other" / "tiny.toml", data)
+    assert "--seeds 0" in single_error_line(cli(tmp_path, "study", str(config), "--seeds", "0"))
+    missing = single_error_line(cli(tmp_path, "study", "nowhere.toml", "--seeds", "2"))
+    assert "nowhere.toml" in missing and "does not exist" in missing
+    twins = single_error_line(cli(tmp_path, "study", str(config), str(twin), "--seeds", "2"))
+    assert "two configurations named 'tiny'" in twins
+    assert "--seeds" in single_error_line(cli(tmp_path, "study", str(config)))
+    alone = single_error_line(cli(tmp_path, "study", "--resume", "x", str(config)))
+    assert "--resume" in alone
+    assert "no study.json" in single_error_line(cli(tmp_path, "study", "--resume", "data"))
+    busy = single_error_line(cli(tmp_path, "study", str(config), "--seeds", "1",
+                                 "--dir", "data"))
+    assert "not a study directory" in busy
+    bad_key = single_error_line(cli(tmp_path, "study", str(config), "--seeds", "1",
+                                    "--set", "model.depth=4"))
+    assert "model.depth" in bad_key
+    assert not (tmp_path / "studies").exists()  # nothing was started
+
+
+def test_plan_errors_are_study_errors(tmp_path):
+    with pytest.raises(StudyError, match="at least 1"):
+        plan_study([], 0, [], None)
+    with pytest.raises(StudyError, match="at least one settings file"):
+        plan_study([], 1, [], None)
