@@ -348,10 +348,8 @@ def study(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "init":
-        return init(args.file)
-    if args.command == "study":
-        return study(args)
+    if args.command in ("init", "study"):
+        return init(args.file) if args.command == "init" else study(args)
     if args.command not in ("run", "resume"):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
