@@ -50,8 +50,8 @@ class StageOutcome:
     stopped_early: bool
     seconds: float
     history: list = field(default_factory=list)
-    training_macs: float = 0.0  # forward and backward of every step (costs.training_macs)
-    selection_macs: float = 0.0  # forward of every epoch's validation and hard PPL
+    training_macs: Optional[float] = 0.0  # every step's forward and backward (costs.py)
+    selection_macs: Optional[float] = 0.0  # every epoch's validation and hard PPL, forward
 
 
 class StageTask:
@@ -87,9 +87,10 @@ class StageTask:
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def step(self, index: int) -> TrainingStep:
-        """What training batch `index` computes, whole (every process' rows), for costs."""
-        raise NotImplementedError
+    def step(self, index: int) -> Optional[TrainingStep]:
+        """What training batch `index` computes, whole (every process' rows), for costs;
+        None: the task does not say, and its MACs are reported unknown (None)."""
+        return None
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """The mined hard tokens as batch() gives them, in chunks (stage 1 has none)."""
@@ -106,13 +107,15 @@ class StageTask:
         if self._every_epoch is None:  # the same every epoch: the flags hold for the stage
             self._every_epoch = (self.epoch_macs(), self.hard_ppl_macs())
         steps, hard_ppl = self._every_epoch
+        if steps is None:
+            return {"training_macs": None, "selection_macs": None}
         return {"training_macs": steps + (self.setup_macs() if epoch == 1 else 0.0),
                 "selection_macs": self.validation_macs(result, epoch == 1) + hard_ppl}
 
-    def epoch_macs(self) -> float:
+    def epoch_macs(self) -> Optional[float]:
         """Training MACs of one epoch: every step's forward and backward."""
-        return sum(training_macs(self.model, self.step(i)).total
-                   for i in range(self.num_batches()))
+        steps = [self.step(i) for i in range(self.num_batches())]
+        return None if None in steps else sum(training_macs(self.model, s).total for s in steps)
 
     def setup_macs(self) -> float:
         """Forward MACs computed once per stage for its steps (none but in sequence context)."""
@@ -283,8 +286,14 @@ class EarlyStopping:
     counter: int = 0
     seconds: float = 0.0
     history: list = field(default_factory=list)
-    training_macs: float = 0.0  # the stage's so far (in progress.pt, so resumes keep them)
-    selection_macs: float = 0.0
+    # the stage's so far (in progress.pt, so resumes keep them); None: not counted before
+    training_macs: Optional[float] = 0.0
+    selection_macs: Optional[float] = 0.0
+
+    @classmethod
+    def restored(cls, early: dict) -> "EarlyStopping":
+        """From progress.pt; one written before MACs were counted leaves the stage's unknown."""
+        return cls(**{"training_macs": None, "selection_macs": None, **early})
 
     def update(self, epoch: int, ppl: float, acc: float, hard_ppl: Optional[float]) -> bool:
         self.epoch = epoch
@@ -297,8 +306,11 @@ class EarlyStopping:
 
     def count(self, macs: dict) -> dict:
         """Adds an epoch's {"training_macs", "selection_macs"} to the stage's; returns them."""
-        self.training_macs += macs["training_macs"]
-        self.selection_macs += macs["selection_macs"]
+        if self.training_macs is None or macs["training_macs"] is None:
+            self.training_macs = self.selection_macs = None  # unknown, not a part
+        else:
+            self.training_macs += macs["training_macs"]
+            self.selection_macs += macs["selection_macs"]
         return macs
 
     @property
@@ -319,7 +331,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
     (plus "best_state") to continue from."""
     model, resume = task.model, resume or {}
     optimizer = make_optimizer(model, cfg.lr, opt)
-    stopping = EarlyStopping(**resume["early"]) if resume else EarlyStopping(cfg.patience)
+    stopping = EarlyStopping.restored(resume["early"]) if resume else EarlyStopping(cfg.patience)
     if resume.get("optimizer"):
         optimizer.load_state_dict(resume["optimizer"])
     best_state = resume.get("best_state") or snapshot(model)
