@@ -79,9 +79,10 @@ def _epoch_ended(e: EpochEnded) -> Body:
 
 def _stage_ended(e: StageEnded) -> Body:
     how = "stopped early" if e.stopped_early else "ran all epochs"
+    spent = "" if e.training_macs is None else f" · trained {fmt.macs(e.training_macs)}"
     return Text(f"stage {e.stage} done: {e.epochs} epochs, {how}; best epoch "
                 f"{e.best_epoch} val PPL {fmt.ppl(e.best_val_ppl)} · "
-                f"{fmt.duration(e.seconds)}", style="bold")
+                f"{fmt.duration(e.seconds)}{spent}", style="bold")
 
 
 def _threshold_computed(e: ThresholdComputed) -> Body:

@@ -58,6 +58,17 @@ def duration(seconds: Optional[float]) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def macs(x: Optional[float]) -> str:
+    """Multiply-accumulates, 3 significant digits with an SI prefix: 4.21 TMAC."""
+    if _bad(x):
+        return num(x)
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
+                          (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}MAC"
+    return f"{x:.3g} MAC"
+
+
 def stamp(t: float) -> str:
     """The run clock as a log prefix."""
     return duration(t).rjust(7)

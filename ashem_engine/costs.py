@@ -12,13 +12,41 @@ just to measure its confidence, so the head dominates. Here a token is charged f
 - each exit signal it was tested with (a whole head for max-softmax, dim for a linear exit
   classifier), and one head for the logits it leaves with (shared with the softmax signal).
 Costs are relative to the plain deepest model: all its blocks over whole sequences, one head.
+
+Training compute (`training_macs`, one training step) is counted by the same rule, from what
+the step computes, for the whole batch (every process' rows together):
+- forward: every block the step runs, for every token position it runs (whole sequences in
+  stage 1 and in the sequence context, where the exited tokens ride along at full cost;
+  length 1 in the token context), then the head for the tokens that get a loss;
+- backward, matmul by matmul: a weight gradient (= the matmul's forward MACs) where the
+  weight trains, and an input gradient (= its forward MACs again) where something trainable
+  lies below its input. Attention's scores and values multiply two activations: each needs
+  both operands' gradients (2 × its forward MACs) once anything at or below it trains. A
+  block's first projections (query, key, value) read its input, so their input gradients
+  need something trainable below the block; everything after them inside a trainable block
+  needs them. Nothing is counted for a module with nothing trainable at or below it, nor
+  for stored hidden states (the token and sequence contexts start above the frozen layers);
+  the embedding (a lookup and a scatter-add) costs no MACs, but when it trains it is
+  something trainable below the first block. Which weights train is read from the model's
+  requires_grad flags, so any configuration is counted (a block counts as trainable when
+  any of its parameters is; stages train blocks whole). Norms, activations, the softmax,
+  the optimizer and gradient clipping are not counted, as at inference.
+A stage's training MACs are its steps' over every epoch, plus what it computes once for
+them: in the sequence context the frozen layers' states of the mining split, by the same
+exit pass as mining (`compute_everything` per token), counted once, in the stage's first
+epoch (a resume recomputes them, uncounted: a resumed run reports an uninterrupted run's
+figures). Separately, the forward passes that select and evaluate during training: each
+epoch's validation (`routed`: computing everything, the first exit's blocks once per stage
+when they are frozen) and hard PPL (the training steps' forward), and each mining pass.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .model import block_macs_per_token, head_macs_per_token
+import torch
+
+from .model import EarlyExitLM, block_macs_per_token, head_macs_per_token
 from .names import PROPAGATED, SEQUENCE, SOFTMAX, TOKEN
 from .settings import ModelSettings
 
@@ -65,6 +93,17 @@ class CostModel:
     def absolute(self, exit_fractions: Sequence[float]) -> float:
         return sum(f * self.path(e) for e, f in enumerate(exit_fractions))
 
+    def routed(self, exit_counts: Sequence[int], first_known: bool = False) -> float:
+        """Forward MACs of routing tokens by max-softmax computing everything (as validation
+        does): every token through every block, each exit's head for the tokens still in
+        the cascade there. `first_known`: the first exit's states are given (no blocks)."""
+        layers, tokens = self.exit_layers, sum(exit_counts)
+        blocks = 0.0 if first_known else layers[0] * self.block(SEQUENCE)
+        for k in range(1, len(layers)):
+            blocks += (layers[k] - layers[k - 1]) * self.block(self.modes[k - 1])
+        heads = sum(sum(exit_counts[e:]) for e in range(len(exit_counts)))
+        return tokens * blocks + heads * self.head
+
     def compute_everything(self) -> float:
         """Every token through every block and every exit's head: what a routed evaluation
         costs when it decides afterwards which exit's logits to keep (a max-softmax path to
@@ -76,3 +115,49 @@ def spec_cost(exit_counts: Sequence[int], exit_layers: Sequence[int]) -> float:
     """The spec's formula: sum(tokens at exit e × layers of e) / (tokens × deepest layers)."""
     tokens = sum(exit_counts)
     return sum(c * n for c, n in zip(exit_counts, exit_layers)) / (tokens * exit_layers[-1])
+
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """The shape of one training step, for the whole batch (every process' rows)."""
+    positions: int  # token positions that run the blocks
+    seq_len: int  # the length they run at (1 in the token context)
+    start: int  # the first block run: 0 from token ids (the embedding), else stored states
+    loss_tokens: int  # tokens whose states go through the head into the loss
+
+
+@dataclass(frozen=True)
+class StepMacs:
+    forward: float
+    backward: float
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward
+
+
+def training_macs(model: EarlyExitLM, step: TrainingStep) -> StepMacs:
+    """MACs of one training step of `model` as its requires_grad flags stand (the rule in
+    the module's docstring)."""
+    cfg = model.cfg
+    reads_input = 3 * cfg.dim * cfg.dim  # query, key and value projections
+    after = cfg.dim * cfg.dim + 3 * cfg.dim * cfg.ffn_hidden  # output projection, feed-forward
+    attend = block_macs_per_token(cfg, step.seq_len) - reads_input - after  # scores, values
+    below = step.start == 0 and _trains(model.embedding)
+    forward = backward = 0.0
+    for block in model.layers[step.start:]:
+        own = _trains(block)
+        forward += reads_input + after + attend
+        backward += sum(m.in_features * m.out_features for m in block.modules()
+                        if isinstance(m, torch.nn.Linear) and m.weight.requires_grad)
+        backward += (reads_input if below else 0) + (after + 2 * attend if below or own else 0)
+        below = below or own
+    head = head_macs_per_token(cfg, model.vocab_size)
+    head_backward = head * (int(model.head.weight.requires_grad) + int(below))
+    return StepMacs(step.positions * forward + step.loss_tokens * head,
+                    step.positions * backward + step.loss_tokens * head_backward)
+
+
+def _trains(module: torch.nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())

@@ -88,6 +88,11 @@ class EpochEnded(Event):
     seconds: float
     hard_ppl: Optional[float] = None  # stages >= 2 (and stage 1 after mining)
     shallow_ratio: Optional[float] = None  # when validation is routed
+    # MACs (costs.py's docstring): the training steps' forward and backward (in the first
+    # epoch with what the stage computes once for them); the forward of the epoch's
+    # validation and hard PPL. None in logs written before them.
+    training_macs: Optional[float] = None
+    selection_macs: Optional[float] = None
 
 
 @dataclass
@@ -101,6 +106,8 @@ class StageEnded(Event):
     seconds: float
     checkpoint: str
     best_hard_ppl: Optional[float] = None
+    training_macs: Optional[float] = None  # the sum of its epochs' (EpochEnded)
+    selection_macs: Optional[float] = None
 
 
 @dataclass
@@ -131,6 +138,7 @@ class HardExamplesCollected(Event):
     split: str
     top_words: list  # [[target word, count], ...] most frequent hard targets
     examples: list  # [{"context": [words], "target": word, "confidence": c}, ...]
+    selection_macs: Optional[float] = None  # the mining pass' forward MACs (once, if steered)
 
 
 @dataclass

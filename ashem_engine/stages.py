@@ -17,13 +17,14 @@ import torch
 
 from .cascade import Cascade, Evaluation, ExitPass, advance, evaluate
 from .control import RunControl
+from .costs import TrainingStep, training_macs
 from .data import Batches
 from .dist import World
 from .events import BatchProgress, EpochEnded, Event
 from .head import exit_stats, head_loss
 from .mining import HardTokens
 from .model import EarlyExitLM
-from .names import PROPAGATED
+from .names import PROPAGATED, SEQUENCE
 from .settings import OptimizerSettings, StageSettings
 
 
@@ -50,6 +51,8 @@ class StageOutcome:
     stopped_early: bool
     seconds: float
     history: list = field(default_factory=list)
+    training_macs: Optional[float] = 0.0  # every step's forward and backward (costs.py)
+    selection_macs: Optional[float] = 0.0  # every epoch's validation and hard PPL, forward
 
 
 class StageTask:
@@ -64,6 +67,7 @@ class StageTask:
         self._first_exit: Optional[ExitPass] = None  # when its blocks are frozen
         self.world = World.current()
         self.wrapped: Optional[torch.nn.Module] = None  # DistributedDataParallel, under torchrun
+        self._every_epoch: Optional[tuple] = None  # the steps' and hard PPL's MACs
 
     def my_rows(self, n: int) -> slice:
         """This process' rows of a batch of n (all of them in a single process)."""
@@ -84,9 +88,52 @@ class StageTask:
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def step(self, index: int) -> Optional[TrainingStep]:
+        """What training batch `index` computes, whole (every process' rows), for costs;
+        None: the task does not say, and its MACs are reported unknown (None)."""
+        return None
+
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """The mined hard tokens as batch() gives them, in chunks (stage 1 has none)."""
         return ()
+
+    def hard_steps(self) -> list:
+        """hard_batches() as TrainingSteps (their forward is what hard_ppl() computes)."""
+        return []
+
+    def epoch_compute(self, epoch: int, result: Evaluation) -> dict:
+        """Epoch `epoch`'s MACs (costs.py says what is counted), as EpochEnded fields:
+        training (every step, and in the first epoch what the stage computes once for
+        them) and selection (validation `result`, and the hard PPL)."""
+        if self._every_epoch is None:  # the same every epoch: the flags hold for the stage
+            self._every_epoch = (self.epoch_macs(), self.hard_ppl_macs())
+        steps, hard_ppl = self._every_epoch
+        if steps is None:
+            return {"training_macs": None, "selection_macs": None}
+        return {"training_macs": steps + (self.setup_macs() if epoch == 1 else 0.0),
+                "selection_macs": self.validation_macs(result, epoch == 1) + hard_ppl}
+
+    def epoch_macs(self) -> Optional[float]:
+        """Training MACs of one epoch: every step's forward and backward."""
+        steps = [self.step(i) for i in range(self.num_batches())]
+        return None if None in steps else sum(training_macs(self.model, s).total for s in steps)
+
+    def setup_macs(self) -> float:
+        """Forward MACs computed once per stage for its steps (none but in sequence context)."""
+        return 0.0
+
+    def hard_ppl_macs(self) -> float:
+        return sum(training_macs(self.model, s).forward for s in self.hard_steps())
+
+    def validation_macs(self, result: Evaluation, first_epoch: bool) -> float:
+        """Forward MACs of validate(): routed computing everything; a frozen first exit's
+        blocks run once per stage, counted in its first epoch."""
+        costs = self.cascade.costs(self.model, self.validation.x.shape[-1])
+        known = self._first_exit is not None
+        macs = costs.routed(result.exit_counts, first_known=known)
+        if known and first_epoch:
+            macs += result.tokens * self.cascade.layers[0] * costs.block(SEQUENCE)
+        return macs
 
     def loss(self, index: int) -> torch.Tensor:
         """Mean cross-entropy over the batch; under torchrun over this rank's rows, weighted
@@ -137,6 +184,10 @@ class SequenceTask(StageTask):
         h = self.model.hidden(self.train.x[index][rows])
         return h.reshape(-1, h.shape[-1]), self.train.y[index][rows].reshape(-1)
 
+    def step(self, index: int) -> TrainingStep:
+        x = self.train.x[index]
+        return TrainingStep(x.numel(), x.shape[-1], 0, self.tokens_in(index))
+
 
 class HardTokenTask(StageTask):
     """A later stage in the spec's token context: each hard token's stored hidden state goes
@@ -160,10 +211,17 @@ class HardTokenTask(StageTask):
         rows = self.order[index]
         return self.upper(self.train, rows[self.my_rows(len(rows))])
 
+    def step(self, index: int) -> TrainingStep:
+        n = self.tokens_in(index)
+        return TrainingStep(n, 1, self.hard_from_layer, n)
+
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         starts = range(0, len(self.hard), 4096)
         return (self.upper(self.hard, slice(i, i + 4096))
                 for i in starts[self.my_rows(len(starts))])
+
+    def hard_steps(self) -> list:
+        return [TrainingStep(len(self.hard), 1, self.hard_from_layer, len(self.hard))]
 
 
 class MaskedSequenceTask(StageTask):
@@ -179,6 +237,7 @@ class MaskedSequenceTask(StageTask):
     def __init__(self, model, lower: Optional[torch.Tensor], remaining: torch.Tensor,
                  source: Batches, validation, cascade, hard: Optional[torch.Tensor] = None):
         super().__init__(model, validation, cascade)
+        self.context_tokens = source.x.numel()  # the whole mining split's
         keep = remaining.flatten(1).any(1).nonzero().squeeze(1)  # batches with a token to train
         self.lower = None if lower is None else lower[keep]
         self.x, self.y, self.remaining = source.x[keep], source.y[keep], remaining[keep]
@@ -197,11 +256,31 @@ class MaskedSequenceTask(StageTask):
         remaining = self.remaining[index][rows]
         return self.upper(index, rows)[remaining], self.y[index][rows][remaining]
 
+    def step(self, index: int, loss_tokens: Optional[int] = None) -> TrainingStep:
+        """Every position runs (from the token ids when the lower layers train too); the
+        trained ones get a loss."""
+        shape, start = self.remaining[index].shape, 0 if self.lower is None else \
+            self.hard_from_layer
+        return TrainingStep(shape.numel(), shape[-1], start,
+                            self.tokens_in(index) if loss_tokens is None else loss_tokens)
+
+    def setup_macs(self) -> float:
+        """The context: the frozen layers' states of the mining split, once per stage, by
+        the exit pass mining runs (steps.Pipeline._task); none when those layers train."""
+        if self.lower is None:
+            return 0.0
+        below = self.cascade.first(self.cascade.last)
+        costs = below.costs(self.model, self.x.shape[-1])
+        return self.context_tokens * costs.compute_everything()
+
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         for index in range(self.num_batches()):
             rows = self.my_rows(self.x.shape[1])
             hard = self.hard[index][rows]
             yield self.upper(index, rows)[hard], self.y[index][rows][hard]
+
+    def hard_steps(self) -> list:
+        return [self.step(i, int(self.hard[i].sum())) for i in range(self.num_batches())]
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):
@@ -229,6 +308,14 @@ class EarlyStopping:
     counter: int = 0
     seconds: float = 0.0
     history: list = field(default_factory=list)
+    # the stage's so far (in progress.pt, so resumes keep them); None: not counted before
+    training_macs: Optional[float] = 0.0
+    selection_macs: Optional[float] = 0.0
+
+    @classmethod
+    def restored(cls, early: dict) -> "EarlyStopping":
+        """From progress.pt; one written before MACs were counted leaves the stage's unknown."""
+        return cls(**{"training_macs": None, "selection_macs": None, **early})
 
     def update(self, epoch: int, ppl: float, acc: float, hard_ppl: Optional[float]) -> bool:
         self.epoch = epoch
@@ -238,6 +325,15 @@ class EarlyStopping:
             return True
         self.counter += 1
         return False
+
+    def count(self, macs: dict) -> dict:
+        """Adds an epoch's {"training_macs", "selection_macs"} to the stage's; returns them."""
+        if self.training_macs is None or macs["training_macs"] is None:
+            self.training_macs = self.selection_macs = None  # unknown, not a part
+        else:
+            self.training_macs += macs["training_macs"]
+            self.selection_macs += macs["selection_macs"]
+        return macs
 
     @property
     def should_stop(self) -> bool:
@@ -257,7 +353,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
     (plus "best_state") to continue from."""
     model, resume = task.model, resume or {}
     optimizer = make_optimizer(model, cfg.lr, opt)
-    stopping = EarlyStopping(**resume["early"]) if resume else EarlyStopping(cfg.patience)
+    stopping = EarlyStopping.restored(resume["early"]) if resume else EarlyStopping(cfg.patience)
     if resume.get("optimizer"):
         optimizer.load_state_dict(resume["optimizer"])
     best_state = resume.get("best_state") or snapshot(model)
@@ -272,6 +368,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
         seconds += time.perf_counter() - started
         improved = stopping.update(epoch, result.ppl, result.accuracy, hard_ppl)
         stopping.seconds = round(stopping.seconds + seconds, 3)
+        macs = stopping.count(task.epoch_compute(epoch, result))
         if improved:
             best_state = snapshot(model)
             if on_improved:
@@ -281,7 +378,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             val_acc=result.accuracy, improved=improved, patience_counter=stopping.counter,
             patience=cfg.patience, best_epoch=stopping.best_epoch,
             best_val_ppl=stopping.best_ppl, seconds=round(seconds, 3), hard_ppl=hard_ppl,
-            shallow_ratio=result.exit_ratios[0] if task.cascade.last else None)
+            shallow_ratio=result.exit_ratios[0] if task.cascade.last else None, **macs)
         stopping.history.append({k: getattr(ended, k) for k in HISTORY_FIELDS})
         emit(ended)
         # After the event: a kill in between repeats this epoch rather than losing it.
@@ -291,7 +388,8 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
     model.load_state_dict(best_state)
     return StageOutcome(stage, epoch, stopping.best_epoch, stopping.best_ppl,
                         stopping.best_acc, stopping.best_hard, stopping.should_stop,
-                        stopping.seconds, list(stopping.history))
+                        stopping.seconds, list(stopping.history), stopping.training_macs,
+                        stopping.selection_macs)
 
 
 def clip_gradients(params: list, max_norm: float) -> None:

@@ -240,7 +240,8 @@ class Pipeline:
         st, self.where = self.settings.stages[number - 1], f"mining after stage {number - 1}"
         source = self.batches(self.settings.mining.split)
         passed = exit_pass(state.model, source, self.cascade(state, number - 1), self.check)
-        mined = self._mine(number - 1, st.hard_ratio, passed, state.exit_layers[-1])
+        mined = self._mine(number - 1, st.hard_ratio, passed, state.exit_layers[-1],
+                           macs=self._mining_macs(state, number))
         if len(mined.hard) == 0:
             raise DataError(f"mining after stage {number - 1} found no hard tokens "
                             f"(threshold {mined.threshold:.4g}); raise stages."
@@ -291,7 +292,8 @@ class Pipeline:
                                  f"(threshold {mined.threshold:.4g})")
 
         def apply() -> None:
-            self._mine(number - 1, ratio, passed, exit_layer, mined)
+            self._mine(number - 1, ratio, passed, exit_layer, mined,
+                       macs=self._mining_macs(state, number))
             torch.set_rng_state(rng)
             self._keep_hard(number, mined, state)
             self._set_hard_ratio(number, ratio)
@@ -307,10 +309,19 @@ class Pipeline:
         self.emit(ev.SettingChanged(key=f"stages.{number}.hard_ratio", value=ratio,
                                     previous=previous))
 
+    def _mining_macs(self, state: RunState, number: int) -> float:
+        """Forward MACs of the exit pass that mines stage N's hard tokens: every token of
+        the mining split computed to stage N-1's exit, each exit's head for every token."""
+        source = self.batches(self.settings.mining.split)
+        costs = self.cascade(state, number - 1).costs(state.model, source.x.shape[-1])
+        return source.tokens * costs.compute_everything()
+
     def _mine(self, stage: int, ratio: float, passed, exit_layer: int,
-              mined: Optional[MiningResult] = None) -> MiningResult:
+              mined: Optional[MiningResult] = None, macs: Optional[float] = None
+              ) -> MiningResult:
         """The threshold and the hard tokens at `ratio` (`mined`: already selected, when
-        steered), reported as ThresholdComputed and HardExamplesCollected."""
+        steered), reported as ThresholdComputed and HardExamplesCollected; `macs`: the
+        mining pass' (the steered report the one pass they read)."""
         s, source = self.settings, self.batches(self.settings.mining.split)
         steered = mined is not None
         mined = mined or mine(passed, source.y, ratio, exit_layer)
@@ -329,7 +340,8 @@ class Pipeline:
             mean_confidence=float(hard.confidences.mean()) if count else nan,
             hard_ppl=float(torch.exp(hard_nll.mean())) if count else nan, split=s.mining.split,
             top_words=top_words(hard.targets, vocab, s.mining.top_words),
-            examples=examples_in_context(hard, _on("cpu", source), vocab, s.mining.examples)))
+            examples=examples_in_context(hard, _on("cpu", source), vocab, s.mining.examples),
+            selection_macs=macs))
         return mined
 
     def final_evaluation(self, state: RunState) -> None:

@@ -14,9 +14,9 @@ from .compare import SWEEP_FILE
 
 NOTHING_DONE = {"stage": 0, "epoch": 0, "stage_done": True}  # the resume point of a new run
 EPOCH = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio", "improved",
-         "seconds")
+         "seconds", "training_macs", "selection_macs")
 STAGE = ("stage", "epochs", "best_epoch", "best_val_ppl", "best_val_acc", "best_hard_ppl",
-         "stopped_early", "seconds")
+         "stopped_early", "seconds", "training_macs", "selection_macs")
 FINAL = ("split", "tokens", "accuracy", "ppl", "exit_layers", "exit_ratios", "compute_cost",
          "honest_cost", "macs_per_token", "thresholds", "inference_modes")
 
@@ -42,6 +42,23 @@ def rebuild(run_dir: str | os.PathLike) -> dict:
 
 def _pick(event: ev.Event, names: Iterable[str]) -> dict:
     return {name: getattr(event, name) for name in names}
+
+
+def _total(figures: list) -> Optional[float]:
+    """Their sum; None if one is missing (a log written before MACs were counted)."""
+    return None if None in figures else float(sum(figures))
+
+
+def compute_spent(summary: dict) -> dict:
+    """summary["training_macs"] and ["selection_macs"] from its stage and mining records:
+    the training steps' MACs per stage and in all; the selecting and evaluating passes'
+    (validation and hard PPL per stage, every mining pass) apart (costs.py: the rule)."""
+    training = [r.get("training_macs") for r in summary["stages"]]
+    stages = [r.get("selection_macs") for r in summary["stages"]]
+    mining = [m.get("selection_macs") for m in summary["mining"]]
+    return {"training_macs": {"stages": training, "total": _total(training)},
+            "selection_macs": {"stages": stages, "mining": mining,
+                               "total": _total(stages + mining)}}
 
 
 class SummaryReducer:
@@ -75,6 +92,7 @@ class SummaryReducer:
         self._s = {"status": "running", "run_dir": e.run_dir, "settings": e.settings,
                    "stages": self._s["stages"], "mining": self._s["mining"], "final": None,
                    **_pick(e, ("machine", "device", "threads", "data_source", "vocab_size"))}
+        self._s.update(compute_spent(self._s))
         if e.resumed:
             self._s["seconds_before"] = e.seconds_before
         self._before = e.seconds_before
@@ -99,15 +117,18 @@ class SummaryReducer:
                   "checkpoint": e.checkpoint}
         self._s["stages"] = [*(r for r in self._s["stages"] if r["stage"] < e.stage), record]
         self._s["seconds"] = round(self._before + e.t, 3)
+        self._s.update(compute_spent(self._s))
 
     def on_ThresholdComputed(self, e: ev.ThresholdComputed) -> None:
         self._thresholds[e.stage] = e
 
     def on_HardExamplesCollected(self, e: ev.HardExamplesCollected) -> None:
         threshold = _pick(self._thresholds[e.stage], ("exit_layer", "threshold", "target_ratio"))
-        found = _pick(e, ("split", "count", "total", "ratio", "mean_confidence", "hard_ppl"))
+        found = _pick(e, ("split", "count", "total", "ratio", "mean_confidence", "hard_ppl",
+                          "selection_macs"))
         record = {"stage": e.stage, **threshold, **found}
         self._s["mining"] = [*(m for m in self._s["mining"] if m["stage"] < e.stage), record]
+        self._s.update(compute_spent(self._s))
 
     def on_SettingChanged(self, e: ev.SettingChanged) -> None:
         """A setting changed while the run held (a steered hard ratio): as settings.json."""

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 from app_events import RUN_DIR, THRESHOLD, cancelled_after, make_events, until, write_events
+from rich.console import Console
 
 from ashem_app import keys
 from ashem_app.describe import describe
 from ashem_app.export import export_metrics, metrics_rows
 from ashem_app.replay import EventFollower
+from ashem_app.screens.inspect import stage_summary
 from ashem_app.state import RunView, reduce, reduce_all
 from ashem_app.widgets.cards import card_values
 from ashem_app.widgets.timeline import step_figure
-from ashem_engine.events import BatchProgress, Paused, Resumed, RunFailed
+from ashem_engine.events import BatchProgress, Paused, Resumed, RunFailed, StageEnded
 
 
 def test_reducer_is_pure_and_follows_the_run():
@@ -219,3 +222,15 @@ def test_a_resume_drops_what_is_redone_and_keeps_one_run_clock():
     assert "run finished in 16:30" in describe(finished, 900.0).plain
     hold = Paused(where="after stage 2", reason="pause_at", boundary="stage-2", t=70.0)
     assert reduce(view, hold).hold_clock("stage-2") == 1070.0
+
+
+def test_a_stages_training_compute_is_shown_from_its_event():
+    events = [replace(e, training_macs=4.21e12, selection_macs=3.5e9)
+              if isinstance(e, StageEnded) else e for e in make_events()]
+    console = Console(width=100, record=True)
+    console.print(stage_summary(reduce_all(events), 1))
+    assert "4.21 TMAC · selection 3.5 GMAC" in console.export_text()
+    ended = next(e for e in events if isinstance(e, StageEnded))
+    assert "trained 4.21 TMAC" in describe(ended).plain
+    console.print(stage_summary(reduce_all(make_events()), 1))  # older logs: no row
+    assert console.export_text().count("TMAC") == 0

@@ -65,6 +65,9 @@ def stage_summary(view: RunView, stage: int) -> Table:
                  ("time", fmt.duration(ended.seconds))]
         if ended.best_hard_ppl is not None:
             rows.append(("best hard PPL", fmt.ppl(ended.best_hard_ppl)))
+        if ended.training_macs is not None:
+            rows.append(("training", f"{fmt.macs(ended.training_macs)} · selection "
+                                      f"{fmt.macs(ended.selection_macs)}"))
     elif last:
         rows += [("epochs", f"{last.epoch} / {view.max_epochs(stage)} (running)"),
                  ("best epoch", str(last.best_epoch)),
