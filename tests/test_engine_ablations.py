@@ -223,3 +223,17 @@ def test_resume_after_stage2_epoch1_gives_the_uninterrupted_figures(runs, name):
     assert figures(second.summary) == figures(whole.summary)
     assert len(second.summary["stages"][1]["history"]) == \
         len(whole.summary["stages"][1]["history"]) >= 2
+
+
+def test_training_macs_follow_what_the_ablation_trains(runs):
+    """The same tokens (every one, sequence context, the same epochs' batches): training the
+    whole model adds its lower layers' forward and backward and the head's weight gradient
+    at every step, so it costs more per epoch than training the new layers alone."""
+    def per_epoch(name):
+        _, recorder, _ = runs(name)
+        stage2 = [e for e in recorder.events if isinstance(e, ev.EpochEnded) and e.stage == 2]
+        return [e.training_macs for e in stage2]
+
+    grow, stack = per_epoch("grow"), per_epoch("stack")
+    assert all(m and m > 0 for m in grow + stack)
+    assert min(stack[1:]) > max(grow[1:])  # after the first epoch, which holds set-up costs
