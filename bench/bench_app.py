@@ -34,9 +34,9 @@ Reported per mode: mean, stdev and min–max over the repeats; per figure the pa
 mean, a 95 % confidence interval (t) and min–max. Pass: the stage-1 batch-time ratio's mean
 >= 0.98, and key p95 <= 100 ms. The interval's half-width says what the run can resolve.
 
-On a quiet machine (about 7 minutes; each run about 25 s, 8 pairs):
+On a quiet machine (about 15 minutes; each run about 35 s, 10 pairs):
 
-    python bench/bench_app.py --repeats 8 --set data.path=../shared/data/wikitext-2-raw \
+    python bench/bench_app.py --repeats 10 --set data.path=../shared/data/wikitext-2-raw \
         --set data.train_samples=1280 --set stages.1.max_epochs=2 --set stages.2.max_epochs=2
 
 `--quick`: one pair, no pass rule (a smoke run).
