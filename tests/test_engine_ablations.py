@@ -125,12 +125,15 @@ def test_the_defaults_are_ashem_and_round_trip():
 def test_the_study_configurations_load():
     configs = ROOT / "bench" / "configs"
     for name in ("grow-all-tokens", "stack-copy-all", "sound-token", "spec-on-test",
-                 "scratch-4-tuned"):
+                 "scratch-4-tuned", "sound-head-trained"):
         s = load_settings(configs / f"{name}.toml")
         assert s.run.pause_at == () and s.run.name == name
     stack = load_settings(configs / "stack-copy-all.toml").stages[1]
     assert (stack.tokens, stack.trainable, stack.init) == ("all", "all", "copy")
     assert load_settings(configs / "grow-all-tokens.toml").stages[1].tokens == "all"
+    assert load_settings(configs / "sound-head-trained.toml") == load_settings(
+        configs / "sound-protocol.toml", ["run.name=sound-head-trained", "run.pause_at=[]",
+                                          "stages.2.freeze_head=false"])
     assert load_settings(configs / "spec-on-test.toml") == load_settings(
         None, ["run.name=spec-on-test", "run.pause_at=[]", "evaluation.split=test"])
 
