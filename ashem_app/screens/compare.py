@@ -3,8 +3,9 @@
 Shows the dict `ashem_engine.compare.combine` returns (every figure and every Pareto flag
 comes from there): the Pareto chart (PPL against MACs per token), a warning when the series
 were reported on different splits, and a table with one row per point. A study's points are
-means over seeds: the chart draws their 95 % intervals as error bars and the table shows
-"± half-width" beside the PPL and the MMAC/tok (both from the engine's `point["interval"]`).
+means over seeds: the chart draws their 95 % intervals as error bars, of the PPL and of the
+MACs per token, and the table shows "± half-width" beside the PPL (from the engine's
+`point["interval"]`; the MMAC/tok's own ± made the table too wide for 120 columns).
 Without any sweep it says what is needed. z toggles the chart's y range between all points and near the Pareto
 front (display scaling only, see `widgets.pareto`); it starts zoomed when the zoom hides
 at least one point. esc / q close it (with `ashem --compare`, where it is the app's only
@@ -40,11 +41,12 @@ def summary(comparison: dict) -> Text:
     series = comparison.get("series", [])
     runs = list(dict.fromkeys(s.get("run", "?") for s in series))
     splits = "/".join(comparison.get("splits", [])) or fmt.DASH
-    text = Text(f"{len(series)} series · {len(runs)} run{'s' * (len(runs) != 1)} · "
+    seeds = sorted({p["seeds"] for s in series for p in s.get("points", []) if "seeds" in p})
+    what = "configuration" if seeds else "run"  # a study's series are over seeds
+    text = Text(f"{len(series)} series · {len(runs)} {what}{'s' * (len(runs) != 1)} · "
                 f"{splits} · ", style="bold")
     text.append(f"{PARETO_MARK} Pareto-optimal · honest/spec: % of plain deepest model",
                 style="dim")
-    seeds = sorted({p["seeds"] for s in series for p in s.get("points", []) if "seeds" in p})
     if seeds:
         count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
         text.append(f" · means over {count} seeds, ± and bars: 95 % interval", style="dim")
@@ -94,8 +96,7 @@ def table_rows(comparison: dict) -> list[list[Text]]:
                      fmt.pct(p.get("deep_ratio"), sign=False),
                      fmt.pct(p.get("honest_cost"), sign=False),
                      fmt.pct(p.get("spec_cost"), sign=False),
-                     _spread(_mmacs(p.get("macs_per_token")), half_width(p, "macs_per_token"),
-                             _mmacs), PARETO_MARK if pareto else ""]
+                     _mmacs(p.get("macs_per_token")), PARETO_MARK if pareto else ""]
             cell_style = "bold green" if pareto else ""
             label = Text(f"{marker} ", style=f"rgb{color}")
             label.append(str(s.get("label", "?")), style=cell_style)
