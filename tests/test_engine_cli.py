@@ -125,10 +125,10 @@ def test_tiny_run_prints_progress_and_the_comparison_table(tmp_path):
     assert str(runs[0].name) in out
 
 
-def test_ctrl_c_cancels_cleanly(tmp_path):
-    args = tiny_args(tmp_path, "stages.1.max_epochs=50", "stages.1.patience=50",
-                     "run.progress_events_per_epoch=1")
-    proc = subprocess.Popen([sys.executable, "-m", "ashem_engine", *args], cwd=tmp_path,
+def interrupted_at_first_epoch(args: list, cwd: Path) -> tuple[int, str, str]:
+    """`python -m ashem_engine ARGS`, sent Ctrl-C (SIGINT) once it has printed its first
+    epoch line: (exit code, stdout after that line, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ashem_engine", *args], cwd=cwd,
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     watchdog = threading.Timer(120, proc.kill)  # a hung run must not hang the suite
@@ -143,7 +143,14 @@ def test_ctrl_c_cancels_cleanly(tmp_path):
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_cancels_cleanly(tmp_path):
+    args = tiny_args(tmp_path, "stages.1.max_epochs=50", "stages.1.patience=50",
+                     "run.progress_events_per_epoch=1")
+    code, out, err = interrupted_at_first_epoch(args, tmp_path)
+    assert code == 130, err
     assert "Cancelled at stage 1" in out and "Traceback" not in err
     run_dir = next((tmp_path / "runs").iterdir())
     assert (run_dir / "stage-1-best.pt").is_file()

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from ashem_engine.study_table import run_figures
 from conftest import TINY, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from synthetic import synthetic_splits, write_corpus
-from test_engine_cli import cli, env, single_error_line
+from test_engine_cli import cli, env, interrupted_at_first_epoch, single_error_line
 
 T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 29: 2.0452,
          120: 1.9799}  # Student t quantiles, from printed tables
@@ -305,22 +302,8 @@ def test_ctrl_c_stops_the_study_and_the_run_stays_resumable(tmp_path):
     config = write_tiny_toml(tmp_path / "tiny.toml", data)
     args = ["study", str(config), "--seeds", "2", "--dir", "s", "--set", "stages.1.max_epochs=50",
             "--set", "stages.1.patience=50", "--set", "run.progress_events_per_epoch=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "ashem_engine", *args], cwd=tmp_path,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    watchdog = threading.Timer(120, proc.kill)  # a hung run must not hang the suite
-    watchdog.start()
-    try:
-        for line in proc.stdout:
-            if line.startswith("Epoch 1"):
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    code, out, err = interrupted_at_first_epoch(args, tmp_path)
+    assert code == 130, err
     assert "Traceback" not in err
     assert "tiny seed 42: cancelled" in out and "ashem-engine study --resume s" in out
     first, second = study_runs(reopen_study(tmp_path / "s"))
