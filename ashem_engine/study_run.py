@@ -5,7 +5,7 @@ stops the study, which can be resumed the same way. Nothing is printed: what hap
 `notify` as StudyStep notes, and each run's events to the sinks the caller gives."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 from . import events as ev
@@ -56,14 +56,11 @@ def run_study(plan: StudyPlan, sinks: Iterable[ev.Sink] = (),
         step.action = "resume" if run.run_dir is not None else "start"
         notify(step)
         result = _run_one(run, sinks, control)
+        notify(replace(step, action=result.status,
+                       run_dir=str(result.run_dir) if result.run_dir else step.run_dir,
+                       detail=result.error.message if result.error else ""))
         if result.status != "finished":
-            ended = StudyStep(result.status, index, len(runs), run.config.name, run.seed,
-                              str(result.run_dir) if result.run_dir else step.run_dir,
-                              result.error.message if result.error else "")
-            notify(ended)
             return StudyResult(result.status, table, result.error)
-        notify(StudyStep("finished", index, len(runs), run.config.name, run.seed,
-                         str(result.run_dir)))
         table = write_tables(plan)
         notify(StudyStep("table", 0, len(runs), run_dir=str(plan.directory),
                          detail=f"{table['finished_runs']} of {table['runs']} runs finished"))
