@@ -93,15 +93,18 @@ class CostModel:
     def absolute(self, exit_fractions: Sequence[float]) -> float:
         return sum(f * self.path(e) for e, f in enumerate(exit_fractions))
 
-    def routed(self, exit_counts: Sequence[int], first_known: bool = False) -> float:
+    def routed(self, exit_counts: Sequence[int], first_known: bool = False,
+               first_stats_known: bool = False) -> float:
         """Forward MACs of routing tokens by max-softmax computing everything (as validation
         does): every token through every block, each exit's head for the tokens still in
-        the cascade there. `first_known`: the first exit's states are given (no blocks)."""
+        the cascade there. `first_known`: the first exit's states are given (no blocks);
+        `first_stats_known`: its statistics too (no head there)."""
         layers, tokens = self.exit_layers, sum(exit_counts)
         blocks = 0.0 if first_known else layers[0] * self.block(SEQUENCE)
         for k in range(1, len(layers)):
             blocks += (layers[k] - layers[k - 1]) * self.block(self.modes[k - 1])
-        heads = sum(sum(exit_counts[e:]) for e in range(len(exit_counts)))
+        heads = sum(sum(exit_counts[e:]) for e in range(1 if first_stats_known else 0,
+                                                         len(exit_counts)))
         return tokens * blocks + heads * self.head
 
     def compute_everything(self) -> float:

@@ -21,7 +21,7 @@ from .costs import TrainingStep, training_macs
 from .data import Batches
 from .dist import World
 from .events import BatchProgress, EpochEnded, Event
-from .head import exit_stats, head_loss
+from .head import ExitStats, exit_stats, head_loss
 from .mining import HardTokens
 from .model import EarlyExitLM
 from .names import PROPAGATED, SEQUENCE
@@ -127,12 +127,15 @@ class StageTask:
 
     def validation_macs(self, result: Evaluation, first_epoch: bool) -> float:
         """Forward MACs of validate(): routed computing everything; a frozen first exit's
-        blocks run once per stage, counted in its first epoch."""
+        blocks (and, with a frozen head, its head) run once per stage, counted in its
+        first epoch."""
         costs = self.cascade.costs(self.model, self.validation.x.shape[-1])
         known = self._first_exit is not None
-        macs = costs.routed(result.exit_counts, first_known=known)
+        stats_known = known and self._first_exit.stats is not None
+        macs = costs.routed(result.exit_counts, first_known=known, first_stats_known=stats_known)
         if known and first_epoch:
             macs += result.tokens * self.cascade.layers[0] * costs.block(SEQUENCE)
+            macs += result.tokens * costs.head if stats_known else 0.0
         return macs
 
     def loss(self, index: int) -> torch.Tensor:
@@ -148,16 +151,40 @@ class StageTask:
         return head_loss(hidden, weight, targets) * share
 
     def validate(self, check: Callable[[], None]) -> Evaluation:
-        first_layer, model = self.cascade.layers[0], self.model
-        below = [*model.embedding.parameters(), *model.layers[:first_layer].parameters()]
-        if self.cascade.last and self._first_exit is None and \
-                not any(p.requires_grad for p in below):
-            # The first exit's blocks are frozen: their hidden states never change.
-            with torch.no_grad():
-                self._first_exit = ExitPass(torch.cat([
-                    model.hidden(x, stop=first_layer).reshape(x.numel(), -1)
-                    for x in self.validation.x]))
-        return evaluate(model, self.validation, self.cascade, check, self._first_exit)
+        if self.cascade.last and self._first_exit is None and self._first_exit_frozen():
+            self._first_exit = self._frozen_first_exit(check)
+        return evaluate(self.model, self.validation, self.cascade, check, self._first_exit)
+
+    def _first_exit_frozen(self) -> bool:
+        below = [*self.model.embedding.parameters(),
+                 *self.model.layers[:self.cascade.layers[0]].parameters()]
+        return not any(p.requires_grad for p in below)
+
+    def _first_exit_stats_frozen(self) -> bool:
+        """The first exit's statistics never change in this stage: its blocks and the head
+        are frozen, and the exit decides by max-softmax (which reads them all)."""
+        return not self.model.head.weight.requires_grad and self.cascade.classifiers is None
+
+    @torch.no_grad()
+    def _frozen_first_exit(self, check: Callable[[], None]) -> ExitPass:
+        """The validation split at the frozen first exit, computed once per stage: its
+        hidden states, and with a frozen head its statistics (this rank's batches; every
+        epoch routes only those, batch by batch exactly as evaluate() would)."""
+        model, batches, first_layer = self.model, self.validation, self.cascade.layers[0]
+        hidden = torch.cat([model.hidden(x, stop=first_layer).reshape(x.numel(), -1)
+                            for x in batches.x])
+        if not self._first_exit_stats_frozen():
+            return ExitPass(hidden)
+        n, total = batches.y[0].numel(), hidden.shape[0]
+        stats = ExitStats(torch.empty(total, device=hidden.device),
+                          torch.empty(total, device=hidden.device),
+                          torch.zeros(total, dtype=torch.bool, device=hidden.device))
+        for i in self.world.each_of_mine(len(batches), check):
+            rows = slice(i * n, (i + 1) * n)
+            s = exit_stats(hidden[rows], model.head.weight, batches.y[i])
+            stats.nll[rows], stats.confidence[rows], stats.correct[rows] = \
+                s.nll, s.confidence, s.correct
+        return ExitPass(hidden, stats)
 
     @torch.no_grad()
     def hard_ppl(self) -> Optional[float]:

@@ -266,3 +266,28 @@ def test_validate_caches_the_frozen_first_exit():
     again = task.validate(lambda: None)
     plain = evaluate(grown, validation, cascade)
     assert again.nll_sum == pytest.approx(plain.nll_sum, rel=1e-6)
+
+
+def test_a_frozen_head_caches_the_first_exits_statistics_too():
+    from ashem_engine.cascade import evaluate
+    from ashem_engine.head import exit_stats
+    from ashem_engine.stages import SequenceTask
+    grown = model().grow(4)
+    grown.freeze_lower(2, freeze_head=True)
+    g = torch.Generator().manual_seed(3)
+    validation = Batches(torch.randint(0, VOCAB, (2, 3, 5), generator=g),
+                         torch.randint(0, VOCAB, (2, 3, 5), generator=g))
+    cascade = Cascade.of([2, 4], [0.05])
+    task = SequenceTask(grown, validation, validation, cascade)
+    task.validate(lambda: None)
+    cached = task._first_exit.stats
+    with torch.no_grad():
+        fresh = exit_stats(grown.hidden(validation.x[1], stop=2), grown.head.weight,
+                           validation.y[1])
+    assert torch.equal(cached.nll[15:], fresh.nll)
+    assert torch.equal(cached.confidence[15:], fresh.confidence)
+    with torch.no_grad():  # the new layers train: every epoch still routes as from scratch
+        grown.layers[3].ffn.w2.weight.mul_(0.5)
+    again, plain = task.validate(lambda: None), evaluate(grown, validation, cascade)
+    assert (again.nll_sum, again.exit_counts) == (plain.nll_sum, plain.exit_counts)
+    assert task._first_exit.stats is cached

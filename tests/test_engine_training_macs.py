@@ -215,3 +215,17 @@ def test_a_resumed_run_reports_the_same_compute(sequence_run, tmp_path):
     for key in ("training_macs", "selection_macs"):
         assert second.summary[key] == whole.summary[key]
         assert second.summary[key]["total"] > 0
+
+
+def test_a_frozen_first_exit_is_counted_once_per_stage(sequence_run):
+    """Head and lower blocks frozen: validation computes the first exit's blocks and head
+    once, in the stage's first epoch; later epochs pay the upper blocks and the deep head."""
+    settings, events, _ = sequence_run
+    (started,) = of(events, ev.RunStarted)
+    val, seq = started.val_tokens, settings.data.seq_len
+    block = block_macs_per_token(settings.model, seq)
+    head = head_macs_per_token(settings.model, started.vocab_size)
+    first, second, *_ = [e for e in of(events, ev.EpochEnded) if e.stage == 2]
+    deep = [round((1 - e.shallow_ratio) * val) for e in (first, second)]
+    assert first.selection_macs - second.selection_macs == \
+        val * (2 * block + head) + (deep[0] - deep[1]) * head
