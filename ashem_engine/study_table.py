@@ -4,6 +4,11 @@ FIGURES below is the one list of what a study tabulates, each read from a finish
 summary.json (and sweep.json). For each configuration and figure the table holds n, the
 mean, the sample standard deviation, the 95 % interval (stats.aggregate) and the per-seed
 values, written atomically as table.json, table.csv and table.md in the study directory.
+
+Differences are paired by seed: a run's ASHEM PPL minus its own stage-1 model's (a figure of
+every run), and each configuration's PAIRED figures minus the first configuration's at the
+same seed ("differences"). Configurations that share stage 1's settings share its model at
+a seed, so their difference leaves out the seed's effect on stage 1.
 """
 from __future__ import annotations
 
@@ -49,6 +54,11 @@ def _stage_one_alone(key: str) -> Callable[[dict, dict], Optional[float]]:
     return read
 
 
+def _gain_over_stage_one(summary: dict, sweep: dict) -> Optional[float]:
+    ashem, alone = _final("ppl")(summary, sweep), _stage_one_alone("ppl")(summary, sweep)
+    return ashem - alone if _number(ashem) and _number(alone) else None
+
+
 FIGURES = (
     Figure("final.ppl", "the final report's PPL", _final("ppl")),
     Figure("final.accuracy", "the final report's accuracy", _final("accuracy")),
@@ -64,6 +74,9 @@ FIGURES = (
            _stage_one_alone("ppl")),
     Figure("stage_1_alone.accuracy", "the stage-1 model alone: accuracy (sweep.json)",
            _stage_one_alone("accuracy")),
+    Figure("final.ppl_minus_stage_1_alone", "the final report's PPL minus the stage-1 model's "
+           "alone on the same split, paired within the run (negative: ASHEM is better)",
+           _gain_over_stage_one),
     Figure("stage_1_alone.macs_per_token", "the stage-1 model alone: MACs per token "
            "(sweep.json)", _stage_one_alone("macs_per_token")),
     Figure("plain_macs_per_token", "MACs per token of the plain deepest model (sweep.json)",
@@ -76,6 +89,7 @@ FIGURES = (
 STAGE_FIGURES = (("best_val_ppl", "stage {n}'s best validation PPL"),
                  ("best_epoch", "the epoch of stage {n}'s best validation PPL"))
 FIRST_AFTER_STAGES = "stage_1_alone.ppl"  # the stage figures come before this one
+PAIRED = ("final.ppl", "final.honest_cost", "training_macs")  # differences between configurations
 
 
 def _number(x: object) -> bool:
@@ -140,7 +154,30 @@ def study_table(plan: StudyPlan) -> dict:
     return {"study": plan.directory.name, "seeds": plan.seeds, "confidence": CONFIDENCE,
             "interval": INTERVAL_RULE, "finished_runs": sum(r.finished for r in runs),
             "runs": len(runs), "figures": {n: meaning(n) for n in names},
-            "configurations": configs}
+            "configurations": configs, "differences": paired_differences(configs)}
+
+
+def paired_differences(configs: list[dict]) -> list[dict]:
+    """Each later configuration's PAIRED figures minus the first's, at every seed both
+    finished; aggregated like any figure."""
+    if not configs:
+        return []
+    reference, out = configs[0], []
+    for config in configs[1:]:
+        for name in PAIRED:
+            mine = _by_seed(config, name)
+            theirs = _by_seed(reference, name)
+            pairs = [(seed, mine[seed] - theirs[seed]) for seed in mine if seed in theirs]
+            if pairs:
+                out.append({"configuration": config["name"], "against": reference["name"],
+                            "figure": name, **aggregate([d for _, d in pairs]),
+                            "values": [{"seed": s, "value": d} for s, d in pairs]})
+    return out
+
+
+def _by_seed(config: dict, name: str) -> dict:
+    figure = config["figures"].get(name) or {"values": []}
+    return {v["seed"]: v["value"] for v in figure["values"]}
 
 
 def write_tables(plan: StudyPlan) -> dict:
@@ -165,6 +202,12 @@ def table_csv(table: dict) -> str:
             per_seed = [by_seed.get(seed) for seed in config["seeds"]]
             writer.writerow([config["name"], name, f["n"], *(_csv(f[k]) for k in (
                 "mean", "sd", "half_width", "low", "high")), *map(_csv, per_seed)])
+    seeds = {c["name"]: c["seeds"] for c in table["configurations"]}
+    for d in table.get("differences") or []:  # configuration "A - B": paired by seed
+        by_seed = {v["seed"]: v["value"] for v in d["values"]}
+        writer.writerow([f"{d['configuration']} - {d['against']}", d["figure"], d["n"],
+                         *(_csv(d[k]) for k in ("mean", "sd", "half_width", "low", "high")),
+                         *(_csv(by_seed.get(s)) for s in seeds[d["configuration"]])])
     return out.getvalue()
 
 
@@ -181,11 +224,22 @@ def number(x: Optional[float]) -> str:
     return f"{x:,.1f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
-def _with_interval(f: Optional[dict]) -> str:
+UNITS = (("training_macs", 1e12, " T"), ("macs_per_token", 1e6, " M"))  # table.md only
+
+
+def shown(name: str, x: Optional[float]) -> str:
+    """number(x) in the figure's unit: training MACs in tera, MACs per token in mega."""
+    for suffix, scale, unit in UNITS:
+        if name.endswith(suffix) and x is not None and math.isfinite(x):
+            return f"{x / scale:,.4g}{unit}"
+    return number(x)
+
+
+def _with_interval(f: Optional[dict], name: str = "") -> str:
     if f is None:
         return "–"
-    spread = f" ± {number(f['half_width'])}" if f["half_width"] is not None else ""
-    return f"{number(f['mean'])}{spread} (n={f['n']})"
+    spread = f" ± {shown(name, f['half_width'])}" if f["half_width"] is not None else ""
+    return f"{shown(name, f['mean'])}{spread} (n={f['n']})"
 
 
 def table_markdown(table: dict) -> str:
@@ -197,15 +251,32 @@ def table_markdown(table: dict) -> str:
              "", "| figure | " + " | ".join(c["name"] for c in configs) + " |",
              "|---|" + "---|" * len(configs)]
     for name in table["figures"]:
-        cells = [_with_interval(c["figures"].get(name)) for c in configs]
+        cells = [_with_interval(c["figures"].get(name), name) for c in configs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _differences_markdown(table.get("differences") or [])
     for c in configs:
         lines += ["", f"## {c['name']} ({c['file']}; seeds {', '.join(map(str, c['seeds']))})",
                   "", "| figure | n | mean | sd | 95 % interval | per seed |",
                   "|---|---|---|---|---|---|"]
         for name, f in c["figures"].items():
-            interval = "–" if f["low"] is None else f"{number(f['low'])} … {number(f['high'])}"
-            seeds = ", ".join(f"{v['seed']}: {number(v['value'])}" for v in f["values"])
-            lines.append(f"| {name} | {f['n']} | {number(f['mean'])} | {number(f['sd'])} | "
-                         f"{interval} | {seeds} |")
+            lines.append(f"| {name} | {_spread_cells(f, name)} |")
     return "\n".join(lines) + "\n"
+
+
+def _spread_cells(f: dict, name: str) -> str:
+    """n | mean | sd | 95 % interval | per seed, in the figure's unit."""
+    interval = "–" if f["low"] is None else f"{shown(name, f['low'])} … {shown(name, f['high'])}"
+    seeds = ", ".join(f"{v['seed']}: {shown(name, v['value'])}" for v in f["values"])
+    return f"{f['n']} | {shown(name, f['mean'])} | {shown(name, f['sd'])} | {interval} | {seeds}"
+
+
+def _differences_markdown(differences: list[dict]) -> list[str]:
+    if not differences:
+        return []
+    lines = ["", f"## Paired by seed: each configuration minus {differences[0]['against']}",
+             "", "An interval that excludes 0 separates the two.", "",
+             "| configuration | figure | n | mean | sd | 95 % interval | per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for d in differences:
+        lines.append(f"| {d['configuration']} | {d['figure']} | {_spread_cells(d, d['figure'])} |")
+    return lines

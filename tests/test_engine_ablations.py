@@ -136,6 +136,25 @@ def test_the_study_configurations_load():
                                           "stages.2.freeze_head=false"])
     assert load_settings(configs / "spec-on-test.toml") == load_settings(
         None, ["run.name=spec-on-test", "run.pause_at=[]", "evaluation.split=test"])
+    assert load_settings(configs / "sound-patience-3.toml") == load_settings(
+        configs / "sound-protocol.toml", ["run.name=sound-patience-3", "run.pause_at=[]",
+                                          "stages.1.patience=3"])
+
+
+def test_the_larger_scale_configurations_differ_only_in_their_model():
+    from ashem_engine.model import block_macs_per_token, head_macs_per_token
+    configs = ROOT / "bench" / "configs"
+    ashem, eight, four = (load_settings(configs / f"scale-{n}.toml")
+                          for n in ("ashem-4-8", "scratch-8", "scratch-4"))
+    assert [s.layers for s in ashem.stages] == [4, 8]
+    assert [s.layers for s in eight.stages] == [8] and [s.layers for s in four.stages] == [4]
+    for s in (ashem, eight, four):
+        assert (s.data.train_samples, s.data.eval_samples, s.data.vocab_size) == (0, 0, 8192)
+        assert s.model == ashem.model and s.evaluation.split == "test"
+    blocks = 8 * block_macs_per_token(eight.model, eight.data.seq_len)
+    assert blocks > 2 * head_macs_per_token(eight.model, 8192)  # depth, not the head, costs
+    assert load_settings(configs / "scale-scratch-4.toml") == load_settings(
+        configs / "scale-scratch-8.toml", ["run.name=scale-scratch-4", "stages.1.layers=4"])
 
 
 # -- what each key does --------------------------------------------------------------------

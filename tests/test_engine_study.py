@@ -166,6 +166,8 @@ def test_the_table_is_the_mean_and_interval_of_the_per_seed_values(study):
                 "stage_1_alone.ppl": [next(x for x in w["series"] if x["name"].startswith(
                     "stage-1 model"))["points"][0]["ppl"] for w in sweeps],
                 "seconds": [s["seconds"] for s in summaries]}
+    expected["final.ppl_minus_stage_1_alone"] = [
+        a - b for a, b in zip(expected["final.ppl"], expected["stage_1_alone.ppl"])]
     (config,) = read(study_dir / "table.json")["configurations"]
     for name, values in expected.items():
         figure = config["figures"][name]
@@ -340,3 +342,32 @@ def test_plan_errors_are_study_errors(tmp_path):
         plan_study([], 0, [], None)
     with pytest.raises(StudyError, match="at least one settings file"):
         plan_study([], 1, [], None)
+
+
+def test_differences_are_paired_by_seed_against_the_first_configuration():
+    from ashem_engine.study_table import paired_differences, table_csv, table_markdown
+
+    def config(name, seeds, ppl, macs):
+        def figure(values):
+            pairs = list(zip(seeds, values))
+            return {**aggregate(values), "values": [{"seed": s, "value": v} for s, v in pairs]}
+        return {"name": name, "file": f"{name}.toml", "seeds": seeds, "runs": [],
+                "figures": {"final.ppl": figure(ppl), "training_macs": figure(macs)}}
+    a = config("a", [42, 43, 44], [1000.0, 980.0, 1010.0], [3e13, 3e13, 3e13])
+    b = config("b", [42, 43], [990.0, 975.0], [4e13, 5e13])  # seed 44 not finished
+    (ppl, macs) = paired_differences([a, b])
+    assert (ppl["configuration"], ppl["against"], ppl["figure"]) == ("b", "a", "final.ppl")
+    assert [v["value"] for v in ppl["values"]] == [-10.0, -5.0]
+    assert ppl["mean"] == -7.5 and ppl["n"] == 2
+    assert ppl["half_width"] == pytest.approx(12.7062 * statistics.stdev([-10, -5]) /
+                                              math.sqrt(2), rel=1e-4)
+    assert macs["mean"] == pytest.approx(1.5e13)
+    table = {"study": "s", "seeds": 3, "interval": "t", "finished_runs": 5, "runs": 6,
+             "figures": {"final.ppl": "", "training_macs": ""}, "configurations": [a, b],
+             "differences": [ppl, macs]}
+    md = table_markdown(table)
+    assert "## Paired by seed: each configuration minus a" in md
+    assert "| b | final.ppl | 2 | -7.5 |" in md
+    assert "| training_macs | 30 T ± 0 T (n=3) | 45 T ± 63.53 T (n=2) |" in md
+    assert "b - a,final.ppl,2,-7.5," in table_csv(table)
+    assert paired_differences([a]) == [] and paired_differences([]) == []
