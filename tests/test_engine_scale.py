@@ -118,11 +118,16 @@ def test_bf16_stays_within_its_tolerance_of_fp32(tmp_path):
     assert started["precision"] == "bf16" and started["world_size"] == 1
 
 
-def test_two_processes_compute_what_one_process_computes(tmp_path):
+SOUND = ("mining.split=train", "stages.2.context=sequence", "stages.2.freeze_head=true",
+         "evaluation.inference=as_trained")  # the sound protocol: a frozen first exit
+
+
+@pytest.mark.parametrize("protocol", [(), SOUND], ids=["spec", "sound"])
+def test_two_processes_compute_what_one_process_computes(tmp_path, protocol):
     data = write_corpus(tmp_path / "data", synthetic_splits())
-    one = tiny_settings(tmp_path / "one")
+    one = tiny_settings(tmp_path / "one", *protocol)
     single = run_ashem(one, [], None, tiny_corpus(one))
-    two = torchrun(tmp_path, *tiny_args(data, tmp_path / "two"))
+    two = torchrun(tmp_path, *tiny_args(data, tmp_path / "two", *protocol))
     out, err = two.communicate(timeout=180)
     assert two.returncode == 0, err[-2000:]
     assert out.count("stage 1 best val PPL") == 1  # rank 0 alone prints
