@@ -324,7 +324,7 @@ def study(args: argparse.Namespace) -> int:
     except StudyError as e:
         return bad_input(f"study: {e}")
     from .study_run import run_study
-    from .study_table import table_markdown
+    from .study_table import study_overview
 
     printer = ProgressPrinter(sys.stdout, args.quiet)
     printer.line(f"Study {plan.directory}: {len(plan.configurations)} configuration(s) × "
@@ -336,7 +336,7 @@ def study(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     if result.status == "finished":
-        printer.line(table_markdown(result.table).split("\n## ")[0].rstrip())
+        printer.line(study_overview(result.table))
         printer.line(f"Study finished; tables in {plan.directory}")
     elif result.status == "cancelled":
         printer.line(f"Study stopped; go on with 'ashem-engine study --resume {plan.directory}'")

@@ -263,6 +263,14 @@ def table_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def study_overview(table: dict) -> str:
+    """What a finished study prints: table.md's figures across configurations and its paired
+    differences, without the per-configuration sections."""
+    sections = table_markdown(table).split("\n## ")
+    paired = [f"## {x.rstrip()}" for x in sections[1:] if x.startswith("Paired by seed")]
+    return "\n\n".join([sections[0].rstrip(), *paired])
+
+
 def _spread_cells(f: dict, name: str) -> str:
     """n | mean | sd | 95 % interval | per seed, in the figure's unit."""
     interval = "–" if f["low"] is None else f"{shown(name, f['low'])} … {shown(name, f['high'])}"

@@ -345,7 +345,8 @@ def test_plan_errors_are_study_errors(tmp_path):
 
 
 def test_differences_are_paired_by_seed_against_the_first_configuration():
-    from ashem_engine.study_table import paired_differences, table_csv, table_markdown
+    from ashem_engine.study_table import (paired_differences, study_overview, table_csv,
+                                          table_markdown)
 
     def config(name, seeds, ppl, macs):
         def figure(values):
@@ -370,4 +371,7 @@ def test_differences_are_paired_by_seed_against_the_first_configuration():
     assert "| b | final.ppl | 2 | -7.5 |" in md
     assert "| training_macs | 30 T ± 0 T (n=3) | 45 T ± 63.53 T (n=2) |" in md
     assert "b - a,final.ppl,2,-7.5," in table_csv(table)
+    overview = study_overview(table)  # what the command prints: no per-configuration parts
+    assert "## Paired by seed" in overview and "| b | final.ppl |" in overview
+    assert "## a (a.toml" not in overview and "## a (a.toml" in md
     assert paired_differences([a]) == [] and paired_differences([]) == []
