@@ -63,7 +63,8 @@ the data). Every run is an ordinary run directory in STUDY_DIR/runs/<config>/see
 and never held; table.json, table.csv and table.md (mean, sd, 95 % interval and per-seed values
 of every figure) are rewritten after each finished run. To go on after a stop, run the same
 command with --dir STUDY_DIR, or 'ashem-engine study --resume STUDY_DIR': finished runs are
-skipped, an interrupted one resumed, missing ones started."""
+skipped, an interrupted one resumed, missing ones started. 'ashem-engine study --add STUDY_DIR
+SETTINGS...' adds configurations to a study (its seeds and overrides) and goes on with it."""
 
 
 def add_study_parser(sub) -> None:
@@ -81,6 +82,9 @@ def add_study_parser(sub) -> None:
                        "existing study there goes on if it has the same configurations and seeds")
     study.add_argument("--resume", default=None, metavar="STUDY_DIR",
                        help="go on with this study as its study.json records it (alone)")
+    study.add_argument("--add", default=None, metavar="STUDY_DIR",
+                       help="add the SETTINGS files' configurations to this study (its seeds "
+                       "and overrides), then go on with the whole study")
     study.add_argument("--quiet", action="store_true",
                        help="only the study's own lines, not each run's progress")
 
@@ -301,13 +305,19 @@ class StudyStop:
 
 def _study_plan(args: argparse.Namespace):
     """The placed study the arguments ask for, or an error line (StudyError)."""
-    from .study import StudyError, open_study, plan_study, reopen_study
+    from .study import StudyError, grow_study, open_study, plan_study, reopen_study
 
-    if args.resume and (args.settings or args.seeds is not None or args.overrides or args.dir):
+    if args.resume and (args.settings or args.seeds is not None or args.overrides or args.dir
+                        or args.add):
         raise StudyError("--resume STUDY_DIR goes alone: its study.json holds the "
                          "configurations, the seeds and the overrides")
     if args.resume:
         return reopen_study(args.resume)
+    if args.add and (args.seeds is not None or args.overrides or args.dir):
+        raise StudyError("--add STUDY_DIR takes only settings files: the added configurations "
+                         "get the study's seeds and overrides")
+    if args.add:
+        return grow_study(args.add, args.settings)
     if args.seeds is None:
         raise StudyError("give --seeds N, the seeds per configuration")
     return open_study(plan_study(args.settings, args.seeds, args.overrides, args.dir))

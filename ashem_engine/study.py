@@ -138,6 +138,29 @@ def reopen_study(directory: str | os.PathLike) -> StudyPlan:
                          f"({type(e).__name__}: {e})") from None
 
 
+def grow_study(directory: str | os.PathLike, files: Sequence[str]) -> StudyPlan:
+    """The study in `directory` with the configurations of `files` added after its own,
+    under the study's overrides and seeds; study.json rewritten. Raises StudyError."""
+    plan = reopen_study(directory)
+    if not files:
+        raise StudyError("--add STUDY_DIR needs the settings files of the configurations to add")
+    names = {c.name: c.file for c in plan.configurations}
+    added = []
+    for c in (configuration(f, plan.overrides) for f in files):
+        if c.name in names:
+            raise StudyError(f"the study already has a configuration named {c.name!r} "
+                             f"({names[c.name]}); a configuration's name is its file's stem")
+        names[c.name] = c.file
+        added.append(c)
+    grown = dataclasses.replace(plan, configurations=plan.configurations + tuple(added))
+    try:
+        atomic_write_json(grown.directory / STUDY_FILE, grown.to_json())
+    except OSError as e:
+        raise StudyError(f"study directory {str(grown.directory)!r} cannot be written: "
+                         f"{e.strerror or e}") from None
+    return grown
+
+
 def open_study(plan: StudyPlan) -> StudyPlan:
     """A new study directory with its study.json, or the existing study the plan names when
     it records the same configurations and seeds (else StudyError). The plan, placed."""

@@ -375,3 +375,35 @@ def test_differences_are_paired_by_seed_against_the_first_configuration():
     assert "## Paired by seed" in overview and "| b | final.ppl |" in overview
     assert "## a (a.toml" not in overview and "## a (a.toml" in md
     assert paired_differences([a]) == [] and paired_differences([]) == []
+
+
+def test_a_study_grows_by_added_configurations_and_keeps_its_runs(tmp_path):
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    config = write_tiny_toml(tmp_path / "tiny.toml", data)
+    first = cli(tmp_path, "study", str(config), "--seeds", "1", *QUICK, "--dir", "s",
+                "--quiet", timeout=300)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "more").mkdir()
+    added = tmp_path / "more" / "tiny-lr.toml"
+    added.write_text(config.read_text().replace("[[stages]]", "[[stages]]\nlr = 2e-3", 1))
+    kept = file_times(tmp_path / "s" / "runs" / "tiny")
+    grown = cli(tmp_path, "study", "--add", "s", str(added), "--quiet", timeout=300)
+    assert grown.returncode == 0, grown.stderr
+    assert "tiny seed 42: finished already, skipped" in grown.stdout
+    assert file_times(tmp_path / "s" / "runs" / "tiny") == kept  # not run again
+    plan = read(tmp_path / "s" / "study.json")
+    assert [c["name"] for c in plan["configurations"]] == ["tiny", "tiny-lr"]
+    assert plan["configurations"][1]["settings"]["stages"][0]["max_epochs"] == 2  # its --set
+    assert plan["configurations"][1]["settings"]["stages"][0]["lr"] == 2e-3
+    table = read(tmp_path / "s" / "table.json")
+    (ppl,) = [d for d in table["differences"] if d["figure"] == "final.ppl"]
+    ours, theirs = (c["figures"]["final.ppl"]["mean"] for c in table["configurations"])
+    assert (ppl["configuration"], ppl["against"]) == ("tiny-lr", "tiny")
+    assert ppl["mean"] == pytest.approx(theirs - ours) and ppl["n"] == 1
+    assert "## Paired by seed" in grown.stdout
+    twice = single_error_line(cli(tmp_path, "study", "--add", "s", str(added)))
+    assert "already has a configuration named 'tiny-lr'" in twice
+    assert "--add" in single_error_line(cli(tmp_path, "study", "--add", "s", str(added),
+                                            "--seeds", "2"))
+    assert [c["name"] for c in read(tmp_path / "s" / "study.json")["configurations"]] == \
+        ["tiny", "tiny-lr"]  # refused commands wrote nothing
