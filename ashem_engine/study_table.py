@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .compare import SWEEP_FILE
+from .names import CLASSIFIER, SOFTMAX
 from .rundir import atomic_write, atomic_write_json
 from .stats import CONFIDENCE, aggregate
 from .study import StudyPlan, StudyRun, study_runs
@@ -54,11 +55,27 @@ def _stage_one_alone(key: str) -> Callable[[dict, dict], Optional[float]]:
     return read
 
 
+def _sweep_gain(signal: str, quantile: float) -> Callable[[dict, dict], Optional[float]]:
+    """The sweep's PPL at a fixed quantile (never one chosen on the report split) minus the
+    stage-1 model's alone, within the run."""
+    def read(summary: dict, sweep: dict) -> Optional[float]:
+        alone = _stage_one_alone("ppl")(summary, sweep)
+        for series in sweep.get("series", []):
+            if series.get("kind") == "sweep" and series.get("signal") == signal:
+                for point in series.get("points", []):
+                    q = point.get("quantile")
+                    if _number(q) and abs(q - quantile) < 1e-9 and _number(alone):
+                        return point.get("ppl") - alone
+        return None
+    return read
+
+
 def _gain_over_stage_one(summary: dict, sweep: dict) -> Optional[float]:
     ashem, alone = _final("ppl")(summary, sweep), _stage_one_alone("ppl")(summary, sweep)
     return ashem - alone if _number(ashem) and _number(alone) else None
 
 
+SWEEP_QUANTILES = (0.1, 0.5)  # fixed in advance: never chosen on the report split
 FIGURES = (
     Figure("final.ppl", "the final report's PPL", _final("ppl")),
     Figure("final.accuracy", "the final report's accuracy", _final("accuracy")),
@@ -77,6 +94,15 @@ FIGURES = (
     Figure("final.ppl_minus_stage_1_alone", "the final report's PPL minus the stage-1 model's "
            "alone on the same split, paired within the run (negative: ASHEM is better)",
            _gain_over_stage_one),
+    *(Figure(f"sweep.{signal}.q{q:.2f}.ppl_minus_stage_1_alone",
+             f"the sweep's PPL with the {name} at quantile {q:.2f} (a fraction {q:.2f} "
+             "of tokens sent deep) minus the stage-1 model's alone, within the run",
+             _sweep_gain(signal, q))
+      for signal, name in ((SOFTMAX, "max-softmax"), (CLASSIFIER, "exit classifier"))
+      for q in SWEEP_QUANTILES),
+    Figure("sweep.all_deep.ppl_minus_stage_1_alone", "the sweep's PPL with every token sent "
+           "to the last exit (quantile 1) minus the stage-1 model's alone, within the run",
+           _sweep_gain(SOFTMAX, 1.0)),
     Figure("stage_1_alone.macs_per_token", "the stage-1 model alone: MACs per token "
            "(sweep.json)", _stage_one_alone("macs_per_token")),
     Figure("plain_macs_per_token", "MACs per token of the plain deepest model (sweep.json)",

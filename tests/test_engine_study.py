@@ -168,6 +168,12 @@ def test_the_table_is_the_mean_and_interval_of_the_per_seed_values(study):
                 "seconds": [s["seconds"] for s in summaries]}
     expected["final.ppl_minus_stage_1_alone"] = [
         a - b for a, b in zip(expected["final.ppl"], expected["stage_1_alone.ppl"])]
+    for signal, q, name in (("classifier", 0.5, "classifier.q0.50"), ("softmax", 1.0, "all_deep")):
+        at_q = [next(p["ppl"] for x in w["series"] if x.get("signal") == signal
+                     and x["kind"] == "sweep" for p in x["points"] if p["quantile"] == q)
+                for w in sweeps]
+        expected[f"sweep.{name}.ppl_minus_stage_1_alone"] = [
+            a - b for a, b in zip(at_q, expected["stage_1_alone.ppl"])]
     (config,) = read(study_dir / "table.json")["configurations"]
     for name, values in expected.items():
         figure = config["figures"][name]
