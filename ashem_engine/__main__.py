@@ -324,13 +324,14 @@ def _study_plan(args: argparse.Namespace):
 
 
 def study(args: argparse.Namespace) -> int:
-    from .study import StudyError
+    from .study import StudyError, refuse_if_running
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return bad_input("study: a study runs in one process; under torchrun, run each "
                          "configuration with 'ashem-engine run'")
     try:
         plan = _study_plan(args)
+        refuse_if_running(plan.directory)
     except StudyError as e:
         return bad_input(f"study: {e}")
     from .study_run import run_study
@@ -343,6 +344,8 @@ def study(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, stop)
     try:
         result = run_study(plan, [printer], stop.new_control, StudyPrinter(printer))
+    except StudyError as e:
+        return bad_input(f"study: {e}")
     finally:
         signal.signal(signal.SIGINT, previous)
     if result.status == "finished":

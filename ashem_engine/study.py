@@ -14,14 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from .rundir import RunDirError, atomic_write_json, create_run_dir
 from .settings import Settings, SettingsError, load_settings, settings_from_dict
 
 STUDY_FILE = "study.json"
+LOCK_FILE = "study.lock"  # the process running the study: one at a time
 STUDIES_DIR = "studies"  # where a study without --dir goes: studies/<UTC timestamp>-study
 FORMAT = 1
 
@@ -144,6 +146,7 @@ def grow_study(directory: str | os.PathLike, files: Sequence[str]) -> StudyPlan:
     plan = reopen_study(directory)
     if not files:
         raise StudyError("--add STUDY_DIR needs the settings files of the configurations to add")
+    refuse_if_running(plan.directory)
     names = {c.name: c.file for c in plan.configurations}
     added = []
     for c in (configuration(f, plan.overrides) for f in files):
@@ -159,6 +162,50 @@ def grow_study(directory: str | os.PathLike, files: Sequence[str]) -> StudyPlan:
         raise StudyError(f"study directory {str(grown.directory)!r} cannot be written: "
                          f"{e.strerror or e}") from None
     return grown
+
+
+@contextmanager
+def running(directory: Path) -> Iterator[None]:
+    """Holds the study for this process while it runs: a second process on the same study
+    would resume the same runs at once. A lock whose process is gone is taken over."""
+    path = directory / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            refuse_if_running(directory)
+            path.unlink(missing_ok=True)  # its process has ended
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise StudyError(f"study {str(directory)!r}: {LOCK_FILE} cannot be taken")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def refuse_if_running(directory: Path) -> None:
+    """StudyError when another live process runs the study in `directory`."""
+    try:
+        pid = int((directory / LOCK_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if pid != os.getpid() and _alive(pid):
+        raise StudyError(f"study {str(directory)!r} is being run by process {pid}; wait for "
+                         f"it to end or stop it (Ctrl-C) first")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_study(plan: StudyPlan) -> StudyPlan:

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional
 
 from . import events as ev
 from .control import RunControl
-from .study import StudyPlan, StudyRun, study_runs
+from .study import StudyPlan, StudyRun, running, study_runs
 from .study_table import write_tables
 
 
@@ -40,8 +40,15 @@ Notify = Callable[[StudyStep], None]
 def run_study(plan: StudyPlan, sinks: Iterable[ev.Sink] = (),
               new_control: Callable[[], RunControl] = RunControl,
               notify: Notify = lambda step: None) -> StudyResult:
-    """Runs what is left of a placed study (open_study). `new_control` makes each run's
-    control: a control already cancelled stops the study before that run starts."""
+    """Runs what is left of a placed study (open_study), holding it against a second
+    process (StudyError). `new_control` makes each run's control: a control already
+    cancelled stops the study before that run starts."""
+    with running(plan.directory):
+        return _run_left(plan, sinks, new_control, notify)
+
+
+def _run_left(plan: StudyPlan, sinks: Iterable[ev.Sink], new_control: Callable[[], RunControl],
+              notify: Notify) -> StudyResult:
     runs, sinks = study_runs(plan), list(sinks)
     table: dict = {}
     for index, run in enumerate(runs, start=1):

@@ -4,6 +4,7 @@ study comparison. One 2-seed study on the tiny configuration goes through the co
 from __future__ import annotations
 
 import json
+import os
 import math
 import statistics
 from pathlib import Path
@@ -413,3 +414,27 @@ def test_a_study_grows_by_added_configurations_and_keeps_its_runs(tmp_path):
                                             "--seeds", "2"))
     assert [c["name"] for c in read(tmp_path / "s" / "study.json")["configurations"]] == \
         ["tiny", "tiny-lr"]  # refused commands wrote nothing
+
+
+def test_one_process_at_a_time_runs_a_study(study, tmp_path):
+    import subprocess
+    import sys
+    from ashem_engine.study import LOCK_FILE, running
+    _, study_dir, _, _ = study
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (study_dir / LOCK_FILE).write_text(f"{other.pid}\n")
+        before = (study_dir / "study.json").read_text()
+        for args in (["--resume", str(study_dir)], ["--add", str(study_dir), "x.toml"]):
+            line = single_error_line(cli(tmp_path, "study", *args))
+            assert f"is being run by process {other.pid}" in line, args
+        assert (study_dir / "study.json").read_text() == before
+        with pytest.raises(StudyError, match="is being run by process"):
+            with running(study_dir):
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    with running(study_dir):  # its process has ended: the lock is taken over, then let go
+        assert (study_dir / LOCK_FILE).read_text().split() == [str(os.getpid())]
+    assert not (study_dir / LOCK_FILE).exists()
