@@ -60,7 +60,8 @@ def _run_started(e: RunStarted) -> Body:
 def _stage_started(e: StageStarted) -> Body:
     return (f"stage {e.stage} started: {e.layers} layers, "
             f"{fmt.integer(e.trainable_params)} of {fmt.integer(e.total_params)} params "
-            f"trainable, lr {e.lr:g}, patience {e.patience}, {e.batches} batches/epoch")
+            f"trainable, lr {e.lr:g}, patience {e.patience}, {e.batches} batches/epoch"
+            + (f" · {e.scope()}" if e.scope() else ""))
 
 
 def _epoch_ended(e: EpochEnded) -> Body:

@@ -122,7 +122,8 @@ class ProgressPrinter:
         self.line("=" * 60)
         self.line(f"Stage {e.stage}: {e.layers} layers, trainable {e.trainable_params:,} / "
                   f"{e.total_params:,}, lr {e.lr:.1e}, patience {e.patience}, "
-                  f"{e.batches} batches ({e.training_tokens:,} tokens, {e.context} context)")
+                  f"{e.batches} batches ({e.training_tokens:,} tokens, {e.context} context)"
+                  + (f"; {e.scope()}" if e.scope() else ""))
 
     def on_BatchProgress(self, e: ev.BatchProgress) -> None:
         text = (f"  stage {e.stage} epoch {e.epoch}: batch {e.batch}/{e.batches} "

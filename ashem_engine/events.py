@@ -60,6 +60,20 @@ class StageStarted(Event):
     training_tokens: int
     batches: int  # training batches per epoch
     context: str = "sequence"  # "sequence" (stage 1) or the mode of the new layers
+    # A later stage's ablation keys (None in stage 1, and in logs written before them):
+    tokens: Optional[str] = None  # "hard" (the mined tokens) or "all"
+    trainable: Optional[str] = None  # "new" (the new layers) or "all" (the whole model)
+    init: Optional[str] = None  # "fresh" or "copy" (the new layers copy the trained ones)
+    freeze_head: Optional[bool] = None
+
+    def scope(self) -> str:
+        """What a later stage trains, in words ("" in stage 1 and in older logs)."""
+        if self.tokens is None:
+            return ""
+        what = "the new layers" if self.trainable == "new" else "the whole model"
+        head = "head frozen" if self.freeze_head else "head trained"
+        start = "copied from the trained layers" if self.init == "copy" else "fresh"
+        return f"trains {what} on {self.tokens} tokens; new layers {start}; {head}"
 
 
 @dataclass

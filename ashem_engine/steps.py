@@ -175,7 +175,9 @@ class Pipeline:
             stage=number, layers=st.layers, trainable_params=trainable,
             total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
             training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
-            batches=task.num_batches(), context=st.context or "sequence"))
+            batches=task.num_batches(), context=st.context or "sequence",
+            **({} if number == 1 else {"tokens": st.tokens, "trainable": st.trainable,
+                                       "init": st.init, "freeze_head": st.freeze_head})))
 
         def save_best(epoch: int, weights: dict) -> None:
             self.save(self.best_checkpoint(number), {

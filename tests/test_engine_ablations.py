@@ -259,3 +259,17 @@ def test_training_macs_follow_what_the_ablation_trains(runs):
     grow, stack = per_epoch("grow"), per_epoch("stack")
     assert all(m and m > 0 for m in grow + stack)
     assert min(stack[1:]) > max(grow[1:])  # after the first epoch, which holds set-up costs
+
+
+@pytest.mark.parametrize("name", ["grow", "stack"])
+def test_a_stage_started_event_says_what_the_stage_trains(runs, name):
+    settings, recorder, _ = runs(name)
+    first, second = (recorder.one(ev.StageStarted, stage=n) for n in (1, 2))
+    st = settings.stages[1]
+    assert (second.tokens, second.trainable, second.init, second.freeze_head) == \
+        (st.tokens, st.trainable, st.init, st.freeze_head)
+    assert (first.tokens, first.scope()) == (None, "")  # stage 1 trains everything, always
+    assert second.scope() == {
+        "grow": "trains the new layers on all tokens; new layers fresh; head frozen",
+        "stack": "trains the whole model on all tokens; new layers copied from the trained "
+                 "layers; head trained"}[name]
