@@ -210,3 +210,21 @@ def test_the_docs_state_the_same_exit_code_rule():
 def test_a_bad_scale_setting_is_one_line_and_exit_code_2(tmp_path):
     line = single_error_line(cli(tmp_path, "run", "--set", "data.vocab_size=-1"))
     assert "data.vocab_size = -1: must be 0 (no cap) or >= 3" in line
+
+
+def test_the_reference_table_gives_bands_only_to_the_spec_set_up():
+    from ashem_engine.reference import departures, format_table
+    from ashem_engine.settings import load_settings
+
+    def summary(*overrides):
+        settings = load_settings(None, list(overrides)).to_dict()
+        return {"settings": settings, "stages": [{"stage": 1, "best_val_ppl": 2000.0}],
+                "mining": [], "final": {}, "seconds": 1.0}
+    spec = summary("data.path=/elsewhere", "run.precision=bf16", "evaluation.sweep_points=0")
+    assert departures(spec["settings"]) == []
+    assert "OUT" in format_table(spec)  # 2000 is outside stage 1's band
+    sound = summary("mining.split=train", "stages.2.freeze_head=true", "model.dim=128")
+    assert departures(sound["settings"]) == ["model.dim", "mining.split", "stages.2.freeze_head"]
+    table = format_table(sound)
+    assert "OUT" not in table and "in band" not in table
+    assert "not the spec's set-up: model.dim, mining.split, stages.2.freeze_head" in table
