@@ -1,6 +1,7 @@
 """The benches of docs/RESULTS.md still run: on a tiny finished run, in seconds."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,24 @@ def test_bench_scale_times_fp32_and_bf16_in_one_and_two_processes(tmp_path):
     rows = {line[:24].strip(): line for line in p.stdout.splitlines()[1:]}
     assert set(rows) == {"1 × fp32", "1 × bf16", "2 × fp32", "2 × bf16"}
     assert all("[" in row for row in rows.values())  # a rate with its range per stage
+
+
+def test_study_results_formats_a_study_table(tmp_path):
+    from ashem_engine.stats import aggregate
+
+    def figure(values):
+        return {**aggregate(values), "values": [{"seed": 42 + i, "value": v}
+                                                for i, v in enumerate(values)]}
+    table = {"study": "s", "finished_runs": 4, "runs": 4, "configurations": [
+        {"name": name, "figures": {"final.ppl": figure(ppl), "seconds": figure([60.0, 180.0]),
+                                   "training_macs": figure([3e13, 3e13])}}
+        for name, ppl in (("a", [1000.0, 990.0]), ("b", [1010.0, 1000.0]))],
+        "differences": [{"configuration": "b", "against": "a", "figure": "final.ppl",
+                         **figure([10.0, 10.0])}]}
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    p = bench("bench/study_results.py", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "### s: 4 of 4 runs" in out
+    assert "| a | 995.0 ± 63.5 (n=2) | – | – | 30.0 ± 0.0 (n=2) | 2.0 |" in out
+    assert "| b | +10.0 ± 0.0 (n=2) | – | – |" in out
