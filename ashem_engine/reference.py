@@ -126,11 +126,11 @@ def departures(settings: dict) -> list[str]:
     return out
 
 
-def comparison_rows(summary: dict) -> list[tuple[str, str, str, str, str, str]]:
+def comparison_rows(summary: dict, banded: bool = True
+                    ) -> list[tuple[str, str, str, str, str, str]]:
     """(label, spec, reference CPU, ours, ours - spec, band verdict) per figure; no verdict
-    for a run that leaves the spec's set-up (departures)."""
+    unless `banded` (format_table: the run keeps the spec's set-up)."""
     ours = figures_from_summary(summary)
-    banded = not departures(summary.get("settings", {}))
     rows = []
     for key, (label, spec, cpu, fmt) in FIGURES.items():
         value = ours.get(key)
@@ -145,7 +145,8 @@ def comparison_rows(summary: dict) -> list[tuple[str, str, str, str, str, str]]:
 
 def format_table(summary: dict) -> str:
     header = ("figure", "spec (L4)", "ref (CPU)", "this run", "diff vs spec", "band")
-    rows = [header, *comparison_rows(summary)]
+    departed = departures(summary.get("settings", {}))
+    rows = [header, *comparison_rows(summary, banded=not departed)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for n, r in enumerate(rows):
@@ -153,7 +154,6 @@ def format_table(summary: dict) -> str:
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    departed = departures(summary.get("settings", {}))
     if departed:
         shown = ", ".join(departed[:6]) + (", …" if len(departed) > 6 else "")
         lines.append(f"(not the spec's set-up: {shown}; the spec and reference columns are "

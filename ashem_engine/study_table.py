@@ -60,13 +60,10 @@ def _sweep_gain(signal: str, quantile: float) -> Callable[[dict, dict], Optional
     stage-1 model's alone, within the run."""
     def read(summary: dict, sweep: dict) -> Optional[float]:
         alone = _stage_one_alone("ppl")(summary, sweep)
-        for series in sweep.get("series", []):
-            if series.get("kind") == "sweep" and series.get("signal") == signal:
-                for point in series.get("points", []):
-                    q = point.get("quantile")
-                    if _number(q) and abs(q - quantile) < 1e-9 and _number(alone):
-                        return point.get("ppl") - alone
-        return None
+        points = [p for x in sweep.get("series", []) if x.get("kind") == "sweep"
+                  and x.get("signal") == signal for p in x.get("points", [])
+                  if _number(p.get("quantile")) and abs(p["quantile"] - quantile) < 1e-9]
+        return points[0].get("ppl") - alone if points and _number(alone) else None
     return read
 
 
@@ -202,7 +199,10 @@ def paired_differences(configs: list[dict]) -> list[dict]:
 
 
 def _by_seed(config: dict, name: str) -> dict:
-    figure = config["figures"].get(name) or {"values": []}
+    return _seed_values(config["figures"].get(name) or {"values": []})
+
+
+def _seed_values(figure: dict) -> dict:
     return {v["seed"]: v["value"] for v in figure["values"]}
 
 
@@ -224,13 +224,13 @@ def table_csv(table: dict) -> str:
                      "ci95_low", "ci95_high", *offsets])
     for config in table["configurations"]:
         for name, f in config["figures"].items():
-            by_seed = {v["seed"]: v["value"] for v in f["values"]}
+            by_seed = _seed_values(f)
             per_seed = [by_seed.get(seed) for seed in config["seeds"]]
             writer.writerow([config["name"], name, f["n"], *(_csv(f[k]) for k in (
                 "mean", "sd", "half_width", "low", "high")), *map(_csv, per_seed)])
     seeds = {c["name"]: c["seeds"] for c in table["configurations"]}
     for d in table.get("differences") or []:  # configuration "A - B": paired by seed
-        by_seed = {v["seed"]: v["value"] for v in d["values"]}
+        by_seed = _seed_values(d)
         writer.writerow([f"{d['configuration']} - {d['against']}", d["figure"], d["n"],
                          *(_csv(d[k]) for k in ("mean", "sd", "half_width", "low", "high")),
                          *(_csv(by_seed.get(s)) for s in seeds[d["configuration"]])])
