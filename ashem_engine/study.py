@@ -300,10 +300,13 @@ def run_status(run_dir: Optional[Path]) -> Optional[str]:
 
 
 def study_runs(plan: StudyPlan) -> list[StudyRun]:
-    """Every (configuration, seed) in order, with its run directory and status so far."""
+    """Every (configuration, seed), with its run directory and status so far, seed by seed:
+    each seed's configurations run before the next seed's, so a study stopped early still
+    compares every configuration over the same seeds."""
     out = []
-    for config in plan.configurations:
-        for seed in config.seeds(plan.seeds):
+    for index in range(plan.seeds):
+        for config in plan.configurations:
+            seed = config.seeds(plan.seeds)[index]
             where = seed_dir(plan.directory, config.name, seed)
             run_dir = latest_run_dir(where)
             out.append(StudyRun(config, seed, where, run_dir, run_status(run_dir)))

@@ -2,15 +2,23 @@
 accuracy, honest cost, training compute, seconds per run), the within-run differences from
 the stage-1 model, and the differences paired by seed with the first configuration. Every
 cell is mean ± the half-width of the 95 % interval (n), as the study computed them.
+With --against NAME, also every configuration's test PPL (as run, at the exit classifier's
+quantile 0.1, and its stage-1 model alone) and training compute minus NAME's, paired by seed
+across runs: the answer to "does it beat that baseline?". With --sweep NAME, NAME's threshold
+sweep over its seeds: each signal's test PPL and honest cost at a few quantiles.
 
-    python bench/study_results.py STUDY_DIR [STUDY_DIR ...]
+    python bench/study_results.py [--against NAME] [--sweep NAME] STUDY_DIR [STUDY_DIR ...]
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
+
+from ashem_engine.stats import aggregate
+from ashem_engine.study import latest_run_dir
 
 MAIN = (("final.ppl", "test PPL", 1, "{:,.1f}"), ("final.accuracy", "accuracy %", 100, "{:.2f}"),
         ("final.honest_cost", "honest cost", 1, "{:.3f}"),
@@ -64,11 +72,94 @@ def tables(table: dict) -> str:
     return "\n".join(out)
 
 
-def main(directories: list[str]) -> int:
-    for d in directories:
+def per_seed(figures: dict, key: str) -> dict[int, float]:
+    f = figures.get(key) or {}
+    return {v["seed"]: v["value"] for v in f.get("values") or [] if v.get("value") is not None}
+
+
+def routed_ppls(figures: dict) -> dict[str, dict[int, float]]:
+    """A configuration's test PPL per seed: as run, at the exit classifier's quantile 0.1,
+    and its stage-1 model alone (the last two rebuilt from the within-run differences)."""
+    alone = per_seed(figures, "stage_1_alone.ppl")
+    gain = per_seed(figures, "sweep.classifier.q0.10.ppl_minus_stage_1_alone")
+    return {"as run": per_seed(figures, "final.ppl"),
+            "classifier, q 0.1": {s: alone[s] + gain[s] for s in alone.keys() & gain.keys()},
+            "stage-1 model alone": alone}
+
+
+def paired_cell(ours: dict[int, float], theirs: dict[int, float], scale: float = 1) -> str:
+    seeds = sorted(ours.keys() & theirs.keys())
+    if not seeds:
+        return "–"
+    return cell(aggregate([(ours[s] - theirs[s]) * scale for s in seeds]))
+
+
+def against(table: dict, name: str) -> str:
+    configs = {c["name"]: c["figures"] for c in table["configurations"]}
+    if name not in configs:
+        raise SystemExit(f"--against {name}: not a configuration of {table['study']} "
+                         f"(it has {', '.join(configs)})")
+    base = configs[name]
+    kinds = list(routed_ppls(base))
+    out = [f"Paired by seed, minus {name}'s test PPL and training compute:", "",
+           "| configuration | " + " | ".join(f"PPL, {k}" for k in kinds)
+           + " | training TMACs |", "|---|" + "---|" * (len(kinds) + 1)]
+    for other, figures in configs.items():
+        if other == name:
+            continue
+        ppls = routed_ppls(figures)
+        out.append(f"| {other} | " + " | ".join(
+            paired_cell(ppls[k], per_seed(base, "final.ppl")) for k in kinds) + " | "
+            + paired_cell(per_seed(figures, "training_macs"), per_seed(base, "training_macs"),
+                          1e-12) + " |")
+    return "\n".join(out)
+
+
+SWEEP_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def sweep_files(directory: Path, name: str) -> list[Path]:
+    latest = (latest_run_dir(seed) for seed in sorted(directory.glob(f"runs/{name}/seed-*")))
+    found = [run / "sweep.json" for run in latest if run and (run / "sweep.json").is_file()]
+    if not found:
+        raise SystemExit(f"--sweep {name}: no finished run of {name} has a sweep.json "
+                         f"under {directory}/runs")
+    return found
+
+
+def sweep_table(directory: Path, name: str) -> str:
+    """Per (series, quantile): PPL mean ± interval over seeds, honest cost's mean."""
+    points: dict[tuple[str, object], list[dict]] = {}
+    for path in sweep_files(directory, name):
+        for series in json.loads(path.read_text(encoding="utf-8"))["series"]:
+            for point in series["points"]:
+                q = point.get("quantile")
+                if q is None or any(abs(q - keep) < 1e-9 for keep in SWEEP_QUANTILES):
+                    points.setdefault((series["name"], q), []).append(point)
+    out = [f"{name}'s threshold sweep on its evaluation split, over its seeds:", "",
+           "| series | quantile sent deep | test PPL | honest cost |", "|---|---|---|---|"]
+    for (series, q), found in points.items():
+        ppl = aggregate([p["ppl"] for p in found])
+        cost = statistics.fmean(p["honest_cost"] for p in found)
+        quantile = "–" if q is None else f"{q:.2f}"
+        out.append(f"| {series} | {quantile} | {cell(ppl, 1, '{:,.1f}')} | {cost:.3f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", metavar="NAME")
+    parser.add_argument("--sweep", metavar="NAME")
+    parser.add_argument("directories", nargs="+", metavar="STUDY_DIR")
+    args = parser.parse_args(argv)
+    for d in args.directories:
         table = json.loads((Path(d) / "table.json").read_text(encoding="utf-8"))
         print(f"### {table['study']}: {table['finished_runs']} of {table['runs']} runs\n")
         print(tables(table) + "\n")
+        if args.against:
+            print(against(table, args.against) + "\n")
+        if args.sweep:
+            print(sweep_table(Path(d), args.sweep) + "\n")
     return 0
 
 

@@ -106,3 +106,33 @@ def test_study_results_formats_a_study_table(tmp_path):
     assert "### s: 4 of 4 runs" in out
     assert "| a | 995.0 ± 63.5 (n=2) | – | – | 30.0 ± 0.0 (n=2) | 2.0 |" in out
     assert "| b | +10.0 ± 0.0 (n=2) | – | – |" in out
+    against = bench("bench/study_results.py", "--against", "a", str(tmp_path))
+    assert against.returncode == 0, against.stderr
+    assert "minus a's test PPL" in against.stdout
+    assert "| b | +10.0 ± 0.0 (n=2) | – | – | +0.0 ± 0.0 (n=2) |" in against.stdout
+    unknown = bench("bench/study_results.py", "--against", "c", str(tmp_path))
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip() == "--against c: not a configuration of s (it has a, b)"
+
+
+def test_study_results_tables_a_sweep_over_seeds(tmp_path):
+    def point(q, ppl, cost):
+        return {"quantile": q, "ppl": ppl, "honest_cost": cost}
+    for seed, ppl in ((42, 100.0), (43, 110.0)):
+        run = tmp_path / "runs" / "a" / f"seed-{seed}" / "20261126T000000Z-a"
+        run.mkdir(parents=True)
+        (run / "settings.json").write_text("{}")
+        series = [{"name": "ASHEM · exit classifier", "points": [
+            point(0.0, ppl, 0.9), point(0.05, 1.0, 1.0), point(0.1, ppl - 1, 0.95)]},
+            {"name": "ASHEM · as run", "points": [point(None, ppl + 5, 1.5)]}]
+        (run / "sweep.json").write_text(json.dumps({"series": series}))
+    (tmp_path / "table.json").write_text(json.dumps(
+        {"study": "s", "finished_runs": 2, "runs": 2, "configurations": []}))
+    p = bench("bench/study_results.py", "--sweep", "a", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "| ASHEM · exit classifier | 0.00 | 105.0 ± 63.5 (n=2) | 0.900 |" in p.stdout
+    assert "| ASHEM · exit classifier | 0.10 | 104.0 ± 63.5 (n=2) | 0.950 |" in p.stdout
+    assert "| ASHEM · as run | – | 110.0 ± 63.5 (n=2) | 1.500 |" in p.stdout
+    assert "0.05" not in p.stdout  # only the tabled quantiles
+    missing = bench("bench/study_results.py", "--sweep", "b", str(tmp_path))
+    assert missing.returncode != 0 and "--sweep b: no finished run of b" in missing.stderr

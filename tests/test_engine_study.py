@@ -292,6 +292,15 @@ def test_an_interrupted_run_resumes_in_its_own_directory(tmp_path):
     assert run_figures(summary, {})["final.ppl"] == summary["final"]["ppl"]
 
 
+def test_a_study_runs_seed_by_seed_so_a_stopped_study_stays_paired(tmp_path):
+    base = tiny_settings(tmp_path)
+    first = write_tiny_toml(tmp_path / "first.toml", Path(base.data.path))
+    second = write_tiny_toml(tmp_path / "second.toml", Path(base.data.path))
+    plan = plan_study([str(first), str(second)], 2, [], str(tmp_path / "s"))
+    order = [(r.config.name, r.seed) for r in study_runs(plan)]
+    assert order == [("first", 42), ("second", 42), ("first", 43), ("second", 43)]
+
+
 def test_a_study_stopped_between_runs_starts_none(tmp_path):
     base = tiny_settings(tmp_path)
     config = write_tiny_toml(tmp_path / "tiny.toml", Path(base.data.path))
