@@ -154,7 +154,8 @@ def test_the_larger_scale_configurations_differ_only_in_their_model():
     blocks = 8 * block_macs_per_token(eight.model, eight.data.seq_len)
     assert blocks > 2 * head_macs_per_token(eight.model, 8192)  # depth, not the head, costs
     assert load_settings(configs / "scale-scratch-4.toml") == load_settings(
-        configs / "scale-scratch-8.toml", ["run.name=scale-scratch-4", "stages.1.layers=4"])
+        configs / "scale-scratch-8.toml",
+        ["run.name=scale-scratch-4", "stages.1.layers=4", "stages.1.lr=1e-3"])
 
 
 # -- what each key does --------------------------------------------------------------------
