@@ -199,10 +199,11 @@ def paired_differences(configs: list[dict]) -> list[dict]:
 
 
 def _by_seed(config: dict, name: str) -> dict:
-    return _seed_values(config["figures"].get(name) or {"values": []})
+    return seed_values(config["figures"].get(name) or {"values": []})
 
 
-def _seed_values(figure: dict) -> dict:
+def seed_values(figure: dict) -> dict:
+    """A figure's (or a difference's) per-seed values, {seed: value}."""
     return {v["seed"]: v["value"] for v in figure["values"]}
 
 
@@ -224,13 +225,13 @@ def table_csv(table: dict) -> str:
                      "ci95_low", "ci95_high", *offsets])
     for config in table["configurations"]:
         for name, f in config["figures"].items():
-            by_seed = _seed_values(f)
+            by_seed = seed_values(f)
             per_seed = [by_seed.get(seed) for seed in config["seeds"]]
             writer.writerow([config["name"], name, f["n"], *(_csv(f[k]) for k in (
                 "mean", "sd", "half_width", "low", "high")), *map(_csv, per_seed)])
     seeds = {c["name"]: c["seeds"] for c in table["configurations"]}
     for d in table.get("differences") or []:  # configuration "A - B": paired by seed
-        by_seed = _seed_values(d)
+        by_seed = seed_values(d)
         writer.writerow([f"{d['configuration']} - {d['against']}", d["figure"], d["n"],
                          *(_csv(d[k]) for k in ("mean", "sd", "half_width", "low", "high")),
                          *(_csv(by_seed.get(s)) for s in seeds[d["configuration"]])])

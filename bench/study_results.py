@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ashem_engine.stats import aggregate
 from ashem_engine.study import latest_run_dir
+from ashem_engine.study_table import seed_values
 
 MAIN = (("final.ppl", "test PPL", 1, "{:,.1f}"), ("final.accuracy", "accuracy %", 100, "{:.2f}"),
         ("final.honest_cost", "honest cost", 1, "{:.3f}"),
@@ -73,8 +74,7 @@ def tables(table: dict) -> str:
 
 
 def per_seed(figures: dict, key: str) -> dict[int, float]:
-    f = figures.get(key) or {}
-    return {v["seed"]: v["value"] for v in f.get("values") or [] if v.get("value") is not None}
+    return seed_values(figures.get(key) or {"values": []})
 
 
 def routed_ppls(figures: dict) -> dict[str, dict[int, float]]:
@@ -100,6 +100,7 @@ def against(table: dict, name: str) -> str:
         raise SystemExit(f"--against {name}: not a configuration of {table['study']} "
                          f"(it has {', '.join(configs)})")
     base = configs[name]
+    base_ppl, base_macs = per_seed(base, "final.ppl"), per_seed(base, "training_macs")
     kinds = list(routed_ppls(base))
     out = [f"Paired by seed, minus {name}'s test PPL and training compute:", "",
            "| configuration | " + " | ".join(f"PPL, {k}" for k in kinds)
@@ -109,9 +110,8 @@ def against(table: dict, name: str) -> str:
             continue
         ppls = routed_ppls(figures)
         out.append(f"| {other} | " + " | ".join(
-            paired_cell(ppls[k], per_seed(base, "final.ppl")) for k in kinds) + " | "
-            + paired_cell(per_seed(figures, "training_macs"), per_seed(base, "training_macs"),
-                          1e-12) + " |")
+            paired_cell(ppls[k], base_ppl) for k in kinds) + " | "
+            + paired_cell(per_seed(figures, "training_macs"), base_macs, 1e-12) + " |")
     return "\n".join(out)
 
 
