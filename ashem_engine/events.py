@@ -11,6 +11,10 @@ from typing import Any, Callable, Iterator, Optional
 # Fields that depend on the clock, not on the computation (runs compare equal without them).
 TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
                            "seconds_before"})
+# Fields that describe the host (kernel build, processor, core count, versions) wherever they
+# appear: RunStarted, RunFinished.summary, summary.json. Two hosts of the same CPU model and
+# torch build compute the same figures but describe themselves differently.
+MACHINE_FIELDS = frozenset({"machine"})
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Whether two runs reported the same thing: their events.jsonl, summary.json and sweep.json
-field by field, apart from timing fields and paths; floats to a relative 1e-6.
+field by field, apart from timing fields, the host's description and paths; floats to a
+relative 1e-6.
 
     python bench/compare_events.py RUN_DIR_A RUN_DIR_B
 
@@ -13,34 +14,36 @@ import math
 import sys
 from pathlib import Path
 
-TIMING = {"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
-          "seconds_before"}
+from ashem_engine.events import MACHINE_FIELDS, TIMING_FIELDS
+
 PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir", "path", "source", "data_source"}
+LEFT_OUT = TIMING_FIELDS | MACHINE_FIELDS | PATHS
 
 
 def scrub(value):
-    """Drops clock fields and paths at every depth (summaries and settings nest them)."""
+    """Drops clock fields, the host's description and paths at every depth (summaries and
+    settings nest them)."""
     if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if k not in TIMING and k not in PATHS}
+        return {k: scrub(v) for k, v in value.items() if k not in LEFT_OUT}
     if isinstance(value, list):
         return [scrub(v) for v in value]
     return value
 
 
-def differences(old, new, where: str = "", out=None) -> list[str]:
+def differences(old, new, where: str = "", out=None, rel_tol: float = 1e-6) -> list[str]:
     out = [] if out is None else out
     if isinstance(old, dict) and isinstance(new, dict):
         out += [f"{where}.{k}: dropped" for k in old.keys() - new.keys()]
         for k in old.keys() & new.keys():
-            differences(old[k], new[k], f"{where}.{k}", out)
+            differences(old[k], new[k], f"{where}.{k}", out, rel_tol)
     elif isinstance(old, list) and isinstance(new, list):
         if len(old) != len(new):
             out.append(f"{where}: {len(old)} items, now {len(new)}")
         for i, (a, b) in enumerate(zip(old, new)):
-            differences(a, b, f"{where}[{i}]", out)
+            differences(a, b, f"{where}[{i}]", out, rel_tol)
     elif isinstance(old, float) and isinstance(new, (int, float)) and \
             not isinstance(new, bool):
-        if not (math.isclose(old, new, rel_tol=1e-6, abs_tol=1e-12)
+        if not (math.isclose(old, new, rel_tol=rel_tol, abs_tol=1e-12)
                 or (math.isnan(old) and math.isnan(new))):
             out.append(f"{where}: {old!r}, now {new!r}")
     elif old != new:

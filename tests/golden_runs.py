@@ -2,17 +2,23 @@
 
 `python tests/golden_runs.py` rewrites the files. Do that only when a change of behaviour is
 intended, and say why in the commit; tests/test_engine_golden.py compares against them.
+On a machine of another CPU kind (where the comparison is skipped), record the code before a
+change into a directory of your own, `python tests/golden_runs.py DIR`, and compare the code
+after it with `ASHEM_GOLDEN_DIR=DIR python -m pytest tests/test_engine_golden.py`.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-GOLDEN = HERE / "golden"
-PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir", "path", "source"}
+SHIPPED = HERE / "golden"  # recorded on the machine kind named in each file
+GOLDEN = Path(os.environ.get("ASHEM_GOLDEN_DIR") or SHIPPED)
+sys.path.insert(0, str(ROOT / "bench"))
+from compare_events import differences, scrub  # noqa: E402  (the bench's comparison of runs)
 
 CONFIGS = {
     "spec": [],
@@ -24,16 +30,10 @@ CONFIGS = {
 }
 
 
-def scrub(value):
-    """Drops clock fields and paths at every depth (summaries and settings nest them)."""
-    from ashem_engine.events import TIMING_FIELDS
-
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items()
-                if k not in TIMING_FIELDS and k not in PATHS}
-    if isinstance(value, list):
-        return [scrub(v) for v in value]
-    return value
+def compare(recorded: dict, new: dict, name: str) -> list[str]:
+    """What differs between a recording and a new run, apart from timing fields, the host's
+    description and paths (left out of both: older recordings kept some of them)."""
+    return differences(scrub(recorded), scrub(new), name)
 
 
 def machine() -> dict:
@@ -49,7 +49,7 @@ def machine() -> dict:
 
 
 def golden_run(name: str, tmp: Path) -> dict:
-    """Runs one configuration; returns its scrubbed events, summary.json and sweep.json."""
+    """Runs one configuration; returns its events, summary.json and sweep.json as written."""
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -66,20 +66,19 @@ def golden_run(name: str, tmp: Path) -> dict:
     assert result.status == "finished", result.error
     files = {f: json.loads((result.run_dir / f).read_text())
              for f in ("summary.json", "sweep.json")}
-    return {"events": [scrub(e.to_dict()) for e in events],
-            **{f: scrub(v) for f, v in files.items()}}
+    return {"events": [e.to_dict() for e in events], **files}
 
 
-def main() -> None:
+def main(out: Path = GOLDEN) -> None:
     import tempfile
 
-    GOLDEN.mkdir(exist_ok=True)
+    out.mkdir(exist_ok=True)
     for name in CONFIGS:
         with tempfile.TemporaryDirectory() as tmp:
-            data = {"machine": machine(), **golden_run(name, Path(tmp))}
-        (GOLDEN / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+            data = {"machine": machine(), **scrub(golden_run(name, Path(tmp)))}
+        (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
         print(name, len(data["events"]), "events")
 
 
 if __name__ == "__main__":
-    main()
+    main(*map(Path, sys.argv[1:2]))

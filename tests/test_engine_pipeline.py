@@ -18,11 +18,15 @@ from ashem_engine.steps import Pipeline
 from ashem_engine.summary import SummaryReducer, base_summary, rebuild
 from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
-from golden_runs import CONFIGS, scrub
+from golden_runs import CONFIGS, SHIPPED, differences, machine, scrub
 
 # Cancelled tiny runs ("stages.2.max_epochs=4") recorded by the code before the pipeline
-# refactor (commit bc56829): their progress.pt files have the old untyped layout.
+# refactor (commit bc56829): their progress.pt files have the old untyped layout. They were
+# recorded on the machine kind of tests/golden; on another CPU kind the stages they finished
+# were computed with other rounding than the uninterrupted run made here, and the figures
+# that follow agree to 1e-4 (measured 8e-6 on an AVX2 host), not to the digit.
 OLD_RUNS = Path(__file__).parent / "fixtures"
+RECORDED_HERE = json.loads((SHIPPED / "spec.json").read_text())["machine"] == machine()
 OLD_KEYS = {"stage", "epoch", "stage_done", "model", "optimizer", "early", "exit_layers",
             "thresholds", "rng", "summary", "seconds_before"}
 
@@ -94,7 +98,10 @@ def test_run_dirs_from_before_the_refactor_resume(whole, name, tmp_path):
         log.write('{"kind": "Log", "lev')  # a writer killed mid-line
     result = resume_ashem(run_dir, [], corpus=tiny_corpus(settings))
     assert result.status == "finished", result.error
-    assert without_macs(scrub(result.summary)) == without_macs(scrub(done.summary))
+    found = differences(without_macs(scrub(done.summary)), without_macs(scrub(result.summary)),
+                        name, rel_tol=1e-6 if RECORDED_HERE else 1e-4)
+    assert not found, "\n".join(found)
+    assert without_macs(scrub(result.summary)).keys() == without_macs(scrub(done.summary)).keys()
     # a stage with epochs from before MACs were counted reports none, not a part of them
     unknown = [r["training_macs"] is None for r in result.summary["stages"]]
     assert unknown == {"old-run-stage2-epoch1": [True, True],
