@@ -171,11 +171,13 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
 class ExitPass:
     """Every token of a batch or a split at one exit, in batch order: (tokens, dim) hidden
     states and their statistics; `remaining` marks the tokens no earlier exit let go (None:
-    every token). A known first exit (frozen, or shared by a sweep's thresholds) is one."""
+    every token). A known first exit (frozen, or shared by a sweep's thresholds) is one.
+    Under torchrun, a split's pass is this rank's share: its tokens from `offset` on."""
 
     hidden: torch.Tensor
     stats: Optional[ExitStats] = None
     remaining: Optional[torch.Tensor] = None
+    offset: int = 0
 
 
 @dataclass
@@ -295,15 +297,17 @@ def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     """Routed evaluation over a split; with one exit it is plain evaluation. The real early
     exit where it does the same arithmetic as computing everything, else computing
     everything. `first`: the split's first exit when it is known (a frozen first stage's
-    states, a sweep's states and statistics). `check()` runs before every batch."""
+    states, a sweep's states and statistics; this rank's share of them under torchrun).
+    `check()` runs before every batch."""
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
     n, parts, world = batches.y[0].numel(), [], World.current()
+    start = world.share(len(batches)).start
     for i in world.each_of_mine(len(batches), check):
-        rows = slice(i * n, (i + 1) * n)
+        rows = slice((i - start) * n, (i - start + 1) * n)
         known = None if first is None else \
             ExitPass(first.hidden[rows], None if first.stats is None else first.stats[rows])
-        r = route(model, cascade, batches.x[i], batches.y[i], known,
+        r = route(model, cascade, *batches.batch(i), known,
                   only_needed=cascade.only_needed_is_exact)
         parts.append((r.exit_index, r.nll, r.correct))
     if world.parallel:  # every batch's part, in batch order, as one process has them

@@ -45,6 +45,7 @@ class RunControl:
         self.on_command: Optional[Callable[[ev.Event], None]] = None  # obeyed / ignored
         self.commands = None  # an object with read() -> [Command | Rejected]: CommandFile
         self.steering: Optional[Steering] = None  # set while held at a mining transition
+        self.on_wait: Optional[Callable[[], None]] = None  # called every POLL_S while held
         self._queue: list[Command] = []  # commands from the app's own thread
 
     # -- called from the UI thread -------------------------------------------------------
@@ -88,6 +89,8 @@ class RunControl:
         if paused and self.on_pause:
             self.on_pause(where, reason, boundary)
         while self._waiting(where):
+            if self.on_wait is not None:
+                self.on_wait()
             self.poll(where)
         if paused and self.on_resume:
             self.on_resume(where)
@@ -98,7 +101,8 @@ class RunControl:
         with self._cond:
             if self.paused and not self.cancelled and not self._queue:
                 self._cond.wait_for(lambda: self.cancelled or not self.paused or self._queue,
-                                    timeout=POLL_S if self.commands is not None else None)
+                                    timeout=None if self.commands is None and self.on_wait
+                                    is None else POLL_S)
             if self.cancelled:
                 raise Cancelled(where)
             return self.paused or bool(self._queue)

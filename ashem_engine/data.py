@@ -7,6 +7,10 @@ each split one flat token stream, cut to samples × (seq_len + 1) tokens; batch 
 token k · batch · seq_len and its row j at seq_len · j further on; only full batches are kept.
 Beyond the spec: data.vocab_size keeps only the most frequent words (the rest read as
 `<unk>`), and a sample count of 0 keeps a whole split.
+
+A corpus read from files or the hub is tokenised once into a cache (tokens.py): one file of
+token ids per split and the vocabulary, memory-mapped by every process of a node, so a
+process holds only the pages of the batches it reads.
 """
 from __future__ import annotations
 
@@ -63,10 +67,12 @@ class Vocabulary:
 
 @dataclass
 class Batches:
-    """Full batches of one split: x and y are (batches, batch, seq_len) int64."""
+    """Full batches of one split: x and y are (batches, batch, seq_len) int64, in memory or
+    views of a memory-mapped cache; `batch(i)` brings one to `device`."""
 
     x: torch.Tensor
     y: torch.Tensor
+    device: torch.device = torch.device("cpu")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -74,6 +80,15 @@ class Batches:
     @property
     def tokens(self) -> int:
         return self.y.numel()
+
+    def batch(self, index: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `index` (its `rows`) on the device: x and y, each (rows, seq_len)."""
+        return (self.x[index][rows].to(self.device, non_blocking=True),
+                self.y[index][rows].to(self.device, non_blocking=True))
+
+    def on(self, device: torch.device) -> "Batches":
+        """The same batches, each brought to `device` when used (none moved now)."""
+        return Batches(self.x, self.y, torch.device(device))
 
 
 @dataclass
@@ -108,13 +123,16 @@ def make_batches(stream: Sequence[int], batch_size: int, seq_len: int) -> Batche
     """x = tokens[s : s+seq_len] and y = tokens[s+1 : s+seq_len+1] for each row start s.
     Batch k's last row ends (exclusive) at (k+1)·batch·seq_len + 1, so there are
     (len - 1) // (batch·seq_len) full batches, and consecutive batches tile the stream."""
+    views = batch_views(torch.as_tensor(stream, dtype=torch.long), batch_size, seq_len)
+    return Batches(views.x.clone(), views.y.clone())
+
+
+def batch_views(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Batches:
+    """make_batches' x and y as views of `tokens` (one copy of the stream, not three)."""
     stride = batch_size * seq_len
-    tokens = torch.as_tensor(stream, dtype=torch.long)
     n = max(0, (len(tokens) - 1) // stride)
     body = tokens[: n * stride + 1]
-    x = body[:-1].reshape(n, batch_size, seq_len)
-    y = body[1:].reshape(n, batch_size, seq_len)
-    return Batches(x.clone(), y.clone())
+    return Batches(body[:-1].view(n, batch_size, seq_len), body[1:].view(n, batch_size, seq_len))
 
 
 def sample_counts(settings: DataSettings) -> dict[str, Optional[int]]:
@@ -264,10 +282,14 @@ def describe_source(settings: DataSettings) -> str:
     return data_source(settings)[0]
 
 
-def load_corpus(settings: DataSettings,
-                reachable: Callable[[], bool] = hub_reachable) -> Corpus:
+def load_corpus(settings: DataSettings, reachable: Callable[[], bool] = hub_reachable,
+                builds: bool = True, wait: Callable[[], None] = lambda: None) -> Corpus:
+    """The corpus through its token cache. `builds`: this process writes the cache when it
+    is missing (under torchrun, one process per node); `wait()`: until it has."""
+    from .tokens import cached_corpus
+
     source, read_rows = data_source(settings, reachable)
-    return corpus_from_rows(read_rows(), settings, source)
+    return cached_corpus(settings, source, read_rows, builds, wait)
 
 
 def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,
@@ -283,11 +305,18 @@ def corpus_from_rows(rows: dict[str, list[str]], settings: DataSettings,
         tokens[split] = tokens[split][: lengths[split]]
         stream = vocab.encode(tokens[split])
         batches[split] = make_batches(stream, settings.batch_size, settings.seq_len)
+    return checked_corpus(vocab, batches, settings, source, {s: len(tokens[s]) for s in SPLITS})
+
+
+def checked_corpus(vocab: Vocabulary, batches: dict[str, Batches], settings: DataSettings,
+                   source: str, kept: dict[str, int]) -> Corpus:
+    """The corpus, or DataError when its train or validation split has no full batch
+    (`kept`: the tokens kept of each split)."""
     for split in ("train", "validation"):
         if len(batches[split]) == 0:
             raise DataError(
                 f"the {split} split of {source} is too small for one batch: "
-                f"{len(tokens[split])} tokens, one batch of "
+                f"{kept[split]} tokens, one batch of "
                 f"data.batch_size={settings.batch_size} × data.seq_len={settings.seq_len} "
                 f"needs {settings.batch_size * settings.seq_len + 1}")
     return Corpus(vocab, batches, source)

@@ -1,18 +1,22 @@
 """Several processes under torchrun: PyTorch's own distributed stack (DESIGN.md).
 
 `join(device)` sets up torch.distributed when torchrun started this process (WORLD_SIZE > 1):
-gloo on CPU, NCCL on CUDA. `World.current()` reads the process group back, so a single
-process needs nothing and changes nothing. Training batches are split across ranks
-(stages.py, DistributedDataParallel); the passes over a split (mining, validation, the final
-evaluation, the sweep) give each rank a contiguous share of the batches and gather the
-per-token results in batch order, so every rank then holds exactly what one process would,
-and a threshold is the quantile over the whole split. Rank 0 alone writes the run directory.
+gloo on CPU; on CUDA one group that sends CUDA tensors over NCCL and CPU tensors over gloo.
+`World.current()` reads the process group back, so a single process needs nothing and
+changes nothing. Training batches are split across ranks (stages.py,
+DistributedDataParallel); the passes over a split (mining, validation, the final
+evaluation, the sweep) give each rank a contiguous share of the batches. Each rank keeps its
+share of hidden states; what a decision needs of every token (a confidence, an exit, an
+NLL: a few numbers per token) is gathered in batch order, so every rank decides exactly as
+one process would. Rank 0 alone writes the run directory, and no rank reads a file another
+rank wrote: what rank 0 reads back (settings, checkpoints, a resume point) it sends.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator, Optional
@@ -20,9 +24,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-# A collective waits at most this long for a rank that stopped answering; a rank that died
-# is noticed at once (its sockets close).
-TIMEOUT_S = 30
+# How long a collective waits for a rank that stopped answering, unless run.peer_timeout_s
+# says otherwise; a rank that died is noticed at once (its sockets close).
+TIMEOUT_S = 300
 
 
 class PeerLost(Exception):
@@ -77,7 +81,14 @@ class World:
 
     @property
     def parallel(self) -> bool:
-        return self.size > 1
+        """Whether this process is one of a process group (torchrun's, even of one)."""
+        return self.size > 1 or self.backend != "none"
+
+    @property
+    def node_lead(self) -> bool:
+        """The first process on its machine (torchrun's LOCAL_RANK 0): it writes what the
+        processes of a node share, such as the token cache."""
+        return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
     def share(self, n: int, rank: Optional[int] = None) -> range:
         """A rank's contiguous block of n items; the first n % size ranks take one more."""
@@ -123,6 +134,20 @@ class World:
         dist.all_reduce(t)
         return float(t[0])
 
+    def max(self, value: float) -> float:
+        """The largest `value` of any rank."""
+        if not self.parallel:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t[0])
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the ranks, on its own device (no host wait on a GPU)."""
+        if self.parallel:
+            dist.all_reduce(tensor)
+        return tensor
+
     def from_lead(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (a run directory's path, ...)."""
         if not self.parallel:
@@ -131,23 +156,80 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def lead_reads(self, read: Callable[[], Any]) -> Any:
+        """What `read()` gives on rank 0, on every rank: a file rank 0 wrote is read there
+        and sent, so the nodes of a run need no shared disk. What rank 0 raises, every rank
+        raises."""
+        if not self.parallel:
+            return read()
+        box: list = [None]
+        if self.lead:
+            try:
+                box = [(True, read())]
+            except Exception as e:  # noqa: BLE001 - raised again on every rank below
+                box = [(False, e)]
+        dist.broadcast_object_list(box, src=0)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def exchange(self, rows: torch.Tensor, owned: range, wanted: torch.Tensor,
+                 chunk: int = 1 << 16) -> torch.Tensor:
+        """Rows of a table split across the ranks: this rank holds `rows`, the table's rows
+        `owned`; it gets the rows `wanted` (table indices, in the order wanted). Each rank's
+        rows go to the others a chunk at a time, so no rank holds more than its own rows,
+        one chunk and the rows it wants."""
+        wanted = wanted.to(rows.device)
+        if not self.parallel:
+            return rows[wanted - owned.start]
+        bounds = torch.tensor([owned.start, owned.stop], dtype=torch.long)
+        every = [torch.empty_like(bounds) for _ in range(self.size)]
+        dist.all_gather(every, bounds)
+        order = torch.argsort(wanted)
+        in_order = wanted[order]
+        out = rows.new_empty((len(wanted), *rows.shape[1:]))
+        for rank, (start, stop) in enumerate(b.tolist() for b in every):
+            for low in range(start, stop, chunk):
+                high = min(low + chunk, stop)
+                part = rows[low - start: high - start].contiguous() if rank == self.rank \
+                    else rows.new_empty((high - low, *rows.shape[1:]))
+                dist.broadcast(part, src=rank)
+                a, b = torch.searchsorted(in_order, torch.tensor([low, high],
+                                                                 device=rows.device)).tolist()
+                out[order[a:b]] = part[in_order[a:b] - low]
+        return out
+
     def barrier(self) -> None:
         if self.parallel:
             dist.barrier()
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torchrun started this process (also as its only process: a group of one, which runs
+    every collective, such as a one-GPU check of the NCCL group)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def join(device: str) -> World:
-    """Joins the process group torchrun set up the environment for; one process: no-op."""
+def backend_for(cuda: bool) -> str:
+    """gloo on CPU. On CUDA, NCCL for CUDA tensors and gloo for CPU ones: a group made as
+    plain "nccl" serves CUDA tensors only, and a run also sums host numbers and sends
+    objects (settings, checkpoints) between its processes."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def join(device: str, timeout_s: float = TIMEOUT_S) -> World:
+    """Joins the process group torchrun set up the environment for; one process: no-op.
+    `timeout_s`: how long a collective waits for a rank that stopped answering."""
     if not launched_by_torchrun() or dist.is_initialized():
         return World.current()
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if cuda:
+        # a timed-out or failed NCCL collective then ends its process (torchrun ends the
+        # others) instead of leaving it blocked
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    dist.init_process_group(backend_for(cuda), timeout=timedelta(seconds=timeout_s))
     return World.current()
 
 
@@ -161,26 +243,35 @@ def leave() -> None:
 
 
 class SharedControl:
-    """Rank 0's RunControl decides at every batch and stage boundary; every rank obeys the
-    same decision there (go on, or cancel). The decision travels on a gloo group of its
-    own with no practical time limit, so a run may stay paused for as long as its user
-    likes; a rank that dies still closes its sockets, which the others notice at once."""
+    """Rank 0's RunControl decides at every stage boundary and every `every`-th batch
+    boundary; every rank obeys the same decision there (go on, or cancel). The decision
+    travels on a gloo group of its own with the run's peer timeout: while rank 0 holds
+    (paused, for as long as its user likes) it tells the others so every few seconds, so
+    only a rank that stopped answering runs a wait out."""
 
-    def __init__(self, control: Any, world: World):
-        self.control, self.world = control, world
-        self.group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
+    HOLDING = 2.0  # a decision's first number: 0 go on, 1 cancel, 2 still holding
+
+    def __init__(self, control: Any, world: World, timeout_s: float = TIMEOUT_S,
+                 every: int = 1):
+        self.control, self.world, self.every, self.calls = control, world, every, 0
+        self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        self.heartbeat_s = min(10.0, timeout_s / 4)
+
+    OWN = ("control", "world", "group", "every", "calls", "heartbeat_s")
 
     def __getattr__(self, name: str) -> Any:  # pause_at, on_pause, ... of rank 0's control
         return getattr(self.control, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("control", "world", "group"):
+        if name in self.OWN:
             object.__setattr__(self, name, value)
         else:
             setattr(self.control, name, value)
 
     def checkpoint(self, where: str) -> None:
-        self._agree(where, lambda: self.control.checkpoint(where))
+        self.calls += 1
+        if self.calls % self.every == 0:
+            self._agree(where, lambda: self.control.checkpoint(where))
 
     def boundary(self, name: str, where: str) -> None:
         self._agree(where, lambda: self.control.boundary(name, where))
@@ -192,20 +283,44 @@ class SharedControl:
 
         decision = torch.tensor([0.0, math.nan], dtype=torch.float64)
         if self.world.lead:
-            steered = self._recording_steering()
-            try:
-                decide()
-            except Cancelled:
-                decision[0] = 1.0
-            finally:
-                self.control.steering = steered.pop(0)
-            if steered:
-                decision[1] = steered[-1]
-        dist.broadcast(decision, src=0, group=self.group)
+            self._decide(decide, decision)
+        else:
+            self._await(decision)
         if not self.world.lead and not math.isnan(decision[1]) and self.control.steering:
             self.control.steering(float(decision[1]))()  # what rank 0 applied
         if decision[0]:
             raise Cancelled(where)
+
+    def _decide(self, decide, decision: torch.Tensor) -> None:
+        from .control import Cancelled
+
+        steered, beat = self._recording_steering(), self._heartbeat()
+        self.control.on_wait = beat
+        try:
+            decide()
+        except Cancelled:
+            decision[0] = 1.0
+        finally:
+            self.control.steering, self.control.on_wait = steered.pop(0), None
+        if steered:
+            decision[1] = steered[-1]
+        dist.broadcast(decision, src=0, group=self.group)
+
+    def _heartbeat(self) -> Callable[[], None]:
+        """What rank 0 calls while it holds: every heartbeat_s, "still holding"."""
+        last = [time.monotonic()]
+
+        def beat() -> None:
+            if time.monotonic() - last[0] >= self.heartbeat_s:
+                dist.broadcast(torch.tensor([self.HOLDING, math.nan], dtype=torch.float64),
+                               src=0, group=self.group)
+                last[0] = time.monotonic()
+        return beat
+
+    def _await(self, decision: torch.Tensor) -> None:
+        dist.broadcast(decision, src=0, group=self.group)
+        while decision[0] == self.HOLDING:
+            dist.broadcast(decision, src=0, group=self.group)
 
     def _recording_steering(self) -> list:
         """[rank 0's own steering, then each ratio it applies while deciding]."""

@@ -69,6 +69,9 @@ class StageStarted(Event):
     trainable: Optional[str] = None  # "new" (the new layers) or "all" (the whole model)
     init: Optional[str] = None  # "fresh" or "copy" (the new layers copy the trained ones)
     freeze_head: Optional[bool] = None
+    # The most any process keeps for the stage's steps (hidden states, token ids; under
+    # torchrun its share), in bytes; None in logs written before it
+    held_bytes: Optional[int] = None
 
     def scope(self) -> str:
         """What a later stage trains, in words ("" in stage 1 and in older logs)."""

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
-BAD_INPUT_KINDS = ("data", "run_dir", "resume", "checkpoint")  # RunFailed.error_kind
+# RunFailed.error_kind; "settings": a setting this machine cannot honour (run.compile)
+BAD_INPUT_KINDS = ("data", "run_dir", "resume", "checkpoint", "settings")
 
 
 def exit_code(status: str, error_kind: str | None = None) -> int:

@@ -1,14 +1,18 @@
 """Hard-example mining: per-token confidence, the quantile threshold, the hard tokens.
 
 Threshold and filtering are both per token (the spec's "critical" rule): the confidences of
-every token of the mining split are flattened, the threshold is their `torch.quantile` at the
-target ratio, and a token is hard when its own confidence is strictly below it.
+every token of the mining split are flattened, the threshold is their quantile at the target
+ratio (`torch.quantile`'s, computed exactly at any size), and a token is hard when its own
+confidence is strictly below it. Under torchrun each process keeps the hidden states of its
+share of the split; the few numbers per token a decision needs are gathered (MiningPool).
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
+
+import math
 
 import torch
 
@@ -21,10 +25,19 @@ from .model import EarlyExitLM
 
 @dataclass
 class HardTokens:
-    hidden: torch.Tensor  # (K, dim) hidden state at the exit layer
+    """K tokens of a split. Every process knows each one's target, confidence and position;
+    the hidden states are of those in `here` (this process' share of the split; all K in
+    one process)."""
+
+    hidden: torch.Tensor  # (len(here), dim) hidden state at the exit layer
     targets: torch.Tensor  # (K,)
     confidences: torch.Tensor  # (K,)
     positions: torch.Tensor  # (K,) flat index into the split's tokens (batch-major)
+    here: Optional[range] = None  # which of the K `hidden` holds; None: all
+
+    def __post_init__(self) -> None:
+        if self.here is None:
+            self.here = range(len(self))
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -42,45 +55,89 @@ class MiningResult:
 
 @torch.no_grad()
 def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
-              check: Callable[[], None] = lambda: None) -> ExitPass:
-    """Every token of a split at the cascade's last exit, computing everything; `remaining`:
+              check: Callable[[], None] = lambda: None, rows: Optional[slice] = None
+              ) -> ExitPass:
+    """The tokens of a split at the cascade's last exit, computing everything; `remaining`:
     those the earlier exits did not let go (None with one exit). `check()`: before a batch.
-    Under torchrun each rank routes its share of the batches and every rank gets them all."""
-    passes, remaining, world = [], [], World.current()
-    for i in world.each_of_mine(len(batches), check):
-        routed = route(model, cascade, batches.x[i], batches.y[i], every_exit=True)
+    Under torchrun, this rank's share: its batches (their tokens from ExitPass.offset on),
+    or with `rows`, those rows of every batch."""
+    world = World.current()
+    if rows is None:
+        mine, rows = world.each_of_mine(len(batches), check), slice(None)
+        offset = world.share(len(batches)).start * batches.y[0].numel()
+    else:
+        mine, offset = _each(len(batches), check), 0
+    passes, remaining = [], []
+    for i in mine:
+        routed = route(model, cascade, *batches.batch(i, rows), every_exit=True)
         passes.append(routed.every_exit[-1])
         remaining.append(routed.exit_index == cascade.last)
-    def whole(t: torch.Tensor) -> torch.Tensor:  # under torchrun: every rank's batches
-        return world.gather_tokens(t, batches)
+    return ExitPass(torch.cat([p.hidden for p in passes]),
+                    ExitStats.cat([p.stats for p in passes]),
+                    torch.cat(remaining) if cascade.last else None, offset)
 
-    return ExitPass(whole(torch.cat([p.hidden for p in passes])),
-                    ExitStats.cat([p.stats for p in passes]).apply(whole),
-                    whole(torch.cat(remaining)) if cascade.last else None)
+
+def _each(n: int, check: Callable[[], None]):
+    for i in range(n):
+        check()
+        yield i
+
+
+@dataclass
+class MiningPool:
+    """What mining at any ratio needs, so that steering a held transition computes nothing
+    collective: this process' exit pass (`passed`), and every token's confidence, whether
+    it reached the exit and its NLL there, gathered in batch order."""
+
+    passed: ExitPass
+    confidences: torch.Tensor
+    remaining: torch.Tensor
+    nll: torch.Tensor
+
+
+def pool(passed: ExitPass, batches: Batches) -> MiningPool:
+    world = World.current()
+
+    def every(t: torch.Tensor) -> torch.Tensor:
+        return world.gather_tokens(t, batches)
+    return MiningPool(passed, every(passed.stats.confidence), every(reaching(passed)),
+                      every(passed.stats.nll))
 
 
 def quantile_threshold(confidences: torch.Tensor, ratio: float) -> float:
-    return torch.quantile(confidences.reshape(-1).float(), ratio).item()
+    return float(quantile(confidences, ratio))
+
+
+def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile(values, q) (linear interpolation), bit for bit, at any size:
+    torch.quantile refuses more than 2**24 values. Sorted as torch.quantile sorts (a
+    selection such as kthvalue degrades to quadratic time on ordered input)."""
+    flat = values.reshape(-1).float()
+    n = flat.numel()
+    if n == 0:
+        return torch.tensor(math.nan)
+    rank = torch.tensor(q, dtype=flat.dtype) * (n - 1)  # as torch.quantile: in the values' dtype
+    below = int(rank)
+    ordered = flat.sort().values
+    low, high = ordered[below], ordered[min(below + 1, n - 1)]
+    return torch.lerp(low, high, (rank - below).to(flat.device))
 
 
 def hard_mask(confidences: torch.Tensor, threshold: float) -> torch.Tensor:
     return confidences < threshold
 
 
-def mine(passed: ExitPass, targets: torch.Tensor, ratio: float, exit_layer: int
+def mine(mined_from: MiningPool, targets: torch.Tensor, ratio: float, exit_layer: int
          ) -> MiningResult:
     """Threshold = the `ratio` quantile of the confidences of the tokens still in the cascade
-    at this exit (the pass's `remaining`); hard = those of them strictly below it. At the
+    at this exit (the pool's `remaining`); hard = those of them strictly below it. At the
     first exit that is every token (the spec's rule); at a later exit only those the earlier
-    exits did not let go."""
-    confidences, remaining = passed.stats.confidence, reaching(passed)
+    exits did not let go. Nothing collective: every process has what it needs."""
+    confidences, remaining = mined_from.confidences, mined_from.remaining
     population = confidences[remaining]
     threshold = quantile_threshold(population, ratio)
     positions = (remaining & hard_mask(confidences, threshold)).nonzero().squeeze(1)
-    hard = HardTokens(hidden=passed.hidden[positions].clone(),
-                      targets=targets.reshape(-1)[positions].clone(),
-                      confidences=confidences[positions].clone(),
-                      positions=positions)
+    hard = tokens_at(mined_from, targets, positions)
     return MiningResult(exit_layer, threshold, int(population.numel()), hard, population,
                         remaining.nonzero().squeeze(1))
 
@@ -92,11 +149,23 @@ def reaching(passed: ExitPass) -> torch.Tensor:
     return passed.remaining
 
 
-def tokens_at(passed: ExitPass, targets: torch.Tensor, positions: torch.Tensor) -> HardTokens:
-    """The tokens at `positions` (flat) in the form of the hard tokens: every token that
-    reached the exit when stages.N.tokens = "all" (MiningResult.reached)."""
-    return HardTokens(hidden=passed.hidden[positions], targets=targets.reshape(-1)[positions],
-                      confidences=passed.stats.confidence[positions], positions=positions)
+def tokens_at(mined_from: MiningPool, targets: torch.Tensor, positions: torch.Tensor
+              ) -> HardTokens:
+    """The tokens at `positions` (flat, ascending): the hard ones, or every token that
+    reached the exit when stages.N.tokens = "all" (MiningResult.reached); hidden states of
+    those in this process' share."""
+    passed = mined_from.passed
+    here = _within(positions, passed.offset, passed.offset + passed.hidden.shape[0])
+    return HardTokens(hidden=passed.hidden[positions[here.start:here.stop] - passed.offset].clone(),
+                      targets=targets.reshape(-1)[positions.cpu()].to(positions.device),
+                      confidences=mined_from.confidences[positions].clone(),
+                      positions=positions, here=here)
+
+
+def _within(positions: torch.Tensor, start: int, stop: int) -> range:
+    """The indices of the ascending `positions` that lie in [start, stop)."""
+    bounds = torch.searchsorted(positions, torch.tensor([start, stop], device=positions.device))
+    return range(*bounds.tolist())
 
 
 def histogram(confidences: torch.Tensor, bins: int) -> tuple[list[float], list[int]]:
@@ -114,8 +183,8 @@ def fitted_histogram(confidences: torch.Tensor, bins: int, threshold: float,
     values = confidences.reshape(-1).float()
     if values.numel() == 0:
         return [0.0, 1.0], [0]
-    q = torch.quantile(values, torch.tensor([tail, 1.0 - tail], dtype=values.dtype))
-    low, high = min(float(q[0]), threshold), max(float(q[1]), threshold)
+    low = min(float(quantile(values, tail)), threshold)
+    high = max(float(quantile(values, 1.0 - tail)), threshold)
     if high - low < 1e-7:  # every confidence the same (up to float32 rounding)
         low, high = max(0.0, low - 0.005), high + 0.005
     counts = torch.histc(values, bins=bins, min=low, max=high)

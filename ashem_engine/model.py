@@ -31,13 +31,24 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-@lru_cache(maxsize=None)
 def rotary_tables(seq_len: int, head_dim: int, base: float, device=None):
+    """cos and sin of the rotary angles, (seq_len, head_dim), made once per shape; inside
+    torch.compile (run.compile) its graph makes them (Dynamo would warn that it skips the
+    cache)."""
+    if torch.compiler.is_compiling():
+        return _rotary_tables(seq_len, head_dim, base, device)
+    return _cached_rotary_tables(seq_len, head_dim, base, device)
+
+
+def _rotary_tables(seq_len: int, head_dim: int, base: float, device=None):
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
                         / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)  # (seq_len, head_dim)
     return angles.cos(), angles.sin()
+
+
+_cached_rotary_tables = lru_cache(maxsize=None)(_rotary_tables)
 
 
 def attention(q, k, v, **kwargs) -> torch.Tensor:

@@ -18,9 +18,9 @@ from .resume import ResumeError, ResumePoint, read_resume_point
 from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run_dir,
                      probe_writable)
 from .settings import Settings, SettingsError
-from .stages import NumericFault
+from .stages import CompileFailed, NumericFault
 from .steps import Pipeline, choose_threads  # noqa: F401  (bench imports it from here)
-from .summary import replay
+from .summary import SummaryReducer, base_summary, replay
 
 
 @dataclass
@@ -37,7 +37,7 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
     """Runs every stage in a new run directory; never raises for cancel or failure
     (see RunResult.status). Under torchrun, rank 0 makes the directory and tells the others."""
     try:
-        world = join(settings.run.device)
+        world = join(settings.run.device, settings.run.peer_timeout_s)
     except Exception as e:  # torch.distributed raises many types
         return _failed_before_start(sinks, "distributed", "cannot join torchrun's process "
                                     f"group: {peer_detail(e)}")
@@ -58,14 +58,24 @@ def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
                  control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
                  ) -> RunResult:
     """Continues a cancelled or killed run from its last finished epoch (or stage), in the
-    same run directory, with the settings it was started with."""
+    same run directory, with the settings it was started with. Under torchrun rank 0 reads
+    the directory and sends what it read: the other nodes need not see it."""
     try:
-        settings, point = read_resume_point(run_dir)
-        if join(settings.run.device).lead:
-            probe_writable(Path(run_dir))
+        world = join("auto")  # NCCL where CUDA is, and gloo for the CPU's tensors
+    except Exception as e:  # torch.distributed raises many types
+        return _failed_before_start(sinks, "distributed", "cannot join torchrun's process "
+                                    f"group: {peer_detail(e)}")
+    try:
+        settings, point = world.lead_reads(lambda: _resumable(Path(run_dir)))
     except (ResumeError, RunDirError, SettingsError, CheckpointError) as e:
         return _failed_before_start(sinks, "resume", str(e))
     return _drive(settings, Path(run_dir), sinks, control, corpus, point)
+
+
+def _resumable(run_dir: Path) -> tuple:
+    settings_and_point = read_resume_point(run_dir)
+    probe_writable(run_dir)
+    return settings_and_point
 
 
 def _failed_before_start(sinks: Iterable[ev.Sink], kind: str, message: str) -> RunResult:
@@ -76,7 +86,8 @@ def _failed_before_start(sinks: Iterable[ev.Sink], kind: str, message: str) -> R
 
 
 FAILURE_KINDS = {DataError: "data", NumericFault: "numeric", RunDirError: "run_dir",
-                 CheckpointError: "checkpoint", PeerLost: "distributed"}
+                 CheckpointError: "checkpoint", PeerLost: "distributed",
+                 CompileFailed: "settings"}
 
 
 def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
@@ -87,8 +98,11 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
     if own_commands:  # before events.jsonl: a dashboard can attach only once that is there
         control.commands = CommandFile(run_dir / COMMAND_FILE)
     if world.parallel:  # rank 0's control (and command file) decides for every rank
-        control = SharedControl(control, world)
-    reducer = replay(run_dir)  # the attempts before, in a resumed run
+        control = SharedControl(control, world, settings.run.peer_timeout_s,
+                                settings.run.control_every)
+    # the attempts before, in a resumed run; rank 0's files, so only rank 0 reads them
+    reducer = replay(run_dir) if world.lead else \
+        SummaryReducer(base_summary(run_dir, settings.to_dict()))
     jsonl = ev.JsonLinesSink(run_dir / "events.jsonl") if world.lead else None
     emit = ev.Emitter(jsonl, reducer, *sinks) if world.lead else ev.Emitter(reducer)
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))

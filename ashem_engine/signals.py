@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dist import World
+
 
 class ExitClassifier:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
@@ -27,22 +29,41 @@ class ExitClassifier:
 
 
 def train_exit_classifier(hidden: torch.Tensor, confidence: torch.Tensor, steps: int = 300,
-                          lr: float = 0.05, seed: int = 0) -> ExitClassifier:
+                          lr: float = 0.05, seed: int = 0, world: World = World()
+                          ) -> ExitClassifier:
     """Full-batch Adam on (tokens, dim) hidden states; deterministic for a given seed.
-    Features are standardised while training and the scaling folded into w and b."""
+    Features are standardised while training and the scaling folded into w and b. Under
+    torchrun each rank holds its share of the tokens: means and gradients are summed over
+    the ranks, so every rank trains the same classifier on every token."""
     hidden = hidden.detach().reshape(-1, hidden.shape[-1]).float()
     target = confidence.detach().reshape(-1).float()
-    mean, std = hidden.mean(0), hidden.std(0).clamp_min(1e-6)
+    mean, std = _standardisation(hidden, world)
     x = (hidden - mean) / std
     generator = torch.Generator().manual_seed(seed)
     w = (torch.randn(x.shape[1], generator=generator) * 0.01).to(x.device).requires_grad_()
     b = torch.zeros((), device=x.device).requires_grad_()
     optimizer = torch.optim.Adam([w, b], lr=lr)
+    tokens = world.sum(torch.tensor(float(len(target)), device=x.device))
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(x @ w + b, target)
-            loss.backward()
+            if world.parallel:
+                loss = F.binary_cross_entropy_with_logits(x @ w + b, target, reduction="sum")
+                (loss / tokens).backward()
+                for p in (w, b):
+                    world.sum(p.grad)
+            else:
+                F.binary_cross_entropy_with_logits(x @ w + b, target).backward()
             optimizer.step()
     w, b = w.detach(), b.detach()
     return ExitClassifier(w / std, b - (mean / std) @ w)
+
+
+def _standardisation(hidden: torch.Tensor, world: World) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every feature's mean and (unbiased) standard deviation over every rank's tokens."""
+    if not world.parallel:
+        return hidden.mean(0), hidden.std(0).clamp_min(1e-6)
+    n = world.sum(torch.tensor(float(len(hidden)), dtype=torch.float64, device=hidden.device))
+    mean = world.sum(hidden.double().sum(0)) / n
+    squares = world.sum(((hidden.double() - mean) ** 2).sum(0))
+    return mean.float(), (squares / (n - 1)).sqrt().float().clamp_min(1e-6)

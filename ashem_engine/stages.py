@@ -8,10 +8,12 @@ ablation keys say otherwise (every token; the whole model).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -29,10 +31,25 @@ from .settings import OptimizerSettings, StageSettings
 
 
 class NumericFault(Exception):
-    def __init__(self, stage: int, epoch: int, batch: int, value: float):
+    """The training loss is not finite, found at `batch`; `since`: the first batch whose loss
+    was not yet checked then (the losses are read every few batches, train_epoch)."""
+
+    def __init__(self, stage: int, epoch: int, batch: int, value: float,
+                 since: Optional[int] = None):
+        unchecked = f"first in one of batches {since}-{batch}; " \
+            if since is not None and since < batch else ""
         super().__init__(f"loss became {value} in stage {stage}, epoch {epoch}, batch {batch}; "
-                         "the best checkpoint so far is kept")
+                         f"{unchecked}the best checkpoint so far is kept")
         self.where = f"stage {stage}, epoch {epoch}, batch {batch}"
+
+
+class CompileFailed(Exception):
+    """torch.compile does not work here (no C compiler, an unsupported Python, ...)."""
+
+    def __init__(self, error: Exception):
+        first = (str(error).strip().splitlines() or [""])[0] or type(error).__name__
+        super().__init__(f"run.compile = true, but torch.compile failed on this machine "
+                         f"({type(error).__name__}: {first}); set run.compile = false")
 
 
 # What a stage's history keeps of each EpochEnded event.
@@ -58,7 +75,8 @@ class StageOutcome:
 class StageTask:
     """What a stage trains on and how it is validated: routed through `cascade`, the exits
     so far (the stage's own is the last). A task gives `batch_tokens`, the tokens in each
-    training batch, and each batch as the hidden states the head reads and their targets."""
+    training batch, and each batch as the hidden states the head reads and their targets,
+    whole or a block of its rows (a micro-batch: `rows_in` says how many a batch has)."""
 
     batch_tokens: list
 
@@ -85,8 +103,27 @@ class StageTask:
     def tokens_in(self, index: int) -> int:
         return self.batch_tokens[index]
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows_in(self, index: int) -> int:
         raise NotImplementedError
+
+    def batch(self, index: int, rows: Optional[slice] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `index`'s `rows` (default: this process' rows) for the head."""
+        raise NotImplementedError
+
+    def rows_of(self, index: int, rows: Optional[slice]) -> slice:
+        return self.my_rows(self.rows_in(index)) if rows is None else rows
+
+    def micro_batches(self, index: int, size: int) -> list:
+        """This process' rows of batch `index` in blocks of `size` (slices); [None], the
+        whole share in one piece, when size is 0 or the share is no larger."""
+        if size == 0:
+            return [None]
+        mine = self.my_rows(self.rows_in(index))
+        if mine.stop - mine.start <= size:
+            return [None]
+        return [slice(start, min(start + size, mine.stop))
+                for start in range(mine.start, mine.stop, size)]
 
     def step(self, index: int) -> Optional[TrainingStep]:
         """What training batch `index` computes, whole (every process' rows), for costs;
@@ -100,6 +137,11 @@ class StageTask:
     def hard_steps(self) -> list:
         """hard_batches() as TrainingSteps (their forward is what hard_ppl() computes)."""
         return []
+
+    def held_bytes(self) -> int:
+        """What this process keeps in memory for the stage's steps: hidden states and token
+        ids (its share of them under torchrun), not the model."""
+        return 0
 
     def epoch_compute(self, epoch: int, result: Evaluation) -> dict:
         """Epoch `epoch`'s MACs (costs.py says what is counted), as EpochEnded fields:
@@ -138,14 +180,16 @@ class StageTask:
             macs += result.tokens * costs.head if stats_known else 0.0
         return macs
 
-    def loss(self, index: int) -> torch.Tensor:
-        """Mean cross-entropy over the batch; under torchrun over this rank's rows, weighted
-        so that DistributedDataParallel's average over ranks is the whole batch's mean."""
-        hidden, targets = self.batch(index)
+    def loss(self, index: int, rows: Optional[slice] = None) -> torch.Tensor:
+        """Mean cross-entropy over the batch; over a part of it (this rank's rows under
+        torchrun, a micro-batch's), weighted by the part's share of the batch's tokens, so
+        that the parts' sum, and DistributedDataParallel's average over the ranks of each
+        rank's sum, is the whole batch's mean, and so are the gradients."""
+        hidden, targets = self.batch(index, rows)
         weight = self.model.head.weight
-        if not self.world.parallel:
+        if rows is None and not self.world.parallel:
             return head_loss(hidden, weight, targets)
-        if targets.numel() == 0:  # no rows here: zero gradients, so every rank joins in
+        if targets.numel() == 0:  # no tokens here: zero gradients, so every rank joins in
             return hidden.sum() * 0.0 + weight.sum() * 0.0
         share = targets.numel() * self.world.size / self.tokens_in(index)
         return head_loss(hidden, weight, targets) * share
@@ -171,8 +215,9 @@ class StageTask:
         hidden states, and with a frozen head its statistics (this rank's batches; every
         epoch routes only those, batch by batch exactly as evaluate() would)."""
         model, batches, first_layer = self.model, self.validation, self.cascade.layers[0]
-        hidden = torch.cat([model.hidden(x, stop=first_layer).reshape(x.numel(), -1)
-                            for x in batches.x])
+        share = self.world.share(len(batches))
+        hidden = torch.cat([model.hidden(batches.batch(i)[0], stop=first_layer).flatten(0, 1)
+                            for i in share])
         if not self._first_exit_stats_frozen():
             return ExitPass(hidden)
         n, total = batches.y[0].numel(), hidden.shape[0]
@@ -180,8 +225,8 @@ class StageTask:
                           torch.empty(total, device=hidden.device),
                           torch.zeros(total, dtype=torch.bool, device=hidden.device))
         for i in self.world.each_of_mine(len(batches), check):
-            rows = slice(i * n, (i + 1) * n)
-            s = exit_stats(hidden[rows], model.head.weight, batches.y[i])
+            rows = slice((i - share.start) * n, (i - share.start + 1) * n)
+            s = exit_stats(hidden[rows], model.head.weight, batches.batch(i)[1])
             stats.nll[rows], stats.confidence[rows], stats.correct[rows] = \
                 s.nll, s.confidence, s.correct
         return ExitPass(hidden, stats)
@@ -206,10 +251,14 @@ class SequenceTask(StageTask):
         super().__init__(model, validation, cascade)
         self.train, self.batch_tokens = train, [y.numel() for y in train.y]
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.my_rows(self.train.x.shape[1])
-        h = self.model.hidden(self.train.x[index][rows])
-        return h.reshape(-1, h.shape[-1]), self.train.y[index][rows].reshape(-1)
+    def rows_in(self, index: int) -> int:
+        return self.train.x.shape[1]
+
+    def batch(self, index: int, rows: Optional[slice] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.train.batch(index, self.rows_of(index, rows))
+        h = self.model.hidden(x)
+        return h.reshape(-1, h.shape[-1]), y.reshape(-1)
 
     def step(self, index: int) -> TrainingStep:
         x = self.train.x[index]
@@ -219,36 +268,68 @@ class SequenceTask(StageTask):
 class HardTokenTask(StageTask):
     """A later stage in the spec's token context: each hard token's stored hidden state goes
     through the new layers as a sequence of length 1. Shuffled once, then fixed batches.
+    A row is a token here, as in data.batch_size (a micro-batch of m rows: m tokens).
     `train`: the tokens it trains on when they are not the hard ones (stages.N.tokens =
-    "all"); `order` orders those. The hard PPL is always the hard tokens'."""
+    "all"); `order` orders those. The hard PPL is always the hard tokens'. Under torchrun a
+    process holds the states of the tokens it mined; it trains on its rows of every batch,
+    whose states it gets from the others once (`rows_here`)."""
 
     def __init__(self, model, hard: HardTokens, order: torch.Tensor, batch_size: int,
                  validation, cascade, train: Optional[HardTokens] = None):
         super().__init__(model, validation, cascade)
-        self.hard, self.train = hard, hard if train is None else train
+        self.hard, self.train, self.hard_total = hard, hard if train is None else train, len(hard)
+        order = order.to(self.train.targets.device)  # no host index on a device's states
         self.order = [order[i:i + batch_size] for i in range(0, len(self.train), batch_size)]
         self.batch_tokens = [rows.numel() for rows in self.order]
+        self.rows_here: Optional[HardTokens] = None
+        if self.world.parallel:
+            self._take_my_rows(hard_is_train=train is None)
+
+    def _take_my_rows(self, hard_is_train: bool) -> None:
+        mine = [rows[self.my_rows(len(rows))] for rows in self.order]
+        self.starts = [0, *itertools.accumulate(len(rows) for rows in mine)]
+        wanted = torch.cat(mine).to(self.train.targets.device)
+        hidden = self.world.exchange(self.train.hidden, self.train.here, wanted)
+        self.rows_here = HardTokens(hidden, self.train.targets[wanted],
+                                    self.train.confidences[wanted], self.train.positions[wanted])
+        if hard_is_train:  # every hard token is some process' row, once: the hard PPL's
+            self.hard = self.train = self.rows_here
 
     def upper(self, tokens: HardTokens, rows) -> tuple[torch.Tensor, torch.Tensor]:
         h = tokens.hidden[rows][:, None, :]
         out = self.model.run_layers(h, self.hard_from_layer, self.model.num_layers)[:, 0, :]
         return out, tokens.targets[rows]
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.order[index]
-        return self.upper(self.train, rows[self.my_rows(len(rows))])
+    def rows_in(self, index: int) -> int:
+        return len(self.order[index])
+
+    def batch(self, index: int, rows: Optional[slice] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows_of(index, rows)
+        if self.rows_here is None:
+            return self.upper(self.train, self.order[index][rows])
+        first = self.starts[index] - self.my_rows(self.rows_in(index)).start
+        return self.upper(self.rows_here, slice(first + rows.start, first + rows.stop))
 
     def step(self, index: int) -> TrainingStep:
         n = self.tokens_in(index)
         return TrainingStep(n, 1, self.hard_from_layer, n)
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        starts = range(0, len(self.hard), 4096)
-        return (self.upper(self.hard, slice(i, i + 4096))
-                for i in starts[self.my_rows(len(starts))])
+        """This process' hard tokens (all in one process), in chunks."""
+        hard, here = self.hard, self.hard.here
+        for i in range(0, len(here), 4096):
+            h = hard.hidden[i:i + 4096][:, None, :]
+            out = self.model.run_layers(h, self.hard_from_layer, self.model.num_layers)
+            yield out[:, 0, :], hard.targets[here.start + i: here.start + i + 4096]
 
     def hard_steps(self) -> list:
-        return [TrainingStep(len(self.hard), 1, self.hard_from_layer, len(self.hard))]
+        n = self.hard_total
+        return [TrainingStep(n, 1, self.hard_from_layer, n)]
+
+    def held_bytes(self) -> int:
+        held = {id(t.hidden): t.hidden for t in (self.hard, self.train, self.rows_here) if t}
+        return sum(h.numel() * h.element_size() for h in held.values())
 
 
 class MaskedSequenceTask(StageTask):
@@ -266,22 +347,46 @@ class MaskedSequenceTask(StageTask):
         super().__init__(model, validation, cascade)
         self.context_tokens = source.x.numel()  # the whole mining split's
         keep = remaining.flatten(1).any(1).nonzero().squeeze(1)  # batches with a token to train
+        self.mine = self.my_rows(source.x.shape[1])  # the rows this process holds
         self.lower = None if lower is None else lower[keep]
-        self.x, self.y, self.remaining = source.x[keep], source.y[keep], remaining[keep]
+        self.x, self.y = (t[:, self.mine][keep.cpu()].to(remaining.device)
+                          for t in (source.x, source.y))
+        self.remaining = remaining[keep]
         self.hard = self.remaining if hard is None else hard[keep]
-        self.batch_tokens = self.remaining.flatten(1).sum(1).tolist()
+        per_row = self.remaining.sum(-1)  # (batches, B)
+        self.batch_tokens = per_row.sum(1).tolist()
+        # The trained positions of each batch, row-major, and where each row's end among
+        # them: a block of rows' tokens is found without a wait on the device.
+        self.positions = self.remaining.flatten(1).nonzero()[:, 1].split(self.batch_tokens)
+        self.row_ends = per_row.cumsum(1).tolist()
 
     def upper(self, index: int, rows: slice) -> torch.Tensor:
         """The batch's rows after the new layers, the tokens not remaining propagated."""
-        lower = self.model.hidden(self.x[index][rows], stop=self.hard_from_layer) \
-            if self.lower is None else self.lower[index][rows]
+        held = self.held(rows)
+        lower = self.model.hidden(self.x[index][held], stop=self.hard_from_layer) \
+            if self.lower is None else self.lower[index][held]
         return advance(self.model, lower, self.hard_from_layer, self.model.num_layers,
                        PROPAGATED, self.remaining[index][rows])
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.my_rows(self.x.shape[1])
-        remaining = self.remaining[index][rows]
-        return self.upper(index, rows)[remaining], self.y[index][rows][remaining]
+    def held(self, rows: slice) -> slice:
+        """Where a batch's `rows` (of this process' own) are in what it holds."""
+        return slice(rows.start - self.mine.start, rows.stop - self.mine.start)
+
+    def rows_in(self, index: int) -> int:
+        return self.remaining.shape[1]
+
+    def trained(self, index: int, rows: slice) -> torch.Tensor:
+        """The trained tokens' flat positions within batch `index`'s `rows`, in order."""
+        ends = self.row_ends[index]
+        first = ends[rows.start - 1] if rows.start > 0 else 0
+        last = ends[rows.stop - 1] if rows.stop > 0 else 0
+        return self.positions[index][first:last] - rows.start * self.x.shape[-1]
+
+    def batch(self, index: int, rows: Optional[slice] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows_of(index, rows)
+        trained, upper = self.trained(index, rows), self.upper(index, rows)
+        return upper.flatten(0, 1)[trained], self.y[index][self.held(rows)].flatten()[trained]
 
     def step(self, index: int, loss_tokens: Optional[int] = None) -> TrainingStep:
         """Every position runs (from the token ids when the lower layers train too); the
@@ -302,12 +407,15 @@ class MaskedSequenceTask(StageTask):
 
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         for index in range(self.num_batches()):
-            rows = self.my_rows(self.x.shape[1])
-            hard = self.hard[index][rows]
-            yield self.upper(index, rows)[hard], self.y[index][rows][hard]
+            hard = self.hard[index][self.mine]
+            yield self.upper(index, self.mine)[hard], self.y[index][hard]
 
     def hard_steps(self) -> list:
         return [self.step(i, int(self.hard[i].sum())) for i in range(self.num_batches())]
+
+    def held_bytes(self) -> int:
+        held = [self.x, self.y] + ([] if self.lower is None else [self.lower])
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):
@@ -367,28 +475,38 @@ class EarlyStopping:
         return self.counter >= self.patience
 
 
+def _stage_start(model: EarlyExitLM, cfg: StageSettings, opt: OptimizerSettings,
+                 resume: dict) -> tuple:
+    """The stage's optimizer, early stopping and best weights: new, or as `resume` left them."""
+    optimizer = make_optimizer(model, cfg.lr, opt)
+    stopping = EarlyStopping.restored(resume["early"]) if resume else EarlyStopping(cfg.patience)
+    if resume.get("optimizer"):
+        optimizer.load_state_dict(resume["optimizer"])
+    return optimizer, stopping, resume.get("best_state") or snapshot(model)
+
+
 def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSettings,
               control: RunControl, emit: Callable[[Event], None],
               progress_events_per_epoch: int = 100,
               on_improved: Optional[Callable[[int, dict], None]] = None,
               on_epoch_end: Optional[Callable[[dict], None]] = None,
-              resume: Optional[dict] = None) -> StageOutcome:
+              resume: Optional[dict] = None, micro_batch_size: int = 0,
+              compile_model: bool = False) -> StageOutcome:
     """Trains with early stopping on validation PPL (strictly lower is better), restores the
     best weights, and returns the outcome. `on_improved(epoch, state)` runs at every new
     best, so the best checkpoint is on disk whatever happens next; `on_epoch_end(progress)`
     gets everything needed to resume after this epoch; `resume` is such a progress dict
-    (plus "best_state") to continue from."""
-    model, resume = task.model, resume or {}
-    optimizer = make_optimizer(model, cfg.lr, opt)
-    stopping = EarlyStopping.restored(resume["early"]) if resume else EarlyStopping(cfg.patience)
-    if resume.get("optimizer"):
-        optimizer.load_state_dict(resume["optimizer"])
-    best_state = resume.get("best_state") or snapshot(model)
+    (plus "best_state") to continue from. data.micro_batch_size and run.compile as named."""
+    model = task.model
+    if compile_model:
+        compile_blocks(model)
+    optimizer, stopping, best_state = _stage_start(model, cfg, opt, resume or {})
     epoch = stopping.epoch
     while epoch < cfg.max_epochs and not stopping.should_stop:
         epoch += 1
-        train_ppl, seconds = train_epoch(stage, epoch, task, optimizer, opt, control, emit,
-                                         progress_events_per_epoch)
+        with compile_failures_named(compile_model):
+            train_ppl, seconds = train_epoch(stage, epoch, task, optimizer, opt, control, emit,
+                                             progress_events_per_epoch, micro_batch_size)
         model.eval()
         started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
         result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
@@ -419,12 +537,19 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
                         stopping.selection_macs)
 
 
+def host_reads_are_cheap(device: torch.device) -> bool:
+    """Whether reading a value of `device` on the host costs no wait: on the CPU the value
+    is there; on a GPU the host waits for everything queued before it."""
+    return device.type == "cpu"
+
+
 def clip_gradients(params: list, max_norm: float) -> None:
-    """clip_grad_norm_, bit for bit, without its multiply by exactly 1 when the norm is
-    within the limit (torch always multiplies, to spare a GPU a sync): one pass less over
-    the 4.5 M-parameter head's gradient in every step that is not clipped."""
+    """clip_grad_norm_, bit for bit. On the CPU without its multiply by exactly 1 when the
+    norm is within the limit (torch always multiplies, to spare a GPU a sync): one pass
+    less over the 4.5 M-parameter head's gradient in every step that is not clipped; on a
+    GPU as torch does, so that the host never waits here."""
     total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if bool(max_norm / (total + 1e-6) < 1.0):
+    if not host_reads_are_cheap(total.device) or bool(max_norm / (total + 1e-6) < 1.0):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
 
@@ -435,11 +560,11 @@ class _TaskLoss(torch.nn.Module):
         super().__init__()
         self.model, self.task = task.model, task
 
-    def forward(self, index: int) -> torch.Tensor:
-        return self.task.loss(index)
+    def forward(self, index: int, rows: Optional[slice] = None) -> torch.Tensor:
+        return self.task.loss(index) if rows is None else self.task.loss(index, rows)
 
 
-def data_parallel(task: StageTask) -> Callable[[int], torch.Tensor]:
+def data_parallel(task: StageTask) -> Callable[..., torch.Tensor]:
     """The task's loss; under torchrun through DistributedDataParallel, which averages the
     gradients over the ranks during backward (wrapped once per stage: wrapping broadcasts
     every parameter)."""
@@ -452,34 +577,81 @@ def data_parallel(task: StageTask) -> Callable[[int], torch.Tensor]:
     return task.wrapped
 
 
+def accumulate_gradients(task: StageTask, loss_of: Callable[..., torch.Tensor], index: int,
+                         micro_batch_size: int, running: torch.Tensor) -> None:
+    """Forward and backward of batch `index`, micro-batch by micro-batch (StageTask.loss
+    weights each by its share of the batch's tokens, so the gradients add up to the whole
+    batch's), adding the losses to `running` on the device. Under torchrun the ranks
+    average their gradients once, in the last micro-batch's backward."""
+    parts = task.micro_batches(index, micro_batch_size)
+    for k, rows in enumerate(parts):
+        alone = task.wrapped is None or k == len(parts) - 1
+        with nullcontext() if alone else task.wrapped.no_sync():
+            loss = loss_of(index) if rows is None else loss_of(index, rows)
+            running += loss.detach()
+            loss.backward()
+
+
 def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: OptimizerSettings,
                 control: RunControl, emit: Callable[[Event], None],
-                progress_events_per_epoch: int) -> tuple[float, float]:
-    """One pass over the task's batches; returns the train PPL and the seconds it took."""
+                progress_events_per_epoch: int, micro_batch_size: int = 0
+                ) -> tuple[float, float]:
+    """One pass over the task's batches; returns the train PPL and the seconds it took.
+    The batches' losses add up on the device: the host waits for them only where a
+    BatchProgress event is due, every `every` batches and at the end, and checks them there
+    (a non-finite loss is found at the first such read after it)."""
     model, batches, world = task.model, task.num_batches(), task.world
     params = [p for p in model.parameters() if p.requires_grad]
     every = max(1, math.ceil(batches / progress_events_per_epoch))
     model.train()
     loss_of = data_parallel(task)
-    seconds, loss_sum, tokens = 0.0, 0.0, 0
+    running = torch.zeros((), dtype=torch.float64, device=model.head.weight.device)
+    seconds, tokens, checked = 0.0, 0, 0
     for b in range(batches):
         control.checkpoint(f"stage {stage}, epoch {epoch}, batch {b + 1}/{batches}")
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_of(b)
-        value = world.total(loss.item()) / world.size  # the whole batch's mean
-        if not math.isfinite(value):
-            raise NumericFault(stage, epoch, b + 1, value)
-        loss.backward()
+        accumulate_gradients(task, loss_of, b, micro_batch_size, running)
         clip_gradients(params, opt.grad_clip)
         optimizer.step()
-        seconds += time.perf_counter() - started
-        loss_sum += value
         tokens += task.tokens_in(b)
-        if (b + 1) % every == 0 or b + 1 == batches:
-            rate = tokens / seconds if seconds > 0 else 0.0
-            left = sum(task.tokens_in(i) for i in range(b + 1, batches))
-            emit(BatchProgress(stage=stage, epoch=epoch, batch=b + 1, batches=batches,
-                               loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
-                               eta_s=round(left / rate, 1) if rate > 0 else 0.0))
+        if (b + 1) % every and b + 1 < batches:
+            seconds += time.perf_counter() - started
+            continue
+        loss_sum = float(world.sum(running.clone())) / world.size  # the one wait
+        seconds += time.perf_counter() - started
+        if not math.isfinite(loss_sum):
+            raise NumericFault(stage, epoch, b + 1, loss_sum, since=checked + 1)
+        checked, rate = b + 1, (tokens / seconds if seconds > 0 else 0.0)
+        left = sum(task.tokens_in(i) for i in range(b + 1, batches))
+        emit(BatchProgress(stage=stage, epoch=epoch, batch=b + 1, batches=batches,
+                           loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
+                           eta_s=round(left / rate, 1) if rate > 0 else 0.0))
     return math.exp(loss_sum / batches), seconds
+
+
+def compile_blocks(model: EarlyExitLM) -> None:
+    """run.compile: every block's forward through torch.compile, in place (the weights'
+    names, hence checkpoints, stay as they are). Compiling happens at a block's first call."""
+    try:
+        for block in model.layers:
+            block.compile()
+    except Exception as e:  # noqa: BLE001 - torch raises many types; the key is what to name
+        raise CompileFailed(e) from None
+
+
+@contextmanager
+def compile_failures_named(compiling: bool) -> Iterator[None]:
+    """A failure of torch.compile (at a block's first call) as one line naming run.compile."""
+    try:
+        yield
+    except Exception as e:
+        if compiling and _is_compile_failure(e):
+            raise CompileFailed(e) from None
+        raise
+
+
+def _is_compile_failure(e: Exception) -> bool:
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(e, TorchDynamoException)

@@ -21,8 +21,8 @@ from .cascade import Cascade, evaluate, inference_modes
 from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .dist import World
-from .mining import (HardTokens, MiningResult, examples_in_context, exit_pass, fitted_histogram,
-                     histogram, mine, tokens_at, top_words)
+from .mining import (MiningPool, MiningResult, examples_in_context, exit_pass,
+                     fitted_histogram, histogram, mine, pool, tokens_at, top_words)
 from .model import EarlyExitLM, count_parameters
 from .resume import PROGRESS, ResumePoint
 from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
@@ -79,6 +79,10 @@ class Pipeline:
         self.where = "start"  # where a failure happened, for its message
         self._batches: dict[str, Batches] = {}
         self.world = World.current()  # under torchrun, rank 0 alone writes files
+        # stage N's hard tokens as kept on disk, and the mining pass they came from, while
+        # in this attempt (a resumed attempt gets them again in _hard_tokens)
+        self._kept: dict[int, dict] = {}
+        self._pools: dict[int, MiningPool] = {}
 
     def precision(self):
         """run.precision around the steps (autocast to bf16, or nothing)."""
@@ -118,7 +122,7 @@ class Pipeline:
         s, self.where = self.settings, "loading data"
         if corpus is None:
             self.emit(ev.Log("info", f"loading data from {describe_source(s.data)}"))
-            corpus = load_corpus(s.data)
+            corpus = load_corpus(s.data, builds=self.world.node_lead, wait=self.world.barrier)
         for key, split in (("mining.split", s.mining.split),
                            ("evaluation.split", s.evaluation.split)):
             if corpus.sizes[split][0] == 0:
@@ -156,7 +160,7 @@ class Pipeline:
         model = self.new_model(st.layers)
         try:
             model.load_state_dict(point.model if not point.stage_done else
-                                  load_checkpoint(self.best_checkpoint(number))["model"])
+                                  self.read_weights(self.best_checkpoint(number)))
         except RuntimeError as e:
             raise CheckpointError(f"the saved model does not fit the run's settings: "
                                   f"{str(e).splitlines()[0]}") from None
@@ -176,6 +180,7 @@ class Pipeline:
             total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
             training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
             batches=task.num_batches(), context=st.context or "sequence",
+            held_bytes=int(self.world.max(task.held_bytes())),
             **({} if number == 1 else {"tokens": st.tokens, "trainable": st.trainable,
                                        "init": st.init, "freeze_head": st.freeze_head})))
 
@@ -189,7 +194,9 @@ class Pipeline:
                             s.run.progress_events_per_epoch, on_improved=save_best,
                             on_epoch_end=lambda progress: self.save_point(
                                 number, progress["epoch"], False, state, progress),
-                            resume=self._training_resume(number))
+                            resume=self._training_resume(number),
+                            micro_batch_size=s.data.micro_batch_size,
+                            compile_model=s.run.compile)
         ended = {f.name: getattr(outcome, f.name) for f in fields(ev.StageEnded)
                  if hasattr(outcome, f.name)}  # every field but the checkpoint
         self.emit(ev.StageEnded(**ended, checkpoint=str(self.best_checkpoint(number))))
@@ -202,34 +209,61 @@ class Pipeline:
         p, best = self.point, self.best_checkpoint(number)
         if p is None or p.stage != number or not p.mid_stage:
             return None
+        best_state = self.world.lead_reads(
+            lambda: load_checkpoint(best)["model"] if best.exists() else None)
         return {"epoch": p.epoch, "model": p.model, "optimizer": p.optimizer, "early": p.early,
-                "best_state": load_checkpoint(best)["model"] if best.exists() else None}
+                "best_state": best_state}
 
     def _task(self, number: int, state: RunState):
-        """Stage N's training task; from stage 2 on, on the hard tokens saved by the mining
-        before it (read back from disk, whether that mining ran in this attempt or not), or
-        on every token that reached the previous exit then (stages.N.tokens = "all")."""
+        """Stage N's training task; from stage 2 on, on the hard tokens mined before it (in
+        this attempt or an earlier one), or on every token that reached the previous exit
+        then (stages.N.tokens = "all"). Each process holds the states of its own rows."""
         m, s = state.model, self.settings
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
                                 self.cascade(state, 1))
         st, source = s.stages[number - 1], self.batches(s.mining.split)
-        saved = load_checkpoint(self.run_dir / f"stage-{number}-hard.pt", required="hidden")
-        hard = HardTokens(**{f.name: saved[f.name].to(self.device) for f in fields(HardTokens)})
-        every = saved["every_positions"].to(self.device) if st.tokens == "all" else None
+        kept, mined_from = self._hard_tokens(number, state, st.context != "sequence")
+        self._pools.pop(number, None)  # the task keeps what it needs of the mining pass
+        every = kept["every_positions"].to(self.device) if st.tokens == "all" else None
         common = dict(validation=self.batches("validation"), cascade=self.cascade(state, number))
-        context = partial(exit_pass, m, source, self.cascade(state, number - 1))
-        if st.context != "sequence" and every is None:
-            return HardTokenTask(m, hard, saved["order"], s.data.batch_size, **common)
         if st.context != "sequence":
-            return HardTokenTask(m, hard, saved["every_order"], s.data.batch_size, **common,
-                                 train=tokens_at(context(), source.y, every))
-        shape = source.x.shape
-        mined = self._mask(source.tokens, hard.positions)
+            hard = tokens_at(mined_from, source.y, kept["positions"].to(self.device))
+            if every is None:
+                return HardTokenTask(m, hard, kept["order"], s.data.batch_size, **common)
+            return HardTokenTask(m, hard, kept["every_order"], s.data.batch_size, **common,
+                                 train=tokens_at(mined_from, source.y, every))
+        shape, rows = source.x.shape, self.world.share(source.x.shape[1])
+        mined = self._mask(source.tokens, kept["positions"].to(self.device))
         trained = mined if every is None else self._mask(source.tokens, every)
-        lower = None if st.trainable == "all" else context().hidden.view(*shape, -1)
+        lower = None if st.trainable == "all" else exit_pass(
+            m, source, self.cascade(state, number - 1), self.check,
+            rows=slice(rows.start, rows.stop)).hidden.view(shape[0], len(rows), shape[2], -1)
         return MaskedSequenceTask(m, lower, trained.view(shape), source, **common,
                                   hard=mined.view(shape))
+
+    def _hard_tokens(self, number: int, state: RunState, needs_states: bool
+                     ) -> tuple[dict, Optional[MiningPool]]:
+        """Stage N's hard tokens as kept (positions, targets, order, ...) and, when training
+        reads their hidden states, the mining pass: this attempt's, or in a resumed attempt
+        the same pass again, with stage N-1's best weights (rank 0 reads what it kept)."""
+        kept, mined_from = self._kept.get(number), self._pools.get(number)
+        if kept is None:
+            path = self.run_dir / f"stage-{number}-hard.pt"
+            kept = self.world.lead_reads(lambda: _without_states(
+                load_checkpoint(path, required="positions")))
+        if needs_states and mined_from is None:
+            mined_from = self._mining_pass_again(number, state)
+        return kept, mined_from
+
+    def _mining_pass_again(self, number: int, state: RunState) -> MiningPool:
+        rng = torch.get_rng_state()  # a new model's init draws from it; the run must not
+        lower = self.new_model(self.settings.stages[number - 2].layers).eval()
+        torch.set_rng_state(rng)
+        lower.load_state_dict(self.read_weights(self.best_checkpoint(number - 1)))
+        source = self.batches(self.settings.mining.split)
+        return pool(exit_pass(lower, source, self.cascade(state, number - 1), self.check),
+                    source)
 
     def _mask(self, tokens: int, positions: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(tokens, dtype=torch.bool, device=self.device)
@@ -241,7 +275,8 @@ class Pipeline:
         While it holds after this (mining-{N-1}), the hard ratio can be steered."""
         st, self.where = self.settings.stages[number - 1], f"mining after stage {number - 1}"
         source = self.batches(self.settings.mining.split)
-        passed = exit_pass(state.model, source, self.cascade(state, number - 1), self.check)
+        passed = pool(exit_pass(state.model, source, self.cascade(state, number - 1),
+                                self.check), source)
         mined = self._mine(number - 1, st.hard_ratio, passed, state.exit_layers[-1],
                            macs=self._mining_macs(state, number))
         if len(mined.hard) == 0:
@@ -252,6 +287,7 @@ class Pipeline:
         self._freeze(state.model, number)
         state.exit_layers = [*state.exit_layers, st.layers]
         rng = torch.get_rng_state()  # the hard tokens' order is drawn from here, steered or not
+        self._pools[number] = passed
         self._keep_hard(number, mined, state)
         self.control.steering = partial(self._steer, number, passed, state, rng)
         try:
@@ -259,7 +295,6 @@ class Pipeline:
                                   f"after mining at stage {number - 1}'s exit")
         finally:
             self.control.steering = None
-        self.world.barrier()  # the hard tokens are on disk for every rank (rank 0 wrote them)
 
     def _freeze(self, model: EarlyExitLM, number: int) -> None:
         """What stage N does not train: the embedding and the layers below its new ones (the
@@ -273,11 +308,14 @@ class Pipeline:
         """Stage N's hard tokens and threshold, on disk for its training and for a resume;
         with stages.N.tokens = "all" also the order of every token it trains on."""
         state.thresholds = [*state.thresholds[:number - 2], mined.threshold]
-        kept = {**{f.name: getattr(mined.hard, f.name).cpu() for f in fields(HardTokens)},
-                "order": torch.randperm(len(mined.hard)), "threshold": mined.threshold}
+        hard = mined.hard  # every process knows these; hidden states stay where they are
+        kept = {"targets": hard.targets.cpu(), "confidences": hard.confidences.cpu(),
+                "positions": hard.positions.cpu(), "order": torch.randperm(len(hard)),
+                "threshold": mined.threshold}
         if self.settings.stages[number - 1].tokens == "all":  # drawn after "order", unchanged
             kept.update(every_positions=mined.reached.cpu(),
                         every_order=torch.randperm(mined.total))
+        self._kept[number] = kept
         self.save(self.run_dir / f"stage-{number}-hard.pt", kept)
         self.save_point(number, 0, False, state, {"model": state.model.state_dict()})
 
@@ -336,13 +374,14 @@ class Pipeline:
             histogram_counts=counts, zoom_edges=zoom_edges, zoom_counts=zoom_counts,
             steered=steered))
         hard, count, nan, vocab = mined.hard, len(mined.hard), float("nan"), self.corpus.vocab
-        hard_nll = passed.stats.nll[hard.positions].double()
+        hard_nll = passed.nll[hard.positions].double()
         self.emit(ev.HardExamplesCollected(
             stage=stage, count=count, total=mined.total, ratio=count / mined.total,
             mean_confidence=float(hard.confidences.mean()) if count else nan,
             hard_ppl=float(torch.exp(hard_nll.mean())) if count else nan, split=s.mining.split,
             top_words=top_words(hard.targets, vocab, s.mining.top_words),
-            examples=examples_in_context(hard, _on("cpu", source), vocab, s.mining.examples),
+            examples=examples_in_context(hard, self.corpus.batches[s.mining.split], vocab,
+                                         s.mining.examples),
             selection_macs=macs))
         return mined
 
@@ -406,7 +445,7 @@ class Pipeline:
     def _first_stage_alone(self, plain: float, deepest: int) -> dict:
         layers = self.settings.stages[0].layers
         base = self.new_model(layers).eval()
-        base.load_state_dict(load_checkpoint(self.best_checkpoint(1))["model"])
+        base.load_state_dict(self.read_weights(self.best_checkpoint(1)))
         report = self.batches(self.settings.evaluation.split)
         alone = evaluate(base, report, Cascade.of([layers]), self.check)
         name, costs = f"stage-1 model ({layers} layers)", self._costs((layers,), ())
@@ -418,6 +457,10 @@ class Pipeline:
     def best_checkpoint(self, number: int) -> Path:
         return self.run_dir / f"stage-{number}-best.pt"
 
+    def read_weights(self, checkpoint: Path) -> dict:
+        """A checkpoint's weights, read by rank 0 and sent to every rank."""
+        return self.world.lead_reads(lambda: load_checkpoint(checkpoint)["model"])
+
     def cascade(self, state: RunState, stages: int) -> Cascade:
         """The exits of the first `stages` stages, their layers run as inference runs them."""
         modes = inference_modes(self.settings.stages[:stages], self.settings.evaluation.inference)
@@ -427,7 +470,7 @@ class Pipeline:
         """A split's batches on the run's device, read from the corpus on first use (a split
         no step needs, such as the report split until the final report, is never read)."""
         if split not in self._batches:
-            self._batches[split] = _on(self.device, self.corpus.batches[split])
+            self._batches[split] = self.corpus.batches[split].on(self.device)
         return self._batches[split]
 
     def check(self) -> None:
@@ -453,5 +496,7 @@ class Pipeline:
             training.get("optimizer"), training.get("early"))))
 
 
-def _on(device, batches: Batches) -> Batches:
-    return Batches(batches.x.to(device), batches.y.to(device))
+def _without_states(kept: dict) -> dict:
+    """A stage's kept hard tokens without hidden states (runs written before this version
+    kept them; they are computed again, so only positions and targets travel)."""
+    return {k: v for k, v in kept.items() if k not in ("hidden", "every_hidden")}

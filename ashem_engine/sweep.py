@@ -48,7 +48,7 @@ def train_classifiers(model: EarlyExitLM, mining: Batches, cascade: Cascade, see
         passed = exit_pass(model, mining, cascade.first(k + 1), check)
         keep = passed.remaining if passed.remaining is not None else slice(None)
         out.append(train_exit_classifier(passed.hidden[keep], passed.stats.confidence[keep],
-                                         seed=seed + k))
+                                         seed=seed + k, world=World.current()))
     return out
 
 
@@ -58,13 +58,14 @@ def calibrate(model: EarlyExitLM, mining: Batches, cascade: Cascade, q: float,
     depends on the earlier thresholds). `first`: the first exit over the mining split. The
     population of a later exit is found routing by max-softmax, whatever the cascade's
     signal (as recorded in tests/golden)."""
-    thresholds, passed = [], first
+    thresholds, passed, world = [], first, World.current()
     for k in range(cascade.last):
         if k:
             by_softmax = Cascade.of(cascade.layers[: k + 1], thresholds, cascade.modes[:k])
             passed = exit_pass(model, mining, by_softmax, check)
-        scores = cascade.scores(k, passed.hidden, passed.stats)
-        population = scores if passed.remaining is None else scores[passed.remaining]
+        scores = world.gather_tokens(cascade.scores(k, passed.hidden, passed.stats), mining)
+        population = scores if passed.remaining is None else \
+            scores[world.gather_tokens(passed.remaining, mining)]
         thresholds.append(threshold_at(population, q) if population.numel() else math.inf)
     return replace(cascade, thresholds=thresholds)
 
@@ -78,7 +79,7 @@ def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     token of the split, from one pass."""
     stats, scores, world = [], [], World.current()
     for i in world.each_of_mine(len(batches), check):
-        passes = route(model, cascade, batches.x[i], batches.y[i], every_exit=True).every_exit
+        passes = route(model, cascade, *batches.batch(i), every_exit=True).every_exit
         stats.append([p.stats for p in passes])
         scores.append([c.score(p.hidden) for c, p in zip(classifiers or [], passes)])
 

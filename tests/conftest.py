@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from ashem_engine.settings import load_settings  # noqa: E402
 from synthetic import synthetic_splits, write_corpus  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
+# Token caches of the tests' corpora (and of the processes they start) stay out of ~/.cache.
+os.environ["ASHEM_CACHE"] = tempfile.mkdtemp(prefix="ashem-test-cache-")
 
 TINY = [
     "run.name=tiny", "run.threads=1", "run.pause_at=[]",

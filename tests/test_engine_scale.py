@@ -2,12 +2,17 @@
 by the tests, a killed rank, a resume after it).
 
 Tolerances, and why:
-- two processes against one: 1e-5 relative on every figure. Each rank computes its rows with
-  the same arithmetic as one process; what differs is only the order of a few float32 sums
-  (a gradient summed over two halves of the batch by the all-reduce instead of in one
-  product). Measured on the tiny run: 5e-9 relative on the final PPL, every other figure
-  equal; 1e-5 leaves that rounding room to compound over more steps without letting any
-  real difference (a token lost or counted twice moves these figures by > 1e-3) through.
+- two processes against one: 1e-4 relative on every figure (TWO_PROCESSES). Each rank
+  computes its rows with the same operations as one process; what differs is the order of
+  float sums (a gradient summed over two halves of the batch by the all-reduce; a product
+  over half the rows). In the token context that order decides more than elsewhere: the new
+  layers train on sequences of one token, so attention's query and key weights get only
+  rounding-noise gradients (~1e-9), which Adam turns into steps of ~lr/10, and the spec's
+  inference then reads those weights over whole sequences. Measured on the tiny run: 5e-9
+  relative on the final PPL on an AVX-512 host; 1.45e-5 on stage 2's best validation PPL
+  on an AVX2 host (every other figure within ~1e-7); grad_clip moved by 1e-7 moves it by
+  2.8e-6. 1e-4 leaves that rounding room on any host without letting any real difference
+  (a token lost or counted twice moves these figures by > 1e-3) through.
 - bf16 against fp32: 2 % relative on PPLs, 3 points of accuracy and shallow ratio. A bf16
   product keeps 8 bits of mantissa (~0.4 % per value); the fused head's gradients differ
   from fp32 by ~0.5 % (test below), and training turns that into a drift of ~0.2 % on
@@ -39,6 +44,16 @@ from ashem_engine.run import run_ashem
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("val_ppl", "val_acc", "hard_ppl")
+TWO_PROCESSES = 1e-4  # relative: two processes' figures against one's (see above)
+
+
+def assert_as_one_process(parallel: dict, single: dict) -> None:
+    """Every figure of the parallel run within TWO_PROCESSES of the single one's."""
+    assert figures(parallel).keys() == figures(single).keys()
+    off = {name: f"{figures(parallel)[name]!r} against {value!r}"
+           for name, value in figures(single).items()
+           if not math.isclose(figures(parallel)[name], value, rel_tol=TWO_PROCESSES)}
+    assert not off, off
 
 
 def torchrun(cwd: Path, *args: str, procs: int = 2, **kw) -> subprocess.Popen:
@@ -136,9 +151,7 @@ def test_two_processes_compute_what_one_process_computes(tmp_path, protocol):
                                   .splitlines()) if e["kind"] == "RunStarted")
     assert (started["world_size"], started["backend"]) == (2, "gloo")
     parallel = json.loads((run_dir / "summary.json").read_text())
-    assert figures(parallel).keys() == figures(single.summary).keys()
-    for name, value in figures(single.summary).items():
-        assert math.isclose(figures(parallel)[name], value, rel_tol=1e-5), name
+    assert_as_one_process(parallel, single.summary)
     events = (run_dir / "events.jsonl").read_text()
     assert events.count('"kind": "EpochEnded"') == sum(
         len(s["history"]) for s in single.summary["stages"])  # written once, by rank 0
@@ -197,15 +210,19 @@ def test_an_unknown_precision_is_one_line_and_exit_code_2(tmp_path):
 
 
 def test_two_processes_held_and_steered_through_the_command_file_train_on_the_ratio(tmp_path):
-    """--hold under torchrun: rank 0 reads the command file, every rank applies the ratio."""
+    """--hold under torchrun: rank 0 reads the command file, every rank applies the ratio.
+    Held longer than the peer timeout: rank 0 tells the others it still holds, and none of
+    them gives up on it."""
     from ashem_engine.commands import write_command
 
     data = write_corpus(tmp_path / "data", synthetic_splits())
-    job = torchrun(tmp_path, *tiny_args(data, tmp_path / "runs", 'run.pause_at=["mining-1"]'),
-                   "--hold")
+    job = torchrun(tmp_path, *tiny_args(data, tmp_path / "runs", 'run.pause_at=["mining-1"]',
+                                        "run.peer_timeout_s=6"), "--hold")
     run_dir = wait_for(lambda: next((tmp_path / "runs").glob("*"), None), 60)
     log = run_dir / "events.jsonl"
     wait_for(lambda: log.exists() and '"boundary": "mining-1"' in log.read_text(), 120)
+    time.sleep(9)  # held past the 6 s a silent rank 0 would be given
+    assert job.poll() is None
     write_command(run_dir, "set_hard_ratio", 0.3, writer="test")
     wait_for(lambda: '"kind": "SettingChanged"' in log.read_text(), 30)
     write_command(run_dir, "continue", writer="test")
@@ -219,8 +236,7 @@ def test_two_processes_held_and_steered_through_the_command_file_train_on_the_ra
     one = tiny_settings(tmp_path / "one", "stages.2.hard_ratio=0.3")
     single = run_ashem(one, [], None, tiny_corpus(one))
     parallel = json.loads((run_dir / "summary.json").read_text())
-    for name, value in figures(single.summary).items():
-        assert math.isclose(figures(parallel)[name], value, rel_tol=1e-5), name
+    assert_as_one_process(parallel, single.summary)
 
 
 def test_the_bf16_statistics_shift_only_where_exp_would_overflow():
