@@ -10,14 +10,22 @@ import torch.nn.functional as F
 from ashem_engine.cascade import Cascade
 from ashem_engine.data import Batches, Vocabulary
 from ashem_engine.head import ExitStats
-from ashem_engine.mining import (ExitPass, examples_in_context, exit_pass, fitted_histogram,
-                                 hard_mask, histogram, mine, quantile_threshold, top_words)
+from ashem_engine.mining import (ExitPass, MiningPool, examples_in_context, exit_pass,
+                                 fitted_histogram, hard_mask, histogram, mine,
+                                 quantile_threshold, top_words)
+from ashem_engine.mining import reaching as reaching_exit
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.settings import ModelSettings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 
 CFG = ModelSettings(dim=16, heads=2, ffn_hidden=32)
 VOCAB = 40
+
+
+def pooled(passed: ExitPass) -> MiningPool:
+    """A pass's mining pool in one process (nothing to gather)."""
+    return MiningPool(passed, passed.stats.confidence, reaching_exit(passed),
+                      passed.stats.nll)
 
 
 def hand_pass(confidences: torch.Tensor, dim: int = 3) -> tuple[ExitPass, torch.Tensor]:
@@ -44,7 +52,7 @@ def test_mine_marks_exactly_the_tokens_below_threshold():
     conf = torch.tensor([[0.30, 0.05, 0.90, 0.30],
                          [0.20, 0.60, 0.30, 0.10]])
     passed, targets = hand_pass(conf)
-    result = mine(passed, targets, ratio=0.5, exit_layer=2)
+    result = mine(pooled(passed), targets, ratio=0.5, exit_layer=2)
     threshold = torch.quantile(conf.reshape(-1), 0.5).item()
     assert result.threshold == threshold == torch.tensor(0.3).item()
     expected = [i for i, c in enumerate(conf.reshape(-1).tolist()) if c < threshold]
@@ -61,7 +69,7 @@ def test_half_of_distinct_confidences_are_hard():
     n = 500
     conf = torch.randperm(2 * n).float() / (2 * n) + 1e-4  # 2N distinct values
     passed, targets = hand_pass(conf.reshape(10, 100))
-    result = mine(passed, targets, ratio=0.5, exit_layer=2)
+    result = mine(pooled(passed), targets, ratio=0.5, exit_layer=2)
     assert len(result.hard) == n
     assert result.hard.confidences.max() < result.threshold
     kept = torch.ones(2 * n, dtype=torch.bool)
@@ -75,7 +83,7 @@ def test_per_token_filter_differs_from_a_per_sequence_filter():
     conf = torch.tensor([[0.95, 0.01, 0.95, 0.95],  # mean 0.715: confident row, one hard token
                          [0.40, 0.45, 0.50, 0.55]])  # mean 0.475
     passed, targets = hand_pass(conf)
-    per_token = set(mine(passed, targets, 0.5, 2).hard.positions.tolist())
+    per_token = set(mine(pooled(passed), targets, 0.5, 2).hard.positions.tolist())
     assert per_token == {1, 4, 5, 6}
     row_mean = conf.mean(1)
     row_threshold = torch.quantile(row_mean, 0.5)
@@ -117,7 +125,7 @@ def test_mined_hidden_states_are_those_of_the_exit_layer():
     torch.manual_seed(0)
     model = EarlyExitLM(VOCAB, 2, CFG).eval()
     batches = tiny_batches(1)
-    result = mine(exit_pass(model, batches, Cascade.of([2])), batches.y, 0.5, 2)
+    result = mine(pooled(exit_pass(model, batches, Cascade.of([2]))), batches.y, 0.5, 2)
     with torch.no_grad():
         all_hidden = torch.cat([model.hidden(batches.x[i]).reshape(-1, 16) for i in range(3)])
     assert len(result.hard) == 36  # 72 tokens, distinct confidences
@@ -163,7 +171,7 @@ def test_examples_in_context_show_the_words_before_the_target():
     batches = make_batches(stream, batch_size=2, seq_len=5)
     conf = torch.linspace(0.01, 0.99, batches.tokens)
     passed, _ = hand_pass(conf)
-    result = mine(passed, batches.y, 0.5, 2)
+    result = mine(pooled(passed), batches.y, 0.5, 2)
     examples = examples_in_context(result.hard, batches, vocab, k=4, window=3)
     assert 1 <= len(examples) <= 4
     flat_x, flat_y = batches.x.reshape(-1), batches.y.reshape(-1)
@@ -180,10 +188,10 @@ def test_later_exit_mines_only_among_the_tokens_that_reach_it():
     conf = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
     reaching = torch.tensor([True, True, False, True, False, True, True, False])
     passed, targets = hand_pass(conf)
-    result = mine(replace(passed, remaining=reaching), targets, 0.5, exit_layer=4)
+    result = mine(pooled(replace(passed, remaining=reaching)), targets, 0.5, exit_layer=4)
     population = conf[reaching]  # 0.9 0.1 0.2 0.3 0.6
     assert result.threshold == torch.quantile(population, 0.5).item()
     assert result.total == 5 and torch.equal(result.confidences, population)
     assert result.hard.positions.tolist() == [1, 3]  # 0.1, 0.2; never a token that left
-    everyone = mine(passed, targets, 0.5, exit_layer=2)
+    everyone = mine(pooled(passed), targets, 0.5, exit_layer=2)
     assert everyone.total == 8 and everyone.hard.positions.tolist() == [1, 3, 5, 7]

@@ -85,7 +85,7 @@ def test_mined_tokens_come_only_from_the_mining_split(tmp_path):
     result, events, corpus = watched_run(tmp_path, "mining.split=train",
                                          "evaluation.split=test")
     train = dict.__getitem__(corpus.batches, "train")
-    saved = load_checkpoint(result.run_dir / "stage-2-hard.pt", required="hidden")
+    saved = load_checkpoint(result.run_dir / "stage-2-hard.pt", required="positions")
     assert int(saved["positions"].max()) < train.tokens
     assert torch.equal(saved["targets"], train.y.reshape(-1)[saved["positions"]])
     stage1 = EarlyExitLM(len(corpus.vocab), 2, settings_of(result).model)
@@ -93,7 +93,10 @@ def test_mined_tokens_come_only_from_the_mining_split(tmp_path):
     with torch.no_grad():
         hidden = torch.cat([stage1.hidden(train.x[i], stop=2).reshape(-1, 16)
                             for i in range(len(train))])
-    torch.testing.assert_close(saved["hidden"], hidden[saved["positions"]])
+    from ashem_engine.head import exit_stats  # the confidences of train tokens, at layer 2
+
+    at_exit = exit_stats(hidden, stage1.head.weight, train.y.reshape(-1))
+    torch.testing.assert_close(saved["confidences"], at_exit.confidence[saved["positions"]])
     (threshold,) = [e for e in events if e.kind == "ThresholdComputed"]
     assert threshold.split == "train" and threshold.tokens == train.tokens
 
