@@ -142,22 +142,25 @@ def _attach_app(args: argparse.Namespace) -> Union["App[int]", int]:
         (["--paused"] if args.paused else [])
     if others:
         return _fail(f"error: --attach goes alone (not with {', '.join(others)})")
+    from ashem_engine.rundir import COMMAND_FILE, EVENTS_FILE
+
     run_dir = Path(args.attach)
     if not run_dir.is_dir():
         return _fail(f"attach: no run directory at {run_dir}")
-    if not (run_dir / "events.jsonl").is_file():
-        return _fail(f"attach: {run_dir} has no events.jsonl (not an ashem run directory, "
+    if not (run_dir / EVENTS_FILE).is_file():
+        return _fail(f"attach: {run_dir} has no {EVENTS_FILE} (not an ashem run directory, "
                      "or its engine has not started yet)")
     from .app import AshemApp
-    from .sources import AttachSource
+    from .sources import RunDirSource
 
-    return AshemApp(AttachSource(run_dir), notice_title="Attached",
-                    notice=f"{run_dir}: commands go to its control.json; q detaches and "
+    return AshemApp(RunDirSource(run_dir), notice_title="Attached",
+                    notice=f"{run_dir}: commands go to its {COMMAND_FILE}; q detaches and "
                            "leaves the run going")
 
 
 def _resume_app(args: argparse.Namespace) -> Union["App[int]", int]:
     from ashem_engine.run import ResumeError, read_resume_point, resume_ashem
+    from ashem_engine.sinks import build_sinks
     from ashem_engine.rundir import CheckpointError
     from ashem_engine.settings import SettingsError
 
@@ -177,7 +180,7 @@ def _resume_app(args: argparse.Namespace) -> Union["App[int]", int]:
     run_dir = args.resume
 
     def resume_runner(settings, sinks=(), control=None):
-        return resume_ashem(run_dir, sinks=sinks, control=control)
+        return resume_ashem(run_dir, sinks=build_sinks(extra=sinks), control=control)
 
     return AshemApp(LiveSource(settings, runner=resume_runner, start_paused=args.paused,
                                history=history))

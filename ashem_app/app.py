@@ -33,7 +33,7 @@ from ashem_engine.events import (
 )
 
 from . import keys
-from .commands import AshemCommands
+from .palette import AshemCommands
 from .comparison import ComparisonError, comparison_of
 from .export import export_metrics
 from .messages import AbortRun, ContinueRun, EventsWaiting, SteerRun, StepSelected
@@ -238,8 +238,7 @@ class AshemApp(App[int]):
             self.notify("the run stops at the next batch boundary", title="Aborting")
 
     def on_steer_run(self, message: SteerRun) -> None:
-        held = self.view.held_at or ""
-        if self._steerable() and held.startswith("mining-"):
+        if self._steerable() and self.view.can_steer:
             self._send(lambda: self.source.steer(message.hard_ratio),
                        f"asking for hard ratio {message.hard_ratio:g}…")
 

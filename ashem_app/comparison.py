@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 from textual.app import App
 from textual.screen import Screen
 
-from ashem_engine.compare import SWEEP_FILE, ComparisonError, combine, read_compared
+from ashem_engine.compare import ComparisonError, combine, read_compared
+from ashem_engine.rundir import SWEEP_FILE
 
 from . import keys
 from .screens.compare import ComparisonScreen

@@ -5,12 +5,12 @@
   its writer (a headless engine) is still going; a finished file is simply replayed;
 - `LiveSource(settings)`: the engine, run in a Textual thread worker; its events reach the
   app through the app's thread-safe sink (`AshemApp.ingest`), its control is a `RunControl`;
-- `AttachSource(run_dir)`: a run that another process writes (`ashem --attach`): its
+- `RunDirSource(run_dir)`: a run that another process writes (`ashem --attach`): its
   events.jsonl followed as FollowSource does, the user's commands written to the run
-  directory's control.json (ashem_engine.commands), which the engine obeys at its next batch
+  directory's control.json (ashem_engine.command_file), which the engine obeys at its next batch
   boundary; quitting detaches and leaves the run going. A finished run is a replay;
-- `AttachedSource(control)`: a run whose events are fed to the app from outside
-  (`AshemApp.feed`) and whose control is given (the UI tests).
+- `ControlledSource(control)`: a run whose events are fed to the app from outside
+  (`AshemApp.feed`) and whose control is given (the UI tests; `LiveSource`'s base).
 
 The app asks a source for the events there before the UI was ready (`history`), starts it
 (`start`), and sends it the user's commands (`pause`, `resume`, `continue_run`, `cancel`,
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 from textual.worker import Worker, WorkerState
 
 from ashem_engine.events import Event, RunCancelled, RunFailed, RunFinished
+from ashem_engine.rundir import EVENTS_FILE
 
 from .replay import EventFollower
 from .state import RunView
@@ -129,7 +130,7 @@ class FollowSource(EventSource):
             self._timer.stop()
 
 
-class AttachedSource(EventSource):
+class ControlledSource(EventSource):
     """A run steered through `control` (pause / resume / cancel), its events fed from
     outside with `AshemApp.feed`; `history` is what had happened before."""
 
@@ -164,7 +165,7 @@ class AttachedSource(EventSource):
         self.control.set_hard_ratio(hard_ratio)
 
 
-class AttachSource(FollowSource):
+class RunDirSource(FollowSource):
     """A run another process writes (headless `ashem-engine run`, `resume`, or rank 0 under
     torchrun): followed, and steered through control.json. Whether it is paused is what the
     engine's events say (the view), never assumed here. Writing a command may raise OSError."""
@@ -172,7 +173,7 @@ class AttachSource(FollowSource):
     detaches = True
 
     def __init__(self, run_dir: str | Path, poll_interval: float = 0.25) -> None:
-        super().__init__(Path(run_dir) / "events.jsonl", poll_interval)
+        super().__init__(Path(run_dir) / EVENTS_FILE, poll_interval)
         self.run_dir = Path(run_dir)
         self._finished_before = False
 
@@ -192,7 +193,7 @@ class AttachSource(FollowSource):
                                            name="ashem-attach")
 
     def _send(self, command: str, value: Optional[float] = None) -> None:
-        from ashem_engine.commands import write_command
+        from ashem_engine.command_file import write_command
 
         write_command(self.run_dir, command, value)
 
@@ -214,11 +215,12 @@ class AttachSource(FollowSource):
 
 def run_engine(settings: Any, sinks=(), control: Any = None) -> Any:
     from ashem_engine.run import run_ashem  # the engine is imported only when a run starts
+    from ashem_engine.sinks import build_sinks
 
-    return run_ashem(settings, sinks=sinks, control=control)
+    return run_ashem(settings, sinks=build_sinks(extra=sinks), control=control)
 
 
-class LiveSource(AttachedSource):
+class LiveSource(ControlledSource):
     """The engine in a thread worker: `runner(settings, sinks=(app.ingest,), control=...)`.
     The engine thread touches no widget; it only calls the app's sink."""
 
@@ -230,7 +232,7 @@ class LiveSource(AttachedSource):
         if control is None:
             from ashem_engine.control import RunControl
 
-            control = RunControl(pause_at=tuple(settings.run.pause_at),
+            control = RunControl(pause_at=None,  # the run's own run.pause_at
                                  start_paused=start_paused)
         super().__init__(control, history)
         self.settings = settings

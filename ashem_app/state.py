@@ -14,6 +14,9 @@ from ashem_engine.events import (
     RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
     SweepComputed, ThresholdComputed,
 )
+from ashem_engine import plan as run_plan
+from ashem_engine.plan import Step
+from ashem_engine.sinks import dispatch
 
 TERMINAL = ("finished", "failed", "cancelled")
 
@@ -26,22 +29,13 @@ class StagePlan:
 
 
 @dataclass(frozen=True)
-class Step:
-    """One entry of the timeline. `id` is also the engine's boundary name after that step."""
-
-    id: str  # "stage-1", "mining-1", ..., "evaluation"
-    kind: str  # "stage" | "mining" | "evaluation"
-    stage: Optional[int]
-    label: str
-
-
-@dataclass(frozen=True)
 class RunView:
     status: str = "waiting"  # waiting | running | paused | finished | failed | cancelled
     t: float = 0.0  # the `t` of the latest event: seconds since this attempt started
     clock_offset: float = 0.0  # RunStarted.seconds_before: what earlier attempts ran
     started: Optional[RunStarted] = None
     plan: tuple[StagePlan, ...] = ()
+    plan_steps: tuple[Step, ...] = ()  # the run's plan (RunStarted.plan, or its settings')
     stage_started: dict = field(default_factory=dict)  # stage -> StageStarted
     epochs: tuple[EpochEnded, ...] = ()  # every EpochEnded, in order, all stages
     stage_ended: dict = field(default_factory=dict)  # stage -> StageEnded
@@ -130,15 +124,13 @@ class RunView:
     def last_mining_stage(self) -> Optional[int]:
         return max(self.threshold_computed) if self.threshold_computed else None
 
+    def planned(self) -> tuple[Step, ...]:
+        """The run's plan; before its RunStarted, the stages seen (or one) and no sweep."""
+        return self.plan_steps or run_plan.build(max(self.stages, default=1), False)
+
     def steps(self) -> list[Step]:
-        out: list[Step] = []
-        stages = self.stages or (1,)
-        for i, s in enumerate(stages):
-            out.append(Step(f"stage-{s}", "stage", s, f"Stage {s}"))
-            if i < len(stages) - 1:
-                out.append(Step(f"mining-{s}", "mining", s, "Mining"))
-        out.append(Step("evaluation", "evaluation", None, "Evaluation"))
-        return out
+        """The timeline: the plan's steps that have a label (the others show within one)."""
+        return [s for s in self.planned() if s.label]
 
     def step(self, step_id: str) -> Optional[Step]:
         for s in self.steps():
@@ -147,18 +139,24 @@ class RunView:
         return None
 
     def step_done(self, step: Step) -> bool:
-        if step.kind == "stage":
-            return step.stage in self.stage_ended
-        if step.kind == "mining":
-            return step.stage in self.hard_collected
-        return self.evaluation is not None
+        reported = _REPORTED.get(step.kind)
+        return reported[1](self, step.stage) if reported else self._passed(step)
 
     def step_started(self, step: Step) -> bool:
-        if step.kind == "stage":
-            return step.stage in self.stage_started
-        if step.kind == "mining":
-            return step.stage in self.threshold_computed or step.stage in self.hard_collected
-        return self.evaluation is not None
+        reported = _REPORTED.get(step.kind)
+        return reported[0](self, step.stage) if reported else self._passed(step)
+
+    def _passed(self, step: Step) -> bool:
+        """A kind of step whose events the view does not keep: done once a later one started."""
+        steps = self.planned()
+        return any(self.step_started(s) for s in steps[steps.index(step) + 1:])
+
+    @property
+    def can_steer(self) -> bool:
+        """Whether the run holds after a step of the plan where the hard ratio can be steered."""
+        held = self.held_at
+        return held is not None and any(s.boundary == held and s.steerable
+                                        for s in self.planned())
 
     def current_step(self) -> Optional[Step]:
         """The first step not done yet (the one running, or about to start when held)."""
@@ -215,23 +213,92 @@ def _started(view: RunView, event: RunStarted) -> dict:
     """The changes a RunStarted makes. A resumed run (same directory, same file) carries on
     from its resume point: what an earlier attempt did after it is done again, so it is
     dropped here (as the engine's summary does) and the redone events take its place."""
-    changes = dict(started=event, plan=_plan(event), status="running", pause=None,
-                   progress=None, cancelled=None, failed=None, finished=None,
+    steps = run_plan.of_run(event)
+    changes = dict(started=event, plan=_plan(event), plan_steps=steps, status="running",
+                   pause=None, progress=None, cancelled=None, failed=None, finished=None,
                    clock_offset=event.seconds_before or 0.0)
     point = event.resume_point if event.resumed else None
     if not point:
         return changes
-    stage, epoch, stage_done = point["stage"], point["epoch"], point["stage_done"]
-    last_done = stage if stage_done else stage - 1
+    kept = run_plan.rewind(steps, point)
+    stage, mining = run_plan.STAGE, run_plan.MINING
     changes.update(
-        epochs=tuple(e for e in view.epochs
-                     if e.stage < stage or (e.stage == stage and e.epoch <= epoch)),
-        stage_started={n: e for n, e in view.stage_started.items() if n <= stage},
-        stage_ended={n: e for n, e in view.stage_ended.items() if n <= last_done},
-        threshold_computed={n: e for n, e in view.threshold_computed.items() if n < stage},
-        hard_collected={n: e for n, e in view.hard_collected.items() if n < stage},
+        epochs=tuple(e for e in view.epochs if kept.keeps_epoch(e.stage, e.epoch)),
+        stage_started={n: e for n, e in view.stage_started.items() if kept.keeps_start(n)},
+        stage_ended={n: e for n, e in view.stage_ended.items() if kept.keeps(stage, n)},
+        threshold_computed={n: e for n, e in view.threshold_computed.items()
+                            if kept.keeps(mining, n)},
+        hard_collected={n: e for n, e in view.hard_collected.items() if kept.keeps(mining, n)},
         evaluation=None, sweep=None)
     return changes
+
+
+# what each kind of step has reported, from the view: (started, done); for a step's stage
+_REPORTED = {
+    run_plan.STAGE: (lambda v, n: n in v.stage_started, lambda v, n: n in v.stage_ended),
+    run_plan.MINING: (lambda v, n: n in v.threshold_computed or n in v.hard_collected,
+                      lambda v, n: n in v.hard_collected),
+    run_plan.EVALUATION: (lambda v, n: v.evaluation is not None,) * 2,
+    run_plan.SWEEP: (lambda v, n: v.sweep is not None,) * 2,
+}
+
+
+class _Changes:
+    """What each kind of event changes in the view (the method `dispatch` finds for it);
+    `running`: the status of a run that makes progress."""
+
+    def on_BatchProgress(self, e: BatchProgress, view: RunView, running: str) -> dict:
+        return dict(progress=e, status=running)
+
+    def on_RunStarted(self, e: RunStarted, view: RunView, running: str) -> dict:
+        return _started(view, e)
+
+    def on_StageStarted(self, e: StageStarted, view: RunView, running: str) -> dict:
+        return dict(stage_started={**view.stage_started, e.stage: e}, progress=None,
+                    status=running)
+
+    def on_EpochEnded(self, e: EpochEnded, view: RunView, running: str) -> dict:
+        return dict(epochs=view.epochs + (e,), status=running)
+
+    def on_StageEnded(self, e: StageEnded, view: RunView, running: str) -> dict:
+        return dict(stage_ended={**view.stage_ended, e.stage: e}, status=running)
+
+    def on_ThresholdComputed(self, e: ThresholdComputed, view: RunView, running: str) -> dict:
+        return dict(threshold_computed={**view.threshold_computed, e.stage: e}, status=running)
+
+    def on_HardExamplesCollected(self, e: HardExamplesCollected, view: RunView,
+                                 running: str) -> dict:
+        return dict(hard_collected={**view.hard_collected, e.stage: e}, status=running)
+
+    def on_Evaluated(self, e: Evaluated, view: RunView, running: str) -> dict:
+        return dict(evaluation=e, status=running)
+
+    def on_SweepComputed(self, e: SweepComputed, view: RunView, running: str) -> dict:
+        return dict(sweep=e, status=running)
+
+    def on_Paused(self, e: Paused, view: RunView, running: str) -> dict:
+        changes: dict = dict(pause=e)
+        if not view.terminal:
+            changes.update(status="paused")
+        if e.reason == "pause_at" and e.boundary:
+            changes.update(holds=view.holds + (e,),
+                           hold_clocks=view.hold_clocks + (view.clock_offset + e.t,))
+        return changes
+
+    def on_Resumed(self, e: Resumed, view: RunView, running: str) -> dict:
+        return dict(pause=None) if view.terminal else dict(pause=None, status="running")
+
+    def on_RunFinished(self, e: RunFinished, view: RunView, running: str) -> dict:
+        return dict(finished=e, status="finished", pause=None)
+
+    def on_RunCancelled(self, e: RunCancelled, view: RunView, running: str) -> dict:
+        return dict(cancelled=e, status="cancelled", pause=None)
+
+    def on_RunFailed(self, e: RunFailed, view: RunView, running: str) -> dict:
+        return dict(failed=e, status="failed", pause=None)
+
+
+_CHANGES = _Changes()
 
 
 def reduce(view: RunView, event: Event) -> RunView:
@@ -239,44 +306,7 @@ def reduce(view: RunView, event: Event) -> RunView:
     # t: the latest event's clock (a resumed run starts it at 0 again: see RunView.clock)
     changes: dict = {"t": event.t, "events_seen": view.events_seen + 1}
     running = "running" if view.status == "waiting" else view.status
-    if isinstance(event, BatchProgress):
-        changes.update(progress=event, status=running)
-    elif isinstance(event, RunStarted):
-        changes.update(_started(view, event))
-    elif isinstance(event, StageStarted):
-        changes.update(stage_started={**view.stage_started, event.stage: event},
-                       progress=None, status=running)
-    elif isinstance(event, EpochEnded):
-        changes.update(epochs=view.epochs + (event,), status=running)
-    elif isinstance(event, StageEnded):
-        changes.update(stage_ended={**view.stage_ended, event.stage: event}, status=running)
-    elif isinstance(event, ThresholdComputed):
-        changes.update(threshold_computed={**view.threshold_computed, event.stage: event},
-                       status=running)
-    elif isinstance(event, HardExamplesCollected):
-        changes.update(hard_collected={**view.hard_collected, event.stage: event},
-                       status=running)
-    elif isinstance(event, Evaluated):
-        changes.update(evaluation=event, status=running)
-    elif isinstance(event, SweepComputed):
-        changes.update(sweep=event, status=running)
-    elif isinstance(event, Paused):
-        changes.update(pause=event)
-        if not view.terminal:
-            changes.update(status="paused")
-        if event.reason == "pause_at" and event.boundary:
-            changes.update(holds=view.holds + (event,),
-                           hold_clocks=view.hold_clocks + (view.clock_offset + event.t,))
-    elif isinstance(event, Resumed):
-        changes.update(pause=None)
-        if not view.terminal:
-            changes.update(status="running")
-    elif isinstance(event, RunFinished):
-        changes.update(finished=event, status="finished", pause=None)
-    elif isinstance(event, RunCancelled):
-        changes.update(cancelled=event, status="cancelled", pause=None)
-    elif isinstance(event, RunFailed):
-        changes.update(failed=event, status="failed", pause=None)
+    changes.update(dispatch(_CHANGES, event, view, running, default={}))
     return replace(view, **changes)
 
 

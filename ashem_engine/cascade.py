@@ -9,14 +9,11 @@ or only what the decision needs (the real early exit), with the same exits (test
   above; each upper layer projects it to keys and values (so later deep tokens can attend to
   it) but runs no query, attention or feed-forward for it. Deep tokens run the whole block.
 - SEQUENCE mode (the spec's evaluation): deep tokens attend to the exited tokens' real
-  upper-layer keys and values, so every token runs the upper blocks; only heads are saved.
-A token that exits by max-softmax has paid one head per exit it passed; with the exit
-classifier it pays one head, at its exit. evaluate() routes a whole split.
-"""
+  upper-layer keys and values, so every token runs the upper blocks; only heads are saved."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -24,6 +21,7 @@ import torch
 from .costs import CostModel, spec_cost
 from .data import Batches
 from .dist import World
+from .exit_signals import SIGNALS, AtExit, ExitSignal
 from .head import ExitStats, exit_stats
 from .model import Block, EarlyExitLM, attention, rotary_tables, rotate_half
 from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
@@ -31,20 +29,23 @@ from .names import CLASSIFIER, MODES, PROPAGATED, SEQUENCE, SOFTMAX, SPEC, TOKEN
 
 @dataclass(frozen=True)
 class Cascade:
-    """Exit e is after layer layers[e]. Every exit but the last has a threshold and a signal:
-    classifiers[e] (ExitClassifiers), or max-softmax when there are none. modes[e - 1]: how
-    the layers from exit e - 1 up to exit e run. Change one with dataclasses.replace."""
+    """Exit e is after layer layers[e]. Every exit but the last has a threshold and the
+    cascade's signal (exit_signals.SIGNALS; a trained one's scorer per exit in `trained`).
+    modes[e - 1]: how the layers from exit e - 1 up to exit e run."""
 
     layers: list
     thresholds: list = field(default_factory=list)
     modes: tuple = ()
-    classifiers: Optional[list] = None
+    trained: Optional[list] = None
+    signal: str = SOFTMAX
 
     def __post_init__(self):
-        per_exit = (self.thresholds, self.modes,
-                    self.modes if self.classifiers is None else self.classifiers)
-        if {len(x) for x in per_exit} != {len(self.layers) - 1}:
-            raise ValueError("one threshold, mode and classifier per exit before the last")
+        exits = len(self.layers) - 1
+        scorers = exits if SIGNALS[self.signal].train else 0
+        if (len(self.thresholds), len(self.modes), len(self.trained or ())) != \
+                (exits, exits, scorers):
+            raise ValueError("one threshold and mode per exit before the last, and a "
+                             "trained scorer there for a trained signal only")
         if not set(self.modes) <= set(MODES):
             raise ValueError(f"unknown inference mode in {self.modes}")
 
@@ -52,32 +53,41 @@ class Cascade:
     def of(cls, layers: Sequence[int], thresholds: Sequence[float] = (),
            modes: Optional[Sequence[str]] = None, classifiers: Optional[Sequence] = None
            ) -> "Cascade":
-        """From the lists that run directories and events keep; modes default to SEQUENCE."""
+        """From the lists run directories keep; modes default to SEQUENCE."""
         modes = (SEQUENCE,) * len(thresholds) if modes is None else tuple(modes)
-        return cls(list(layers), list(thresholds), modes, list(classifiers or []) or None)
+        return cls(list(layers), list(thresholds), modes, list(classifiers or []) or None,
+                   CLASSIFIER if classifiers else SOFTMAX)
+
+    def signalled_by(self, signal: str, trained: Optional[Sequence] = None) -> "Cascade":
+        """The cascade deciding by `signal`; `trained`: its scorers, if it is trained."""
+        return replace(self, signal=signal,
+                       trained=list(trained or []) or None if SIGNALS[signal].train else None)
 
     @property
     def last(self) -> int:
         return len(self.layers) - 1
 
     @property
-    def signal(self) -> str:
-        return SOFTMAX if self.classifiers is None else CLASSIFIER
+    def exit_signal(self) -> ExitSignal:
+        return SIGNALS[self.signal]
 
     @property
     def only_needed_is_exact(self) -> bool:
         """Whether the real early exit does the very arithmetic of computing everything:
         every layer over whole sequences, heads for the tokens still in the cascade."""
-        return all(m == SEQUENCE for m in self.modes) and self.classifiers is None
+        return all(m == SEQUENCE for m in self.modes) and self.exit_signal.reads_head
 
     def first(self, n: int) -> "Cascade":
         """The first n exits; the n-th becomes the last."""
-        return Cascade(self.layers[:n], self.thresholds[:n - 1], self.modes[:n - 1],
-                       (self.classifiers or [])[:n - 1] or None)
+        return replace(self, layers=self.layers[:n], thresholds=self.thresholds[:n - 1],
+                       modes=self.modes[:n - 1], trained=(self.trained or [])[:n - 1] or None)
 
-    def scores(self, e: int, hidden: torch.Tensor, stats: Optional[ExitStats]) -> torch.Tensor:
-        """Exit e's signal for tokens with these (N, dim) states and statistics."""
-        return stats.confidence if self.classifiers is None else self.classifiers[e].score(hidden)
+    def scores(self, e: int, hidden: torch.Tensor, stats: Optional[ExitStats],
+               head: torch.Tensor) -> torch.Tensor:
+        """Exit e's signal for tokens with these (N, dim) states and statistics (None if
+        the signal reads no head), given the output head's weight."""
+        trained = self.trained[e] if self.trained else None
+        return self.exit_signal.score(AtExit(hidden, stats, head, trained))
 
     def leave(self, e: int, scores: torch.Tensor) -> torch.Tensor:
         """The exit rule: a token leaves exit e when its signal reaches the threshold."""
@@ -171,8 +181,7 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
 class ExitPass:
     """Every token of a batch or a split at one exit, in batch order: (tokens, dim) hidden
     states and their statistics; `remaining` marks the tokens no earlier exit let go (None:
-    every token). A known first exit (frozen, or shared by a sweep's thresholds) is one.
-    Under torchrun, a split's pass is this rank's share: its tokens from `offset` on."""
+    all). Under torchrun, a split's pass is this rank's share: its tokens from `offset` on."""
 
     hidden: torch.Tensor
     stats: Optional[ExitStats] = None
@@ -200,11 +209,10 @@ class RoutedTokens:
 def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor,
           first: Optional[ExitPass] = None, only_needed: bool = False,
           every_exit: bool = False) -> RoutedTokens:
-    """One batch (B, T) of token ids through the cascade. By default every block runs for
-    every token (the reference) and each exit's head for the tokens still in the cascade;
-    `every_exit`: also every token's head at every exit, each exit kept as an ExitPass.
-    `only_needed`: the real early exit, which computes only what the decision needs and gives
-    the same exits (tested). `first`: the batch's first exit, when known."""
+    """One batch (B, T) of token ids through the cascade. By default every block runs for every
+    token (the reference) and each exit's head for the tokens still in the cascade; `every_exit`:
+    every token's head at every exit too, each kept as an ExitPass. `only_needed`: the real early
+    exit, computing only what the decision needs (same exits). `first`: the batch's first exit."""
     if only_needed and every_exit:
         raise ValueError("every exit's statistics need every token computed")
     weight, y, device = model.head.weight, y.reshape(-1), y.device
@@ -226,8 +234,8 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
             everyone = exit_stats(h.reshape(n, -1), weight, y) if everyone is None else everyone
             routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
         flat, targets = h.reshape(n, -1)[remaining_rows], y[remaining_rows]
-        if only_needed and cascade.classifiers is not None and e < cascade.last:
-            leave = cascade.leave(e, cascade.scores(e, flat, None))
+        if only_needed and not cascade.exit_signal.reads_head and e < cascade.last:
+            leave = cascade.leave(e, cascade.scores(e, flat, None, weight))
             s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only
         else:
             s = exit_stats(flat, weight, targets) if everyone is None else \
@@ -235,7 +243,7 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
             if e == cascade.last:  # the last exit takes everyone left
                 routed.leave(remaining_rows, e, s, flat)
                 break
-            leave = cascade.leave(e, cascade.scores(e, flat, s))
+            leave = cascade.leave(e, cascade.scores(e, flat, s, weight))
             s = s[leave]
         rows = remaining_rows[leave]
         routed.leave(rows, e, s, flat[leave])
@@ -294,11 +302,9 @@ def tally(model: EarlyExitLM, cascade: Cascade, seq_len: int, batch_tokens: int,
 def evaluate(model: EarlyExitLM, batches: Batches, cascade: Cascade,
              check: Callable[[], None] = lambda: None,
              first: Optional[ExitPass] = None) -> Evaluation:
-    """Routed evaluation over a split; with one exit it is plain evaluation. The real early
-    exit where it does the same arithmetic as computing everything, else computing
-    everything. `first`: the split's first exit when it is known (a frozen first stage's
-    states, a sweep's states and statistics; this rank's share of them under torchrun).
-    `check()` runs before every batch."""
+    """Routed evaluation over a split (one exit: plain), by the real early exit where it does
+    the arithmetic of computing everything, else computing everything. `first`: the split's
+    first exit when known (this rank's share under torchrun); `check()` before every batch."""
     if len(batches) == 0:
         raise ValueError("evaluate needs at least one batch")
     n, parts, world = batches.y[0].numel(), [], World.current()

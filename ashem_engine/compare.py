@@ -1,10 +1,8 @@
 """Comparing runs: quality against honest cost, and which points are Pareto-optimal.
 
-Every finished run with a threshold sweep leaves `sweep.json` in its run directory. A
-comparison puts the series of several runs on one axis, MACs per token (absolute, so runs
-of different depths compare), and marks the points no other point beats on both PPL and
-cost. The app only draws what this module returns.
-"""
+A comparison puts the sweep.json series of several runs on one axis, MACs per token (absolute,
+so runs of different depths compare), and marks the points no other beats on PPL and cost.
+The app only draws what this module returns."""
 from __future__ import annotations
 
 import json
@@ -13,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .stats import aggregate
+from .rundir import SWEEP_FILE
+from .stats import aggregate, is_number
 from .study import StudyError, is_study, reopen_study, study_runs
-
-SWEEP_FILE = "sweep.json"
 
 
 class ComparisonError(Exception):
@@ -24,8 +21,7 @@ class ComparisonError(Exception):
 
 
 def mark_pareto(points: Sequence[dict]) -> None:
-    """Sets point["pareto"]: True when no other point has lower-or-equal PPL and MACs per
-    token with at least one strictly lower."""
+    """point["pareto"]: no other point has PPL and MACs per token both <=, one of them <."""
     for p in points:
         p["pareto"] = math.isfinite(p["ppl"]) and not any(
             q is not p and math.isfinite(q["ppl"])
@@ -52,10 +48,6 @@ def read_sweep(run_dir: str | os.PathLike) -> dict:
     return sweep
 
 
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def check_sweep(sweep: object, where: str) -> None:
     """What combine() and a chart need of every series and point, or one line saying what
     is missing: a broken file is refused when it is read, not a traceback later."""
@@ -65,7 +57,7 @@ def check_sweep(sweep: object, where: str) -> None:
         for s in sweep["series"]:
             name = s["name"]
             for p in s["points"]:
-                missing = [k for k in ("ppl", "macs_per_token") if not _number(p.get(k))]
+                missing = [k for k in ("ppl", "macs_per_token") if not is_number(p.get(k))]
                 if missing:
                     raise ComparisonError(f"{where!r}: a point of series {name!r} has no "
                                           f"number for {missing[0]}")
@@ -133,9 +125,8 @@ def study_sweeps(study_dir: str | os.PathLike) -> list[dict]:
 
 
 def seeds_sweep(name: str, sweeps: Sequence[dict]) -> dict:
-    """One configuration's sweeps over its seeds as one sweep: each point (the same series
-    and quantile in every seed) the mean over seeds, with the 95 % interval of its PPL and
-    MACs per token in point["interval"], and point["seeds"] the number of seeds."""
+    """One configuration's sweeps over its seeds as one: each point (same series and quantile)
+    the mean over seeds, point["interval"] its PPL's and MACs' 95 % intervals, "seeds" n."""
     first = sweeps[0]
     series = []
     for s in first["series"]:
@@ -166,6 +157,6 @@ def mean_point(points: Sequence[dict], config: str) -> dict:
     out: dict = {"quantile": points[0].get("quantile"), "seeds": len(points), "pareto": False}
     for key in MEANED:
         values = [p.get(key) for p in points]
-        out[key] = aggregate(values)["mean"] if all(map(_number, values)) else None
+        out[key] = aggregate(values)["mean"] if all(map(is_number, values)) else None
     out["interval"] = {key: aggregate([p[key] for p in points]) for key in INTERVALS}
     return out

@@ -2,17 +2,16 @@
 The engine calls `checkpoint` at every batch boundary and `boundary` between stages: both block
 while paused and raise `Cancelled` once cancelled, so a cancel is honoured within one batch.
 
-Commands also come from outside the process (`commands`: the run directory's control.json,
-commands.py) and, for steering, from the app's own thread (`set_hard_ratio`): the engine
-thread takes them all in `poll`, at every batch boundary and every POLL_S seconds while it
-waits, and reports each as an event (CommandObeyed, or CommandIgnored with the reason)."""
+Commands also come from the run directory's control.json (command_file.py) and, to steer,
+from the app's own thread (`set_hard_ratio`): the engine thread takes them in `poll`, at every
+batch boundary and every POLL_S s while it waits, and reports each as an event."""
 from __future__ import annotations
 
 import threading
 from typing import Callable, Iterable, Optional
 
 from . import events as ev
-from .commands import Command, Read, Rejected
+from .command_file import Command, Read, Rejected
 
 POLL_S = 0.2  # how often a paused or held engine reads the command file
 
@@ -33,11 +32,13 @@ Steering = Callable[[float], Callable[[], None]]
 
 
 class RunControl:
-    def __init__(self, pause_at: Iterable[str] = (), hold_at_boundaries: bool = True,
+    def __init__(self, pause_at: Optional[Iterable[str]] = (), hold_at_boundaries: bool = True,
                  start_paused: bool = False):
+        """`pause_at`: the hold points (plan.py) to hold at; None: the run's own run.pause_at,
+        which the run gives `starts` (a resumed run's, from its run directory)."""
         self._cond = threading.Condition()
         self.paused, self.cancelled = start_paused, False  # changed by _set only: it wakes waiters
-        self.pause_at = set(pause_at)
+        self.pause_at, self._runs_own = set(pause_at or ()), pause_at is None
         self.hold_at_boundaries = hold_at_boundaries
         # Set by the orchestrator so that Paused / Resumed reach the sinks.
         self.on_pause: Optional[Callable[[str, str, Optional[str]], None]] = None
@@ -70,12 +71,16 @@ class RunControl:
             self._cond.notify_all()
 
     # -- called from the engine thread ---------------------------------------------------
+    def starts(self, run_pause_at: Iterable[str]) -> None:
+        if self._runs_own:
+            self.pause_at = set(run_pause_at)
+
     def checkpoint(self, where: str) -> None:
         """A batch boundary: take commands, honour cancel, and wait here while paused."""
         self._wait(where, reason="user", boundary=None)
 
     def boundary(self, name: str, where: str) -> None:
-        """A stage boundary: holds if `name` is in pause_at (and holding is enabled)."""
+        """A hold point: holds if `name` is in pause_at (and holding is enabled)."""
         if self.hold_at_boundaries and name in self.pause_at:
             self._set(paused=True)
             self._wait(where, reason="pause_at", boundary=name)
@@ -108,9 +113,8 @@ class RunControl:
             return self.paused or bool(self._queue)
 
     def poll(self, where: str) -> None:
-        """Takes the commands that came in since the last call and obeys them, in order.
-        The one place that reads the command file (under torchrun only rank 0's control
-        runs it; dist.SharedControl passes its decisions on to the other ranks)."""
+        """Obeys the commands that came in since the last call, in order: the one place that
+        reads the command file (under torchrun rank 0's, dist.SharedControl)."""
         with self._cond:
             queued, self._queue = self._queue, []
         outside = self.commands.read() if self.commands is not None else []
@@ -118,11 +122,9 @@ class RunControl:
             self._take(item, where)
 
     def _take(self, item: Read, where: str) -> None:
-        if isinstance(item, Rejected):
-            self._report(ev.CommandIgnored(reason=item.reason, where=where,
-                                           command=item.command, seq=item.seq))
-            return
         try:
+            if isinstance(item, Rejected):  # a command file not obeyed, reported as a refusal
+                raise CommandRefused(item.reason)
             apply = self._check(item)
         except CommandRefused as refused:
             self._report(ev.CommandIgnored(reason=str(refused), where=where,

@@ -1,44 +1,10 @@
-"""Honest compute: multiply-accumulates per token for every path through an early-exit model.
+"""Honest compute: multiply-accumulates per token of every path through an early-exit model.
 
-The spec counts blocks only (layers run / deepest layers). At this shape the output head
-(dim × vocabulary) costs about 66 blocks, and an exit that decides by max-softmax must run it
-just to measure its confidence, so the head dominates. Here a token is charged for:
-- every block it runs, attention over the keys it really sees (the sequence length, or 1 when
-  the layers above an exit take one token at a time);
-- under spec inference (upper layers over whole sequences) the exited tokens too run the upper
-  blocks, because later deep tokens attend to their upper-layer keys and values;
-- under propagated inference an exited token's upper layers only project its frozen exit
-  state to keys and values (2 · dim² per layer);
-- each exit signal it was tested with (a whole head for max-softmax, dim for a linear exit
-  classifier), and one head for the logits it leaves with (shared with the softmax signal).
-Costs are relative to the plain deepest model: all its blocks over whole sequences, one head.
-
-Training compute (`training_macs`, one training step) is counted by the same rule, from what
-the step computes, for the whole batch (every process' rows together):
-- forward: every block the step runs, for every token position it runs (whole sequences in
-  stage 1 and in the sequence context, where the exited tokens ride along at full cost;
-  length 1 in the token context), then the head for the tokens that get a loss;
-- backward, matmul by matmul: a weight gradient (= the matmul's forward MACs) where the
-  weight trains, and an input gradient (= its forward MACs again) where something trainable
-  lies below its input. Attention's scores and values multiply two activations: each needs
-  both operands' gradients (2 × its forward MACs) once anything at or below it trains. A
-  block's first projections (query, key, value) read its input, so their input gradients
-  need something trainable below the block; everything after them inside a trainable block
-  needs them. Nothing is counted for a module with nothing trainable at or below it, nor
-  for stored hidden states (the token and sequence contexts start above the frozen layers);
-  the embedding (a lookup and a scatter-add) costs no MACs, but when it trains it is
-  something trainable below the first block. Which weights train is read from the model's
-  requires_grad flags, so any configuration is counted (a block counts as trainable when
-  any of its parameters is; stages train blocks whole). Norms, activations, the softmax,
-  the optimizer and gradient clipping are not counted, as at inference.
-A stage's training MACs are its steps' over every epoch, plus what it computes once for
-them: in the sequence context the frozen layers' states of the mining split, by the same
-exit pass as mining (`compute_everything` per token), counted once, in the stage's first
-epoch (a resume recomputes them, uncounted: a resumed run reports an uninterrupted run's
-figures). Separately, the forward passes that select and evaluate during training: each
-epoch's validation (`routed`: computing everything, the first exit's blocks once per stage
-when they are frozen) and hard PPL (the training steps' forward), and each mining pass.
-"""
+The spec counts blocks only, but the output head costs dozens of blocks and an exit reading
+it runs it just to decide. A token is charged for every block it runs (exited tokens too where
+later tokens attend to them), each exit signal it is tested with and one head for its logits,
+relative to the plain deepest model; a training step (`training_macs`) by the same rule,
+matmul by matmul. The whole rule: docs/REPRODUCTION.md, "How compute is counted"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -46,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from .exit_signals import SIGNALS
 from .model import EarlyExitLM, block_macs_per_token, head_macs_per_token
 from .names import PROPAGATED, SEQUENCE, SOFTMAX, TOKEN
 from .settings import ModelSettings
@@ -82,8 +49,9 @@ class CostModel:
             elif mode == PROPAGATED:
                 macs += span * 2 * self.cfg.dim * self.cfg.dim
         tested = min(e + 1, last)  # the last exit takes everyone without asking
-        macs += tested * (self.head if self.signal == SOFTMAX else float(self.cfg.dim))
-        if self.signal != SOFTMAX or e == last:
+        signal = SIGNALS[self.signal]
+        macs += tested * ((self.head if signal.reads_head else 0.0) + signal.own_macs(self.cfg.dim))
+        if not signal.reads_head or e == last:
             macs += self.head  # the logits it leaves with
         return macs
 
@@ -108,9 +76,8 @@ class CostModel:
         return tokens * blocks + heads * self.head
 
     def compute_everything(self) -> float:
-        """Every token through every block and every exit's head: what a routed evaluation
-        costs when it decides afterwards which exit's logits to keep (a max-softmax path to
-        the last exit)."""
+        """Every token through every block and every exit's head (a max-softmax path to the last
+        exit): what a routed evaluation costs that picks an exit's logits afterwards."""
         return replace(self, signal=SOFTMAX).path(len(self.exit_layers) - 1)
 
 
@@ -118,7 +85,6 @@ def spec_cost(exit_counts: Sequence[int], exit_layers: Sequence[int]) -> float:
     """The spec's formula: sum(tokens at exit e × layers of e) / (tokens × deepest layers)."""
     tokens = sum(exit_counts)
     return sum(c * n for c, n in zip(exit_counts, exit_layers)) / (tokens * exit_layers[-1])
-
 
 
 @dataclass(frozen=True)
@@ -141,8 +107,7 @@ class StepMacs:
 
 
 def training_macs(model: EarlyExitLM, step: TrainingStep) -> StepMacs:
-    """MACs of one training step of `model` as its requires_grad flags stand (the rule in
-    the module's docstring)."""
+    """MACs of one training step as `model`'s requires_grad flags stand (docs/REPRODUCTION.md)."""
     cfg = model.cfg
     reads_input = 3 * cfg.dim * cfg.dim  # query, key and value projections
     after = cfg.dim * cfg.dim + 3 * cfg.dim * cfg.ffn_hidden  # output projection, feed-forward

@@ -1,5 +1,4 @@
-"""Corpus loading (local files, the embedded copy, the hub), the word tokeniser, the
-vocabulary and batching.
+"""Corpus loading (local files, the embedded copy, the hub), tokenising, vocabulary, batches.
 
 The set-up is SPEC_NOTES' exactly: `row.lower().split()` per row; vocabulary `<unk>`, `<pad>`,
 then words in order of first occurrence over the train rows and then the validation rows;
@@ -8,10 +7,7 @@ token k · batch · seq_len and its row j at seq_len · j further on; only full 
 Beyond the spec: data.vocab_size keeps only the most frequent words (the rest read as
 `<unk>`), and a sample count of 0 keeps a whole split.
 
-A corpus read from files or the hub is tokenised once into a cache (tokens.py): one file of
-token ids per split and the vocabulary, memory-mapped by every process of a node, so a
-process holds only the pages of the batches it reads.
-"""
+A corpus is read through a token cache, made once (tokens.py)."""
 from __future__ import annotations
 
 import collections
@@ -136,9 +132,8 @@ def batch_views(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Batches:
 
 
 def sample_counts(settings: DataSettings) -> dict[str, Optional[int]]:
-    """Samples per split, None for the whole split: train_samples (0 = whole); eval_samples
-    for validation and test (0 = whole; -1 = int(train_samples × eval_fraction), whole when
-    train_samples is)."""
+    """Samples per split, None for the whole split: train_samples (0 = whole); eval_samples for
+    validation and test (0 = whole; -1 = int(train_samples × eval_fraction), or whole too)."""
     train = settings.train_samples or None
     if settings.eval_samples == -1:
         evaluation = None if train is None else int(train * settings.eval_fraction)
@@ -159,9 +154,7 @@ def split_files(settings: DataSettings) -> dict[str, str]:
             "test": settings.test_file}
 
 
-# ---------------------------------------------------------------------------------------
-# Reading rows: local files, the embedded copy, the hub
-
+# -- reading rows: local files, the embedded copy, the hub -------------------------------
 
 def resolve_local_path(settings: DataSettings) -> Optional[Path]:
     path = settings.path or os.environ.get("ASHEM_DATA", "")
@@ -169,8 +162,7 @@ def resolve_local_path(settings: DataSettings) -> Optional[Path]:
 
 
 def rows_of(raw: bytes, name: str) -> list[str]:
-    """A file's lines. Tokens do not depend on where rows break, so any line split gives
-    the same corpus."""
+    """A file's lines (tokens do not depend on where rows break, so any line split will do)."""
     try:
         return raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
@@ -250,8 +242,7 @@ def read_hub_rows(settings: DataSettings,
 
 
 def hub_text_rows(ds, settings: DataSettings) -> dict[str, list[str]]:
-    """The text column (data.hub_text_column) of the hub dataset's train, validation and
-    test splits."""
+    """The text column (data.hub_text_column) of each split of the hub dataset."""
     name, column = f"{settings.hub_name}/{settings.hub_config}", settings.hub_text_column
     missing = [split for split in SPLITS if split not in ds]
     if missing:

@@ -1,16 +1,11 @@
 """Several processes under torchrun: PyTorch's own distributed stack (DESIGN.md).
 
-`join(device)` sets up torch.distributed when torchrun started this process (WORLD_SIZE > 1):
-gloo on CPU; on CUDA one group that sends CUDA tensors over NCCL and CPU tensors over gloo.
-`World.current()` reads the process group back, so a single process needs nothing and
-changes nothing. Training batches are split across ranks (stages.py,
-DistributedDataParallel); the passes over a split (mining, validation, the final
-evaluation, the sweep) give each rank a contiguous share of the batches. Each rank keeps its
-share of hidden states; what a decision needs of every token (a confidence, an exit, an
-NLL: a few numbers per token) is gathered in batch order, so every rank decides exactly as
-one process would. Rank 0 alone writes the run directory, and no rank reads a file another
-rank wrote: what rank 0 reads back (settings, checkpoints, a resume point) it sends.
-"""
+`join(device)` sets up torch.distributed when torchrun started this process; `World.current()`
+reads the group back, so a single process needs nothing and changes nothing. Training batches
+are split across ranks (DistributedDataParallel); a pass over a split gives each rank a
+contiguous share of the batches (and keeps its hidden states), and gathers the few numbers per
+token a decision needs in batch order, so every rank decides as one process would. Rank 0
+alone writes the run directory and sends what it reads back: no rank reads another's files."""
 from __future__ import annotations
 
 import math
@@ -38,8 +33,7 @@ class PeerLost(Exception):
 
 
 def lost_peer(e: Exception) -> bool:
-    """A collective failed because a rank died or hung (gloo and NCCL raise RuntimeError
-    subclasses, naming themselves)."""
+    """A collective failed because a rank died or hung (gloo's and NCCL's RuntimeErrors say so)."""
     text = f"{type(e).__module__} {type(e).__name__} {e}".lower()
     return isinstance(e, RuntimeError) and any(
         word in text for word in ("gloo", "nccl", "connection", "timed out", "distbackend"))
@@ -86,8 +80,7 @@ class World:
 
     @property
     def node_lead(self) -> bool:
-        """The first process on its machine (torchrun's LOCAL_RANK 0): it writes what the
-        processes of a node share, such as the token cache."""
+        """The first process on its machine (LOCAL_RANK 0): it writes what a node shares."""
         return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
     def share(self, n: int, rank: Optional[int] = None) -> range:
@@ -98,9 +91,8 @@ class World:
         return range(start, start + base + (rank < extra))
 
     def each_of_mine(self, n: int, check: Callable[[], None]) -> Iterator[int]:
-        """This rank's share of n batches, `check()` before each step. Every rank makes as
-        many steps as rank 0 (whose share is the longest), so that checks, collective under
-        torchrun, pair up; in one process: check, batch i, for every i."""
+        """This rank's share of n batches, `check()` before each step; every rank makes as many
+        steps as rank 0 (the longest share), so that checks, collective under torchrun, pair up."""
         mine = self.share(n)
         for k in range(len(self.share(n, 0))):
             check()
@@ -108,8 +100,7 @@ class World:
                 yield mine[k]
 
     def gather(self, local: torch.Tensor, n: int, per: int) -> torch.Tensor:
-        """Every rank's `local` rows (its share of n items, `per` rows each) -> all n * per
-        rows in item order, on every rank."""
+        """Every rank's `local` rows (its share of n items, `per` rows each) -> all, in order."""
         if not self.parallel:
             return local
         counts = [len(self.share(n, r)) * per for r in range(self.size)]
@@ -122,25 +113,19 @@ class World:
         return out.to(local.dtype)
 
     def gather_tokens(self, local: torch.Tensor, batches: Any) -> torch.Tensor:
-        """Per-token rows of this rank's share of a split's batches -> every batch's, in
-        order (`batches`: a data.Batches)."""
+        """Per-token rows of this rank's share of a split's data.Batches -> every batch's."""
         return self.gather(local, len(batches), batches.y[0].numel())
 
-    def total(self, value: float) -> float:
-        """The sum of `value` over the ranks (float64)."""
+    def total(self, value: float, op: str = "SUM") -> float:
+        """The sum of `value` over the ranks (float64); op "MAX": the largest of them."""
         if not self.parallel:
             return value
         t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return float(t[0])
 
     def max(self, value: float) -> float:
-        """The largest `value` of any rank."""
-        if not self.parallel:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return float(t[0])
+        return self.total(value, "MAX")
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` summed over the ranks, on its own device (no host wait on a GPU)."""
@@ -157,9 +142,8 @@ class World:
         return box[0]
 
     def lead_reads(self, read: Callable[[], Any]) -> Any:
-        """What `read()` gives on rank 0, on every rank: a file rank 0 wrote is read there
-        and sent, so the nodes of a run need no shared disk. What rank 0 raises, every rank
-        raises."""
+        """What `read()` gives on rank 0, on every rank: a file rank 0 wrote is read there and sent,
+        so the nodes of a run need no shared disk. What rank 0 raises, every rank raises."""
         if not self.parallel:
             return read()
         box: list = [None]
@@ -176,10 +160,9 @@ class World:
 
     def exchange(self, rows: torch.Tensor, owned: range, wanted: torch.Tensor,
                  chunk: int = 1 << 16) -> torch.Tensor:
-        """Rows of a table split across the ranks: this rank holds `rows`, the table's rows
-        `owned`; it gets the rows `wanted` (table indices, in the order wanted). Each rank's
-        rows go to the others a chunk at a time, so no rank holds more than its own rows,
-        one chunk and the rows it wants."""
+        """Rows of a table split across the ranks: this rank holds `rows`, the table's rows `owned`,
+        and gets the rows `wanted` (table indices, in that order). Rows travel a chunk at a time:
+        no rank holds more than its own rows, one chunk and the rows it wants."""
         wanted = wanted.to(rows.device)
         if not self.parallel:
             return rows[wanted - owned.start]
@@ -212,9 +195,8 @@ def launched_by_torchrun() -> bool:
 
 
 def backend_for(cuda: bool) -> str:
-    """gloo on CPU. On CUDA, NCCL for CUDA tensors and gloo for CPU ones: a group made as
-    plain "nccl" serves CUDA tensors only, and a run also sums host numbers and sends
-    objects (settings, checkpoints) between its processes."""
+    """gloo on CPU; on CUDA, NCCL for CUDA tensors and gloo for CPU ones (a plain "nccl" group
+    serves CUDA tensors only, and a run also sums host numbers and sends objects)."""
     return "cpu:gloo,cuda:nccl" if cuda else "gloo"
 
 
@@ -243,11 +225,10 @@ def leave() -> None:
 
 
 class SharedControl:
-    """Rank 0's RunControl decides at every stage boundary and every `every`-th batch
-    boundary; every rank obeys the same decision there (go on, or cancel). The decision
-    travels on a gloo group of its own with the run's peer timeout: while rank 0 holds
-    (paused, for as long as its user likes) it tells the others so every few seconds, so
-    only a rank that stopped answering runs a wait out."""
+    """Rank 0's RunControl decides at every stage boundary and every `every`-th batch boundary,
+    and every rank obeys (go on, or cancel). The decision travels on a gloo group of its own with
+    the run's peer timeout; while rank 0 holds it says so every few seconds, so only a rank that
+    stopped answering runs a wait out."""
 
     HOLDING = 2.0  # a decision's first number: 0 go on, 1 cancel, 2 still holding
 

@@ -1,19 +1,17 @@
 """Events: everything the engine reports, as plain JSON-serialisable dataclasses, handed to
-sinks (the app, the headless command line, the run directory's events.jsonl)."""
+sinks (sinks.py: the run directory's events.jsonl, the summary, progress lines, the app)."""
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 # Fields that depend on the clock, not on the computation (runs compare equal without them).
 TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
                            "seconds_before"})
-# Fields that describe the host (kernel build, processor, core count, versions) wherever they
-# appear: RunStarted, RunFinished.summary, summary.json. Two hosts of the same CPU model and
-# torch build compute the same figures but describe themselves differently.
+# Fields that describe the host (RunStarted, RunFinished.summary, summary.json): two hosts of
+# the same CPU model and torch build compute the same figures but describe themselves apart.
 MACHINE_FIELDS = frozenset({"machine"})
 
 
@@ -50,6 +48,7 @@ class RunStarted(Event):
     world_size: int = 1  # processes training together (torchrun), each on its share
     backend: str = "none"  # torch.distributed's backend: gloo (CPU), nccl (CUDA), or none
     precision: str = "fp32"  # run.precision
+    plan: list = field(default_factory=list)  # plan.Step dicts in order; [] in older logs
 
 
 @dataclass
@@ -109,9 +108,8 @@ class EpochEnded(Event):
     seconds: float
     hard_ppl: Optional[float] = None  # stages >= 2 (and stage 1 after mining)
     shallow_ratio: Optional[float] = None  # when validation is routed
-    # MACs (costs.py's docstring): the training steps' forward and backward (in the first
-    # epoch with what the stage computes once for them); the forward of the epoch's
-    # validation and hard PPL. None in logs written before them.
+    # MACs (docs/REPRODUCTION.md; None in older logs): the steps' forward and backward (in the
+    # first epoch with what the stage computes once for them); validation's and hard PPL's forward.
     training_macs: Optional[float] = None
     selection_macs: Optional[float] = None
 
@@ -276,54 +274,24 @@ def without_timing(event: Event) -> dict[str, Any]:
     return {k: v for k, v in event.to_dict().items() if k not in TIMING_FIELDS}
 
 
-Sink = Callable[[Event], None]
-
-
-class JsonLinesSink:
-    """Appends one JSON object per line and flushes, so a reader can follow the file live."""
-
-    def __init__(self, path: str | os.PathLike):
-        self._file = open(path, "a+b")  # appends; binary, so the last byte can be read back
-        if self._file.tell() > 0:
-            self._file.seek(-1, os.SEEK_END)
-            if self._file.read(1) != b"\n":  # torn by a kill: end it, or it swallows the next
-                self._file.write(b"\n")
-
-    def __call__(self, event: Event) -> None:
-        self._file.write((json.dumps(event.to_dict(), allow_nan=True) + "\n").encode())
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 def read_events(path: str | os.PathLike) -> list[Event]:
-    return list(iter_events(path))
-
-
-def iter_events(path: str | os.PathLike) -> Iterator[Event]:
     """An events.jsonl's events; a torn last line (killed writer) ends them, not fatally."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                return
-            try:
-                yield event_from_dict(json.loads(line))
-            except (ValueError, KeyError, TypeError):  # a line of no known event: skipped
-                pass
+    return read_new_events(path)[0]
 
 
-class Emitter:
-    """Stamps events with the run clock and fans them out to sinks."""
-
-    def __init__(self, *sinks: Sink, clock: Callable[[], float] = time.perf_counter):
-        self.sinks, self._clock = list(sinks), clock
-        self._start = clock()
-
-    def elapsed(self) -> float:
-        return self._clock() - self._start
-
-    def __call__(self, event: Event) -> None:
-        event.t = round(self.elapsed(), 3)
-        for sink in self.sinks:
-            sink(event)
+def read_new_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[Event], int, int]:
+    """The events of an events.jsonl's complete lines from byte `offset` on, the offset after
+    those lines, and how many of them held no known event (skipped). A torn last line (its
+    writer mid-write, or killed) is left for the next read, which begins with it."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    complete = data[:data.rfind(b"\n") + 1]
+    events: list[Event] = []
+    skipped = 0
+    for line in complete.splitlines():
+        try:
+            events.append(event_from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+            skipped += bool(line.strip())  # a blank line is neither an event nor a wrong one
+    return events, offset + len(complete), skipped

@@ -1,11 +1,8 @@
 """Hard-example mining: per-token confidence, the quantile threshold, the hard tokens.
 
-Threshold and filtering are both per token (the spec's "critical" rule): the confidences of
-every token of the mining split are flattened, the threshold is their quantile at the target
-ratio (`torch.quantile`'s, computed exactly at any size), and a token is hard when its own
-confidence is strictly below it. Under torchrun each process keeps the hidden states of its
-share of the split; the few numbers per token a decision needs are gathered (MiningPool).
-"""
+Threshold and filtering are both per token (the spec's "critical" rule): the threshold is the
+target-ratio quantile of the mining split's token confidences (`torch.quantile`'s, exact at
+any size), and a token is hard when its own confidence is strictly below it."""
 from __future__ import annotations
 
 from collections import Counter
@@ -25,9 +22,8 @@ from .model import EarlyExitLM
 
 @dataclass
 class HardTokens:
-    """K tokens of a split. Every process knows each one's target, confidence and position;
-    the hidden states are of those in `here` (this process' share of the split; all K in
-    one process)."""
+    """K tokens of a split: every process knows their targets, confidences and positions, and
+    holds the hidden states of those in `here` (its share of the split; all K in one process)."""
 
     hidden: torch.Tensor  # (len(here), dim) hidden state at the exit layer
     targets: torch.Tensor  # (K,)
@@ -57,16 +53,15 @@ class MiningResult:
 def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
               check: Callable[[], None] = lambda: None, rows: Optional[slice] = None
               ) -> ExitPass:
-    """The tokens of a split at the cascade's last exit, computing everything; `remaining`:
-    those the earlier exits did not let go (None with one exit). `check()`: before a batch.
-    Under torchrun, this rank's share: its batches (their tokens from ExitPass.offset on),
-    or with `rows`, those rows of every batch."""
+    """A split's tokens at the cascade's last exit, computing everything; `remaining`: those the
+    earlier exits did not let go (None with one exit). Under torchrun this rank's share: its
+    batches (tokens from ExitPass.offset on), or `rows` of every batch. `check()`: per batch."""
     world = World.current()
     if rows is None:
         mine, rows = world.each_of_mine(len(batches), check), slice(None)
         offset = world.share(len(batches)).start * batches.y[0].numel()
     else:
-        mine, offset = _each(len(batches), check), 0
+        mine, offset = World().each_of_mine(len(batches), check), 0  # every batch, here
     passes, remaining = [], []
     for i in mine:
         routed = route(model, cascade, *batches.batch(i, rows), every_exit=True)
@@ -77,17 +72,10 @@ def exit_pass(model: EarlyExitLM, batches: Batches, cascade: Cascade,
                     torch.cat(remaining) if cascade.last else None, offset)
 
 
-def _each(n: int, check: Callable[[], None]):
-    for i in range(n):
-        check()
-        yield i
-
-
 @dataclass
 class MiningPool:
-    """What mining at any ratio needs, so that steering a held transition computes nothing
-    collective: this process' exit pass (`passed`), and every token's confidence, whether
-    it reached the exit and its NLL there, gathered in batch order."""
+    """What mining at any ratio needs, so that steering computes nothing collective: this
+    process' exit pass, and every token's confidence, arrival and NLL there, in batch order."""
 
     passed: ExitPass
     confidences: torch.Tensor
@@ -129,10 +117,8 @@ def hard_mask(confidences: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def mine(mined_from: MiningPool, targets: torch.Tensor, ratio: float, exit_layer: int
          ) -> MiningResult:
-    """Threshold = the `ratio` quantile of the confidences of the tokens still in the cascade
-    at this exit (the pool's `remaining`); hard = those of them strictly below it. At the
-    first exit that is every token (the spec's rule); at a later exit only those the earlier
-    exits did not let go. Nothing collective: every process has what it needs."""
+    """Threshold = the `ratio` quantile of the confidences of the tokens still in the cascade here
+    (all at the first exit: the spec's rule); hard = those below it. Nothing collective."""
     confidences, remaining = mined_from.confidences, mined_from.remaining
     population = confidences[remaining]
     threshold = quantile_threshold(population, ratio)
@@ -151,9 +137,8 @@ def reaching(passed: ExitPass) -> torch.Tensor:
 
 def tokens_at(mined_from: MiningPool, targets: torch.Tensor, positions: torch.Tensor
               ) -> HardTokens:
-    """The tokens at `positions` (flat, ascending): the hard ones, or every token that
-    reached the exit when stages.N.tokens = "all" (MiningResult.reached); hidden states of
-    those in this process' share."""
+    """The tokens at `positions` (flat, ascending: the hard ones, or MiningResult.reached when
+    stages.N.tokens = "all"), with the hidden states of those in this process' share."""
     passed = mined_from.passed
     here = _within(positions, passed.offset, passed.offset + passed.hidden.shape[0])
     return HardTokens(hidden=passed.hidden[positions[here.start:here.stop] - passed.offset].clone(),
@@ -176,10 +161,9 @@ def histogram(confidences: torch.Tensor, bins: int) -> tuple[list[float], list[i
 
 def fitted_histogram(confidences: torch.Tensor, bins: int, threshold: float,
                      tail: float = 0.005) -> tuple[list[float], list[int]]:
-    """`bins` equal bins over the range the confidences fill: from their `tail` to their
-    `1 - tail` quantile (a few near-certain tokens do not stretch it), widened to include
-    the threshold. A weak model's confidences all lie in the first of `histogram`'s bins
-    on [0, 1]; these show their shape. Tokens outside the range are not counted."""
+    """`bins` equal bins from the confidences' `tail` to their `1 - tail` quantile (a few sure
+    tokens do not stretch it), widened to the threshold: a weak model's confidences all lie in
+    the first of `histogram`'s bins on [0, 1]. Tokens outside the range are not counted."""
     values = confidences.reshape(-1).float()
     if values.numel() == 0:
         return [0.0, 1.0], [0]

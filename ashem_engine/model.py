@@ -3,8 +3,7 @@
 Embedding -> post-norm blocks -> one output head shared by every exit. A block is
 `x = norm1(x + attn(x)); x = norm2(x + ffn(x))` with RMSNorm, causal attention with rotary
 position embeddings (rotate-half form) and a gated SiLU feed-forward; no biases anywhere,
-no final norm, the head untied from the embedding (SPEC_NOTES, "Model").
-"""
+no final norm, the head untied from the embedding (SPEC_NOTES, "Model")."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -33,8 +32,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def rotary_tables(seq_len: int, head_dim: int, base: float, device=None):
     """cos and sin of the rotary angles, (seq_len, head_dim), made once per shape; inside
-    torch.compile (run.compile) its graph makes them (Dynamo would warn that it skips the
-    cache)."""
+    torch.compile (run.compile) its graph makes them (Dynamo would warn that it skips the cache)."""
     if torch.compiler.is_compiling():
         return _rotary_tables(seq_len, head_dim, base, device)
     return _cached_rotary_tables(seq_len, head_dim, base, device)
@@ -53,8 +51,7 @@ _cached_rotary_tables = lru_cache(maxsize=None)(_rotary_tables)
 
 def attention(q, k, v, **kwargs) -> torch.Tensor:
     """Scaled dot-product attention. Inside a bf16 run on the CPU it runs in float32: torch's
-    bf16 CPU kernel is the slower one here (8.6 against 2.1 ms forward and backward for a
-    spec batch, 64 x 4 heads x 32 tokens x 16), and float32 is the safer one."""
+    bf16 CPU kernel is the slower one here (docs/REPRODUCTION.md), and float32 the safer."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
@@ -142,9 +139,8 @@ class EarlyExitLM(nn.Module):
 
     def grow(self, num_layers: int, init: str = "fresh") -> "EarlyExitLM":
         """A deeper model: built whole and freshly initialised (as the reference does, so the
-        random stream matches), then the embedding, existing blocks and head copied in.
-        init = "copy" (depthwise stacking): new block i is then a copy of block i mod the
-        blocks before, the trained stack repeated upward (the random stream is the same)."""
+        random stream matches), then the embedding, existing blocks and head copied in. init =
+        "copy" (depthwise stacking): new block i is a copy of block i mod the blocks before."""
         if num_layers <= self.num_layers:
             raise ValueError(f"cannot grow {self.num_layers} layers to {num_layers}")
         grown = EarlyExitLM(self.vocab_size, num_layers, self.cfg).to(self.head.weight.device)

@@ -6,9 +6,8 @@ TOKEN = "token"  # each deep token's state alone, as a sequence of length 1
 PROPAGATED = "propagated"  # whole sequences; exited tokens keep their exit state
 MODES = (SEQUENCE, TOKEN, PROPAGATED)
 
-# What an exit decides on: max-softmax confidence, or a linear exit classifier's score.
+# Exit signals named elsewhere (the default's and the trained one); all: exit_signals.SIGNALS.
 SOFTMAX, CLASSIFIER = "softmax", "classifier"
-SIGNALS = (SOFTMAX, CLASSIFIER)
 
 # evaluation.inference: the spec's SEQUENCE everywhere, or each stage's layers as trained.
 SPEC, AS_TRAINED = "spec", "as_trained"

@@ -1,11 +1,7 @@
-"""run.precision: fp32 everywhere, or bf16 matrix products and activations.
-
-bf16 is PyTorch's own autocast, entered once around a run's steps (it is thread-local, so
-it follows the engine into the dashboard's worker thread): every Linear and attention runs in
-bf16, while the weights, the optimizer state, the residual stream, norms, the loss, its
-log-sum-exp, confidences and every reported figure stay float32. The fused head (head.py)
-asks `low_precision` and does its products in bf16 in the same way.
-"""
+"""run.precision: fp32 everywhere, or bf16 matrix products and activations: PyTorch's own
+autocast, entered once around a run's steps in the thread that runs them (it is thread-local),
+so weights, optimizer state, the residual stream, norms, the loss and every figure stay
+float32. The fused head (head.py) asks `low_precision` and does its products in bf16 too."""
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,5 @@
-"""Where a cancelled or killed run goes on: progress.pt, read back as a typed ResumePoint.
-The pipeline rewrites it after every finished epoch, mining and stage, as vars(ResumePoint)
-(the keys it always had)."""
+"""Where a cancelled or killed run goes on: progress.pt, read back as a typed ResumePoint. The
+pipeline rewrites it after every epoch, mining and stage, as vars(ResumePoint) (its old keys)."""
 from __future__ import annotations
 
 import json
@@ -11,10 +10,9 @@ from typing import Optional
 
 import torch
 
-from .rundir import CheckpointError, load_checkpoint
+from .rundir import (PROGRESS_FILE, SETTINGS_FILE, SUMMARY_FILE, CheckpointError,
+                     load_checkpoint)
 from .settings import Settings, settings_from_dict
-
-PROGRESS = "progress.pt"
 
 
 class ResumeError(Exception):
@@ -48,16 +46,17 @@ def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[Re
     path = Path(run_dir)
     if not path.is_dir():
         raise ResumeError(f"run directory {str(path)!r} does not exist")
-    settings = settings_from_dict(_read_json(path / "settings.json", required=True))
-    if _read_json(path / "summary.json").get("status") == "finished":
+    settings = settings_from_dict(_read_json(path / SETTINGS_FILE, required=True))
+    if _read_json(path / SUMMARY_FILE).get("status") == "finished":
         raise ResumeError(f"run {str(path)!r} has already finished; nothing to resume")
-    if not (path / PROGRESS).exists():
+    progress = path / PROGRESS_FILE
+    if not progress.exists():
         return settings, None
-    raw = load_checkpoint(path / PROGRESS)  # runs from before ResumePoint also hold "summary"
+    raw = load_checkpoint(progress)  # runs from before ResumePoint also hold "summary"
     try:
         return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)})
     except KeyError as e:
-        raise CheckpointError(f"checkpoint {str(path / PROGRESS)!r} is not a readable ashem "
+        raise CheckpointError(f"checkpoint {str(progress)!r} is not a readable ashem "
                               f"checkpoint (it has no {e.args[0]!r}); start a new run") from None
 
 

@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import events as ev
-from .commands import COMMAND_FILE, CommandFile
+from .command_file import CommandFile
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError
 from .dist import PeerLost, SharedControl, World, join, lost_peer, peer_detail
 from .resume import ResumeError, ResumePoint, read_resume_point
-from .rundir import (CheckpointError, RunDirError, atomic_write_json, create_run_dir,
-                     probe_writable)
+from .rundir import (COMMAND_FILE, SETTINGS_FILE, CheckpointError, RunDirError,
+                     atomic_write_json, create_run_dir, probe_writable)
 from .settings import Settings, SettingsError
+from .sinks import Emitter, Sink, build_sinks, close_sinks
 from .stages import CompileFailed, NumericFault
 from .steps import Pipeline, choose_threads  # noqa: F401  (bench imports it from here)
-from .summary import SummaryReducer, base_summary, replay
+from .summary import SummaryReducer, base_summary, reducer_from_log
 
 
 @dataclass
@@ -31,7 +32,7 @@ class RunResult:
     error: Optional[ev.RunFailed] = None
 
 
-def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
+def run_ashem(settings: Settings, sinks: Iterable[Sink] = (),
               control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
               ) -> RunResult:
     """Runs every stage in a new run directory; never raises for cancel or failure
@@ -45,7 +46,7 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
     if world.lead:
         try:
             made = create_run_dir(settings.run.runs_dir, settings.run.name)
-            atomic_write_json(made / "settings.json", settings.to_dict())
+            atomic_write_json(made / SETTINGS_FILE, settings.to_dict())
         except RunDirError as e:
             made = e
     made = world.from_lead(made)
@@ -54,12 +55,11 @@ def run_ashem(settings: Settings, sinks: Iterable[ev.Sink] = (),
     return _drive(settings, made, sinks, control, corpus, point=None)
 
 
-def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[ev.Sink] = (),
+def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[Sink] = (),
                  control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
                  ) -> RunResult:
-    """Continues a cancelled or killed run from its last finished epoch (or stage), in the
-    same run directory, with the settings it was started with. Under torchrun rank 0 reads
-    the directory and sends what it read: the other nodes need not see it."""
+    """Continues a cancelled or killed run from its last finished epoch (or stage), in its run
+    directory, with its settings. Under torchrun rank 0 reads the directory and sends it."""
     try:
         world = join("auto")  # NCCL where CUDA is, and gloo for the CPU's tensors
     except Exception as e:  # torch.distributed raises many types
@@ -78,7 +78,7 @@ def _resumable(run_dir: Path) -> tuple:
     return settings_and_point
 
 
-def _failed_before_start(sinks: Iterable[ev.Sink], kind: str, message: str) -> RunResult:
+def _failed_before_start(sinks: Iterable[Sink], kind: str, message: str) -> RunResult:
     failure = ev.RunFailed(error_kind=kind, message=message, where="start")
     for sink in sinks:
         sink(failure)
@@ -90,10 +90,11 @@ FAILURE_KINDS = {DataError: "data", NumericFault: "numeric", RunDirError: "run_d
                  CompileFailed: "settings"}
 
 
-def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
+def _drive(settings: Settings, run_dir: Path, sinks: Iterable[Sink],
            control: Optional[RunControl], corpus: Optional[Corpus],
            point: Optional[ResumePoint]) -> RunResult:
-    control, world = control or RunControl(pause_at=settings.run.pause_at), World.current()
+    control, world = control or RunControl(pause_at=None), World.current()
+    control.starts(settings.run.pause_at)  # the one place a run's pause_at is read
     own_commands = world.lead and control.commands is None  # (a caller may bring a reader)
     if own_commands:  # before events.jsonl: a dashboard can attach only once that is there
         control.commands = CommandFile(run_dir / COMMAND_FILE)
@@ -101,10 +102,10 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
         control = SharedControl(control, world, settings.run.peer_timeout_s,
                                 settings.run.control_every)
     # the attempts before, in a resumed run; rank 0's files, so only rank 0 reads them
-    reducer = replay(run_dir) if world.lead else \
+    reducer = reducer_from_log(run_dir) if world.lead else \
         SummaryReducer(base_summary(run_dir, settings.to_dict()))
-    jsonl = ev.JsonLinesSink(run_dir / "events.jsonl") if world.lead else None
-    emit = ev.Emitter(jsonl, reducer, *sinks) if world.lead else ev.Emitter(reducer)
+    own_sinks = build_sinks(run_dir if world.lead else None, reducer)
+    emit = Emitter(*own_sinks, *(sinks if world.lead else ()))
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where))
     control.on_command = emit
@@ -113,8 +114,7 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
         state = pipeline.start(corpus, point)
         with pipeline.precision():
             for step in pipeline.steps(point):
-                step.run(state)
-        control.boundary("evaluation", "after the final evaluation")
+                pipeline.run(step, state)
         finished = ev.RunFinished(run_dir=str(run_dir), seconds=round(emit.elapsed(), 3),
                                   summary={})
         finished.summary = reducer.after(finished)
@@ -131,8 +131,7 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[ev.Sink],
         emit(failure)
         return RunResult("failed", run_dir, pipeline.write_summary(), failure)
     finally:
-        if jsonl is not None:
-            jsonl.close()
+        close_sinks(own_sinks)
         control.on_pause = control.on_resume = control.on_command = None
         if own_commands:
             control.commands = None

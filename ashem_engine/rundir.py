@@ -10,6 +10,17 @@ import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+# The files of a run directory: a public layout, named here only.
+SETTINGS_FILE = "settings.json"  # rewritten when steering changes a setting
+EVENTS_FILE = "events.jsonl"
+SUMMARY_FILE = "summary.json"
+SWEEP_FILE = "sweep.json"
+PROGRESS_FILE = "progress.pt"  # the resume point
+COMMAND_FILE = "control.json"  # what a dashboard asks of the run (command_file.py)
+CLASSIFIERS_FILE = "exit-classifiers.pt"
+BEST_WEIGHTS_FILE = "stage-{}-best.pt"  # .format(stage)
+HARD_TOKENS_FILE = "stage-{}-hard.pt"  # .format(stage)
+
 
 class RunDirError(Exception):
     """The run directory cannot be made or written. str(error) is one line for a person."""
@@ -71,7 +82,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    import torch  # here, so that the command file (commands.py) can be written without it
+    import torch  # here, so that the command file (command_file.py) can be written without it
 
     atomic_write(path, lambda f: torch.save(obj, f))
 

@@ -2,14 +2,12 @@
 
 Every validation failure raises SettingsError with one line naming the key, the value and
 what is allowed. Command-line overrides use the same dotted keys: `run.seed=1`,
-`stages.2.lr=2e-4` (stages are numbered from 1, as everywhere else in ashem).
-"""
+`stages.2.lr=2e-4` (stages are numbered from 1, as everywhere else in ashem)."""
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -17,7 +15,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import tomli
 
-from .names import INFERENCES, PRECISIONS, SIGNALS
+from . import plan
+from .exit_signals import SIGNALS
+from .names import INFERENCES, PRECISIONS
 
 LOCAL_FILE = "settings.toml"
 DEFAULTS_NOTICE = (f"no ./{LOCAL_FILE} here: using the built-in defaults (the spec's set-up); "
@@ -103,14 +103,11 @@ def stage_table(stage: StageSettings) -> dict[str, Any]:
 TABLES = {f.name: f.default_factory for f in fields(Settings) if f.name != "stages"}
 
 
-# ---------------------------------------------------------------------------------------
-# Loading
-
+# -- loading ----------------------------------------------------------------------------
 
 def load_settings(path: str | os.PathLike | None = "settings.toml",
                   overrides: Sequence[str] = ()) -> Settings:
-    """Reads a TOML file (None: built-in defaults), applies `table.key=value` overrides,
-    validates, and returns frozen Settings."""
+    """A TOML file's settings (None: the built-in defaults), `table.key=value` overrides applied."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -256,8 +253,7 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
     raise SettingsError(f"{key} = {value!r}: must be {name}")
 
 
-# ---------------------------------------------------------------------------------------
-# Validation: rules (key, test of the value, what is allowed), checked in order; the first
+# -- validation: rules (key, test of the value, what is allowed), checked in order; the first
 # broken one is reported. A test also sees `c`: the whole Settings, or the stage for a stage.
 
 Rule = tuple[str, Callable[[Any, Any], bool], str]
@@ -273,6 +269,10 @@ def _above(low: int) -> tuple:
 
 def _one_of(*allowed: str) -> tuple:
     return lambda v, c: v in allowed, "allowed: " + ", ".join(allowed)
+
+
+def _later_only(key: str, stage_one: str) -> Rule:
+    return key, lambda v, c: v is None, f"stage 1 {stage_one}; {key} belongs to stages 2 and later"
 
 
 def _file_name() -> tuple:
@@ -291,8 +291,9 @@ RULES: list[Rule] = [
     ("run.progress_events_per_epoch", *_at_least(1)),
     ("run.peer_timeout_s", *_above(0)),
     ("run.control_every", *_at_least(1)),
-    ("run.pause_at", lambda v, c: all(_valid_boundary(b, len(c.stages)) for b in v),
-     "each entry must be stage-N, mining-N or evaluation for an existing stage"),
+    ("run.pause_at", lambda v, c: set(v) <= {s.boundary for s in plan.of_settings(c)},
+     "each entry must be a hold point of the run's plan: stage-N, mining-N before a stage "
+     "N+1, or evaluation"),
     ("data.train_samples", *_at_least(0, " (0 = the whole split)")),
     ("data.eval_samples", *_at_least(-1, " (-1 = set by eval_fraction, 0 = the whole split)")),
     ("data.eval_fraction", lambda v, c: 0 < v <= 1, "must be in (0, 1]"),
@@ -332,17 +333,12 @@ EVERY_STAGE: list[Rule] = [
     ("lr", *_above(0)), ("max_epochs", *_at_least(1)), ("patience", *_at_least(1))]
 FIRST_STAGE: list[Rule] = [
     ("layers", *_at_least(1)), *EVERY_STAGE,
-    ("hard_ratio", lambda v, c: v is None,
-     "stage 1 trains on all data; hard_ratio belongs to stages 2 and later"),
-    ("context", lambda v, c: v is None,
-     "stage 1 sees whole sequences; context belongs to stages 2 and later"),
+    _later_only("hard_ratio", "trains on all data"),
+    _later_only("context", "sees whole sequences"),
     ("freeze_head", lambda v, c: not v, "stage 1 must train its output head"),
-    ("tokens", lambda v, c: v is None,
-     "stage 1 trains on every token; tokens belongs to stages 2 and later"),
-    ("trainable", lambda v, c: v is None,
-     "stage 1 trains the whole model; trainable belongs to stages 2 and later"),
-    ("init", lambda v, c: v is None,
-     "stage 1 starts from a fresh model; init belongs to stages 2 and later"),
+    _later_only("tokens", "trains on every token"),
+    _later_only("trainable", "trains the whole model"),
+    _later_only("init", "starts from a fresh model"),
 ]
 
 
@@ -397,11 +393,3 @@ def validate(settings: Settings) -> None:
         rules = FIRST_STAGE if number == 1 else _later_stage(number, layers_before)
         _check(rules, stage, stage, prefix=f"stages.{number}.")
         layers_before = stage.layers
-
-
-def _valid_boundary(name: str, n_stages: int) -> bool:
-    """evaluation, stage-N of an existing stage, or mining-N before an existing stage N+1."""
-    kind, _, number = name.partition("-")
-    last = {"stage": n_stages, "mining": n_stages - 1}.get(kind, 0)
-    return name == "evaluation" or (re.fullmatch("[1-9][0-9]*", number) is not None
-                                    and int(number) <= last)

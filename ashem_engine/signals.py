@@ -1,12 +1,9 @@
 """A cheaper exit signal: a linear classifier on the exit's hidden state.
 
-Max-softmax needs the whole output head (dim × vocabulary MACs) at the exit just to decide,
-and a token that then goes deeper has paid for a head it throws away. The exit classifier
-reads the same hidden state with dim MACs: sigmoid(w·h + b), trained to predict the exit's
-max-softmax confidence (soft binary cross-entropy) on the tokens of the mining split. It is
-calibrated by the same quantile rule as max-softmax, so the two route the same fraction of
-tokens and can be compared at equal deep ratios.
-"""
+Max-softmax runs the whole output head just to decide; the exit classifier reads the same
+hidden state with dim MACs: sigmoid(w·h + b), trained to predict the exit's max-softmax
+confidence (soft binary cross-entropy) on the mining split. Calibrated by the same quantile
+rule, the two route the same fraction of tokens and compare at equal deep ratios."""
 from __future__ import annotations
 
 import torch
@@ -31,10 +28,9 @@ class ExitClassifier:
 def train_exit_classifier(hidden: torch.Tensor, confidence: torch.Tensor, steps: int = 300,
                           lr: float = 0.05, seed: int = 0, world: World = World()
                           ) -> ExitClassifier:
-    """Full-batch Adam on (tokens, dim) hidden states; deterministic for a given seed.
-    Features are standardised while training and the scaling folded into w and b. Under
-    torchrun each rank holds its share of the tokens: means and gradients are summed over
-    the ranks, so every rank trains the same classifier on every token."""
+    """Full-batch Adam on (tokens, dim) hidden states, deterministic for a seed; features are
+    standardised while training, the scaling folded into w and b. Under torchrun each rank holds
+    its share of the tokens; means and gradients summed over the ranks train one classifier."""
     hidden = hidden.detach().reshape(-1, hidden.shape[-1]).float()
     target = confidence.detach().reshape(-1).float()
     mean, std = _standardisation(hidden, world)

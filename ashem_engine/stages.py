@@ -1,11 +1,7 @@
 """One training loop for every stage: epochs, validation, early stopping, best weights.
 
 What differs between stages is a `StageTask`: the training batches and their loss, how
-validation is done (plain at the only exit, or routed through every exit), and the hard PPL.
-Stage 1 trains the whole model on every train token; a later stage trains only its new
-layers (and the shared head) on the hard tokens mined from the previous exit, unless its
-ablation keys say otherwise (every token; the whole model).
-"""
+validation is done (plain at the only exit, or routed through every exit), and the hard PPL."""
 from __future__ import annotations
 
 import itertools
@@ -28,6 +24,7 @@ from .mining import HardTokens
 from .model import EarlyExitLM
 from .names import PROPAGATED, SEQUENCE
 from .settings import OptimizerSettings, StageSettings
+from .summary import EPOCH
 
 
 class NumericFault(Exception):
@@ -52,11 +49,6 @@ class CompileFailed(Exception):
                          f"({type(error).__name__}: {first}); set run.compile = false")
 
 
-# What a stage's history keeps of each EpochEnded event.
-HISTORY_FIELDS = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio",
-                  "improved", "seconds")
-
-
 @dataclass
 class StageOutcome:
     stage: int
@@ -73,10 +65,9 @@ class StageOutcome:
 
 
 class StageTask:
-    """What a stage trains on and how it is validated: routed through `cascade`, the exits
-    so far (the stage's own is the last). A task gives `batch_tokens`, the tokens in each
-    training batch, and each batch as the hidden states the head reads and their targets,
-    whole or a block of its rows (a micro-batch: `rows_in` says how many a batch has)."""
+    """What a stage trains on and how it is validated (routed through `cascade`, the stage's own
+    exit last): `batch_tokens` per training batch, and each batch, whole or a block of its rows
+    (a micro-batch; `rows_in`: how many it has), as the head's hidden states and targets."""
 
     batch_tokens: list
 
@@ -139,14 +130,12 @@ class StageTask:
         return []
 
     def held_bytes(self) -> int:
-        """What this process keeps in memory for the stage's steps: hidden states and token
-        ids (its share of them under torchrun), not the model."""
+        """What this process holds for the stage's steps (hidden states, token ids; no model)."""
         return 0
 
     def epoch_compute(self, epoch: int, result: Evaluation) -> dict:
-        """Epoch `epoch`'s MACs (costs.py says what is counted), as EpochEnded fields:
-        training (every step, and in the first epoch what the stage computes once for
-        them) and selection (validation `result`, and the hard PPL)."""
+        """Epoch `epoch`'s MACs as EpochEnded fields: training (every step; in the first epoch
+        also what the stage computes once for them) and selection (validation and hard PPL)."""
         if self._every_epoch is None:  # the same every epoch: the flags hold for the stage
             self._every_epoch = (self.epoch_macs(), self.hard_ppl_macs())
         steps, hard_ppl = self._every_epoch
@@ -168,9 +157,8 @@ class StageTask:
         return sum(training_macs(self.model, s).forward for s in self.hard_steps())
 
     def validation_macs(self, result: Evaluation, first_epoch: bool) -> float:
-        """Forward MACs of validate(): routed computing everything; a frozen first exit's
-        blocks (and, with a frozen head, its head) run once per stage, counted in its
-        first epoch."""
+        """Forward MACs of validate(): routed computing everything; a frozen first exit's blocks
+        (and, with a frozen head, its head) run once per stage, counted in its first epoch."""
         costs = self.cascade.costs(self.model, self.validation.x.shape[-1])
         known = self._first_exit is not None
         stats_known = known and self._first_exit.stats is not None
@@ -181,10 +169,9 @@ class StageTask:
         return macs
 
     def loss(self, index: int, rows: Optional[slice] = None) -> torch.Tensor:
-        """Mean cross-entropy over the batch; over a part of it (this rank's rows under
-        torchrun, a micro-batch's), weighted by the part's share of the batch's tokens, so
-        that the parts' sum, and DistributedDataParallel's average over the ranks of each
-        rank's sum, is the whole batch's mean, and so are the gradients."""
+        """Mean cross-entropy over the batch; over a part of it (this rank's rows, a micro-batch)
+        weighted by the part's share of the batch's tokens, so that the parts' sum, and DDP's
+        average over the ranks of each rank's sum, is the whole batch's mean, gradients too."""
         hidden, targets = self.batch(index, rows)
         weight = self.model.head.weight
         if rows is None and not self.world.parallel:
@@ -206,14 +193,13 @@ class StageTask:
 
     def _first_exit_stats_frozen(self) -> bool:
         """The first exit's statistics never change in this stage: its blocks and the head
-        are frozen, and the exit decides by max-softmax (which reads them all)."""
-        return not self.model.head.weight.requires_grad and self.cascade.classifiers is None
+        are frozen, and its signal reads the head (as max-softmax does)."""
+        return not self.model.head.weight.requires_grad and self.cascade.exit_signal.reads_head
 
     @torch.no_grad()
     def _frozen_first_exit(self, check: Callable[[], None]) -> ExitPass:
-        """The validation split at the frozen first exit, computed once per stage: its
-        hidden states, and with a frozen head its statistics (this rank's batches; every
-        epoch routes only those, batch by batch exactly as evaluate() would)."""
+        """The validation split at the frozen first exit, once per stage: its hidden states and,
+        with a frozen head, statistics (this rank's batches, batch by batch as evaluate() would)."""
         model, batches, first_layer = self.model, self.validation, self.cascade.layers[0]
         share = self.world.share(len(batches))
         hidden = torch.cat([model.hidden(batches.batch(i)[0], stop=first_layer).flatten(0, 1)
@@ -233,8 +219,7 @@ class StageTask:
 
     @torch.no_grad()
     def hard_ppl(self) -> Optional[float]:
-        """PPL on the mined hard tokens, through the layers above the exit they were mined at
-        as they are trained, then the head."""
+        """PPL on the mined hard tokens, through the layers above their exit, then the head."""
         nll_sum, count = 0.0, 0
         for hidden, targets in self.hard_batches():
             s = exit_stats(hidden, self.model.head.weight, targets)
@@ -266,13 +251,12 @@ class SequenceTask(StageTask):
 
 
 class HardTokenTask(StageTask):
-    """A later stage in the spec's token context: each hard token's stored hidden state goes
-    through the new layers as a sequence of length 1. Shuffled once, then fixed batches.
-    A row is a token here, as in data.batch_size (a micro-batch of m rows: m tokens).
-    `train`: the tokens it trains on when they are not the hard ones (stages.N.tokens =
-    "all"); `order` orders those. The hard PPL is always the hard tokens'. Under torchrun a
-    process holds the states of the tokens it mined; it trains on its rows of every batch,
-    whose states it gets from the others once (`rows_here`)."""
+    """A later stage in the spec's token context: each hard token's stored hidden state goes through
+    the new layers as a sequence of length 1. Shuffled once, then fixed batches. A row is a token
+    here, as in data.batch_size (a micro-batch of m rows: m tokens). `train`: the tokens it trains
+    on when they are not the hard ones (stages.N.tokens = "all"); `order` orders those. The hard PPL
+    is always the hard tokens'. Under torchrun a process holds the states of the tokens it mined; it
+    trains on its rows of every batch, whose states it gets from the others once (`rows_here`)."""
 
     def __init__(self, model, hard: HardTokens, order: torch.Tensor, batch_size: int,
                  validation, cascade, train: Optional[HardTokens] = None):
@@ -333,14 +317,12 @@ class HardTokenTask(StageTask):
 
 
 class MaskedSequenceTask(StageTask):
-    """A later stage in the sequence context: the new layers see whole sequences of the
-    mining split, the loss counts only the hard tokens. The other tokens left at an earlier
-    exit: they keep their exit state in the new layers (state propagation), which is exactly
-    how the real early exit runs them at inference, so training and inference agree.
-    `lower` (batches, B, T, dim): the frozen layers' output, computed once, or None when the
-    layers below train too (stages.N.trainable = "all"): then it runs from the token ids at
-    every step. `remaining` (batches, B, T): the tokens trained on, those the cascade sends
-    on to the new layers; `hard`: the mined ones, for the hard PPL (default: `remaining`)."""
+    """A later stage in the sequence context: the new layers see whole sequences of the mining
+    split, the loss counts only the hard tokens. Tokens that left at an earlier exit keep their
+    exit state in the new layers (state propagation), as the real early exit runs them.
+    `lower` (batches, B, T, dim): the frozen layers' output, computed once; None when they train
+    too (stages.N.trainable = "all"). `remaining` (batches, B, T): the tokens trained on, those
+    the cascade sends on; `hard`: the mined ones, for the hard PPL (default: `remaining`)."""
 
     def __init__(self, model, lower: Optional[torch.Tensor], remaining: torch.Tensor,
                  source: Batches, validation, cascade, hard: Optional[torch.Tensor] = None):
@@ -389,8 +371,7 @@ class MaskedSequenceTask(StageTask):
         return upper.flatten(0, 1)[trained], self.y[index][self.held(rows)].flatten()[trained]
 
     def step(self, index: int, loss_tokens: Optional[int] = None) -> TrainingStep:
-        """Every position runs (from the token ids when the lower layers train too); the
-        trained ones get a loss."""
+        """Every position runs (from token ids if lower layers train); the trained get a loss."""
         shape, start = self.remaining[index].shape, 0 if self.lower is None else \
             self.hard_from_layer
         return TrainingStep(shape.numel(), shape[-1], start,
@@ -419,8 +400,7 @@ class MaskedSequenceTask(StageTask):
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):
-    """AdamW with torch's defaults. The fused kernel does the same arithmetic in one pass
-    over the 4.5 M-parameter head instead of several (≈8× faster per step on the CPU)."""
+    """AdamW with torch's defaults, fused: the same arithmetic in one pass over memory."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=opt.weight_decay, fused=True)
 
@@ -492,11 +472,10 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
               on_epoch_end: Optional[Callable[[dict], None]] = None,
               resume: Optional[dict] = None, micro_batch_size: int = 0,
               compile_model: bool = False) -> StageOutcome:
-    """Trains with early stopping on validation PPL (strictly lower is better), restores the
-    best weights, and returns the outcome. `on_improved(epoch, state)` runs at every new
-    best, so the best checkpoint is on disk whatever happens next; `on_epoch_end(progress)`
-    gets everything needed to resume after this epoch; `resume` is such a progress dict
-    (plus "best_state") to continue from. data.micro_batch_size and run.compile as named."""
+    """Trains with early stopping on validation PPL, restores the best weights and returns the
+    outcome. `on_improved(epoch, state)` runs at every new best (the best checkpoint is on disk
+    whatever happens next); `on_epoch_end(progress)` gets what resuming after the epoch needs;
+    `resume`: such a progress dict (plus "best_state") to go on from."""
     model = task.model
     if compile_model:
         compile_blocks(model)
@@ -524,7 +503,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             patience=cfg.patience, best_epoch=stopping.best_epoch,
             best_val_ppl=stopping.best_ppl, seconds=round(seconds, 3), hard_ppl=hard_ppl,
             shallow_ratio=result.exit_ratios[0] if task.cascade.last else None, **macs)
-        stopping.history.append({k: getattr(ended, k) for k in HISTORY_FIELDS})
+        stopping.history.append({k: getattr(ended, k) for k in EPOCH})
         emit(ended)
         # After the event: a kill in between repeats this epoch rather than losing it.
         if on_epoch_end:
@@ -544,10 +523,9 @@ def host_reads_are_cheap(device: torch.device) -> bool:
 
 
 def clip_gradients(params: list, max_norm: float) -> None:
-    """clip_grad_norm_, bit for bit. On the CPU without its multiply by exactly 1 when the
-    norm is within the limit (torch always multiplies, to spare a GPU a sync): one pass
-    less over the 4.5 M-parameter head's gradient in every step that is not clipped; on a
-    GPU as torch does, so that the host never waits here."""
+    """clip_grad_norm_, bit for bit. On the CPU without its multiply by exactly 1 when the norm
+    is within the limit (torch always multiplies, to spare a GPU a sync): a pass less over the
+    head's gradient in every step not clipped; on a GPU as torch does (the host never waits)."""
     total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if not host_reads_are_cheap(total.device) or bool(max_norm / (total + 1e-6) < 1.0):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
@@ -565,9 +543,8 @@ class _TaskLoss(torch.nn.Module):
 
 
 def data_parallel(task: StageTask) -> Callable[..., torch.Tensor]:
-    """The task's loss; under torchrun through DistributedDataParallel, which averages the
-    gradients over the ranks during backward (wrapped once per stage: wrapping broadcasts
-    every parameter)."""
+    """The task's loss; under torchrun through DistributedDataParallel, which averages the gradients
+    over the ranks during backward (wrapped once per stage: wrapping broadcasts every parameter)."""
     if not task.world.parallel:
         return task.loss
     if task.wrapped is None:
@@ -579,10 +556,9 @@ def data_parallel(task: StageTask) -> Callable[..., torch.Tensor]:
 
 def accumulate_gradients(task: StageTask, loss_of: Callable[..., torch.Tensor], index: int,
                          micro_batch_size: int, running: torch.Tensor) -> None:
-    """Forward and backward of batch `index`, micro-batch by micro-batch (StageTask.loss
-    weights each by its share of the batch's tokens, so the gradients add up to the whole
-    batch's), adding the losses to `running` on the device. Under torchrun the ranks
-    average their gradients once, in the last micro-batch's backward."""
+    """Forward and backward of batch `index`, micro-batch by micro-batch (StageTask.loss weights
+    each by its share of the batch's tokens), adding the losses to `running` on the device.
+    Under torchrun the ranks average their gradients once, in the last micro-batch's backward."""
     parts = task.micro_batches(index, micro_batch_size)
     for k, rows in enumerate(parts):
         alone = task.wrapped is None or k == len(parts) - 1
@@ -596,10 +572,9 @@ def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: Optimiz
                 control: RunControl, emit: Callable[[Event], None],
                 progress_events_per_epoch: int, micro_batch_size: int = 0
                 ) -> tuple[float, float]:
-    """One pass over the task's batches; returns the train PPL and the seconds it took.
-    The batches' losses add up on the device: the host waits for them only where a
-    BatchProgress event is due, every `every` batches and at the end, and checks them there
-    (a non-finite loss is found at the first such read after it)."""
+    """One pass over the task's batches; the train PPL and the seconds it took. The losses add
+    up on the device: the host waits for them only where a BatchProgress event is due (every
+    `every` batches and at the end) and checks them there, after the batches since the last."""
     model, batches, world = task.model, task.num_batches(), task.world
     params = [p for p in model.parameters() if p.requires_grad]
     every = max(1, math.ceil(batches / progress_events_per_epoch))

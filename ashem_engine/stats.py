@@ -6,8 +6,7 @@ degrees of freedom ν has a closed form (Abramowitz & Stegun 26.7.3-4; θ = atan
     ν odd:  A = 2/π · (θ + sin θ · (cos θ + 2/3 cos³θ + ... + (2·4···(ν-3)) / (1·3···(ν-2))
                                                                     · cos^(ν-2) θ))
     ν even: A = sin θ · (1 + 1/2 cos²θ + ... + (1·3···(ν-3)) / (2·4···(ν-2)) · cos^(ν-2) θ)
-so no statistics library is needed.
-"""
+so no statistics library is needed."""
 from __future__ import annotations
 
 import math
@@ -64,3 +63,7 @@ def aggregate(values: Sequence[float]) -> dict:
         half = t_quantile(n - 1) * sd / math.sqrt(n)
         low, high = mean - half, mean + half
     return {"n": n, "mean": mean, "sd": sd, "half_width": half, "low": low, "high": high}
+
+
+def is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -1,21 +1,23 @@
-"""The steps of a run, one Pipeline method each: "train stage N", "mine and grow N",
-"evaluate", "sweep". A step takes the RunState its predecessor left."""
+"""The steps of a run's plan (plan.py), one Pipeline method per kind: "train stage N", "mine
+and grow N", "evaluate", "sweep". A step takes the RunState its predecessor left."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import platform
 import random
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from . import events as ev
-from .compare import SWEEP_FILE, mark_pareto
+from .exit_signals import SIGNALS
+from . import plan
+from .compare import mark_pareto
 from .control import CommandRefused, RunControl
 from .cascade import Cascade, evaluate, inference_modes
 from .costs import CostModel
@@ -24,15 +26,18 @@ from .dist import World
 from .mining import (MiningPool, MiningResult, examples_in_context, exit_pass,
                      fitted_histogram, histogram, mine, pool, tokens_at, top_words)
 from .model import EarlyExitLM, count_parameters
-from .resume import PROGRESS, ResumePoint
-from .rundir import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
+from .resume import ResumePoint
+from .rundir import (BEST_WEIGHTS_FILE, CLASSIFIERS_FILE, HARD_TOKENS_FILE, PROGRESS_FILE,
+                     SETTINGS_FILE, SUMMARY_FILE, SWEEP_FILE, CheckpointError, atomic_torch_save,
+                     atomic_write_json, load_checkpoint)
 from .memory import keep_freed_memory
 from .names import CLASSIFIER
 from .precision import compute
 from .settings import Settings
+from .sinks import Emitter
 from .stages import HardTokenTask, MaskedSequenceTask, SequenceTask, run_stage
 from .summary import SummaryReducer
-from .sweep import one_point_series, sweep, train_classifiers
+from .sweep import one_point_series, sweep, train_signal
 
 
 def choose_threads(requested: int) -> int:
@@ -64,15 +69,10 @@ class RunState:
     final: Any = None  # the final evaluation, for the sweep
 
 
-class Step(NamedTuple):
-    name: str  # "train stage 1", "mine and grow 2", "train stage 2", ..., "evaluate", "sweep"
-    run: Callable[[RunState], None]
-
-
 class Pipeline:
     """One run's steps and what they share, the corpus' batches on the run's device too."""
 
-    def __init__(self, settings: Settings, run_dir: Path, emit: ev.Emitter,
+    def __init__(self, settings: Settings, run_dir: Path, emit: Emitter,
                  control: RunControl, reducer: SummaryReducer):
         self.settings, self.run_dir, self.emit = settings, run_dir, emit
         self.control, self.reducer = control, reducer
@@ -88,19 +88,24 @@ class Pipeline:
         """run.precision around the steps (autocast to bf16, or nothing)."""
         return compute(self.settings.run.precision, self.device)
 
-    def steps(self, point: Optional[ResumePoint]) -> list[Step]:
-        """The steps still to run after `point` (all of them without one)."""
-        steps = [Step("train stage 1", partial(self.train_stage, 1))]
-        for n in range(2, len(self.settings.stages) + 1):
-            steps += [Step(f"mine and grow {n}", partial(self.mine_and_grow, n)),
-                      Step(f"train stage {n}", partial(self.train_stage, n))]
-        steps.append(Step("evaluate", self.final_evaluation))
-        if self.settings.evaluation.sweep_points:
-            steps.append(Step("sweep", self.threshold_sweep))
-        if point is None:
-            return steps
-        at = [step.name for step in steps].index(f"train stage {point.stage}")
-        return steps[at + 1 if point.stage_done else at:]
+    # the method that runs each kind of step (named: bench/breakdown.py times them)
+    RUNS = {plan.STAGE: "train_stage", plan.MINING: "mine_and_grow",
+            plan.EVALUATION: "final_evaluation", plan.SWEEP: "threshold_sweep"}
+
+    def steps(self, point: Optional[ResumePoint]) -> tuple[plan.Step, ...]:
+        """The plan's steps still to run after `point` (all of them without one)."""
+        steps = plan.of_settings(self.settings)
+        return steps if point is None else steps[plan.resumes_at(steps, point.stage,
+                                                                 point.stage_done):]
+
+    def run(self, step: plan.Step, state: RunState) -> None:
+        """One step, then the hold point after it (where a mining step's steering applies)."""
+        try:
+            getattr(self, self.RUNS[step.kind])(step, state)
+            if step.boundary:
+                self.control.boundary(step.boundary, step.where)
+        finally:
+            self.control.steering = None
 
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
         s, self.point = self.settings, point
@@ -150,7 +155,7 @@ class Pipeline:
             data_source=corpus.source, seconds_before=self.seconds_before,
             resume_point=point.where() if point is not None else None,
             world_size=self.world.size, backend=self.world.backend,
-            precision=s.run.precision))
+            precision=s.run.precision, plan=[asdict(step) for step in plan.of_settings(s)]))
         self.emit(ev.Log("info", f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
                          f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
                          f"batches of {s.data.batch_size} × {s.data.seq_len}"))
@@ -171,8 +176,9 @@ class Pipeline:
             "after the stage" if point.stage_done else f"after epoch {point.epoch}")))
         return RunState(model, list(point.exit_layers), list(point.thresholds))
 
-    def train_stage(self, number: int, state: RunState) -> None:
-        s, st, self.where = self.settings, self.settings.stages[number - 1], f"stage {number}"
+    def train_stage(self, step: plan.Step, state: RunState) -> None:
+        s, number = self.settings, step.stage
+        st, self.where = s.stages[number - 1], f"stage {number}"
         task = self._task(number, state)
         trainable, total = count_parameters(task.model)
         self.emit(ev.StageStarted(
@@ -202,7 +208,6 @@ class Pipeline:
         self.emit(ev.StageEnded(**ended, checkpoint=str(self.best_checkpoint(number))))
         self.write_summary()
         self.save_point(number, outcome.epochs, True, state)
-        self.control.boundary(f"stage-{number}", f"after stage {number}")
 
     def _training_resume(self, number: int) -> Optional[dict]:
         """run_stage's state to go on with, when the run resumes in the middle of stage N."""
@@ -215,9 +220,8 @@ class Pipeline:
                 "best_state": best_state}
 
     def _task(self, number: int, state: RunState):
-        """Stage N's training task; from stage 2 on, on the hard tokens mined before it (in
-        this attempt or an earlier one), or on every token that reached the previous exit
-        then (stages.N.tokens = "all"). Each process holds the states of its own rows."""
+        """Stage N's training task: later stages train on the tokens mined before (in any attempt),
+        or every token that reached the previous exit (tokens = "all"), each process its rows."""
         m, s = state.model, self.settings
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
@@ -244,12 +248,11 @@ class Pipeline:
 
     def _hard_tokens(self, number: int, state: RunState, needs_states: bool
                      ) -> tuple[dict, Optional[MiningPool]]:
-        """Stage N's hard tokens as kept (positions, targets, order, ...) and, when training
-        reads their hidden states, the mining pass: this attempt's, or in a resumed attempt
-        the same pass again, with stage N-1's best weights (rank 0 reads what it kept)."""
+        """Stage N's hard tokens as kept and, when training reads their states, the mining pass:
+        this attempt's, or in a resumed one the same pass again with stage N-1's best weights."""
         kept, mined_from = self._kept.get(number), self._pools.get(number)
         if kept is None:
-            path = self.run_dir / f"stage-{number}-hard.pt"
+            path = self.run_dir / HARD_TOKENS_FILE.format(number)
             kept = self.world.lead_reads(lambda: _without_states(
                 load_checkpoint(path, required="positions")))
         if needs_states and mined_from is None:
@@ -270,9 +273,10 @@ class Pipeline:
         mask[positions] = True
         return mask
 
-    def mine_and_grow(self, number: int, state: RunState) -> None:
-        """Mines at stage N-1's exit, then grows the model to stage N over what it freezes.
-        While it holds after this (mining-{N-1}), the hard ratio can be steered."""
+    def mine_and_grow(self, step: plan.Step, state: RunState) -> None:
+        """Mines at stage N-1's exit (the step's stage), then grows the model to stage N over
+        what it freezes. While it holds after this, the hard ratio can be steered."""
+        number = step.stage + 1
         st, self.where = self.settings.stages[number - 1], f"mining after stage {number - 1}"
         source = self.batches(self.settings.mining.split)
         passed = pool(exit_pass(state.model, source, self.cascade(state, number - 1),
@@ -289,12 +293,7 @@ class Pipeline:
         rng = torch.get_rng_state()  # the hard tokens' order is drawn from here, steered or not
         self._pools[number] = passed
         self._keep_hard(number, mined, state)
-        self.control.steering = partial(self._steer, number, passed, state, rng)
-        try:
-            self.control.boundary(f"mining-{number - 1}",
-                                  f"after mining at stage {number - 1}'s exit")
-        finally:
-            self.control.steering = None
+        self.control.steering = partial(self._steer, number, passed, state, rng)  # run() clears it
 
     def _freeze(self, model: EarlyExitLM, number: int) -> None:
         """What stage N does not train: the embedding and the layers below its new ones (the
@@ -316,14 +315,13 @@ class Pipeline:
             kept.update(every_positions=mined.reached.cpu(),
                         every_order=torch.randperm(mined.total))
         self._kept[number] = kept
-        self.save(self.run_dir / f"stage-{number}-hard.pt", kept)
+        self.save(self.run_dir / HARD_TOKENS_FILE.format(number), kept)
         self.save_point(number, 0, False, state, {"model": state.model.state_dict()})
 
     def _steer(self, number: int, passed, state: RunState, rng: torch.Tensor,
                ratio: float) -> Callable[[], None]:
-        """A new hard ratio for stage N, from the confidences the mining pass left (the model
-        does not run again): what applies it, or CommandRefused when it selects no token.
-        Applied, the run goes on exactly as a run started with that ratio would."""
+        """A new hard ratio for stage N from the mining pass' confidences (the model does not run
+        again): what applies it, as if the run started with it; CommandRefused if no token."""
         exit_layer = state.exit_layers[-2]
         y = self.batches(self.settings.mining.split).y
         mined = mine(passed, y, ratio, exit_layer)
@@ -345,7 +343,7 @@ class Pipeline:
         stages[number - 1] = dataclasses.replace(stages[number - 1], hard_ratio=ratio)
         self.settings = self.settings.replace(stages=tuple(stages))
         if self.world.lead:
-            atomic_write_json(self.run_dir / "settings.json", self.settings.to_dict())
+            atomic_write_json(self.run_dir / SETTINGS_FILE, self.settings.to_dict())
         self.emit(ev.SettingChanged(key=f"stages.{number}.hard_ratio", value=ratio,
                                     previous=previous))
 
@@ -359,9 +357,8 @@ class Pipeline:
     def _mine(self, stage: int, ratio: float, passed, exit_layer: int,
               mined: Optional[MiningResult] = None, macs: Optional[float] = None
               ) -> MiningResult:
-        """The threshold and the hard tokens at `ratio` (`mined`: already selected, when
-        steered), reported as ThresholdComputed and HardExamplesCollected; `macs`: the
-        mining pass' (the steered report the one pass they read)."""
+        """The threshold and hard tokens at `ratio` (`mined`: already selected, when steered) as
+        ThresholdComputed and HardExamplesCollected; `macs`: the mining pass' (steered too)."""
         s, source = self.settings, self.batches(self.settings.mining.split)
         steered = mined is not None
         mined = mined or mine(passed, source.y, ratio, exit_layer)
@@ -385,7 +382,7 @@ class Pipeline:
             selection_macs=macs))
         return mined
 
-    def final_evaluation(self, state: RunState) -> None:
+    def final_evaluation(self, step: plan.Step, state: RunState) -> None:
         self.where = "final evaluation"
         split, cascade = self.settings.evaluation.split, self.cascade(state, len(state.exit_layers))
         exits, thresholds = state.exit_layers, state.thresholds
@@ -398,7 +395,7 @@ class Pipeline:
             honest_cost=final.honest_cost, thresholds=thresholds,
             macs_per_token=final.macs_per_token, inference_modes=list(cascade.modes)))
 
-    def threshold_sweep(self, state: RunState) -> None:
+    def threshold_sweep(self, step: plan.Step, state: RunState) -> None:
         """PPL against honest cost over thresholds for each signal, beside the run's own point
         and the stage-1 model alone; on the report split, calibrated on the mining split."""
         self.where = "threshold sweep"
@@ -430,17 +427,17 @@ class Pipeline:
         return CostModel(self.settings.model, len(self.corpus.vocab), seq_len, exit_layers, modes)
 
     def _swept_signals(self, state: RunState) -> list[dict]:
-        """One series per signal; the exit classifiers a signal needs are trained first."""
+        """One series per signal; a trained signal (exit_signals) is trained first."""
         s, m = self.settings, state.model
         mining, report = self.batches(s.mining.split), self.batches(s.evaluation.split)
         cascade = self.cascade(state, len(state.exit_layers))
-        classifiers = None
-        if CLASSIFIER in s.evaluation.signals:
-            classifiers = train_classifiers(m, mining, cascade, s.run.seed, self.check)
-            self.save(self.run_dir / "exit-classifiers.pt",
-                              {"classifiers": [c.state_dict() for c in classifiers]})
+        trained = {name: train_signal(m, mining, cascade, name, s.run.seed, self.check)
+                   for name in s.evaluation.signals if SIGNALS[name].train is not None}
+        if CLASSIFIER in trained:
+            self.save(self.run_dir / CLASSIFIERS_FILE,
+                      {"classifiers": [c.state_dict() for c in trained[CLASSIFIER]]})
         return sweep(m, mining, report, cascade, s.evaluation.signals, s.evaluation.sweep_points,
-                     classifiers, self.check)
+                     trained, self.check)
 
     def _first_stage_alone(self, plain: float, deepest: int) -> dict:
         layers = self.settings.stages[0].layers
@@ -455,7 +452,7 @@ class Pipeline:
         return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)
 
     def best_checkpoint(self, number: int) -> Path:
-        return self.run_dir / f"stage-{number}-best.pt"
+        return self.run_dir / BEST_WEIGHTS_FILE.format(number)
 
     def read_weights(self, checkpoint: Path) -> dict:
         """A checkpoint's weights, read by rank 0 and sent to every rank."""
@@ -479,7 +476,7 @@ class Pipeline:
     def write_summary(self) -> dict:
         summary = self.reducer.summary
         if self.world.lead:
-            atomic_write_json(self.run_dir / "summary.json", summary)
+            atomic_write_json(self.run_dir / SUMMARY_FILE, summary)
         return summary
 
     def save(self, path: Path, obj: dict) -> None:
@@ -490,7 +487,7 @@ class Pipeline:
                    training: Optional[dict] = None) -> None:
         """`training`: "model", "optimizer" and "early", while the stage is under way."""
         training = training or {}
-        self.save(self.run_dir / PROGRESS, vars(ResumePoint(
+        self.save(self.run_dir / PROGRESS_FILE, vars(ResumePoint(
             stage, epoch, stage_done, state.exit_layers, state.thresholds, torch.get_rng_state(),
             self.seconds_before + self.emit.elapsed(), training.get("model"),
             training.get("optimizer"), training.get("early"))))

@@ -7,8 +7,7 @@
 A configuration is one settings file; its name is the file's stem (unique in a study) and
 becomes its runs' run.name. Its seeds are its run.seed + 0, 1, ..., N - 1: the seed changes
 the initialisation and the shuffles only, never the data or its split (data.py reads no random
-state). This module plans a study and finds its runs; study_run.py runs them.
-"""
+state). This module plans a study and finds its runs; study_run.py runs them."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from .rundir import RunDirError, atomic_write_json, create_run_dir
+from .rundir import (SETTINGS_FILE, SUMMARY_FILE, RunDirError, atomic_write_json,
+                     create_run_dir)
 from .settings import Settings, SettingsError, load_settings, settings_from_dict
 
 STUDY_FILE = "study.json"
@@ -286,7 +286,7 @@ def latest_run_dir(seed_directory: Path) -> Optional[Path]:
     settings.json (one killed before that is left alone, and a new run started)."""
     if not seed_directory.is_dir():
         return None
-    made = sorted(p for p in seed_directory.iterdir() if (p / "settings.json").is_file())
+    made = sorted(p for p in seed_directory.iterdir() if (p / SETTINGS_FILE).is_file())
     return made[-1] if made else None
 
 
@@ -294,15 +294,14 @@ def run_status(run_dir: Optional[Path]) -> Optional[str]:
     if run_dir is None:
         return None
     try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["status"]
+        return json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))["status"]
     except (OSError, ValueError, KeyError, TypeError):
         return "running"  # no summary yet: killed early, or still being written
 
 
 def study_runs(plan: StudyPlan) -> list[StudyRun]:
-    """Every (configuration, seed), with its run directory and status so far, seed by seed:
-    each seed's configurations run before the next seed's, so a study stopped early still
-    compares every configuration over the same seeds."""
+    """Every (configuration, seed) with its run directory and status, seed by seed: a study
+    stopped early still compares every configuration over the same seeds."""
     out = []
     for index in range(plan.seeds):
         for config in plan.configurations:

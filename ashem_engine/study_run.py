@@ -1,8 +1,7 @@
-"""Running a study: each (configuration, seed) in turn, headless and never held. A finished
-run is skipped, an interrupted one resumed in its own run directory (resume.py), a missing one
-started; the table is rewritten after every run that finishes. A cancelled or failed run
-stops the study, which can be resumed the same way. Nothing is printed: what happens goes to
-`notify` as StudyStep notes, and each run's events to the sinks the caller gives."""
+"""Running a study: each (configuration, seed) in turn, headless and never held: a finished run
+skipped, an interrupted one resumed, a missing one started, the table rewritten after each that
+finishes; a cancelled or failed run stops the study (resumable the same way). Nothing is
+printed: progress goes to `notify` as StudyStep notes, each run's events to the caller's sinks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -10,14 +9,14 @@ from typing import Callable, Iterable, Optional
 
 from . import events as ev
 from .control import RunControl
+from .sinks import Sink
 from .study import StudyPlan, StudyRun, running, study_runs
 from .study_table import write_tables
 
 
 @dataclass
 class StudyStep:
-    """One note of a study's progress: a run about to start, resume or be skipped; a run
-    ended; the table rewritten."""
+    """A note of a study's progress: a run starts, resumes, is skipped or ended; the table."""
     action: str  # "skip", "start", "resume", "finished", "cancelled", "failed", "table"
     index: int  # 1-based position of the run in the study (0 for "table")
     total: int
@@ -37,17 +36,16 @@ class StudyResult:
 Notify = Callable[[StudyStep], None]
 
 
-def run_study(plan: StudyPlan, sinks: Iterable[ev.Sink] = (),
+def run_study(plan: StudyPlan, sinks: Iterable[Sink] = (),
               new_control: Callable[[], RunControl] = RunControl,
               notify: Notify = lambda step: None) -> StudyResult:
-    """Runs what is left of a placed study (open_study), holding it against a second
-    process (StudyError). `new_control` makes each run's control: a control already
-    cancelled stops the study before that run starts."""
+    """Runs what is left of a placed study, held against a second process (StudyError).
+    `new_control` makes each run's control; one already cancelled stops the study there."""
     with running(plan.directory):
         return _run_left(plan, sinks, new_control, notify)
 
 
-def _run_left(plan: StudyPlan, sinks: Iterable[ev.Sink], new_control: Callable[[], RunControl],
+def _run_left(plan: StudyPlan, sinks: Iterable[Sink], new_control: Callable[[], RunControl],
               notify: Notify) -> StudyResult:
     runs, sinks = study_runs(plan), list(sinks)
     table: dict = {}

@@ -1,15 +1,12 @@
 """A study's table: every figure of every configuration across its finished seeds.
 
-FIGURES below is the one list of what a study tabulates, each read from a finished run's
-summary.json (and sweep.json). For each configuration and figure the table holds n, the
-mean, the sample standard deviation, the 95 % interval (stats.aggregate) and the per-seed
-values, written atomically as table.json, table.csv and table.md in the study directory.
+FIGURES is the one list of what a study tabulates, read from each finished run's summary.json
+and sweep.json; per configuration and figure, table.json, table.csv and table.md hold n, mean,
+sd, the 95 % interval (stats.aggregate) and the per-seed values.
 
-Differences are paired by seed: a run's ASHEM PPL minus its own stage-1 model's (a figure of
-every run), and each configuration's PAIRED figures minus the first configuration's at the
-same seed ("differences"). Configurations that share stage 1's settings share its model at
-a seed, so their difference leaves out the seed's effect on stage 1.
-"""
+Differences are paired by seed: a run's ASHEM PPL minus its own stage-1 model's, and each
+configuration's PAIRED figures minus the first configuration's at the same seed. Configurations
+sharing stage 1's settings share its model at a seed: their difference leaves out its effect."""
 from __future__ import annotations
 
 import csv
@@ -20,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .compare import SWEEP_FILE
-from .names import CLASSIFIER, SOFTMAX
-from .rundir import atomic_write, atomic_write_json
-from .stats import CONFIDENCE, aggregate
+from .exit_signals import SIGNALS
+from .names import SOFTMAX
+from .rundir import SUMMARY_FILE, SWEEP_FILE, atomic_write, atomic_write_json
+from .stats import CONFIDENCE, aggregate, is_number
 from .study import StudyPlan, StudyRun, study_runs
 
-TABLE_FILES = ("table.json", "table.csv", "table.md")
 INTERVAL_RULE = "Student t: mean ± t(0.975, n - 1) · sd / sqrt(n)"
 
 
@@ -56,20 +52,19 @@ def _stage_one_alone(key: str) -> Callable[[dict, dict], Optional[float]]:
 
 
 def _sweep_gain(signal: str, quantile: float) -> Callable[[dict, dict], Optional[float]]:
-    """The sweep's PPL at a fixed quantile (never one chosen on the report split) minus the
-    stage-1 model's alone, within the run."""
+    """The sweep's PPL at a fixed quantile (not one chosen on the report split) minus stage 1's."""
     def read(summary: dict, sweep: dict) -> Optional[float]:
         alone = _stage_one_alone("ppl")(summary, sweep)
         points = [p for x in sweep.get("series", []) if x.get("kind") == "sweep"
                   and x.get("signal") == signal for p in x.get("points", [])
-                  if _number(p.get("quantile")) and abs(p["quantile"] - quantile) < 1e-9]
-        return points[0].get("ppl") - alone if points and _number(alone) else None
+                  if is_number(p.get("quantile")) and abs(p["quantile"] - quantile) < 1e-9]
+        return points[0].get("ppl") - alone if points and is_number(alone) else None
     return read
 
 
 def _gain_over_stage_one(summary: dict, sweep: dict) -> Optional[float]:
     ashem, alone = _final("ppl")(summary, sweep), _stage_one_alone("ppl")(summary, sweep)
-    return ashem - alone if _number(ashem) and _number(alone) else None
+    return ashem - alone if is_number(ashem) and is_number(alone) else None
 
 
 SWEEP_QUANTILES = (0.1, 0.5)  # fixed in advance: never chosen on the report split
@@ -91,12 +86,11 @@ FIGURES = (
     Figure("final.ppl_minus_stage_1_alone", "the final report's PPL minus the stage-1 model's "
            "alone on the same split, paired within the run (negative: ASHEM is better)",
            _gain_over_stage_one),
-    *(Figure(f"sweep.{signal}.q{q:.2f}.ppl_minus_stage_1_alone",
-             f"the sweep's PPL with the {name} at quantile {q:.2f} (a fraction {q:.2f} "
+    *(Figure(f"sweep.{s.name}.q{q:.2f}.ppl_minus_stage_1_alone",
+             f"the sweep's PPL with the {s.label} at quantile {q:.2f} (a fraction {q:.2f} "
              "of tokens sent deep) minus the stage-1 model's alone, within the run",
-             _sweep_gain(signal, q))
-      for signal, name in ((SOFTMAX, "max-softmax"), (CLASSIFIER, "exit classifier"))
-      for q in SWEEP_QUANTILES),
+             _sweep_gain(s.name, q))
+      for s in SIGNALS.values() for q in SWEEP_QUANTILES),
     Figure("sweep.all_deep.ppl_minus_stage_1_alone", "the sweep's PPL with every token sent "
            "to the last exit (quantile 1) minus the stage-1 model's alone, within the run",
            _sweep_gain(SOFTMAX, 1.0)),
@@ -115,10 +109,6 @@ FIRST_AFTER_STAGES = "stage_1_alone.ppl"  # the stage figures come before this o
 PAIRED = ("final.ppl", "final.honest_cost", "training_macs")  # differences between configurations
 
 
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def run_figures(summary: dict, sweep: dict) -> dict[str, float]:
     """A finished run's figures, in FIGURES' order; a figure it lacks is left out."""
     stages = {f"stage_{r['stage']}.{key}": r.get(key)
@@ -126,9 +116,9 @@ def run_figures(summary: dict, sweep: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for figure in FIGURES:
         if figure.name == FIRST_AFTER_STAGES:
-            out.update((k, v) for k, v in stages.items() if _number(v))
+            out.update((k, v) for k, v in stages.items() if is_number(v))
         value = figure.read(summary, sweep)
-        if _number(value):
+        if is_number(value):
             out[figure.name] = value
     return out
 
@@ -152,7 +142,7 @@ def _read_json(path: Path) -> dict:
 
 def configuration_table(runs: list[StudyRun], directory: Path) -> dict:
     """One configuration's runs (in seed order) as its part of table.json."""
-    per_seed = {r.seed: run_figures(_read_json(r.run_dir / "summary.json"),
+    per_seed = {r.seed: run_figures(_read_json(r.run_dir / SUMMARY_FILE),
                                     _read_json(r.run_dir / SWEEP_FILE))
                 for r in runs if r.finished}
     names = list(dict.fromkeys(name for figures in per_seed.values() for name in figures))
@@ -291,8 +281,7 @@ def table_markdown(table: dict) -> str:
 
 
 def study_overview(table: dict) -> str:
-    """What a finished study prints: table.md's figures across configurations and its paired
-    differences, without the per-configuration sections."""
+    """What a finished study prints: table.md without its per-configuration sections."""
     sections = table_markdown(table).split("\n## ")
     paired = [f"## {x.rstrip()}" for x in sections[1:] if x.startswith("Paired by seed")]
     return "\n\n".join([sections[0].rstrip(), *paired])

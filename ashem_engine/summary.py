@@ -1,6 +1,5 @@
-"""summary.json as a reduction of the run's events (SummaryReducer, a sink), so that it cannot
-drift from them. The log of a resumed run holds every attempt: each RunStarted rewinds to its
-resume point, as the attempts after redo what an attempt reported beyond it."""
+"""summary.json as a reduction of the run's events (SummaryReducer, a sink): it cannot drift
+from them. A resumed run's log holds every attempt; each RunStarted rewinds (plan.Rewind)."""
 from __future__ import annotations
 
 import copy
@@ -10,9 +9,12 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import events as ev
-from .compare import SWEEP_FILE
+from . import plan
+from .rundir import EVENTS_FILE, SETTINGS_FILE, SWEEP_FILE
+from .sinks import dispatch
 
 NOTHING_DONE = {"stage": 0, "epoch": 0, "stage_done": True}  # the resume point of a new run
+# What a stage's history keeps of each EpochEnded: summary.json's, and progress.pt's (stages.py).
 EPOCH = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio", "improved",
          "seconds", "training_macs", "selection_macs")
 STAGE = ("stage", "epochs", "best_epoch", "best_val_ppl", "best_val_acc", "best_hard_ppl",
@@ -27,17 +29,17 @@ def base_summary(run_dir: str | os.PathLike, settings: dict) -> dict:
             "mining": [], "final": None}
 
 
-def replay(run_dir: str | os.PathLike) -> SummaryReducer:
+def reducer_from_log(run_dir: str | os.PathLike) -> SummaryReducer:
     """A reducer that has seen a run directory's events.jsonl so far (none in a new run)."""
     path = Path(run_dir)
-    settings = json.loads((path / "settings.json").read_text(encoding="utf-8"))
-    log = path / "events.jsonl"
-    return SummaryReducer(base_summary(path, settings), ev.iter_events(log) if log.exists() else ())
+    settings = json.loads((path / SETTINGS_FILE).read_text(encoding="utf-8"))
+    log = path / EVENTS_FILE
+    return SummaryReducer(base_summary(path, settings), ev.read_events(log) if log.exists() else ())
 
 
 def rebuild(run_dir: str | os.PathLike) -> dict:
     """summary.json again, from a run directory's settings.json and events.jsonl."""
-    return replay(run_dir).summary
+    return reducer_from_log(run_dir).summary
 
 
 def _pick(event: ev.Event, names: Iterable[str]) -> dict:
@@ -50,9 +52,8 @@ def _total(figures: list) -> Optional[float]:
 
 
 def compute_spent(summary: dict) -> dict:
-    """summary["training_macs"] and ["selection_macs"] from its stage and mining records:
-    the training steps' MACs per stage and in all; the selecting and evaluating passes'
-    (validation and hard PPL per stage, every mining pass) apart (costs.py: the rule)."""
+    """summary["training_macs"] (per stage and in all) and ["selection_macs"] (validation and
+    hard PPL per stage, every mining pass) from its stage and mining records."""
     training = [r.get("training_macs") for r in summary["stages"]]
     stages = [r.get("selection_macs") for r in summary["stages"]]
     mining = [m.get("selection_macs") for m in summary["mining"]]
@@ -83,12 +84,12 @@ class SummaryReducer:
         return ahead._s
 
     def __call__(self, event: ev.Event) -> None:
-        reduce = getattr(self, f"on_{event.kind}", None)  # one method per event kind it reads
-        if reduce is not None:
-            reduce(event)
+        dispatch(self, event)  # one on_<Kind> method per event kind it reads
 
     def on_RunStarted(self, e: ev.RunStarted) -> None:
-        self._rewind(e.resume_point if e.resumed else NOTHING_DONE)
+        point = e.resume_point if e.resumed else NOTHING_DONE
+        if point is not None:  # None: logged before resume points were; redone records replace
+            self._rewind(plan.rewind(plan.of_run(e), point))
         self._s = {"status": "running", "run_dir": e.run_dir, "settings": e.settings,
                    "stages": self._s["stages"], "mining": self._s["mining"], "final": None,
                    **_pick(e, ("machine", "device", "threads", "data_source", "vocab_size"))}
@@ -97,15 +98,11 @@ class SummaryReducer:
             self._s["seconds_before"] = e.seconds_before
         self._before = e.seconds_before
 
-    def _rewind(self, point: Optional[dict]) -> None:
-        if point is None:  # logged before resume points were; redone records replace
-            return
-        stage, epoch, done = point["stage"], point["epoch"], point["stage_done"]
-        last_done = stage if done else stage - 1
-        self._s["stages"] = [r for r in self._s["stages"] if r["stage"] <= last_done]
-        self._s["mining"] = [m for m in self._s["mining"] if m["stage"] < stage]
-        self._epochs = {n: [h for h in epochs if n < stage or h["epoch"] <= epoch]
-                        for n, epochs in self._epochs.items() if n <= stage}
+    def _rewind(self, rewind: plan.Rewind) -> None:
+        self._s["stages"] = [r for r in self._s["stages"] if rewind.keeps(plan.STAGE, r["stage"])]
+        self._s["mining"] = [m for m in self._s["mining"] if rewind.keeps(plan.MINING, m["stage"])]
+        self._epochs = {n: [h for h in epochs if rewind.keeps_epoch(n, h["epoch"])]
+                        for n, epochs in self._epochs.items() if rewind.keeps_start(n)}
 
     def on_EpochEnded(self, e: ev.EpochEnded) -> None:
         before = [h for h in self._epochs.get(e.stage, []) if h["epoch"] < e.epoch]

@@ -1,12 +1,7 @@
 """The token cache: a corpus tokenised once, as nanoGPT's train.bin. One directory per corpus
-and vocabulary cap, holding the vocabulary and each split's whole token stream (int64 ids,
-before any cut to a sample count). Every process of a node memory-maps the same files, so
-what a process holds of a split is the pages of the batches it reads, not the split.
-
-Tokenising streams row by row (never a list of every word), with the vocabulary and ids
-of data.build_vocabulary and Vocabulary.encode exactly: first occurrence over the train then
-the validation rows; with a cap, the most frequent words, ties to the first seen.
-"""
+and vocabulary cap holds the vocabulary and each split's whole token stream (int64 ids, before
+any cut to a sample count), memory-mapped by every process of a node: a process holds only the
+pages it reads. Tokenising streams row by row, with data.py's vocabulary and ids exactly."""
 from __future__ import annotations
 
 import collections

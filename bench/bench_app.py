@@ -54,6 +54,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ashem_engine.stats import aggregate
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -113,9 +115,10 @@ def batch_times(marks: list[tuple[str, float, float]]) -> dict[str, Any]:
 
 def child_headless(settings) -> dict[str, Any]:
     from ashem_engine.run import run_ashem
+    from ashem_engine.sinks import build_sinks
 
     events: list = []
-    result = run_ashem(settings, sinks=(events.append,))
+    result = run_ashem(settings, sinks=build_sinks(extra=(events.append,)))
     assert result.status == "finished", result.error
     return throughput(events)
 
@@ -285,19 +288,12 @@ def run_all(args, modes: list[str], overrides: list[str]) -> dict[str, list[dict
     return results
 
 
-# t quantiles (97.5 %) for a 95 % interval of a mean of n - 1 degrees of freedom
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
-        10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
-
-
 def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval (nan for one value)."""
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    df = len(values) - 1
-    t = T975[max(k for k in T975 if k <= df)]
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+    """Mean and the half-width of its 95 % confidence interval (Student t; nan for one
+    value), as a study's tables give them (stats.aggregate)."""
+    figures = aggregate(values)
+    half = figures["half_width"]
+    return figures["mean"], math.nan if half is None else half
 
 
 # figure: (label, how to read it from a run, higher is faster)

@@ -2,8 +2,9 @@
 
     python bench/bench_engine.py [--data DIR] [--threads 1 2] [--batches 12] [--naive]
 
-- stage-1 training: a 2-layer step on a 64 × 32 train batch (fused head, fused AdamW);
-- stage-2 training: a step of the new layers on 64 hard tokens (length-1 sequences);
+- stage-1 training: the engine's training step (stages.train_epoch) of a 2-layer model on
+  64 × 32 train batches (fused head, fused AdamW);
+- stage-2 training: its step of the new layers on 64 hard tokens (length-1 sequences);
 - routed evaluation: two-exit evaluation over validation batches.
 With --naive, the same steps the textbook way (full logits + F.cross_entropy, for-loop AdamW),
 which is what the reference implementation does, for comparison. Results go to stdout as a
@@ -20,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from ashem_engine.cascade import Cascade, evaluate
-from ashem_engine.data import load_corpus
-from ashem_engine.head import head_loss
+from ashem_engine.control import RunControl
+from ashem_engine.data import Batches, load_corpus
+from ashem_engine.mining import HardTokens, quantile_threshold
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.settings import DataSettings, Settings
-from ashem_engine.stages import make_optimizer
+from ashem_engine.stages import HardTokenTask, SequenceTask, StageTask, make_optimizer, train_epoch
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw"
 
@@ -38,51 +40,49 @@ def timed(step, n: int, warmup: int = 2) -> float:
     return time.perf_counter() - start
 
 
-def stage1_rate(model, train, s: Settings, n: int, naive: bool) -> float:
+def textbook(task: StageTask) -> StageTask:
+    """The task with the reference's loss: the full logits, then F.cross_entropy."""
+    def loss(index: int, rows=None) -> torch.Tensor:
+        hidden, targets = task.batch(index, rows)
+        return F.cross_entropy(task.model.head(hidden), targets)
+
+    task.loss = loss
+    return task
+
+
+def training_rate(make_task, model, lr: float, s: Settings, n: int, naive: bool) -> float:
+    """Tokens/s of the engine's training steps (stages.train_epoch) over make_task(n)'s n
+    batches, after make_task(2)'s 2 batches of warm-up; one model and optimizer throughout.
+    Naive: the textbook loss and a for-loop AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = (torch.optim.AdamW(params, lr=lr, weight_decay=s.optimizer.weight_decay,
+                                   foreach=False) if naive
+                 else make_optimizer(model, lr, s.optimizer))
+    for batches in (2, n):
+        task = textbook(make_task(batches)) if naive else make_task(batches)
+        _, seconds = train_epoch(0, 1, task, optimizer, s.optimizer, RunControl(),
+                                 emit=lambda event: None, progress_events_per_epoch=1)
+    return sum(task.batch_tokens) / seconds
+
+
+def stage1_rate(model, train: Batches, val: Batches, s: Settings, n: int, naive: bool) -> float:
     """Tokens/s of stage-1 steps: the 2-layer model on whole train batches."""
-    params = [p for p in model.parameters()]
-    if naive:
-        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=False)
-    else:
-        opt = make_optimizer(model, 1e-3, s.optimizer)
+    def task(batches: int) -> StageTask:
+        first = Batches(train.x[:batches], train.y[:batches])
+        return SequenceTask(model, first, val, Cascade.of([2]))
 
-    def step(i):
-        opt.zero_grad(set_to_none=True)
-        b = i % len(train)
-        h = model.hidden(train.x[b]).reshape(-1, s.model.dim)
-        if naive:
-            loss = F.cross_entropy(model.head(h), train.y[b].reshape(-1))
-        else:
-            loss = head_loss(h, model.head.weight, train.y[b])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-
-    return n * train.y[0].numel() / timed(step, n)
+    return training_rate(task, model, 1e-3, s, n, naive)
 
 
-def stage2_rate(grown, vocab: int, s: Settings, n: int, naive: bool) -> float:
+def stage2_rate(grown, vocab: int, val: Batches, s: Settings, n: int, naive: bool) -> float:
     """Tokens/s of stage-2 steps: the new layers on 64 hard tokens as length-1 sequences."""
-    p2 = [p for p in grown.parameters() if p.requires_grad]
-    opt2 = (torch.optim.AdamW(p2, lr=1e-4, weight_decay=0.01, foreach=False) if naive
-            else make_optimizer(grown, 1e-4, s.optimizer))
-    hidden = torch.randn(64 * 64, s.model.dim)
-    targets = torch.randint(0, vocab, (64 * 64,))
+    def task(batches: int) -> StageTask:
+        k = 64 * batches
+        hard = HardTokens(torch.randn(k, s.model.dim), torch.randint(0, vocab, (k,)),
+                          torch.zeros(k), torch.arange(k))
+        return HardTokenTask(grown, hard, torch.arange(k), 64, val, Cascade.of([2, 4], [0.5]))
 
-    def step(i):
-        opt2.zero_grad(set_to_none=True)
-        sl = slice((i % 64) * 64, (i % 64 + 1) * 64)
-        out = grown.run_layers(hidden[sl][:, None, :], 2, 4)[:, 0, :]
-        if naive:
-            loss = F.cross_entropy(grown.head(out), targets[sl])
-        else:
-            loss = head_loss(out, grown.head.weight, targets[sl])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(p2, 1.0)
-        opt2.step()
-
-    n2 = 8 * n
-    return n2 * 64 / timed(step, n2)
+    return training_rate(task, grown, 1e-4, s, 8 * n, naive)
 
 
 def routed_rate(model, grown, val, vocab: int, s: Settings, n: int, naive: bool) -> float:
@@ -90,8 +90,7 @@ def routed_rate(model, grown, val, vocab: int, s: Settings, n: int, naive: bool)
     grown.eval()
     with torch.no_grad():
         shallow = model.hidden(val.x[0], stop=2).reshape(-1, s.model.dim)
-        threshold = torch.quantile(
-            F.softmax(model.head(shallow), -1).max(-1).values, 0.5).item()
+        threshold = quantile_threshold(F.softmax(model.head(shallow), -1).max(-1).values, 0.5)
     k = min(n, len(val))
     sub = type(val)(val.x[:k], val.y[:k])
     if naive:
@@ -117,10 +116,10 @@ def bench(corpus, threads: int, n: int, naive: bool) -> dict:
     train, val = corpus.batches["train"], corpus.batches["validation"]
     vocab = len(corpus.vocab)
     model = EarlyExitLM(vocab, 2, s.model)
-    stage1 = stage1_rate(model, train, s, n, naive)
+    stage1 = stage1_rate(model, train, val, s, n, naive)
     grown = model.grow(4)
     grown.freeze_lower(2)
-    stage2 = stage2_rate(grown, vocab, s, n, naive)
+    stage2 = stage2_rate(grown, vocab, val, s, n, naive)
     evaluation = routed_rate(model, grown, val, vocab, s, n, naive)
     return {"threads": threads, "naive": naive, "stage1_train_tok_s": round(stage1),
             "stage2_train_tok_s": round(stage2), "routed_eval_tok_s": round(evaluation)}

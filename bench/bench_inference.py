@@ -31,7 +31,8 @@ from ashem_engine.data import load_corpus
 from ashem_engine.head import exit_stats
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.names import CLASSIFIER, SOFTMAX
-from ashem_engine.rundir import load_checkpoint
+from ashem_engine.rundir import (BEST_WEIGHTS_FILE, CLASSIFIERS_FILE, SETTINGS_FILE, SUMMARY_FILE,
+                                 SWEEP_FILE, load_checkpoint)
 from ashem_engine.run import choose_threads
 from ashem_engine.settings import settings_from_dict
 from ashem_engine.signals import ExitClassifier
@@ -93,11 +94,11 @@ class FinishedRun:
 
 def load_run(args: argparse.Namespace, device: torch.device) -> FinishedRun:
     run = Path(args.run_dir)
-    summary = json.loads((run / "summary.json").read_text())
-    settings = settings_from_dict(json.loads((run / "settings.json").read_text()))
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    settings = settings_from_dict(json.loads((run / SETTINGS_FILE).read_text()))
     settings = settings.replace(data=type(settings.data)(**{**settings.data.__dict__,
                                                           "path": args.data}))
-    sweep = json.loads((run / "sweep.json").read_text())
+    sweep = json.loads((run / SWEEP_FILE).read_text())
     corpus = load_corpus(settings.data)
     report = corpus.batches[settings.evaluation.split]
     n = min(args.batches, len(report))
@@ -105,9 +106,9 @@ def load_run(args: argparse.Namespace, device: torch.device) -> FinishedRun:
     vocab, cfg = len(corpus.vocab), settings.model
     exit_layers = summary["final"]["exit_layers"]
     last = len(settings.stages)
-    base = load_model(run / "stage-1-best.pt", exit_layers[0], vocab, cfg, device)
-    model = load_model(run / f"stage-{last}-best.pt", exit_layers[-1], vocab, cfg, device)
-    clf_state = load_checkpoint(run / "exit-classifiers.pt", required="classifiers")
+    base = load_model(run / BEST_WEIGHTS_FILE.format(1), exit_layers[0], vocab, cfg, device)
+    model = load_model(run / BEST_WEIGHTS_FILE.format(last), exit_layers[-1], vocab, cfg, device)
+    clf_state = load_checkpoint(run / CLASSIFIERS_FILE, required="classifiers")
     classifiers = [ExitClassifier(c["weight"].to(device), c["bias"].to(device))
                    for c in clf_state["classifiers"]]
     (clf_series,) = [s for s in sweep["series"] if s.get("signal") == CLASSIFIER

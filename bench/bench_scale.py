@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ashem_engine.rundir import EVENTS_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +43,7 @@ def one_run(procs: int, precision: str, overrides: list[str], runs: Path) -> dic
     if done.returncode != 0:
         raise SystemExit(f"{procs} × {precision} failed:\n{done.stderr[-2000:]}")
     (run_dir,) = runs.iterdir()
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
     last = {}
     for e in events:
         if e["kind"] == "BatchProgress":

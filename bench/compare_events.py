@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ashem_engine.events import MACHINE_FIELDS, TIMING_FIELDS
+from ashem_engine.rundir import EVENTS_FILE, SUMMARY_FILE, SWEEP_FILE
 
 PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir", "path", "source", "data_source"}
 LEFT_OUT = TIMING_FIELDS | MACHINE_FIELDS | PATHS
@@ -52,10 +53,10 @@ def differences(old, new, where: str = "", out=None, rel_tol: float = 1e-6) -> l
 
 
 def reported(run_dir: Path) -> dict:
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()
               if line.strip()]
     files = {f: json.loads((run_dir / f).read_text())
-             for f in ("summary.json", "sweep.json") if (run_dir / f).exists()}
+             for f in (SUMMARY_FILE, SWEEP_FILE) if (run_dir / f).exists()}
     return scrub({"events": events, **files})
 
 

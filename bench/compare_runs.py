@@ -8,9 +8,11 @@ import json
 import sys
 from pathlib import Path
 
+from ashem_engine.rundir import SUMMARY_FILE
+
 
 def row(run_dir: Path) -> list[str]:
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = json.loads((run_dir / SUMMARY_FILE).read_text())
     final = s["final"]
     layers = " → ".join(str(st["layers"]) for st in s["stages"])
     epochs = " / ".join(f"{st['best_epoch']} of {st['epochs']}" for st in s["stages"])

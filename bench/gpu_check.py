@@ -194,12 +194,13 @@ class InProcessRun(Step):
         import torch
         from ashem_engine.control import RunControl
         from ashem_engine.run import run_ashem
+        from ashem_engine.sinks import build_sinks
 
         settings = self.resolve(check)
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        result = run_ashem(settings, [], RunControl(hold_at_boundaries=False))
+        result = run_ashem(settings, build_sinks(), RunControl(hold_at_boundaries=False))
         if result.status != "finished":
             raise StepFailed(result.error.message if result.error else result.status)
         return {"run_dir": str(result.run_dir),
@@ -285,14 +286,18 @@ def only_run_dir(runs: Path) -> Path:
 
 
 def read_summary(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    from ashem_engine.rundir import SUMMARY_FILE
+
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     if summary.get("status") != "finished":
         raise StepFailed(f"the run's status is {summary.get('status')!r} ({run_dir})")
     return summary
 
 
 def read_events(run_dir: Path) -> list[dict]:
-    with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+    from ashem_engine.rundir import EVENTS_FILE
+
+    with open(run_dir / EVENTS_FILE, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.endswith("\n")]
 
 

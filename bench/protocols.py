@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from ashem_engine.__main__ import ProgressPrinter
 from ashem_engine.compare import ComparisonError, load_comparison
 from ashem_engine.control import RunControl
 from ashem_engine.run import run_ashem
 from ashem_engine.settings import load_settings
+from ashem_engine.sinks import build_sinks
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
@@ -48,7 +48,7 @@ def run_suite(names, data, runs_dir, device, extra) -> list[Path]:
                                         f"data.path={data}", f"run.runs_dir={runs_dir}",
                                         f"run.device={device}", *extra])
         started = time.perf_counter()
-        result = run_ashem(settings, [ProgressPrinter(sys.stdout)],
+        result = run_ashem(settings, build_sinks(progress=sys.stdout),
                            RunControl(hold_at_boundaries=False))
         print(f"[{name}] {result.status} in {time.perf_counter() - started:.1f}s "
               f"-> {result.run_dir}", flush=True)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ashem_engine.__main__ import ProgressPrinter
 from ashem_engine.control import RunControl
 from ashem_engine.reference import BANDS, figures_from_summary, format_table, in_band
 from ashem_engine.run import run_ashem
 from ashem_engine.settings import load_settings
+from ashem_engine.sinks import build_sinks
 from breakdown import install  # bench/breakdown.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def main() -> int:
         f"data.path={args.data}", f"run.runs_dir={args.runs_dir}", "run.name=reproduce",
         *args.overrides])
     started = time.perf_counter()
-    result = run_ashem(settings, [ProgressPrinter(sys.stdout)],
+    result = run_ashem(settings, build_sinks(progress=sys.stdout),
                        RunControl(hold_at_boundaries=False))
     wall = time.perf_counter() - started
     if result.status != "finished":

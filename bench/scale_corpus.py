@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ashem_engine.rundir import EVENTS_FILE, SUMMARY_FILE
+
 SMALL = ["model.dim=32", "model.heads=4", "model.ffn_hidden=128", "data.vocab_size=16384",
          "data.train_samples=0", "data.eval_samples=0", "stages.1.max_epochs=1",
          "stages.2.max_epochs=1", "run.pause_at=[]", "evaluation.sweep_points=0",
@@ -55,11 +57,11 @@ def run(corpus: str, procs: int, extra: list[str], work: Path) -> dict:
         raise SystemExit(f"scale_corpus: {procs} process(es) failed (exit {done.returncode}): "
                          f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
     (run_dir,) = runs.iterdir()
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
     return {"procs": procs, "seconds": round(seconds, 1), "run_dir": str(run_dir),
             "ranks": sorted((json.loads(p.read_text()) for p in rss.iterdir()),
                             key=lambda r: r["rank"]),
-            "summary": json.loads((run_dir / "summary.json").read_text()), "events": events}
+            "summary": json.loads((run_dir / SUMMARY_FILE).read_text()), "events": events}
 
 
 def table(results: list[dict]) -> str:

@@ -17,6 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from ashem_engine.rundir import SWEEP_FILE
 from ashem_engine.stats import aggregate
 from ashem_engine.study import latest_run_dir
 from ashem_engine.study_table import seed_values
@@ -120,7 +121,7 @@ SWEEP_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 def sweep_files(directory: Path, name: str) -> list[Path]:
     latest = (latest_run_dir(seed) for seed in sorted(directory.glob(f"runs/{name}/seed-*")))
-    found = [run / "sweep.json" for run in latest if run and (run / "sweep.json").is_file()]
+    found = [run / SWEEP_FILE for run in latest if run and (run / SWEEP_FILE).is_file()]
     if not found:
         raise SystemExit(f"--sweep {name}: no finished run of {name} has a sweep.json "
                          f"under {directory}/runs")

@@ -6,7 +6,7 @@ import sys
 sys.path.insert(0, "tests")
 from app_events import FakeControl, make_events, until
 from ashem_app.app import AshemApp
-from ashem_app.sources import AttachedSource, ReplaySource
+from ashem_app.sources import ControlledSource, ReplaySource
 
 def mid_run():
     return until(make_events(), predicate=lambda e: e.kind == "BatchProgress"
@@ -24,9 +24,9 @@ async def shot(app, size, name, events=None):
 async def main():
     await shot(AshemApp(ReplaySource(make_events())), (160, 45), "dashboard.svg")
     for size in ((80, 24), (160, 45)):
-        await shot(AshemApp(AttachedSource(FakeControl(), mid_run())), size,
+        await shot(AshemApp(ControlledSource(FakeControl(), mid_run())), size,
                    f"dashboard-{size[0]}x{size[1]}.svg")
-    await shot(AshemApp(AttachedSource(FakeControl())), (80, 24), "mining-80x24.svg",
+    await shot(AshemApp(ControlledSource(FakeControl())), (80, 24), "mining-80x24.svg",
                until(make_events(), boundary="mining-1"))
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def golden_run(name: str, tmp: Path) -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from conftest import tiny_corpus, tiny_settings
+    from tiny import tiny_corpus, tiny_settings
     from ashem_engine.run import run_ashem
 
     settings = tiny_settings(tmp, *CONFIGS[name])

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 from app_events import FakeControl, make_events, plain, until, write_events
-from conftest import TINY
-from synthetic import synthetic_splits, write_corpus
+from tiny import sets, tiny_overrides
 
 from ashem_app.__main__ import main
 from ashem_app.app import AshemApp
 from ashem_app.screens.confirm import ConfirmScreen
 from ashem_app.screens.inspect import InspectScreen
 from ashem_app.screens.ratio import RatioScreen, parse_ratio
-from ashem_app.sources import AttachedSource, AttachSource
-from ashem_engine.commands import COMMAND_FILE
+from ashem_app.sources import ControlledSource, RunDirSource
+from ashem_engine.rundir import COMMAND_FILE
 from ashem_engine.events import CommandIgnored, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +38,9 @@ async def wait_for(condition, timeout: float = 60.0, what: str = "") -> None:
 
 
 def start_headless(tmp_path: Path) -> subprocess.Popen:
-    data = write_corpus(tmp_path / "data", synthetic_splits())
-    sets = [*TINY, f"data.path={data}", f"run.runs_dir={tmp_path / 'runs'}",
-            'run.pause_at=["mining-1"]', "stages.1.max_epochs=20", "stages.1.patience=20",
-            "evaluation.sweep_points=0"]
-    argv = [sys.executable, "-m", "ashem_engine", "run", "--hold", "--quiet",
-            *[a for s in sets for a in ("--set", s)]]
+    overrides = tiny_overrides(tmp_path, 'run.pause_at=["mining-1"]', "stages.1.max_epochs=20",
+                               "stages.1.patience=20", "evaluation.sweep_points=0")
+    argv = [sys.executable, "-m", "ashem_engine", "run", "--hold", "--quiet", *sets(*overrides)]
     return subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
 
@@ -64,7 +60,7 @@ async def test_attach_pause_resume_steer_and_continue_a_headless_run(tmp_path):
     engine = start_headless(tmp_path)
     try:
         run_dir = await run_dir_of(tmp_path, engine)
-        app = AshemApp(AttachSource(run_dir, poll_interval=0.1))
+        app = AshemApp(RunDirSource(run_dir, poll_interval=0.1))
         async with app.run_test(size=(100, 30)) as pilot:
             await pause_and_resume(app, pilot)
             await steer_and_continue(app, pilot)
@@ -141,7 +137,7 @@ def test_attach_command_line_errors_are_one_line_exit_2(tmp_path, capsys):
 
 async def test_attached_to_a_finished_run_is_a_replay(tmp_path):
     write_events(make_events(), tmp_path / "events.jsonl")
-    app = AshemApp(AttachSource(tmp_path))
+    app = AshemApp(RunDirSource(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
         assert app.view.status == "finished" and not app.source.live
@@ -154,7 +150,7 @@ async def test_attaching_to_a_held_run_opens_its_step_and_quitting_asks_to_detac
     """History first (no notifications), then the step the run holds at; q asks before
     leaving a held run alone, and writes no command (the run is not cancelled)."""
     write_events(until(make_events(), boundary="mining-1"), tmp_path / "events.jsonl")
-    app = AshemApp(AttachSource(tmp_path))
+    app = AshemApp(RunDirSource(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
         assert isinstance(app.screen, InspectScreen) and app.screen.step_id == "mining-1"
@@ -171,7 +167,7 @@ async def test_steering_keys_of_the_apps_own_run_go_to_its_control():
     control = FakeControl()
     control.ratios = []
     control.set_hard_ratio = control.ratios.append
-    app = AshemApp(AttachedSource(control))
+    app = AshemApp(ControlledSource(control))
     async with app.run_test(size=(100, 30)) as pilot:
         app.feed(until(make_events(), boundary="stage-1"))
         await pilot.pause()

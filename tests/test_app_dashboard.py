@@ -14,7 +14,7 @@ from app_events import (
 )
 
 from ashem_app.app import AshemApp
-from ashem_app.sources import AttachedSource, FollowSource, LiveSource, ReplaySource
+from ashem_app.sources import ControlledSource, FollowSource, LiveSource, ReplaySource
 from ashem_app.state import reduce_all
 from ashem_app.screens.confirm import ConfirmScreen
 from ashem_app.screens.help import HelpScreen
@@ -94,7 +94,7 @@ async def test_every_panel_shows_the_figures_of_a_finished_run():
 
 
 async def test_progress_during_a_live_epoch():
-    app = AshemApp(AttachedSource(FakeControl()))
+    app = AshemApp(ControlledSource(FakeControl()))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         await pilot.pause()
@@ -111,7 +111,7 @@ async def test_progress_during_a_live_epoch():
 async def test_batch_progress_is_batched_and_never_redraws_the_charts(monkeypatch):
     cards = count_calls(monkeypatch, MetricCards, "show")
     plots = count_calls(monkeypatch, PplChart, "draw")
-    app = AshemApp(AttachedSource(FakeControl()), refresh_interval=0.05)
+    app = AshemApp(ControlledSource(FakeControl()), refresh_interval=0.05)
     async with app.run_test(size=SIZE) as pilot:
         app.feed(until(make_events(), kind="EpochEnded"))
         await pilot.pause()
@@ -134,7 +134,7 @@ async def test_batch_progress_is_batched_and_never_redraws_the_charts(monkeypatc
 
 async def test_pause_and_resume_call_the_control_and_show_where():
     control = FakeControl()
-    app = AshemApp(AttachedSource(control))
+    app = AshemApp(ControlledSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         await pilot.press("space")
@@ -154,7 +154,7 @@ async def test_pause_and_resume_call_the_control_and_show_where():
 
 async def test_keymap_rebinds_by_binding_id():
     control = FakeControl()
-    app = AshemApp(AttachedSource(control))
+    app = AshemApp(ControlledSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         app.set_keymap({"ashem.pause": "p"})
@@ -165,7 +165,7 @@ async def test_keymap_rebinds_by_binding_id():
 async def test_transition_screens_open_on_pause_at_and_their_keys_work():
     control = FakeControl()
     events = make_events()
-    app = AshemApp(AttachedSource(control))
+    app = AshemApp(ControlledSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(until(events, boundary="stage-1"))
         await pilot.pause()
@@ -236,7 +236,7 @@ async def test_evaluation_screen_and_clicking_the_timeline():
 
 async def test_quit_while_running_asks_then_cancels_and_exits():
     control = FakeControl()
-    app = AshemApp(AttachedSource(control))
+    app = AshemApp(ControlledSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(mid_stage1())
         await pilot.press("q")
@@ -254,7 +254,7 @@ async def test_quit_while_running_asks_then_cancels_and_exits():
 
 async def test_quit_from_a_held_transition_screen():
     control = FakeControl()
-    app = AshemApp(AttachedSource(control))
+    app = AshemApp(ControlledSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(until(make_events(), boundary="mining-1"))
         await pilot.pause()
@@ -265,7 +265,7 @@ async def test_quit_from_a_held_transition_screen():
 
 
 async def test_quit_after_the_run_ended_does_not_ask():
-    app = AshemApp(AttachedSource(FakeControl(), make_events()))
+    app = AshemApp(ControlledSource(FakeControl(), make_events()))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("q")
         await pilot.pause()
@@ -274,7 +274,7 @@ async def test_quit_after_the_run_ended_does_not_ask():
 
 async def test_engine_failure_is_shown_and_the_app_stays_up():
     control = FakeControl()
-    app = AshemApp(AttachedSource(control))
+    app = AshemApp(ControlledSource(control))
     async with app.run_test(size=SIZE) as pilot:
         app.feed(make_events(fail_at="stage-2"))
         await pilot.pause()
@@ -502,7 +502,7 @@ def test_confidence_chart_uses_the_fitted_bins_and_old_logs_the_bins_on_0_1():
 
 
 async def test_mining_screen_at_80_by_24_keeps_figures_whole_and_marks_the_threshold():
-    app = AshemApp(AttachedSource(FakeControl()))
+    app = AshemApp(ControlledSource(FakeControl()))
     async with app.run_test(size=(80, 24)) as pilot:
         app.feed(until(make_events(), boundary="mining-1"))
         await pilot.pause()

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from app_events import plain
-from conftest import tiny_settings
+from tiny import tiny_settings
 
 from ashem_app.app import AshemApp
 from ashem_app.sources import LiveSource
@@ -71,7 +71,7 @@ async def test_resume_in_the_app_shows_the_whole_history_on_one_clock(tmp_path):
     from ashem_engine.control import RunControl
     from ashem_engine.events import EpochEnded, read_events
     from ashem_engine.run import run_ashem
-    from conftest import tiny_corpus
+    from tiny import tiny_corpus
 
     settings = tiny_settings(tmp_path)
     control = RunControl()

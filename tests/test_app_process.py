@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY
-from synthetic import synthetic_splits, write_corpus
+from tiny import sets, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,11 +61,9 @@ class Terminal:
 def test_quit_a_held_run_ends_the_process_within_2_s(tmp_path, settings_file):
     """Quitting cancels the run: exit code 130, as `ashem-engine` after Ctrl-C. Without
     --settings and without ./settings.toml the built-in defaults are used."""
-    data = write_corpus(tmp_path / "data", synthetic_splits())
-    sets = [*TINY, f"data.path={data}", f"run.runs_dir={tmp_path / 'runs'}"]
     given = ["--settings", str(ROOT / "settings.toml")] if settings_file == "given" else []
-    argv = [sys.executable, "-m", "ashem_app", *given,
-            "--paused", *[a for s in sets for a in ("--set", s)]]
+    argv = [sys.executable, "-m", "ashem_app", *given, "--paused",
+            *sets(*tiny_overrides(tmp_path))]
     term = Terminal(argv, cwd=ROOT if given else tmp_path)
     try:
         term.wait_for(b"PAUSED", timeout=60)  # the engine holds before its first batch

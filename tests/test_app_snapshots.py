@@ -6,7 +6,7 @@ import pytest
 from app_events import FakeControl, make_events, until
 
 from ashem_app.app import AshemApp
-from ashem_app.sources import AttachedSource, ReplaySource
+from ashem_app.sources import ControlledSource, ReplaySource
 
 
 def test_dashboard_finished_run(snap_compare):
@@ -16,12 +16,12 @@ def test_dashboard_finished_run(snap_compare):
 def test_dashboard_mid_stage_two(snap_compare):
     events = until(make_events(), predicate=lambda e: e.kind == "EpochEnded" and e.stage == 2
                    and e.epoch == 3)
-    app = AshemApp(AttachedSource(FakeControl(), events))
+    app = AshemApp(ControlledSource(FakeControl(), events))
     assert snap_compare(app, terminal_size=(100, 30))
 
 
 def test_transition_screen_at_mining(snap_compare):
-    app = AshemApp(AttachedSource(FakeControl()))
+    app = AshemApp(ControlledSource(FakeControl()))
 
     async def hold(pilot):
         app.feed(until(make_events(), boundary="mining-1"))  # pops the screen up
@@ -51,13 +51,13 @@ def test_dashboard_mid_run_at(snap_compare, size):
     """Stage 2, epoch 4 half done: the progress bar, a running step, routing per epoch."""
     events = until(make_events(), predicate=lambda e: e.kind == "BatchProgress"
                    and e.stage == 2 and e.epoch == 4 and e.batch == 256)
-    app = AshemApp(AttachedSource(FakeControl(), events))
+    app = AshemApp(ControlledSource(FakeControl(), events))
     assert snap_compare(app, terminal_size=size)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_mining_transition_at(snap_compare, size):
-    app = AshemApp(AttachedSource(FakeControl()))
+    app = AshemApp(ControlledSource(FakeControl()))
 
     async def hold(pilot):
         app.feed(until(make_events(), boundary="mining-1"))  # pops the screen up

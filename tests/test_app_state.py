@@ -40,6 +40,9 @@ def test_steps_follow_the_stage_plan_for_n_stages():
     events = make_events()
     started = events[0]
     started.stages = [*started.stages, {"stage": 3, "layers": 6, "max_epochs": 20}]
+    # a log from before RunStarted carried the plan: the plan is built from the settings
+    started.settings = {**started.settings,
+                        "stages": [*started.settings["stages"], {"layers": 6, "max_epochs": 20}]}
     view = reduce(RunView(), started)
     assert [s.id for s in view.steps()] == ["stage-1", "mining-1", "stage-2", "mining-2",
                                             "stage-3", "evaluation"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
-from test_engine_cli import cli, env, sets
+from test_engine_cli import cli, env
+from tiny import ONE_EPOCH, TINY, sets
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"wiki.train.raw": 20_000, "wiki.valid.raw": 5_000, "wiki.test.raw": 3_003}
@@ -87,8 +87,7 @@ def test_the_engine_runs_on_the_corpus_and_gpu_check_reads_the_run(small_corpus,
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu_check
 
-    overrides = [*TINY, "stages.1.max_epochs=1", "stages.2.max_epochs=1",
-                 "evaluation.sweep_points=0"]
+    overrides = [*TINY, *ONE_EPOCH, "evaluation.sweep_points=0"]
     check = gpu_check.Check(tmp_path / "work", str(small_corpus))
     step = gpu_check.EngineCommand("tiny", 120, overrides)
     p = cli(tmp_path, "run", "--quiet", *sets(*step.run_overrides(check)))

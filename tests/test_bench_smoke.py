@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ashem_engine.run import run_ashem
-from conftest import tiny_corpus, tiny_settings
+from synthetic import synthetic_splits, write_corpus
+from tiny import ONE_EPOCH, TINY, sets, tiny_corpus, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,27 +61,18 @@ def test_protocols_table_from_finished_runs(tiny_sound_run, tmp_path):
 
 
 def test_bench_app_quick_runs_a_headless_and_an_app_run(tmp_path):
-    from conftest import TINY
-    from synthetic import synthetic_splits, write_corpus
-
     data = write_corpus(tmp_path / "data", synthetic_splits())
-    sets = [a for o in (*TINY, f"data.path={data}", "stages.1.max_epochs=1",
-                        "stages.2.max_epochs=1", "evaluation.sweep_points=0")
-            for a in ("--set", o)]
-    p = bench("bench/bench_app.py", "--quick", *sets)
+    p = bench("bench/bench_app.py", "--quick", *sets(*TINY, f"data.path={data}", *ONE_EPOCH,
+                                                     "evaluation.sweep_points=0"))
     assert p.returncode == 0, p.stderr
     assert "[1/1] headless" in p.stdout and "[1/1] app" in p.stdout
     assert "stage 1 batch ms" in p.stdout and "UI thread CPU" in p.stdout
 
 
 def test_bench_scale_times_fp32_and_bf16_in_one_and_two_processes(tmp_path):
-    from conftest import TINY
-    from synthetic import synthetic_splits, write_corpus
-
     data = write_corpus(tmp_path / "data", synthetic_splits())
-    sets = [x for o in [*TINY, f"data.path={data}", "stages.1.max_epochs=1",
-                        "stages.2.max_epochs=1"] for x in ("--set", o)]
-    p = bench("bench/bench_scale.py", "--repeats", "1", *sets)
+    p = bench("bench/bench_scale.py", "--repeats", "1",
+              *sets(*TINY, f"data.path={data}", *ONE_EPOCH))
     assert p.returncode == 0, p.stderr
     rows = {line[:24].strip(): line for line in p.stdout.splitlines()[1:]}
     assert set(rows) == {"1 × fp32", "1 × bf16", "2 × fp32", "2 × bf16"}

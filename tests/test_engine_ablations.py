@@ -14,13 +14,12 @@ import torch
 from ashem_engine import events as ev
 from ashem_engine.control import RunControl
 from ashem_engine.model import EarlyExitLM
-from ashem_engine.resume import PROGRESS
 from ashem_engine.run import resume_ashem, run_ashem
-from ashem_engine.rundir import load_checkpoint
+from ashem_engine.rundir import PROGRESS_FILE, load_checkpoint
 from ashem_engine.settings import ModelSettings, Settings, SettingsError, load_settings, \
     settings_from_dict
-from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from tiny import tiny_corpus, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +46,7 @@ class Recorder:
         if isinstance(event, ev.RunStarted):
             self.run_dir = Path(event.run_dir)
         if isinstance(event, ev.StageStarted) and event.stage == 2:
-            self.stage2_start = load_checkpoint(self.run_dir / PROGRESS)
+            self.stage2_start = load_checkpoint(self.run_dir / PROGRESS_FILE)
 
     def one(self, kind, **fields):
         (found,) = [e for e in self.events if isinstance(e, kind) and

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from test_engine_scale import figures
+from tiny import tiny_corpus, tiny_settings
 
 from ashem_engine import stages
 from ashem_engine.cascade import Cascade

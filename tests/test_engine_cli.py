@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
 from synthetic import synthetic_splits, write_corpus
+from tiny import TINY, sets
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "settings.toml"
@@ -31,13 +31,6 @@ def env() -> dict:
 def cli(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ashem_engine", *args], cwd=cwd, env=env(),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def sets(*overrides: str) -> list[str]:
-    out = []
-    for o in overrides:
-        out += ["--set", o]
-    return out
 
 
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:

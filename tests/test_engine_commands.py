@@ -1,5 +1,5 @@
-"""Control through the run directory: the command file (commands.py), RunControl.poll, and
-steering the mining transition (a new hard ratio while held at mining-N)."""
+"""Control through the run directory: the command file (command_file.py), RunControl.poll,
+and steering the mining transition (a new hard ratio while held at mining-N)."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from ashem_engine import events as ev
-from ashem_engine.commands import (COMMAND_FILE, Command, CommandFile, Rejected, parse_command,
-                                   write_command)
+from ashem_engine.command_file import Command, CommandFile, Rejected, parse_command, write_command
 from ashem_engine.control import Cancelled, CommandRefused, RunControl
 from ashem_engine.run import resume_ashem, run_ashem
+from ashem_engine.rundir import COMMAND_FILE
 from ashem_engine.summary import rebuild
-from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from tiny import ONE_EPOCH, sets, tiny_corpus, tiny_overrides, tiny_settings
 
 
 def listening(control: RunControl, run_dir: Path) -> list:
@@ -255,23 +255,28 @@ def test_a_run_killed_after_a_steered_transition_resumes_to_the_same_numbers(tmp
 
 # -- the headless command line ----------------------------------------------------------------
 
-def test_headless_runs_hold_only_with_hold(tmp_path, capsys):
+def test_headless_runs_hold_only_with_hold(tmp_path, capsys, monkeypatch):
     """Without --hold, run.pause_at is not held at (the run finishes by itself); with it
-    the run holds where the settings say (here: cancelled at once by a command file, as a
-    dashboard's abort, which the headless printer reports)."""
-    from ashem_engine.__main__ import _hold_points, build_parser, main
+    the run holds where its settings say, a resumed run where its run directory's say (here
+    each is cancelled at its first hold point)."""
+    from ashem_engine.__main__ import main
 
-    settings = tiny_settings(tmp_path)
-    sets = [f"data.path={settings.data.path}", f"run.runs_dir={tmp_path / 'runs'}",
-            "run.threads=1", 'run.pause_at=["stage-1", "mining-1"]', "data.seq_len=8",
-            "data.train_samples=200", "data.batch_size=4", "model.dim=16", "model.heads=2",
-            "model.ffn_hidden=32", "stages.1.max_epochs=1", "stages.2.max_epochs=1",
-            "evaluation.sweep_points=0"]
-    assert main(["run", "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    seen = []
+
+    class CancelledAtTheFirstHoldPoint(RunControl):
+        def boundary(self, name, where):
+            seen.append((name, sorted(self.pause_at), self.hold_at_boundaries))
+            self.cancel()
+            super().boundary(name, where)
+
+    overrides = sets(*tiny_overrides(tmp_path, 'run.pause_at=["stage-1", "mining-1"]',
+                                     *ONE_EPOCH, "evaluation.sweep_points=0"))
+    assert main(["run", "--quiet", *overrides]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "Paused" not in kinds(ev.read_events(run_dir / "events.jsonl"))
-    hold = build_parser().parse_args(["resume", str(run_dir), "--hold"])
-    assert _hold_points(hold, None) == ("stage-1", "mining-1")  # the run's own settings
-    assert _hold_points(build_parser().parse_args(["resume", str(run_dir)]), None) == ()
-    assert _hold_points(build_parser().parse_args(["resume", "/nowhere", "--hold"]),
-                        None) == ()
+    monkeypatch.setattr("ashem_engine.__main__.RunControl", CancelledAtTheFirstHoldPoint)
+    assert main(["run", "--quiet", "--hold", *overrides]) == 130
+    (held,) = set((tmp_path / "runs").iterdir()) - {run_dir}
+    assert main(["resume", "--quiet", "--hold", str(held)]) == 130
+    assert seen == [("stage-1", ["mining-1", "stage-1"], True),
+                    ("mining-1", ["mining-1", "stage-1"], True)]  # the run's own settings

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ashem_engine import events as ev
-from ashem_engine import rundir
+from ashem_engine import rundir, sinks
 from ashem_engine.control import Cancelled, RunControl
 from ashem_engine.rundir import CheckpointError, create_run_dir, load_checkpoint
 
@@ -212,7 +212,7 @@ def test_without_timing_drops_clock_fields_only():
 def test_emitter_stamps_run_clock_and_fans_out():
     now = [100.0]
     a, b = [], []
-    emit = ev.Emitter(a.append, b.append, clock=lambda: now[0])
+    emit = sinks.Emitter(a.append, b.append, clock=lambda: now[0])
     now[0] = 102.5
     emit(ev.Log(level="info", message="x"))
     assert a == b and a[0].t == 2.5
@@ -221,7 +221,7 @@ def test_emitter_stamps_run_clock_and_fans_out():
 
 def test_json_lines_sink_and_torn_last_line(tmp_path):
     path = tmp_path / "events.jsonl"
-    sink = ev.JsonLinesSink(path)
+    sink = sinks.JsonLinesSink(path)
     for e in SAMPLES[:3]:
         sink(e)
     sink.close()

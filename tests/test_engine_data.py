@@ -17,9 +17,10 @@ from ashem_engine.data import (SPLIT_FILES, DataError, build_vocabulary, corpus_
                                make_batches, read_hub_rows, read_local_rows, sample_counts,
                                tokenize)
 from ashem_engine.settings import DataSettings, load_settings
-from conftest import SHARED_DATA, tiny_corpus
+from conftest import SHARED_DATA
 from synthetic import synthetic_splits, write_corpus
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from tiny import tiny_corpus
 
 NAMES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
 

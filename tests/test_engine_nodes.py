@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from synthetic import synthetic_splits, write_corpus
-from test_engine_cli import env, sets
+from test_engine_cli import env
 from test_engine_scale import SOUND, assert_as_one_process, only_run_dir, rank_pid, wait_for
+from tiny import TINY, sets, tiny_corpus, tiny_settings
 
-from ashem_engine.commands import write_command
+from ashem_engine.command_file import write_command
 from ashem_engine.run import run_ashem
 
 HERE = Path(__file__).resolve().parent

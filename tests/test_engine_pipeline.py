@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 
 from ashem_engine import events as ev
+from ashem_engine import plan
 from ashem_engine.control import RunControl
-from ashem_engine.resume import PROGRESS, read_resume_point
-from ashem_engine.rundir import load_checkpoint
+from ashem_engine.resume import read_resume_point
+from ashem_engine.rundir import PROGRESS_FILE, load_checkpoint
 from ashem_engine.run import resume_ashem, run_ashem
 from ashem_engine.steps import Pipeline
 from ashem_engine.summary import SummaryReducer, base_summary, rebuild
-from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from golden_runs import CONFIGS, SHIPPED, differences, machine, scrub
+from tiny import tiny_corpus, tiny_settings
 
 # Cancelled tiny runs ("stages.2.max_epochs=4") recorded by the code before the pipeline
 # refactor (commit bc56829): their progress.pt files have the old untyped layout. They were
@@ -110,7 +111,10 @@ def test_run_dirs_from_before_the_refactor_resume(whole, name, tmp_path):
     assert rebuild(run_dir) == summary_json(run_dir)
     restarts = [e for e in ev.read_events(run_dir / "events.jsonl") if e.kind == "RunStarted"]
     assert [e.resumed for e in restarts] == [False, True]
-    assert set(load_checkpoint(run_dir / PROGRESS)) == OLD_KEYS - {"summary"}
+    # logged before RunStarted carried the plan; the resumed attempt's carries it
+    assert restarts[0].plan == [] and restarts[1].plan == [
+        dataclasses.asdict(s) for s in plan.build(2, sweep=True)]
+    assert set(load_checkpoint(run_dir / PROGRESS_FILE)) == OLD_KEYS - {"summary"}
 
 
 @pytest.mark.parametrize("name, point, steps", [
@@ -119,7 +123,7 @@ def test_run_dirs_from_before_the_refactor_resume(whole, name, tmp_path):
      ["mine and grow 2", "train stage 2", "evaluate", "sweep"]),
 ])
 def test_an_old_progress_file_is_a_typed_resume_point(name, point, steps):
-    assert set(load_checkpoint(OLD_RUNS / name / PROGRESS)) == OLD_KEYS
+    assert set(load_checkpoint(OLD_RUNS / name / PROGRESS_FILE)) == OLD_KEYS
     settings, resume = read_resume_point(OLD_RUNS / name)
     assert (resume.stage, resume.epoch, resume.stage_done) == point
     assert resume.exit_layers == [2, 4][:point[0]] and len(resume.thresholds) == point[0] - 1

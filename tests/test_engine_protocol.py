@@ -13,7 +13,7 @@ from ashem_engine.run import run_ashem
 from ashem_engine.settings import ModelSettings
 from ashem_engine.stages import MaskedSequenceTask
 from ashem_engine.rundir import load_checkpoint
-from conftest import tiny_corpus, tiny_settings
+from tiny import tiny_corpus, tiny_settings
 
 
 def test_mine_on_train_report_on_test_with_a_frozen_head(tmp_path):

@@ -18,7 +18,7 @@ from ashem_engine.control import RunControl
 from ashem_engine.rundir import CheckpointError, load_checkpoint
 from ashem_engine.run import resume_ashem, run_ashem
 from ashem_engine.stages import SequenceTask
-from conftest import tiny_corpus, tiny_settings
+from tiny import tiny_corpus, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_resume_after_kill_9_mid_epoch(uninterrupted, tmp_path):
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         from ashem_engine import events as ev
         from ashem_engine.run import run_ashem
-        from conftest import tiny_settings, tiny_corpus
+        from tiny import tiny_settings, tiny_corpus
         from pathlib import Path
         s = tiny_settings(Path({str(tmp_path)!r}), "stages.2.max_epochs=4")
         def killer(e):

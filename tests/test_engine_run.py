@@ -19,9 +19,9 @@ from ashem_engine.mining import exit_pass
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.run import run_ashem
 from ashem_engine.rundir import load_checkpoint
-from conftest import tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from synthetic import synthetic_splits
+from tiny import tiny_corpus, tiny_settings
 
 PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir"}
 

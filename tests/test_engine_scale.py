@@ -33,10 +33,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, tiny_corpus, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from synthetic import synthetic_splits, write_corpus
-from test_engine_cli import cli, env, sets, single_error_line
+from test_engine_cli import cli, env, single_error_line
+from tiny import TINY, sets, tiny_corpus, tiny_settings
 
 from ashem_engine.dist import World
 from ashem_engine.head import head_loss
@@ -213,7 +213,7 @@ def test_two_processes_held_and_steered_through_the_command_file_train_on_the_ra
     """--hold under torchrun: rank 0 reads the command file, every rank applies the ratio.
     Held longer than the peer timeout: rank 0 tells the others it still holds, and none of
     them gives up on it."""
-    from ashem_engine.commands import write_command
+    from ashem_engine.command_file import write_command
 
     data = write_corpus(tmp_path / "data", synthetic_splits())
     job = torchrun(tmp_path, *tiny_args(data, tmp_path / "runs", 'run.pause_at=["mining-1"]',

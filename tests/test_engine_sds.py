@@ -10,7 +10,7 @@ from ashem_engine.model import EarlyExitLM
 from ashem_engine.costs import spec_cost
 from ashem_engine.run import run_ashem
 from ashem_engine.rundir import load_checkpoint
-from conftest import tiny_corpus, tiny_settings
+from tiny import tiny_corpus, tiny_settings
 
 THIRD_STAGE = ["stages.3.layers=6", "stages.3.lr=1e-3", "stages.3.hard_ratio=0.2",
                "stages.3.context=token", "stages.3.max_epochs=2", "stages.3.patience=2"]

@@ -21,10 +21,10 @@ from ashem_engine.stats import aggregate, t_quantile, two_sided_probability
 from ashem_engine.study import StudyError, open_study, plan_study, reopen_study, study_runs
 from ashem_engine.study_run import run_study
 from ashem_engine.study_table import run_figures
-from conftest import TINY, tiny_settings
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from synthetic import synthetic_splits, write_corpus
 from test_engine_cli import cli, env, interrupted_at_first_epoch, single_error_line
+from tiny import TINY, tiny_settings
 
 T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 29: 2.0452,
          120: 1.9799}  # Student t quantiles, from printed tables
@@ -202,7 +202,7 @@ def test_the_seed_changed_the_model_but_not_the_data(study):
     assert finals[0]["ppl"] != finals[1]["ppl"]
     data = []
     for run, final in zip(runs, finals):
-        events = list(ev.iter_events(run / "events.jsonl"))
+        events = ev.read_events(run / "events.jsonl")
         started = next(e for e in events if isinstance(e, ev.RunStarted))
         stage_1 = next(e for e in events if isinstance(e, ev.StageStarted))
         data.append((started.vocab_size, started.train_tokens, started.val_tokens,
@@ -281,7 +281,7 @@ def test_an_interrupted_run_resumes_in_its_own_directory(tmp_path):
     (again,) = study_runs(plan)
     assert again.run_dir == run.run_dir and again.finished
     assert [n.action for n in notes] == ["start", "cancelled", "resume", "finished", "table"]
-    started = [e for e in ev.iter_events(run.run_dir / "events.jsonl")
+    started = [e for e in ev.read_events(run.run_dir / "events.jsonl")
                if isinstance(e, ev.RunStarted)]
     assert [e.resumed for e in started] == [False, True]
     (table,) = done.table["configurations"]

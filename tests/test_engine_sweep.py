@@ -15,7 +15,7 @@ from ashem_engine.model import EarlyExitLM
 from ashem_engine.names import PROPAGATED, SEQUENCE, TOKEN
 from ashem_engine.settings import ModelSettings
 from ashem_engine.signals import train_exit_classifier
-from ashem_engine.sweep import sweep, sweep_quantiles, train_classifiers
+from ashem_engine.sweep import sweep, sweep_quantiles, train_signal
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 
 CFG = ModelSettings(dim=16, heads=2, ffn_hidden=32)
@@ -38,8 +38,8 @@ def model():
 def test_routed_fraction_is_monotone_in_the_threshold(model, mode):
     mining, report = batches(1), batches(2)
     cascade = Cascade.of([2, 4], [0.05], (mode,))
-    classifiers = train_classifiers(model, mining, cascade, seed=0)
-    series = sweep(model, mining, report, cascade, ["softmax", "classifier"], 21, classifiers)
+    classifiers = train_signal(model, mining, cascade, "classifier", seed=0)
+    series = sweep(model, mining, report, cascade, ["softmax", "classifier"], 21, {"classifier": classifiers})
     assert [s["signal"] for s in series] == ["softmax", "classifier"]
     for s in series:
         points = s["points"]
@@ -63,8 +63,8 @@ def test_sweep_points_equal_a_routed_evaluation(model, mode, signal):
     computed once when propagating) give evaluate's numbers."""
     mining, report = batches(1), batches(2)
     cascade = Cascade.of([2, 4], [0.05], (mode,))
-    classifiers = train_classifiers(model, mining, cascade, seed=0)
-    (series,) = sweep(model, mining, report, cascade, [signal], 5, classifiers)
+    classifiers = train_signal(model, mining, cascade, "classifier", seed=0)
+    (series,) = sweep(model, mining, report, cascade, [signal], 5, {"classifier": classifiers})
     for p in series["points"]:
         r = evaluate(model, report, Cascade.of(
             [2, 4], p["thresholds"], (mode,),
@@ -79,8 +79,8 @@ def test_sweep_points_equal_a_routed_evaluation(model, mode, signal):
 def test_softmax_costs_grow_with_depth_and_the_classifier_is_cheaper(model):
     mining, report = batches(1), batches(2)
     cascade = Cascade.of([2, 4], [0.05], (TOKEN,))
-    classifiers = train_classifiers(model, mining, cascade, seed=0)
-    soft, clf = sweep(model, mining, report, cascade, ["softmax", "classifier"], 6, classifiers)
+    classifiers = train_signal(model, mining, cascade, "classifier", seed=0)
+    soft, clf = sweep(model, mining, report, cascade, ["softmax", "classifier"], 6, {"classifier": classifiers})
     costs = [p["honest_cost"] for p in soft["points"]]
     assert all(a <= b for a, b in zip(costs, costs[1:]))
     assert soft["points"][-1]["honest_cost"] > 1.0  # everyone deep: two heads each

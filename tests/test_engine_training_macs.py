@@ -25,7 +25,7 @@ from ashem_engine.model import EarlyExitLM, block_macs_per_token, head_macs_per_
 from ashem_engine.run import resume_ashem, run_ashem
 from ashem_engine.settings import ModelSettings
 from ashem_engine.stages import HardTokenTask, SequenceTask
-from conftest import tiny_corpus, tiny_settings
+from tiny import tiny_corpus, tiny_settings
 
 CFG = ModelSettings(dim=16, heads=2, ffn_hidden=32)
 VOCAB = 50

@@ -244,7 +244,7 @@ class InspectScreen(Screen[None]):
         n = next((i for i, s in enumerate(self.view.steps(), start=1) if s.id == step.id),
                  "?")
         what = {"stage": f"Stage {step.stage}", "mining": f"Mining after stage {step.stage}",
-                "evaluation": "Evaluation"}[step.kind]
+                "evaluation": "Evaluation"}.get(step.kind, step.label)
         return f" {n} · {what} "
 
     def _status(self) -> Text:
@@ -306,7 +306,7 @@ class InspectScreen(Screen[None]):
     @property
     def steerable(self) -> bool:
         """Held at this mining transition, in a run we steer: the hard ratio can change."""
-        return (self.live and self.step.kind == "mining"
+        return (self.live and self.step.steerable
                 and self.view.held_at == self.step_id)
 
     def _ratio(self) -> Optional[float]:

@@ -1,17 +1,14 @@
 """Commands from outside the engine's process, through the run directory.
 
 A dashboard attached to a run (`ashem --attach RUN_DIR`) writes `RUN_DIR/control.json`
-atomically (a temporary file renamed over it), one command at a time:
+atomically, one command at a time:
 
     {"seq": 7, "command": "set_hard_ratio", "value": 0.3, "writer": "ashem 4711@host"}
 
-`seq` grows by one with every command written (the writer reads the file's seq first);
-`command` is one of COMMANDS; `value` only for set_hard_ratio. The engine reads the file at
-every batch boundary, and every 0.2 s while paused or held (`RunControl.poll`), and obeys each
-new seq once. A malformed file, or a seq not newer than the last one read, is reported and
-ignored; so is a file left from before this attempt started (a resumed run). Reading is one
-`os.stat` while the file has not changed.
-"""
+`seq` grows by one with every command written; `command` is one of COMMANDS; `value` only for
+set_hard_ratio. The engine reads the file at every batch boundary and every 0.2 s while it
+waits (`RunControl.poll`), and obeys each new seq once; a malformed file, a stale seq or a
+file left from before this attempt started is reported and ignored."""
 from __future__ import annotations
 
 import json
@@ -21,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .rundir import atomic_write_json
+from .rundir import COMMAND_FILE, atomic_write_json
 
-COMMAND_FILE = "control.json"
 COMMANDS = ("pause", "resume", "continue", "abort", "set_hard_ratio")
 
 
