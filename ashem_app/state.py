@@ -34,7 +34,7 @@ class RunView:
     t: float = 0.0  # the `t` of the latest event: seconds since this attempt started
     clock_offset: float = 0.0  # RunStarted.seconds_before: what earlier attempts ran
     started: Optional[RunStarted] = None
-    plan: tuple[StagePlan, ...] = ()
+    stage_plans: tuple[StagePlan, ...] = ()  # each stage's layers and epoch limit
     plan_steps: tuple[Step, ...] = ()  # the run's plan (RunStarted.plan, or its settings')
     stage_started: dict = field(default_factory=dict)  # stage -> StageStarted
     epochs: tuple[EpochEnded, ...] = ()  # every EpochEnded, in order, all stages
@@ -105,15 +105,15 @@ class RunView:
     def max_epochs(self, stage: int) -> Optional[int]:
         if stage in self.stage_started:
             return self.stage_started[stage].max_epochs
-        for p in self.plan:
+        for p in self.stage_plans:
             if p.stage == stage:
                 return p.max_epochs
         return None
 
     @property
     def stages(self) -> tuple[int, ...]:
-        if self.plan:
-            return tuple(p.stage for p in self.plan)
+        if self.stage_plans:
+            return tuple(p.stage for p in self.stage_plans)
         return tuple(sorted(self.stage_started))
 
     @property
@@ -200,7 +200,7 @@ class RunView:
         return None
 
 
-def _plan(started: RunStarted) -> tuple[StagePlan, ...]:
+def _stage_plans(started: RunStarted) -> tuple[StagePlan, ...]:
     out = []
     for i, s in enumerate(started.stages or (), start=1):
         if isinstance(s, dict):
@@ -214,9 +214,9 @@ def _started(view: RunView, event: RunStarted) -> dict:
     from its resume point: what an earlier attempt did after it is done again, so it is
     dropped here (as the engine's summary does) and the redone events take its place."""
     steps = run_plan.of_run(event)
-    changes = dict(started=event, plan=_plan(event), plan_steps=steps, status="running",
-                   pause=None, progress=None, cancelled=None, failed=None, finished=None,
-                   clock_offset=event.seconds_before or 0.0)
+    changes = dict(started=event, stage_plans=_stage_plans(event), plan_steps=steps,
+                   status="running", pause=None, progress=None, cancelled=None, failed=None,
+                   finished=None, clock_offset=event.seconds_before or 0.0)
     point = event.resume_point if event.resumed else None
     if not point:
         return changes

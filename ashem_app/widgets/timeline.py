@@ -1,8 +1,8 @@
 """The stage timeline: Stage 1 → Mining → Stage 2 → … → Evaluation.
 
-Built from the plan in RunStarted.stages (any number of stages). Each step shows its number
-(the key that opens it), its state and its key figure; clicking a step posts
-`messages.StepSelected`.
+Built from the run plan (RunStarted.plan; RunStarted.stages for each stage's layers), any
+number of stages. Each step shows its number (the key that opens it), its state and its key
+figure; clicking a step posts `messages.StepSelected`.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _stage_figure(view: RunView, stage: int, short: bool) -> str:
     if started is not None:
         layers = f"{started.layers} layers"
         return layers if short else f"{layers} · ep 1/{started.max_epochs}"
-    plan = [p for p in view.plan if p.stage == stage]
+    plan = [p for p in view.stage_plans if p.stage == stage]
     return f"{plan[0].layers} layers" if plan else ""
 
 
