@@ -6,6 +6,7 @@
     ashem --attach runs/<id>        # follow and steer a run another process writes
     ashem --compare runs/<a> runs/<b> ...           # only the comparison screen (no run)
     ashem --compare studies/<id>    # a study: each configuration's mean over seeds, 95 % bars
+    ashem --study studies/<id>      # follow a study while it runs (also --compare on one)
     ashem --replay runs/<id> --compare runs/<a> ... # the replay, compared with those runs (c)
 
 Bad settings or arguments (also a --compare directory that is neither a run with a
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "or of a study directory's configurations (the mean over seeds, "
                         "with 95 %% interval bars): alone, only the comparison screen; with "
                         "--replay, added to the replayed run's comparison (key c)")
+    p.add_argument("--study", metavar="STUDY_DIR",
+                   help="follow a study while it runs: its runs by configuration and seed, "
+                        "elapsed time and estimate, the table of means with 95 %% intervals; "
+                        "o opens the running run's dashboard (attached), q there comes back "
+                        "(--compare on a study still running opens this view too)")
     return p
 
 
@@ -92,6 +98,9 @@ def main(argv: Optional[Sequence[str]] = None, hard_exit: bool = True) -> int:
     torch and datasets loaded takes another second or more, and quitting must be quick."""
     prepare_process()
     args = build_parser().parse_args(argv)
+    study = _followed_study(args)
+    if study is not None:
+        return study if isinstance(study, int) else _follow_study(study, hard_exit)
     app_or_code = _make_app(args)
     if isinstance(app_or_code, int):
         return app_or_code
@@ -124,6 +133,53 @@ def _make_app(args: argparse.Namespace) -> Union["App[int]", int]:
     return _new_run_app(args)
 
 
+def _followed_study(args: argparse.Namespace) -> Union[Path, int, None]:
+    """The study directory to follow (--study, or --compare of one study still running), the
+    exit code of a one-line error, or None: no study view."""
+    if args.study is None and len(args.compare) != 1:
+        return None
+    from ashem_engine.study import StudyError, is_study, reopen_study
+    from ashem_engine.study_progress import study_alive
+
+    others = [f"--{name}" for name in ("settings", "replay", "resume", "attach", "compare")
+              if getattr(args, name)] + (["--set"] if args.overrides else []) + \
+        (["--paused"] if args.paused else [])
+    if args.study is None:
+        alone = len(args.compare) == 1 and others == ["--compare"]
+        if not (alone and is_study(args.compare[0]) and study_alive(Path(args.compare[0]))):
+            return None
+        directory = args.compare[0]
+    elif others:
+        return _fail(f"error: --study goes alone (not with {', '.join(others)})")
+    else:
+        directory = args.study
+    try:
+        reopen_study(directory)
+    except StudyError as err:
+        return _fail(f"study: {err}")
+    return Path(directory)
+
+
+def _follow_study(directory: Path, hard_exit: bool) -> int:
+    """The study view; its o attaches a dashboard to the running run, whose q (detach) comes
+    back to the study view; q in the study view quits."""
+    from .study_app import StudyApp
+
+    while True:
+        study = StudyApp(directory)
+        code = _run(study, hard_exit=False)
+        if study.attach_to is None or code != 0:
+            break
+        attached = _attach_app(build_parser().parse_args(["--attach", str(study.attach_to)]))
+        if not isinstance(attached, int):
+            _run(attached, hard_exit=False)
+    if hard_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def _replay_app(args: argparse.Namespace, compared: list[dict]) -> Union["App[int]", int]:
     from .app import AshemApp  # after argument checks: errors stay fast and quiet
     from .replay import ReplayError, resolve_events_path
@@ -142,7 +198,7 @@ def _attach_app(args: argparse.Namespace) -> Union["App[int]", int]:
         (["--paused"] if args.paused else [])
     if others:
         return _fail(f"error: --attach goes alone (not with {', '.join(others)})")
-    from ashem_engine.rundir import COMMAND_FILE, EVENTS_FILE
+    from ashem_engine.rundir import COMMAND_LOG, EVENTS_FILE
 
     run_dir = Path(args.attach)
     if not run_dir.is_dir():
@@ -154,7 +210,7 @@ def _attach_app(args: argparse.Namespace) -> Union["App[int]", int]:
     from .sources import RunDirSource
 
     return AshemApp(RunDirSource(run_dir), notice_title="Attached",
-                    notice=f"{run_dir}: commands go to its {COMMAND_FILE}; q detaches and "
+                    notice=f"{run_dir}: commands go to its {COMMAND_LOG}; q detaches and "
                            "leaves the run going")
 
 

@@ -6,9 +6,9 @@ the run directory; quitting detaches). Its mode is which source it holds: a live
 be paused, resumed, cancelled and steered; a replay cannot.
 
 Events are reduced into a `RunView` (state.py), which the app passes to the screens it
-shows. High-rate BatchProgress events only update the header and progress panel, at most
-`refresh_interval` apart; the other panels and the charts are redrawn only when a
-structural event (epoch end, mining, …) arrives.
+shows. High-rate BatchProgress events (and MachineSampled) only update the header, progress
+and machine panels, at most `refresh_interval` apart; the other panels and the charts are
+redrawn only when a structural event (epoch end, mining, …) arrives.
 
 Screens and widgets ask for things by posting messages (messages.py): `ContinueRun`,
 `AbortRun`, `SteerRun`, `StepSelected`; the app handles them here.
@@ -28,8 +28,8 @@ from textual.worker import Worker
 
 from ashem_engine.exitcodes import exit_code
 from ashem_engine.events import (
-    BatchProgress, CommandIgnored, Event, Paused, Resumed, RunCancelled, RunFailed,
-    RunFinished, SettingChanged, SweepComputed,
+    BatchProgress, CommandIgnored, Event, MachineSampled, Paused, Resumed, RunCancelled,
+    RunFailed, RunFinished, SettingChanged, SweepComputed,
 )
 
 from . import keys
@@ -103,9 +103,10 @@ class AshemApp(App[int]):
     # -- events in -------------------------------------------------------------------------
     def ingest(self, event: Event) -> None:
         """The engine's sink. Thread-safe and non-blocking: queue, and wake the UI thread
-        for anything but BatchProgress (those wait for the next refresh tick)."""
+        for anything but BatchProgress and MachineSampled (those wait for the next refresh
+        tick)."""
         self._inbox.append(event)
-        if not isinstance(event, BatchProgress):
+        if not isinstance(event, _TICKED):
             try:
                 self.post_message(EventsWaiting())
             except Exception:  # the app is closing; the events are on disk anyway
@@ -149,7 +150,7 @@ class AshemApp(App[int]):
         logged: list[tuple[Event, float]] = []
         for event in batch:
             view = reduce(view, event)
-            if not isinstance(event, BatchProgress):
+            if not isinstance(event, _TICKED):
                 structural.append(event)
                 logged.append((event, view.clock_offset))
         self.view = view
@@ -365,11 +366,15 @@ class AshemApp(App[int]):
 
     # -- charts, export, screenshot --------------------------------------------------------
     def action_toggle_log_y(self) -> None:
-        log_y = self.dashboard.toggle_log_y(self.view)
-        self.notify(f"log y axis {'on' if log_y else 'off'}", timeout=2)
+        log = self.dashboard.toggle_log_y(self.view)
+        self.notify(f"log axes {'on' if log else 'off'} (PPL y, confidence x)", timeout=2)
 
     def action_next_chart(self) -> None:
         self.dashboard.next_chart()
+
+    def action_cycle_x_axis(self) -> None:
+        axis = self.dashboard.cycle_x_axis(self.view)
+        self.notify(f"x axis: {axis.label}", timeout=2)
 
     def output_location(self) -> tuple[Path, str]:
         """Where exports go: the run directory when live, else the current directory
@@ -401,6 +406,10 @@ class AshemApp(App[int]):
         self.notify(saved, title="Screenshot saved", timeout=8)
 
 
-DASHBOARD_ONLY = ("next_chart", "toggle_log_y", "inspect_current", "open_compare")
+DASHBOARD_ONLY = ("next_chart", "toggle_log_y", "inspect_current", "open_compare",
+                  "cycle_x_axis")
+# Events that move figures every refresh shows (the header, progress and machine panels):
+# not logged, and no redraw of the rest.
+_TICKED = (BatchProgress, MachineSampled)
 _NOTE_ENDS = (Paused, Resumed, RunFinished, RunCancelled, RunFailed,  # "resuming…" is over
               CommandIgnored, SettingChanged)

@@ -7,7 +7,10 @@
   (`ashem_engine.compare.study_sweeps`); anything that cannot be compared raises
   `ComparisonError` with a one-line message;
 - `comparison_of(view, others)`: `ashem_engine.compare.combine` of both, the one authority on
-  labels and Pareto flags. Nothing is computed here.
+  labels and Pareto flags, and under "curves" the runs' validation curves for the curves view:
+  the shown run's from its EpochEnded events, the others' as `load_sweeps` read them
+  (`sweep["curve"]`: `ashem_engine.study_curves`, a study configuration's the mean over seeds
+  with 95 % intervals). Nothing is computed here.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from textual.screen import Screen
 
 from ashem_engine.compare import ComparisonError, combine, read_compared
 from ashem_engine.rundir import SWEEP_FILE
+from ashem_engine.study import is_study
+from ashem_engine.study_curves import curve_of, run_curve, study_curves
 
 from . import keys
 from .screens.compare import ComparisonScreen
@@ -60,21 +65,30 @@ def _combined(sweeps: Sequence[dict]) -> dict:
 
 
 def load_sweeps(dirs: Sequence[str]) -> list[dict]:
-    """Each run directory's sweep.json (or each study's configurations), checked. A sweep
-    without a name takes the directory's."""
+    """Each run directory's sweep.json (or each study's configurations), checked, each with
+    its validation curve under "curve" (None: no events.jsonl). A sweep without a name takes
+    the directory's."""
     sweeps = []
     for given in dirs:
         path = Path(given)
         path = path if path.is_file() else path / SWEEP_FILE
-        for sweep in read_compared(given):  # a run directory, its sweep.json, or a study
+        compared = read_compared(given)  # a run directory, its sweep.json, or a study
+        study = {c["name"]: c for c in study_curves(given)} if is_study(given) else None
+        for sweep in compared:
             sweep.setdefault("name", path.resolve().parent.name)
+            sweep["curve"] = study.get(sweep["name"]) if study is not None else \
+                run_curve(path.parent, sweep["name"])
             sweeps.append(sweep)
     return sweeps
 
 
 def comparison_of(view: Optional[RunView], others: Sequence[dict] = ()) -> dict:
     own = run_sweep(view) if view is not None else None
-    return _combined([own, *others] if own is not None else list(others))
+    comparison = _combined([own, *others] if own is not None else list(others))
+    own_curve = [curve_of(view.name or "this run", view.epochs)] if view is not None else []
+    comparison["curves"] = [c for c in (*own_curve, *(s.get("curve") for s in others))
+                            if c is not None and c["points"]]
+    return comparison
 
 
 class CompareApp(App[int]):

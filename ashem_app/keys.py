@@ -16,7 +16,7 @@ from textual.binding import Binding
 
 # Scopes: where a key is live. "app" keys work on the dashboard (and every screen that does
 # not shadow them); the others belong to one screen each.
-SCOPES = ("app", "inspect", "compare", "confirm", "help", "ratio")
+SCOPES = ("app", "inspect", "compare", "confirm", "help", "ratio", "study")
 SCOPE_TITLES = {
     "app": "Dashboard",
     "inspect": "Transition / inspection screen",
@@ -24,6 +24,7 @@ SCOPE_TITLES = {
     "confirm": "Confirmation dialogs",
     "help": "This help",
     "ratio": "Hard ratio dialog",
+    "study": "Study view (ashem --study)",
 }
 
 MAX_STEP_KEYS = 9
@@ -80,9 +81,12 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("ashem.inspect", "i", "inspect_current", "Inspect", palette=True,
                help="Open the inspection screen of the latest transition (or current step)"),
     ActionSpec("ashem.log_y", "l", "toggle_log_y", "Log-y", palette=True,
-               help="Toggle a logarithmic y axis on the PPL charts"),
+               help="Toggle logarithmic axes: the PPL charts' y, the confidence histogram's x"),
     ActionSpec("ashem.next_chart", "n", "next_chart", "Chart", palette=True,
                help="Show the next chart (narrow terminals show one chart at a time)"),
+    ActionSpec("ashem.x_axis", "x", "cycle_x_axis", "X-axis", palette=True, footer=False,
+               help="Plot the PPL charts against the next x-axis: epoch, tokens trained, "
+                    "wall time, training MACs"),
     ActionSpec("ashem.compare", "c", "open_compare", "Compare", palette=True,
                footer_compact=False,
                help="Compare runs: PPL against MACs per token and the Pareto frontier"),
@@ -118,9 +122,21 @@ ACTIONS: tuple[ActionSpec, ...] = (
                key_display="←", help="Inspect the previous timeline step"),
     ActionSpec("ashem.inspect.next", "right", "step(1)", "Next step", scope="inspect",
                key_display="→", help="Inspect the next timeline step"),
+    ActionSpec("ashem.inspect.log", "l", "toggle_log", "Log axis", scope="inspect",
+               footer=False,
+               help="Toggle a logarithmic axis: the confidence histogram's x, the PPL "
+                    "chart's y"),
     # -- comparison screen -----------------------------------------------------------------
     ActionSpec("ashem.compare-zoom", "z", "toggle_zoom", "Zoom", scope="compare",
                help="Toggle the chart's y range: all points / near the Pareto front"),
+    ActionSpec("ashem.compare.curves", "v", "toggle_view", "Curves/sweep", scope="compare",
+               help="Switch between the sweeps' Pareto chart and the runs' validation PPL "
+                    "curves against compute (a study's: mean over seeds, 95 % interval)"),
+    ActionSpec("ashem.compare.x_axis", "x", "cycle_x_axis", "X-axis", scope="compare",
+               help="The curves against the next x-axis: training MACs, epoch, tokens "
+                    "trained, wall time"),
+    ActionSpec("ashem.compare.log_y", "l", "toggle_log_y", "Log-y", scope="compare",
+               footer=False, help="Toggle a logarithmic y axis on the curves"),
     ActionSpec("ashem.compare.close", "escape,q", "close", "Close", scope="compare",
                key_display="esc/q",
                help="Close the comparison (with ashem --compare: quit)"),
@@ -131,6 +147,13 @@ ACTIONS: tuple[ActionSpec, ...] = (
     # -- hard ratio dialog -----------------------------------------------------------------
     ActionSpec("ashem.ratio.cancel", "escape", "cancel", "Cancel", scope="ratio",
                key_display="esc", help="Close the dialog; the ratio stays (enter sends it)"),
+    # -- study view (ashem --study) --------------------------------------------------------
+    ActionSpec("ashem.study.open", "o,enter", "open_run", "Open run", scope="study",
+               key_display="o/enter", priority=True,
+               help="Open the running run's dashboard, attached (the run goes on); q there "
+                    "comes back to the study"),
+    ActionSpec("ashem.study.quit", "q", "close_study", "Quit", scope="study",
+               help="Quit the study view; the study goes on in its own process"),
     # -- help ------------------------------------------------------------------------------
     ActionSpec("ashem.help.close", "escape,question_mark,q", "close", "Close", scope="help",
                key_display="esc"),

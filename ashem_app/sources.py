@@ -6,9 +6,9 @@
 - `LiveSource(settings)`: the engine, run in a Textual thread worker; its events reach the
   app through the app's thread-safe sink (`AshemApp.ingest`), its control is a `RunControl`;
 - `RunDirSource(run_dir)`: a run that another process writes (`ashem --attach`): its
-  events.jsonl followed as FollowSource does, the user's commands written to the run
-  directory's control.json (ashem_engine.command_file), which the engine obeys at its next batch
-  boundary; quitting detaches and leaves the run going. A finished run is a replay;
+  events.jsonl followed as FollowSource does, the user's commands appended to the run
+  directory's commands.jsonl (ashem_engine.command_file), which the engine obeys at its next
+  batch boundary; quitting detaches and leaves the run going. A finished run is a replay;
 - `ControlledSource(control)`: a run whose events are fed to the app from outside
   (`AshemApp.feed`) and whose control is given (the UI tests; `LiveSource`'s base).
 
@@ -167,7 +167,7 @@ class ControlledSource(EventSource):
 
 class RunDirSource(FollowSource):
     """A run another process writes (headless `ashem-engine run`, `resume`, or rank 0 under
-    torchrun): followed, and steered through control.json. Whether it is paused is what the
+    torchrun): followed, and steered through commands.jsonl. Whether it is paused is what the
     engine's events say (the view), never assumed here. Writing a command may raise OSError."""
 
     detaches = True

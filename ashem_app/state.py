@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional
 
 from ashem_engine.events import (
-    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Paused, Resumed,
-    RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
+    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, MachineSampled, Paused,
+    Resumed, RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
     SweepComputed, ThresholdComputed,
 )
 from ashem_engine import plan as run_plan
@@ -19,6 +19,7 @@ from ashem_engine.plan import Step
 from ashem_engine.sinks import dispatch
 
 TERMINAL = ("finished", "failed", "cancelled")
+MACHINE_SAMPLES_KEPT = 600  # the machine chart's samples: 50 min at the default 5 s
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class RunView:
     finished: Optional[RunFinished] = None
     cancelled: Optional[RunCancelled] = None
     failed: Optional[RunFailed] = None
+    # this attempt's process (a resumed run's new attempt is a new process): the latest
+    # MachineSampled, and the last MACHINE_SAMPLES_KEPT of them
+    machine: Optional[MachineSampled] = None
+    machine_samples: tuple[MachineSampled, ...] = ()
     events_seen: int = 0  # events reduced so far
 
     # -- derived look-ups (no arithmetic but the run clock's offset) --------------------
@@ -216,7 +221,8 @@ def _started(view: RunView, event: RunStarted) -> dict:
     steps = run_plan.of_run(event)
     changes = dict(started=event, stage_plans=_stage_plans(event), plan_steps=steps,
                    status="running", pause=None, progress=None, cancelled=None, failed=None,
-                   finished=None, clock_offset=event.seconds_before or 0.0)
+                   finished=None, clock_offset=event.seconds_before or 0.0, machine=None,
+                   machine_samples=())
     point = event.resume_point if event.resumed else None
     if not point:
         return changes
@@ -287,6 +293,10 @@ class _Changes:
 
     def on_Resumed(self, e: Resumed, view: RunView, running: str) -> dict:
         return dict(pause=None) if view.terminal else dict(pause=None, status="running")
+
+    def on_MachineSampled(self, e: MachineSampled, view: RunView, running: str) -> dict:
+        return dict(machine=e,
+                    machine_samples=(*view.machine_samples, e)[-MACHINE_SAMPLES_KEPT:])
 
     def on_RunFinished(self, e: RunFinished, view: RunView, running: str) -> dict:
         return dict(finished=e, status="finished", pause=None)

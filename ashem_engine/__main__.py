@@ -1,5 +1,5 @@
-"""Headless command line: `ashem-engine run`, `resume RUN_DIR`, `study SETTINGS... --seeds N`
-and `init [FILE]`; one more consumer of the engine's events (sinks.ProgressPrinter).
+"""Headless command line: `ashem-engine run`, `resume RUN_DIR`, `study SETTINGS... --seeds N`,
+`export RUN_DIR --tensorboard LOGDIR` and `init [FILE]`; one more consumer of the engine's events (sinks.ProgressPrinter).
 
 A headless run holds at the hold points in `run.pause_at` only with `--hold`, until a dashboard
 attached with `ashem --attach RUN_DIR` continues it; any headless run obeys the commands such
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--quiet", action="store_true", help="print only the final table")
         command.add_argument("--hold", action="store_true", help=HOLD_HELP)
     add_study_parser(sub)
+    export = sub.add_parser("export", help="write a run's figures for another tool")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    export.add_argument("--tensorboard", required=True, metavar="LOGDIR",
+                        help="TensorBoard scalars of every event, as run.loggers = "
+                        "['tensorboard'] writes them, in a new file in LOGDIR (needs "
+                        "pip install \"ashem[tensorboard]\")")
     init = sub.add_parser("init", help="write the commented default settings.toml to edit")
     init.add_argument("file", nargs="?", default=LOCAL_FILE,
                       help="where to write it (default: ./settings.toml; never overwritten)")
@@ -85,6 +91,17 @@ def add_study_parser(sub) -> None:
 def bad_input(message: object) -> int:
     print(f"ashem-engine: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def export(args: argparse.Namespace) -> int:
+    from .tensorboard import TensorBoardError, export as write_tensorboard
+
+    try:
+        done = write_tensorboard(args.run_dir, args.tensorboard)
+    except TensorBoardError as e:
+        return bad_input(f"export: {e}")
+    print(f"wrote {done.scalars:,} scalars of {done.events:,} events to {done.file}")
+    return EXIT_OK
 
 
 def init(file: str) -> int:
@@ -198,11 +215,15 @@ def study(args: argparse.Namespace) -> int:
     return exit_code(result.status, result.error.error_kind if result.error else None)
 
 
+# The commands besides run and resume, by name.
+COMMANDS = {"init": lambda args: init(args.file), "study": study, "export": export}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("init", "study"):
-        return init(args.file) if args.command == "init" else study(args)
+    if args.command in COMMANDS:
+        return COMMANDS[args.command](args)
     if args.command not in ("run", "resume"):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT

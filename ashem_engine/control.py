@@ -2,9 +2,10 @@
 The engine calls `checkpoint` at every batch boundary and `boundary` between stages: both block
 while paused and raise `Cancelled` once cancelled, so a cancel is honoured within one batch.
 
-Commands also come from the run directory's control.json (command_file.py) and, to steer,
-from the app's own thread (`set_hard_ratio`): the engine thread takes them in `poll`, at every
-batch boundary and every POLL_S s while it waits, and reports each as an event."""
+Commands also come from the run directory's command log, commands.jsonl (command_file.py), and,
+to steer, from the app's own thread (`set_hard_ratio`): the engine thread takes them in `poll`,
+at every batch boundary and every POLL_S s while it waits, all of them in the order written, and
+reports each as an event."""
 from __future__ import annotations
 
 import threading
@@ -13,7 +14,7 @@ from typing import Callable, Iterable, Optional
 from . import events as ev
 from .command_file import Command, Read, Rejected
 
-POLL_S = 0.2  # how often a paused or held engine reads the command file
+POLL_S = 0.2  # how often a paused or held engine reads the command log
 
 
 class Cancelled(Exception):
@@ -44,7 +45,7 @@ class RunControl:
         self.on_pause: Optional[Callable[[str, str, Optional[str]], None]] = None
         self.on_resume: Optional[Callable[[str], None]] = None
         self.on_command: Optional[Callable[[ev.Event], None]] = None  # obeyed / ignored
-        self.commands = None  # an object with read() -> [Command | Rejected]: CommandFile
+        self.commands = None  # an object with read() -> [Command | Rejected]: RunCommands
         self.steering: Optional[Steering] = None  # set while held at a mining transition
         self.on_wait: Optional[Callable[[], None]] = None  # called every POLL_S while held
         self._queue: list[Command] = []  # commands from the app's own thread
@@ -102,7 +103,7 @@ class RunControl:
 
     def _waiting(self, where: str) -> bool:
         """Waits while paused, until something changes or it is time to read the command
-        file again; raises Cancelled once cancelled. Whether to poll and wait on."""
+        log again; raises Cancelled once cancelled. Whether to poll and wait on."""
         with self._cond:
             if self.paused and not self.cancelled and not self._queue:
                 self._cond.wait_for(lambda: self.cancelled or not self.paused or self._queue,
@@ -113,8 +114,8 @@ class RunControl:
             return self.paused or bool(self._queue)
 
     def poll(self, where: str) -> None:
-        """Obeys the commands that came in since the last call, in order: the one place that
-        reads the command file (under torchrun rank 0's, dist.SharedControl)."""
+        """Obeys the commands that came in since the last call, every one, in order: the one
+        place that reads the command log (under torchrun rank 0's, dist.SharedControl)."""
         with self._cond:
             queued, self._queue = self._queue, []
         outside = self.commands.read() if self.commands is not None else []
@@ -123,15 +124,15 @@ class RunControl:
 
     def _take(self, item: Read, where: str) -> None:
         try:
-            if isinstance(item, Rejected):  # a command file not obeyed, reported as a refusal
+            if isinstance(item, Rejected):  # a command not obeyed, reported as a refusal
                 raise CommandRefused(item.reason)
             apply = self._check(item)
         except CommandRefused as refused:
             self._report(ev.CommandIgnored(reason=str(refused), where=where,
-                                           command=item.command, seq=item.seq))
+                                           command=item.command, seq=item.seq, id=item.id))
             return
         self._report(ev.CommandObeyed(command=item.command, where=where, seq=item.seq,
-                                      value=item.value, writer=item.writer))
+                                      value=item.value, writer=item.writer, id=item.id))
         apply()
 
     def _check(self, item: Command) -> Callable[[], None]:

@@ -9,10 +9,14 @@ from typing import Any, Optional
 
 # Fields that depend on the clock, not on the computation (runs compare equal without them).
 TIMING_FIELDS = frozenset({"t", "seconds", "elapsed", "tokens_per_s", "eta_s", "stage_seconds",
-                           "seconds_before"})
+                           "seconds_before", "run_seconds"})
 # Fields that describe the host (RunStarted, RunFinished.summary, summary.json): two hosts of
 # the same CPU model and torch build compute the same figures but describe themselves apart.
-MACHINE_FIELDS = frozenset({"machine"})
+# "memory": the peaks a stage or an epoch reached (EpochEnded, StageEnded, summary.json).
+MACHINE_FIELDS = frozenset({"machine", "memory"})
+# Events that only describe the host's load, sampled on a clock (machine.py): how many there
+# are depends on time, so runs are compared without them.
+MACHINE_EVENTS = frozenset({"MachineSampled"})
 
 
 @dataclass
@@ -112,6 +116,14 @@ class EpochEnded(Event):
     # first epoch with what the stage computes once for them); validation's and hard PPL's forward.
     training_macs: Optional[float] = None
     selection_macs: Optional[float] = None
+    # The run so far, this epoch included, over every stage and attempt (None in older logs):
+    # what a chart against compute puts on its x-axis.
+    tokens_trained: Optional[int] = None  # target tokens the training steps were given
+    run_training_macs: Optional[float] = None  # the sum of training_macs so far
+    run_seconds: Optional[float] = None  # the run clock at this epoch's end (a timing field)
+    # The epoch's peaks (a machine field): {"peak_rss_bytes", and on CUDA
+    # "peak_allocated_bytes", "peak_reserved_bytes"}; None in older logs
+    memory: Optional[dict] = None
 
 
 @dataclass
@@ -127,6 +139,7 @@ class StageEnded(Event):
     best_hard_ppl: Optional[float] = None
     training_macs: Optional[float] = None  # the sum of its epochs' (EpochEnded)
     selection_macs: Optional[float] = None
+    memory: Optional[dict] = None  # the stage's peaks, as EpochEnded.memory
 
 
 @dataclass
@@ -144,6 +157,10 @@ class ThresholdComputed(Event):
     zoom_edges: Optional[list] = None
     zoom_counts: Optional[list] = None
     steered: bool = False  # computed again, at a ratio set while the run held here
+    # the same range in bins of equal width in log10, for a log axis; None where the range
+    # reaches 0 (a score that is not a probability) and in logs written before them
+    log_edges: Optional[list] = None
+    log_counts: Optional[list] = None
 
 
 @dataclass
@@ -205,22 +222,27 @@ class Resumed(Event):
 
 @dataclass
 class CommandObeyed(Event):
-    """A command the engine carried out: from the run directory's control.json (`seq`, the
-    `writer` that wrote it) or, for steering, from the app's own process (seq None)."""
+    """A command the engine carried out: from the run directory's commands.jsonl (`seq`, its
+    place in the log; `id` and the `writer` that wrote it) or an older dashboard's control.json
+    (`seq` that file's, `id` "control.json#<seq>"), or, for steering, from the app's own
+    process (seq None, id "")."""
     command: str  # "pause", "resume", "continue", "abort" or "set_hard_ratio"
     where: str  # where the run was when it took the command
     seq: Optional[int] = None
     value: Optional[float] = None  # set_hard_ratio's ratio
     writer: str = ""
+    id: str = ""  # the writer's id of the command (commands.jsonl); "" in older logs
 
 
 @dataclass
 class CommandIgnored(Event):
-    """A warning: a command (or a command file) that was not obeyed, and why."""
+    """A warning: a command (or a command file, a line of the command log) that was not
+    obeyed, and why."""
     reason: str  # one line, e.g. "the run is not held at a mining transition"
     where: str
     command: Optional[str] = None
     seq: Optional[int] = None
+    id: str = ""  # as CommandObeyed.id, where the command had one
 
 
 @dataclass
@@ -230,6 +252,22 @@ class SettingChanged(Event):
     key: str
     value: Any
     previous: Any = None
+
+
+@dataclass
+class MachineSampled(Event):
+    """The machine as the run uses it, every run.machine_sample_s seconds, sampled off the
+    training thread (machine.py); under torchrun, rank 0's process."""
+    cpu_percent: float  # this process since the last sample; 100 = one core busy
+    rss_bytes: int  # resident memory now
+    peak_rss_bytes: int  # the most resident memory this process has held so far
+    threads: int  # this process's threads
+    system_cpu_percent: Optional[float] = None  # the whole machine; 100 = every core busy
+    system_memory_percent: Optional[float] = None  # of the machine's memory, in use
+    # One dict per CUDA device: {"index", "allocated_bytes", "reserved_bytes",
+    # "peak_allocated_bytes", and where NVML is installed "utilization" (%) and "power_w"}
+    devices: list = field(default_factory=list)
+    stage: Optional[int] = None  # the stage training when sampled (None between stages)
 
 
 @dataclass

@@ -176,6 +176,21 @@ def fitted_histogram(confidences: torch.Tensor, bins: int, threshold: float,
     return [float(f"{e:.6g}") for e in edges.tolist()], [int(c) for c in counts.tolist()]
 
 
+def log_histogram(confidences: torch.Tensor, bins: int, low: float, high: float
+                  ) -> tuple[Optional[list[float]], Optional[list[int]]]:
+    """`bins` bins of equal width in log10 from `low` to `high` (`fitted_histogram`'s range),
+    for a log axis: a weak model's confidences span decades, and nearly all of them fall in
+    the first two equal bins. (None, None) where the range reaches 0 or below (a signal that is
+    not a probability, such as the negative entropy). Tokens outside it are not counted."""
+    if low <= 0:
+        return None, None
+    logs = torch.linspace(math.log10(low), math.log10(high), bins + 1, dtype=torch.float64)
+    # below the range anyway: clamped so that a 0 has a logarithm
+    values = confidences.reshape(-1).double().clamp_min(low / 2).log10()
+    counts = torch.histc(values, bins=bins, min=float(logs[0]), max=float(logs[-1]))
+    return [float(f"{10 ** e:.6g}") for e in logs.tolist()], [int(c) for c in counts.tolist()]
+
+
 def top_words(targets: torch.Tensor, vocab: Vocabulary, k: int) -> list[list]:
     counts = Counter(targets.tolist())
     return [[vocab.words[i], n] for i, n in counts.most_common(k)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +31,9 @@ class ResumePoint:
     model: Optional[dict] = None  # weights, while `stage` is under way
     optimizer: Optional[dict] = None
     early: Optional[dict] = None  # stages.EarlyStopping as a dict
+    # stages.RunTotals as a dict: the run's tokens and training MACs up to here, over every
+    # attempt; None in a progress.pt written before them
+    totals: Optional[dict] = None
 
     @property
     def mid_stage(self) -> bool:
@@ -54,7 +57,8 @@ def read_resume_point(run_dir: str | os.PathLike) -> tuple[Settings, Optional[Re
         return settings, None
     raw = load_checkpoint(progress)  # runs from before ResumePoint also hold "summary"
     try:
-        return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)})
+        return settings, ResumePoint(**{f.name: raw[f.name] for f in fields(ResumePoint)
+                                        if f.name in raw or f.default is MISSING})
     except KeyError as e:
         raise CheckpointError(f"checkpoint {str(progress)!r} is not a readable ashem "
                               f"checkpoint (it has no {e.args[0]!r}); start a new run") from None

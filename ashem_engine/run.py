@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import events as ev
-from .command_file import CommandFile
+from .command_file import RunCommands
 from .control import Cancelled, RunControl
 from .data import Corpus, DataError
 from .dist import PeerLost, SharedControl, World, join, lost_peer, peer_detail
+from .machine import MachineSampler
 from .resume import ResumeError, ResumePoint, read_resume_point
-from .rundir import (COMMAND_FILE, SETTINGS_FILE, CheckpointError, RunDirError,
+from .rundir import (SETTINGS_FILE, CheckpointError, RunDirError,
                      atomic_write_json, create_run_dir, probe_writable)
 from .settings import Settings, SettingsError
 from .sinks import Emitter, Sink, build_sinks, close_sinks
@@ -97,15 +98,15 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[Sink],
     control.starts(settings.run.pause_at)  # the one place a run's pause_at is read
     own_commands = world.lead and control.commands is None  # (a caller may bring a reader)
     if own_commands:  # before events.jsonl: a dashboard can attach only once that is there
-        control.commands = CommandFile(run_dir / COMMAND_FILE)
-    if world.parallel:  # rank 0's control (and command file) decides for every rank
+        control.commands = RunCommands(run_dir)  # commands.jsonl (and a legacy control.json)
+    if world.parallel:  # rank 0's control (and command log) decides for every rank
         control = SharedControl(control, world, settings.run.peer_timeout_s,
                                 settings.run.control_every)
     # the attempts before, in a resumed run; rank 0's files, so only rank 0 reads them
     reducer = reducer_from_log(run_dir) if world.lead else \
         SummaryReducer(base_summary(run_dir, settings.to_dict()))
-    own_sinks = build_sinks(run_dir if world.lead else None, reducer)
-    emit = Emitter(*own_sinks, *(sinks if world.lead else ()))
+    own_sinks = build_sinks(run_dir if world.lead else None, reducer, settings=settings)
+    emit, sampler = _emitter(settings, [*own_sinks, *(sinks if world.lead else ())])
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where))
     control.on_command = emit
@@ -115,12 +116,14 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[Sink],
         with pipeline.precision():
             for step in pipeline.steps(point):
                 pipeline.run(step, state)
+        sampler.stop()
         finished = ev.RunFinished(run_dir=str(run_dir), seconds=round(emit.elapsed(), 3),
                                   summary={})
         finished.summary = reducer.after(finished)
         emit(finished)
         return RunResult("finished", run_dir, pipeline.write_summary())
     except Cancelled as c:
+        sampler.stop()
         emit(ev.RunCancelled(run_dir=str(run_dir), where=c.where,
                              seconds=round(emit.elapsed(), 3)))
         return RunResult("cancelled", run_dir, pipeline.write_summary())
@@ -128,13 +131,25 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[Sink],
         kind, message, where = _described(e, pipeline.where)
         failure = ev.RunFailed(kind, message.replace("RUN_DIR", str(run_dir)), where,
                                run_dir=str(run_dir))
+        sampler.stop()
         emit(failure)
         return RunResult("failed", run_dir, pipeline.write_summary(), failure)
     finally:
+        sampler.stop()  # (an exception that is not an Exception)
         close_sinks(own_sinks)
         control.on_pause = control.on_resume = control.on_command = None
         if own_commands:
             control.commands = None
+
+
+def _emitter(settings: Settings, sinks: list) -> tuple[Emitter, MachineSampler]:
+    """The run's emitter, and the machine sampler that annotates its events (machine.py): on
+    rank 0 alone, which samples its own process. The sampler stops before the run's last
+    event, so that its last sample comes before that."""
+    sampler = MachineSampler(settings.run.machine_sample_s, on=World.current().lead)
+    emit = Emitter(*sinks, annotate=sampler.annotate)
+    sampler.start(emit)
+    return emit, sampler
 
 
 def _described(e: Exception, where: str) -> tuple[str, str, str]:

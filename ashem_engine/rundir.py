@@ -16,7 +16,8 @@ EVENTS_FILE = "events.jsonl"
 SUMMARY_FILE = "summary.json"
 SWEEP_FILE = "sweep.json"
 PROGRESS_FILE = "progress.pt"  # the resume point
-COMMAND_FILE = "control.json"  # what a dashboard asks of the run (command_file.py)
+COMMAND_LOG = "commands.jsonl"  # what dashboards ask of the run, appended (command_file.py)
+COMMAND_FILE = "control.json"  # the same, one at a time, from older dashboards (still read)
 CLASSIFIERS_FILE = "exit-classifiers.pt"
 BEST_WEIGHTS_FILE = "stage-{}-best.pt"  # .format(stage)
 HARD_TOKENS_FILE = "stage-{}-hard.pt"  # .format(stage)
@@ -82,7 +83,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    import torch  # here, so that the command file (command_file.py) can be written without it
+    import torch  # here, so that the command log (command_file.py) can be written without it
 
     atomic_write(path, lambda f: torch.save(obj, f))
 

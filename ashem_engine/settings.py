@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import tomli
 
-from . import plan
+from . import plan, sinks
 from .exit_signals import SIGNALS
 from .names import INFERENCES, PRECISIONS
 
@@ -86,6 +86,7 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["run"]["pause_at"] = list(self.run.pause_at)
+        out["run"]["loggers"] = list(self.run.loggers)
         out["evaluation"]["signals"] = list(self.evaluation.signals)
         out["stages"] = [stage_table(s) for s in self.stages]
         return out
@@ -291,6 +292,10 @@ RULES: list[Rule] = [
     ("run.progress_events_per_epoch", *_at_least(1)),
     ("run.peer_timeout_s", *_above(0)),
     ("run.control_every", *_at_least(1)),
+    ("run.machine_sample_s", lambda v, c: 0 <= v < float("inf"),
+     "must be a number of seconds >= 0 (0 = no machine sampler)"),
+    ("run.loggers", lambda v, c: len(v) == len(set(v)) and set(v) <= set(sinks.LOGGERS),
+     "a list without repeats of: " + ", ".join(sinks.LOGGERS)),
     ("run.pause_at", lambda v, c: set(v) <= {s.boundary for s in plan.of_settings(c)},
      "each entry must be a hold point of the run's plan: stage-N, mining-N before a stage "
      "N+1, or evaluation"),
@@ -386,6 +391,9 @@ def _check(rules: list[Rule], root: Any, c: Any = None, prefix: str = "") -> Non
 
 def validate(settings: Settings) -> None:
     _check(RULES, settings, settings)
+    missing = sinks.missing_extra(settings.run.loggers)  # a run fails here, before it starts
+    if missing:
+        raise SettingsError(f"run.loggers = {list(settings.run.loggers)!r}: {missing}")
     if not settings.stages:
         raise SettingsError("stages = []: at least one [[stages]] table is needed")
     layers_before = 0

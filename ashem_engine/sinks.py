@@ -2,11 +2,13 @@
 point; a consumer tells events apart by kind through `dispatch` (an `on_<Kind>` method each)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol, TextIO
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol, TextIO
 
 from . import events as ev
 from .reference import format_table
@@ -14,8 +16,9 @@ from .rundir import EVENTS_FILE
 
 
 class Sink(Protocol):
-    """Called with every event of a run, in order, on the engine's thread (the run waits for
-    it). One that holds a file has `close()`, which the run calls when it ends."""
+    """Called with every event of a run, in order, one at a time (the Emitter's lock) on the
+    engine's threads: the training thread (the run waits for it) and the machine sampler's.
+    One that holds a file has `close()`, which the run calls when it ends."""
 
     def __call__(self, event: ev.Event) -> None: ...
 
@@ -26,17 +29,43 @@ def dispatch(handlers: Any, event: ev.Event, *args: Any, default: Any = None) ->
     return default if handle is None else handle(event, *args)
 
 
-# Loggers besides events.jsonl (a metrics service, say): made on rank 0 from the run directory.
-LOGGERS: list[Callable[[Path], Sink]] = []
+class Logger(NamedTuple):
+    """A logger besides events.jsonl, named in `run.loggers`."""
+    make: Callable[[Path, Any], Sink]  # (run directory, settings) -> the sink, on rank 0
+    extra: str = ""  # the optional extra of ashem it needs, named as the module it installs
+
+
+def _tensorboard(run_dir: Path, settings: Any) -> Sink:
+    from .tensorboard import live_sink  # tensorboard.py imports this module
+    return live_sink(run_dir)
+
+
+# The loggers a run can ask for, by the name `run.loggers` gives them.
+LOGGERS: dict[str, Logger] = {"tensorboard": Logger(_tensorboard, extra="tensorboard")}
+
+
+def install_hint(extra: str) -> str:
+    return f'pip install "ashem[{extra}]" (from a checkout: pip install ".[{extra}]")'
+
+
+def missing_extra(names: Iterable[str]) -> Optional[str]:
+    """One line saying what to install, for the first named logger whose extra is missing."""
+    for name in names:
+        extra = LOGGERS[name].extra
+        if extra and importlib.util.find_spec(extra) is None:
+            return f"the {name} logger needs the {extra} package: {install_hint(extra)}"
+    return None
 
 
 def build_sinks(run_dir: Optional[Path] = None, summary: Optional[Sink] = None, *,
-                progress: Optional[TextIO] = None, quiet: bool = False,
+                settings: Any = None, progress: Optional[TextIO] = None, quiet: bool = False,
                 extra: Iterable[Sink] = ()) -> list[Sink]:
     """In the order an event reaches them: given the run directory, its events.jsonl and the
-    LOGGERS; the summary; given a stream, progress lines on it (unless `quiet`); `extra`."""
+    loggers the settings name (run.loggers); the summary; given a stream, progress lines on it
+    (unless `quiet`); `extra`."""
+    names = () if settings is None else settings.run.loggers
     files = [] if run_dir is None else [JsonLinesSink(run_dir / EVENTS_FILE),
-                                        *(make(run_dir) for make in LOGGERS)]
+                                        *(LOGGERS[name].make(run_dir, settings) for name in names)]
     printer = [] if progress is None else [ProgressPrinter(progress, quiet)]
     return [*files, *([] if summary is None else [summary]), *printer, *extra]
 
@@ -48,19 +77,27 @@ def close_sinks(sinks: Iterable[Sink]) -> None:
 
 
 class Emitter:
-    """Stamps events with the run clock and fans them out to sinks."""
+    """Stamps events with the run clock and fans them out to sinks, one event at a time:
+    events come from more than one thread (the training thread, machine.py's sampler), and
+    each sink gets every event whole, in the order they were stamped. `annotate`, if given,
+    sees each event first and may fill in its fields (machine.py: the memory peaks)."""
 
-    def __init__(self, *sinks: Sink, clock: Callable[[], float] = time.perf_counter):
-        self.sinks, self._clock = list(sinks), clock
+    def __init__(self, *sinks: Sink, clock: Callable[[], float] = time.perf_counter,
+                 annotate: Optional[Callable[[ev.Event], None]] = None):
+        self.sinks, self._clock, self.annotate = list(sinks), clock, annotate
         self._start = clock()
+        self._lock = threading.RLock()  # re-entrant: a sink that emits does not deadlock
 
     def elapsed(self) -> float:
         return self._clock() - self._start
 
     def __call__(self, event: ev.Event) -> None:
-        event.t = round(self.elapsed(), 3)
-        for sink in self.sinks:
-            sink(event)
+        with self._lock:
+            event.t = round(self.elapsed(), 3)
+            if self.annotate is not None:
+                self.annotate(event)
+            for sink in self.sinks:
+                sink(event)
 
 
 class JsonLinesSink:
@@ -79,6 +116,16 @@ class JsonLinesSink:
 
     def close(self) -> None:
         self._file.close()
+
+
+def peaks(memory: Optional[dict]) -> str:
+    """EpochEnded.memory as a progress line's end: " | peak 412 MiB" (and the GPU's)."""
+    if not memory:
+        return ""
+    text = f" | peak {memory['peak_rss_bytes'] / 2**20:,.0f} MiB"
+    if "peak_allocated_bytes" in memory:
+        text += f", GPU {memory['peak_allocated_bytes'] / 2**20:,.0f} MiB"
+    return text
 
 
 class ProgressPrinter:
@@ -134,7 +181,7 @@ class ProgressPrinter:
             parts.append(f"Hard PPL: {e.hard_ppl:.2f}")
         if e.shallow_ratio is not None:
             parts.append(f"shallow {100 * e.shallow_ratio:.1f}%")
-        self.line(" | ".join(parts) + f" | {verdict} | {e.seconds:.1f}s")
+        self.line(" | ".join(parts) + f" | {verdict} | {e.seconds:.1f}s" + peaks(e.memory))
 
     def on_StageEnded(self, e: ev.StageEnded) -> None:
         stop = f"early stopping at epoch {e.epochs}" if e.stopped_early else \

@@ -94,6 +94,10 @@ class StageTask:
     def tokens_in(self, index: int) -> int:
         return self.batch_tokens[index]
 
+    def epoch_tokens(self) -> int:
+        """The target tokens an epoch's steps are given, every process' rows."""
+        return sum(self.tokens_in(i) for i in range(self.num_batches()))
+
     def rows_in(self, index: int) -> int:
         raise NotImplementedError
 
@@ -454,6 +458,37 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.counter >= self.patience
 
+    def outcome(self, stage: int, epochs: int) -> StageOutcome:
+        """The stage's outcome as it stands after `epochs` epochs."""
+        return StageOutcome(stage, epochs, self.best_epoch, self.best_ppl, self.best_acc,
+                            self.best_hard, self.should_stop, self.seconds, list(self.history),
+                            self.training_macs, self.selection_macs)
+
+
+@dataclass
+class RunTotals:
+    """What the run has trained so far, over every stage and attempt: EpochEnded's
+    tokens_trained and run_training_macs. progress.pt keeps it, so a resumed run counts on
+    from where it stopped; None: not known (resumed from a progress.pt written before it)."""
+
+    tokens_trained: Optional[int] = 0
+    training_macs: Optional[float] = 0.0
+    # the run's seconds over every attempt, for EpochEnded.run_seconds (not kept: a clock)
+    clock: Optional[Callable[[], float]] = field(default=None, repr=False, compare=False)
+
+    def add(self, tokens: int, macs: Optional[float]) -> dict:
+        """Adds an epoch's target tokens and training MACs; the EpochEnded fields after it."""
+        if self.tokens_trained is not None:
+            self.tokens_trained += tokens
+        if self.training_macs is not None:
+            self.training_macs = None if macs is None else self.training_macs + macs
+        return {"tokens_trained": self.tokens_trained, "run_training_macs": self.training_macs,
+                "run_seconds": None if self.clock is None else round(self.clock(), 3)}
+
+    def kept(self) -> dict:
+        """What progress.pt keeps of it (ResumePoint.totals)."""
+        return {"tokens_trained": self.tokens_trained, "training_macs": self.training_macs}
+
 
 def _stage_start(model: EarlyExitLM, cfg: StageSettings, opt: OptimizerSettings,
                  resume: dict) -> tuple:
@@ -471,15 +506,16 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
               on_improved: Optional[Callable[[int, dict], None]] = None,
               on_epoch_end: Optional[Callable[[dict], None]] = None,
               resume: Optional[dict] = None, micro_batch_size: int = 0,
-              compile_model: bool = False) -> StageOutcome:
+              compile_model: bool = False, totals: Optional[RunTotals] = None) -> StageOutcome:
     """Trains with early stopping on validation PPL, restores the best weights and returns the
     outcome. `on_improved(epoch, state)` runs at every new best (the best checkpoint is on disk
     whatever happens next); `on_epoch_end(progress)` gets what resuming after the epoch needs;
-    `resume`: such a progress dict (plus "best_state") to go on from."""
+    `resume`: such a progress dict (plus "best_state") to go on from; `totals`: the run's."""
     model = task.model
     if compile_model:
         compile_blocks(model)
     optimizer, stopping, best_state = _stage_start(model, cfg, opt, resume or {})
+    totals = RunTotals() if totals is None else totals  # (alone: the stage's)
     epoch = stopping.epoch
     while epoch < cfg.max_epochs and not stopping.should_stop:
         epoch += 1
@@ -502,7 +538,8 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             val_acc=result.accuracy, improved=improved, patience_counter=stopping.counter,
             patience=cfg.patience, best_epoch=stopping.best_epoch,
             best_val_ppl=stopping.best_ppl, seconds=round(seconds, 3), hard_ppl=hard_ppl,
-            shallow_ratio=result.exit_ratios[0] if task.cascade.last else None, **macs)
+            shallow_ratio=result.exit_ratios[0] if task.cascade.last else None, **macs,
+            **totals.add(task.epoch_tokens(), macs["training_macs"]))
         stopping.history.append({k: getattr(ended, k) for k in EPOCH})
         emit(ended)
         # After the event: a kill in between repeats this epoch rather than losing it.
@@ -510,10 +547,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             on_epoch_end({"epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "early": dict(vars(stopping))})
     model.load_state_dict(best_state)
-    return StageOutcome(stage, epoch, stopping.best_epoch, stopping.best_ppl,
-                        stopping.best_acc, stopping.best_hard, stopping.should_stop,
-                        stopping.seconds, list(stopping.history), stopping.training_macs,
-                        stopping.selection_macs)
+    return stopping.outcome(stage, epoch)
 
 
 def host_reads_are_cheap(device: torch.device) -> bool:

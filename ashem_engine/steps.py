@@ -24,7 +24,8 @@ from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .dist import World
 from .mining import (MiningPool, MiningResult, examples_in_context, exit_pass,
-                     fitted_histogram, histogram, mine, pool, tokens_at, top_words)
+                     fitted_histogram, histogram, log_histogram, mine, pool, tokens_at,
+                     top_words)
 from .model import EarlyExitLM, count_parameters
 from .resume import ResumePoint
 from .rundir import (BEST_WEIGHTS_FILE, CLASSIFIERS_FILE, HARD_TOKENS_FILE, PROGRESS_FILE,
@@ -35,7 +36,7 @@ from .names import CLASSIFIER
 from .precision import compute
 from .settings import Settings
 from .sinks import Emitter
-from .stages import HardTokenTask, MaskedSequenceTask, SequenceTask, run_stage
+from .stages import HardTokenTask, MaskedSequenceTask, RunTotals, SequenceTask, run_stage
 from .summary import SummaryReducer
 from .sweep import one_point_series, sweep, train_signal
 
@@ -110,6 +111,8 @@ class Pipeline:
     def start(self, corpus: Optional[Corpus], point: Optional[ResumePoint]) -> RunState:
         s, self.point = self.settings, point
         self.seconds_before = point.seconds_before if point is not None else 0.0
+        self.totals = _totals_at(point)
+        self.totals.clock = lambda: self.seconds_before + self.emit.elapsed()
         threads = choose_threads(s.run.threads)
         torch.set_num_threads(threads)
         keep_freed_memory()
@@ -202,7 +205,7 @@ class Pipeline:
                                 number, progress["epoch"], False, state, progress),
                             resume=self._training_resume(number),
                             micro_batch_size=s.data.micro_batch_size,
-                            compile_model=s.run.compile)
+                            compile_model=s.run.compile, totals=self.totals)
         ended = {f.name: getattr(outcome, f.name) for f in fields(ev.StageEnded)
                  if hasattr(outcome, f.name)}  # every field but the checkpoint
         self.emit(ev.StageEnded(**ended, checkpoint=str(self.best_checkpoint(number))))
@@ -365,11 +368,13 @@ class Pipeline:
         edges, counts = histogram(mined.confidences, s.mining.histogram_bins)
         zoom_edges, zoom_counts = fitted_histogram(mined.confidences, s.mining.histogram_bins,
                                                    mined.threshold)
+        log_edges, log_counts = log_histogram(mined.confidences, s.mining.histogram_bins,
+                                              zoom_edges[0], zoom_edges[-1])
         self.emit(ev.ThresholdComputed(
             stage=stage, exit_layer=exit_layer, threshold=mined.threshold, target_ratio=ratio,
             split=s.mining.split, tokens=mined.total, histogram_edges=edges,
             histogram_counts=counts, zoom_edges=zoom_edges, zoom_counts=zoom_counts,
-            steered=steered))
+            steered=steered, log_edges=log_edges, log_counts=log_counts))
         hard, count, nan, vocab = mined.hard, len(mined.hard), float("nan"), self.corpus.vocab
         hard_nll = passed.nll[hard.positions].double()
         self.emit(ev.HardExamplesCollected(
@@ -490,7 +495,15 @@ class Pipeline:
         self.save(self.run_dir / PROGRESS_FILE, vars(ResumePoint(
             stage, epoch, stage_done, state.exit_layers, state.thresholds, torch.get_rng_state(),
             self.seconds_before + self.emit.elapsed(), training.get("model"),
-            training.get("optimizer"), training.get("early"))))
+            training.get("optimizer"), training.get("early"), self.totals.kept())))
+
+
+def _totals_at(point: Optional[ResumePoint]) -> RunTotals:
+    """The run's totals where it starts: none yet, the resume point's, or unknown (None) where
+    its progress.pt was written before they were kept."""
+    if point is None:
+        return RunTotals()
+    return RunTotals(**point.totals) if point.totals is not None else RunTotals(None, None)
 
 
 def _without_states(kept: dict) -> dict:

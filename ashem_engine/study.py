@@ -193,12 +193,12 @@ def refuse_if_running(directory: Path) -> None:
         pid = int((directory / LOCK_FILE).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return
-    if pid != os.getpid() and _alive(pid):
+    if pid != os.getpid() and process_alive(pid):
         raise StudyError(f"study {str(directory)!r} is being run by process {pid}; wait for "
                          f"it to end or stop it (Ctrl-C) first")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

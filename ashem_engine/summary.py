@@ -18,7 +18,7 @@ NOTHING_DONE = {"stage": 0, "epoch": 0, "stage_done": True}  # the resume point 
 EPOCH = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio", "improved",
          "seconds", "training_macs", "selection_macs")
 STAGE = ("stage", "epochs", "best_epoch", "best_val_ppl", "best_val_acc", "best_hard_ppl",
-         "stopped_early", "seconds", "training_macs", "selection_macs")
+         "stopped_early", "seconds", "training_macs", "selection_macs", "memory")
 FINAL = ("split", "tokens", "accuracy", "ppl", "exit_layers", "exit_ratios", "compute_cost",
          "honest_cost", "macs_per_token", "thresholds", "inference_modes")
 
@@ -70,6 +70,7 @@ class SummaryReducer:
         self._epochs: dict[int, list[dict]] = {}  # stage -> its epochs so far
         self._thresholds: dict[int, ev.ThresholdComputed] = {}
         self._before = 0.0  # seconds of the attempts before this one
+        self._peaks: dict[str, int] = {}  # summary["memory"]: the most any attempt held
         for event in events:
             self(event)
 
@@ -96,6 +97,8 @@ class SummaryReducer:
         self._s.update(compute_spent(self._s))
         if e.resumed:
             self._s["seconds_before"] = e.seconds_before
+        if self._peaks:
+            self._s["memory"] = dict(self._peaks)
         self._before = e.seconds_before
 
     def _rewind(self, rewind: plan.Rewind) -> None:
@@ -108,7 +111,22 @@ class SummaryReducer:
         before = [h for h in self._epochs.get(e.stage, []) if h["epoch"] < e.epoch]
         self._epochs[e.stage] = [*before, _pick(e, EPOCH)]
 
+    def _note_peaks(self, memory: Optional[dict]) -> None:
+        """summary["memory"]: the run's peaks (resident memory; on CUDA the device's), the
+        largest an epoch, a stage or a machine sample reported, over every attempt."""
+        for key, value in (memory or {}).items():
+            self._peaks[key] = max(value, self._peaks.get(key, 0))
+        if self._peaks:
+            self._s["memory"] = dict(self._peaks)
+
+    def on_MachineSampled(self, e: ev.MachineSampled) -> None:
+        self._note_peaks({"peak_rss_bytes": e.peak_rss_bytes})
+        for device in e.devices:
+            self._note_peaks({k: device[k] for k in ("peak_allocated_bytes",
+                                                     "peak_reserved_bytes") if k in device})
+
     def on_StageEnded(self, e: ev.StageEnded) -> None:
+        self._note_peaks(e.memory)
         record = {**_pick(e, STAGE), "history": list(self._epochs.get(e.stage, [])),
                   "layers": self._s["settings"]["stages"][e.stage - 1]["layers"],
                   "checkpoint": e.checkpoint}

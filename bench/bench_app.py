@@ -264,6 +264,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--key-interval", type=float, default=1.0,
                    help="seconds between key presses during training (default 1)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--sample-s", type=float, default=None, metavar="S",
+                   help="run.machine_sample_s of every run: the machine sampler's interval "
+                        "(0 = none; default: the settings')")
     p.add_argument("--modes", default="headless,app",
                    help="which runs per repeat (default headless,app; add thread to "
                         "separate the cost of the engine thread from the UI's)")
@@ -358,6 +361,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs_dir = tempfile.mkdtemp(prefix="ashem-bench-")
     overrides = [*args.overrides, "run.pause_at=[]", f"run.runs_dir={runs_dir}",
                  "run.name=bench"]
+    if args.sample_s is not None:
+        overrides.append(f"run.machine_sample_s={args.sample_s}")
     from ashem_engine.settings import SettingsError, load_settings
 
     try:

@@ -1,14 +1,17 @@
 """Tokens per second of the engine's three hot loops at the spec's full size.
 
     python bench/bench_engine.py [--data DIR] [--threads 1 2] [--batches 12] [--naive]
+                                 [--sample-s S]
 
 - stage-1 training: the engine's training step (stages.train_epoch) of a 2-layer model on
   64 × 32 train batches (fused head, fused AdamW);
 - stage-2 training: its step of the new layers on 64 hard tokens (length-1 sequences);
 - routed evaluation: two-exit evaluation over validation batches.
 With --naive, the same steps the textbook way (full logits + F.cross_entropy, for-loop AdamW),
-which is what the reference implementation does, for comparison. Results go to stdout as a
-table and, with --json FILE, as JSON.
+which is what the reference implementation does, for comparison. With --sample-s S, the
+machine sampler of a run (machine.py, run.machine_sample_s = S) samples the process beside the
+timed loops: its cost is the difference from a run without it (S = 0, the default). Results go
+to stdout as a table and, with --json FILE, as JSON.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from ashem_engine.cascade import Cascade, evaluate
 from ashem_engine.control import RunControl
 from ashem_engine.data import Batches, load_corpus
+from ashem_engine.machine import MachineSampler
 from ashem_engine.mining import HardTokens, quantile_threshold
 from ashem_engine.model import EarlyExitLM
 from ashem_engine.settings import DataSettings, Settings
@@ -132,13 +136,21 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--naive", action="store_true", help="also time the textbook way")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--sample-s", type=float, default=0.0, metavar="S",
+                    help="a machine sampler every S seconds beside the loops (default 0: none)")
     args = ap.parse_args()
     corpus = load_corpus(DataSettings(path=args.data))
+    sampler = MachineSampler(args.sample_s)
+    sampler.start(lambda event: None)  # samples are made as in a run, then dropped
+    sampler.announce("cpu")
     rows = []
-    for threads in args.threads:
-        rows.append(bench(corpus, threads, args.batches, naive=False))
-        if args.naive:
-            rows.append(bench(corpus, threads, args.batches, naive=True))
+    try:
+        for threads in args.threads:
+            rows.append(bench(corpus, threads, args.batches, naive=False))
+            if args.naive:
+                rows.append(bench(corpus, threads, args.batches, naive=True))
+    finally:
+        sampler.stop()
     header = ["threads", "naive", "stage1_train_tok_s", "stage2_train_tok_s",
               "routed_eval_tok_s"]
     print(" | ".join(header))

@@ -1,6 +1,6 @@
 """Whether two runs reported the same thing: their events.jsonl, summary.json and sweep.json
-field by field, apart from timing fields, the host's description and paths; floats to a
-relative 1e-6.
+field by field, apart from timing fields, the host's description and load (MachineSampled,
+memory peaks) and paths; floats to a relative 1e-6.
 
     python bench/compare_events.py RUN_DIR_A RUN_DIR_B
 
@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from ashem_engine.events import MACHINE_FIELDS, TIMING_FIELDS
+from ashem_engine.events import MACHINE_EVENTS, MACHINE_FIELDS, TIMING_FIELDS
 from ashem_engine.rundir import EVENTS_FILE, SUMMARY_FILE, SWEEP_FILE
 
 PATHS = {"sweep", "run_dir", "checkpoint", "runs_dir", "path", "source", "data_source"}
@@ -23,11 +23,13 @@ LEFT_OUT = TIMING_FIELDS | MACHINE_FIELDS | PATHS
 
 def scrub(value):
     """Drops clock fields, the host's description and paths at every depth (summaries and
-    settings nest them)."""
+    settings nest them), and the events that sample the host's load (their count is the
+    clock's)."""
     if isinstance(value, dict):
         return {k: scrub(v) for k, v in value.items() if k not in LEFT_OUT}
     if isinstance(value, list):
-        return [scrub(v) for v in value]
+        return [scrub(v) for v in value
+                if not (isinstance(v, dict) and v.get("kind") in MACHINE_EVENTS)]
     return value
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from ashem_engine.events import (
-    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, Paused,
-    Resumed, RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded, StageStarted,
-    ThresholdComputed,
+    BatchProgress, EpochEnded, Evaluated, Event, HardExamplesCollected, Log, MachineSampled,
+    Paused, Resumed, RunCancelled, RunFailed, RunFinished, RunStarted, StageEnded,
+    StageStarted, ThresholdComputed,
 )
 
 RUN_DIR = "runs/20250101T120000Z-reference"
@@ -91,6 +91,17 @@ EXAMPLES = [
 ]
 
 
+MiB = 2 ** 20
+
+
+def machine(n: int, stage: Optional[int]) -> MachineSampled:
+    """The n-th machine sample (0, 1, ...): resident memory growing to a plateau."""
+    rss = (310 + min(n, 4) * 24 + n) * MiB
+    return MachineSampled(cpu_percent=196.0 - 7 * (n % 3), rss_bytes=rss,
+                          peak_rss_bytes=rss + 6 * MiB, threads=3, system_cpu_percent=99.0,
+                          system_memory_percent=41.5, stage=stage)
+
+
 def make_events(*, stage1_epochs: int = 4, stage2_epochs: int = 7, hold: bool = True,
                 batches_per_report: int = 4, fail_at: Optional[str] = None) -> list[Event]:
     """The whole run. `fail_at="stage-2"` ends the log with a RunFailed in stage 2, epoch 2."""
@@ -108,6 +119,7 @@ def make_events(*, stage1_epochs: int = 4, stage2_epochs: int = 7, hold: bool = 
                    stages=[{"stage": 1, "layers": 2, "max_epochs": 50},
                            {"stage": 2, "layers": 4, "max_epochs": 50}]))
     add(Log(level="info", message="loaded wikitext-2-raw-v1: vocabulary 69,830 words"), 1.2)
+    add(machine(0, None))  # samples at the time of the event before them: the same clock
     add(StageStarted(stage=1, layers=2, trainable_params=4_600_448, total_params=4_600_448,
                      lr=1e-3, patience=1, max_epochs=50, training_tokens=327_680,
                      batches=160), 0.3)
@@ -126,6 +138,7 @@ def make_events(*, stage1_epochs: int = 4, stage2_epochs: int = 7, hold: bool = 
                        improved=improved, patience_counter=0 if improved else 1, patience=1,
                        best_epoch=best[0], best_val_ppl=best[1], seconds=214.6 + e),
             15.0)
+        add(machine(e, 1))
     add(StageEnded(stage=1, epochs=stage1_epochs, best_epoch=best[0], best_val_ppl=best[1],
                    best_val_acc=best[2], stopped_early=stage1_epochs < 50, seconds=861.2,
                    checkpoint=f"{RUN_DIR}/stage1.pt"), 0.5)
@@ -170,6 +183,7 @@ def make_events(*, stage1_epochs: int = 4, stage2_epochs: int = 7, hold: bool = 
                        improved=improved, patience_counter=counter, patience=3,
                        best_epoch=best[0], best_val_ppl=best[1], seconds=133.0 + e,
                        hard_ppl=hard, shallow_ratio=shallow), 73.0)
+        add(machine(stage1_epochs + e, 2))
     add(StageEnded(stage=2, epochs=stage2_epochs, best_epoch=best[0], best_val_ppl=best[1],
                    best_val_acc=best[2], stopped_early=stage2_epochs < 50, seconds=933.4,
                    checkpoint=f"{RUN_DIR}/stage2.pt", best_hard_ppl=best[3]), 0.5)

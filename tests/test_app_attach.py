@@ -23,7 +23,7 @@ from ashem_app.screens.confirm import ConfirmScreen
 from ashem_app.screens.inspect import InspectScreen
 from ashem_app.screens.ratio import RatioScreen, parse_ratio
 from ashem_app.sources import ControlledSource, RunDirSource
-from ashem_engine.rundir import COMMAND_FILE
+from ashem_engine.rundir import COMMAND_LOG
 from ashem_engine.events import CommandIgnored, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ async def test_attached_to_a_finished_run_is_a_replay(tmp_path):
         assert app.view.status == "finished" and not app.source.live
         assert app.check_action("toggle_pause", ()) is None
         await pilot.press("q")
-    assert app.return_code == 0 and not (tmp_path / COMMAND_FILE).exists()
+    assert app.return_code == 0 and not (tmp_path / COMMAND_LOG).exists()
 
 
 async def test_attaching_to_a_held_run_opens_its_step_and_quitting_asks_to_detach(tmp_path):
@@ -158,7 +158,7 @@ async def test_attaching_to_a_held_run_opens_its_step_and_quitting_asks_to_detac
         assert isinstance(app.screen, ConfirmScreen)
         assert "stays held at mining-1" in plain(app.screen.query_one("#confirm-detail"))
         await pilot.press("y")
-    assert app.return_code == 0 and not (tmp_path / COMMAND_FILE).exists()
+    assert app.return_code == 0 and not (tmp_path / COMMAND_LOG).exists()
 
 
 async def test_steering_keys_of_the_apps_own_run_go_to_its_control():

@@ -110,7 +110,8 @@ def test_the_keys_are_registered_for_the_footer_help_and_palette():
     assert "c" in [b.key for b in keys.bindings("app") if b.show]
     assert keys.by_id("ashem.compare-zoom").key == "z"
     assert "z" in [b.key for b in keys.bindings("compare") if b.show]
-    assert [k for k, _ in keys.help_rows("compare")] == ["z", "esc/q"]
+    assert [k for k, _ in keys.help_rows("compare")] == ["z", "v", "x", "l", "esc/q"]
+    assert {"v", "x"} <= {b.key for b in keys.bindings("compare") if b.show}
     text = plain_table(help_table())
     assert "Comparison screen" in text and "Pareto frontier" in text
 
@@ -426,3 +427,107 @@ def test_compare_of_a_directory_that_is_neither_run_nor_study_is_one_line(capsys
     unfinished = write_study(tmp_path / "study", finished=False)
     assert main(["--compare", str(unfinished)], hard_exit=False) == 2
     assert "no finished run" in one_line_error(capsys)
+
+
+# -- the curves view: validation PPL against compute ---------------------------------------------
+def write_curve_study_with_sweeps(root):
+    """tests/test_engine_xaxis.py's study of 2 configurations x 2 seeds (their EpochEnded
+    events), each run with the reference sweep too, as a finished study leaves it."""
+    from test_engine_xaxis import write_curve_study
+
+    write_curve_study(root)
+    for summary in root.glob("runs/*/seed-*/*/summary.json"):
+        write_sweep(summary.parent, reference_sweep())
+    return root
+
+
+def curves_chart(screen):
+    from ashem_app.widgets.charts import CurvesChart
+
+    chart = screen.query_one(CurvesChart)
+    chart.render()
+    return chart
+
+
+async def test_v_shows_a_studys_mean_curves_with_their_intervals_against_training_macs(
+        tmp_path):
+    from ashem_engine.study_curves import study_curves
+
+    study = write_curve_study_with_sweeps(tmp_path / "study")
+    expected = {c["name"]: c for c in study_curves(study)}
+    sweeps = load_sweeps([str(study)])
+    assert [s["curve"]["name"] for s in sweeps] == ["small", "large"]
+    app = CompareApp(comparison_of(None, sweeps))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert screen.query_one(ParetoChart).display and not curves_chart(screen).display
+        await pilot.press("v")
+        await pilot.pause()
+        chart = curves_chart(screen)
+        assert chart.display and not screen.query_one(ParetoChart).display
+        assert not screen.query_one("#compare-table").display
+        assert chart.axis.name == "macs"  # the compute-matched view by default
+        for name, curve in expected.items():
+            assert chart.series[name] == [(p["run_training_macs"], p["val_ppl"])
+                                          for p in curve["points"]]
+            assert chart.bands[name] == [
+                (p["run_training_macs"], p["interval"]["low"], p["interval"]["high"])
+                for p in curve["points"] if p["interval"]["half_width"] is not None]
+        assert chart.series["small"][0] == (1e9, pytest.approx(410.0))
+        assert len(chart.bands["large"]) == 2  # its third epoch: one seed, no interval
+        title = chart_title(chart)
+        assert title.startswith("validation PPL vs training MACs") and "95 %" in title
+        text = plain(screen.query_one("#compare-summary"))
+        assert "2 configurations · validation PPL per epoch" in text
+        assert chart.x_ticks[1] and all(t.endswith("G") for t in chart.x_ticks[1])
+        for axis, field in (("epoch", None), ("tokens", "tokens_trained"),
+                            ("time", "run_seconds"), ("macs", "run_training_macs")):
+            await pilot.press("x")
+            await pilot.pause()
+            chart = curves_chart(screen)
+            assert chart.axis.name == axis
+            points = expected["small"]["points"]
+            assert [x for x, _ in chart.series["small"]] == (
+                [1, 2, 3] if field is None else [p[field] for p in points])
+        await pilot.press("v")  # back to the sweeps
+        await pilot.pause()
+        assert screen.query_one(ParetoChart).display and not curves_chart(screen).display
+
+
+async def test_the_curves_of_run_directories_and_of_the_run_shown(tmp_path):
+    from test_app_xaxis import with_run_fields
+    from app_events import write_events
+
+    other = write_sweep(tmp_path / "other", other_run())
+    events = with_run_fields(make_events())
+    write_events(events, other / "events.jsonl")
+    nothing = write_sweep(tmp_path / "no-events", reference_sweep())
+    sweeps = load_sweeps([str(other), str(nothing)])
+    assert sweeps[1]["curve"] is None  # no events.jsonl: a sweep still, no curve
+    app = AshemApp(ReplaySource(replay_with_sweep()), compare=sweeps)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c", "v")
+        await pilot.pause()
+        chart = curves_chart(app.screen)
+        assert set(chart.series) == {"reference", "scratch-2L"}
+        # the replayed fixture has no run totals: every curve per epoch, saying so
+        assert chart.axis.name == "epoch" and chart.bands == {"reference": [], "scratch-2L": []}
+        assert "no training MACs in a log" in chart.render().plain
+        assert [v for _, v in chart.series["scratch-2L"]] == \
+            [e.val_ppl for e in events if e.kind == "EpochEnded"]
+
+
+async def test_without_curves_the_view_says_where_they_come_from():
+    app = CompareApp(combine([reference_sweep(), other_run()]))  # sweeps alone
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("v")
+        await pilot.pause()
+        empty = app.screen.query_one("#compare-empty")
+        assert empty.display and "events.jsonl" in plain(empty)
+        assert not curves_chart(app.screen).display
+
+
+def test_snapshot_of_a_studys_curves(snap_compare, tmp_path):
+    study = write_curve_study_with_sweeps(tmp_path / "study")
+    app = CompareApp(comparison_of(None, load_sweeps([str(study)])))
+    assert snap_compare(app, terminal_size=SIZE, press=["v"])

@@ -1,8 +1,12 @@
-"""Control through the run directory: the command file (command_file.py), RunControl.poll,
-and steering the mining transition (a new hard ratio while held at mining-N)."""
+"""Control through the run directory: the command log (command_file.py), the legacy command
+file, RunControl.poll, and steering the mining transition (a new hard ratio while held at
+mining-N)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,19 +14,22 @@ from pathlib import Path
 import pytest
 
 from ashem_engine import events as ev
-from ashem_engine.command_file import Command, CommandFile, Rejected, parse_command, write_command
+from ashem_engine.command_file import (Command, CommandFile, CommandLog, Rejected, RunCommands,
+                                       parse_command, parse_entry, write_command)
 from ashem_engine.control import Cancelled, CommandRefused, RunControl
 from ashem_engine.run import resume_ashem, run_ashem
-from ashem_engine.rundir import COMMAND_FILE
+from ashem_engine.rundir import COMMAND_FILE, COMMAND_LOG, EVENTS_FILE, atomic_write_json
 from ashem_engine.summary import rebuild
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from tiny import ONE_EPOCH, sets, tiny_corpus, tiny_overrides, tiny_settings
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def listening(control: RunControl, run_dir: Path) -> list:
-    """The control reads run_dir's command file; what it reports is returned (a list)."""
+    """The control reads run_dir's commands (as a run does); what it reports is returned."""
     out: list = []
-    control.commands = CommandFile(run_dir / COMMAND_FILE)
+    control.commands = RunCommands(run_dir)
     control.on_command = out.append
     control.on_pause = lambda where, reason, boundary: out.append(ev.Paused(where, reason,
                                                                             boundary))
@@ -34,16 +41,220 @@ def kinds(events) -> list[str]:
     return [e.kind for e in events]
 
 
-# -- the file ---------------------------------------------------------------------------------
+def log_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / COMMAND_LOG).read_text().splitlines()]
 
-def test_write_command_is_atomic_and_numbers_commands(tmp_path):
-    assert write_command(tmp_path, "pause", writer="a") == 1
-    assert write_command(tmp_path, "set_hard_ratio", 0.3, writer="b") == 2
-    data = json.loads((tmp_path / COMMAND_FILE).read_text())
-    assert data == {"seq": 2, "command": "set_hard_ratio", "value": 0.3, "writer": "b"}
-    assert [p.name for p in tmp_path.iterdir()] == [COMMAND_FILE]  # no temporary left
+
+def append(run_dir: Path, text: str) -> None:
+    with open(run_dir / COMMAND_LOG, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def commands(items) -> list[tuple]:
+    """(command, seq, writer) of the Commands; Rejected as ("rejected", seq, reason)."""
+    return [("rejected", i.seq, i.reason) if isinstance(i, Rejected) else
+            (i.command, i.seq, i.writer) for i in items]
+
+
+# -- the command log --------------------------------------------------------------------------
+
+def test_write_command_appends_one_line_per_command_with_a_unique_id(tmp_path):
+    first = write_command(tmp_path, "pause", writer="a")
+    second = write_command(tmp_path, "set_hard_ratio", 0.3, writer="a")
+    third = write_command(tmp_path, "pause")
+    assert len({first, second, third}) == 3
+    assert first == f"a/{os.getpid()}/1" and second == f"a/{os.getpid()}/2"
+    lines = log_lines(tmp_path)
+    assert [line["id"] for line in lines] == [first, second, third]
+    assert {k: v for k, v in lines[1].items() if k != "time"} == \
+        {"id": second, "command": "set_hard_ratio", "value": 0.3, "writer": "a"}
+    assert abs(lines[1]["time"] - time.time()) < 60
+    assert lines[2]["writer"].startswith(f"ashem {os.getpid()}@")
+    assert [p.name for p in tmp_path.iterdir()] == [COMMAND_LOG]  # nothing else written
     with pytest.raises(ValueError):
         write_command(tmp_path, "explode")
+    assert len(log_lines(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("line, reason", [
+    (b"{not json", "command #4 in commands.jsonl is not valid JSON"),
+    (b"\xff\xfe", "command #4 in commands.jsonl is not valid JSON"),
+    (b"[1, 2]", "does not hold a JSON object"),
+    (b'{"id": 3, "command": "pause"}', "id 3 is not a string"),
+    (b'{"id": "x", "command": "explode"}', "unknown command 'explode'"),
+    (b'{"command": "set_hard_ratio", "value": "0.3"}', "needs a number"),
+    (b'{"command": "set_hard_ratio"}', "needs a number"),
+])
+def test_malformed_lines_are_rejected_with_a_reason(line, reason):
+    read = parse_entry(line, 4)
+    assert isinstance(read, Rejected) and reason in read.reason and read.seq == 4
+    assert "\n" not in read.reason
+
+
+def test_a_line_without_an_id_is_a_command(tmp_path):
+    assert parse_entry(b'{"command": "continue"}', 2) == Command("continue", 2)
+
+
+def test_each_line_is_read_once_in_order_and_a_malformed_one_makes_nothing_stale(tmp_path):
+    log = CommandLog(tmp_path / COMMAND_LOG)
+    assert log.read() == []  # no log: nothing, quietly
+    pause = write_command(tmp_path, "pause", writer="w")
+    assert log.read() == [Command("pause", 1, None, "w", pause)]
+    assert log.read() == []  # unchanged: nothing again
+    append(tmp_path, "{torn\n\n")  # a malformed line, and a blank one (skipped)
+    write_command(tmp_path, "continue", writer="w")
+    write_command(tmp_path, "continue", writer="w")
+    read = log.read()
+    assert commands(read[1:]) == [("continue", 3, "w"), ("continue", 4, "w")]
+    assert isinstance(read[0], Rejected) and read[0].seq == 2 and "not valid JSON" in \
+        read[0].reason
+    assert log.read() == []
+
+
+def test_a_torn_last_line_is_left_for_the_next_read(tmp_path):
+    log = CommandLog(tmp_path / COMMAND_LOG)
+    append(tmp_path, '{"id": "t", "command": "ab')
+    assert log.read() == []
+    assert log.read() == []
+    append(tmp_path, 'ort", "writer": "w"}\n')
+    assert log.read() == [Command("abort", 1, None, "w", "t")]
+
+
+def test_a_removed_or_cut_short_log_is_reported_once_and_read_again_from_its_start(tmp_path):
+    log = CommandLog(tmp_path / COMMAND_LOG)
+    write_command(tmp_path, "pause", writer="w")
+    write_command(tmp_path, "resume", writer="w")
+    assert len(log.read()) == 2
+    (tmp_path / COMMAND_LOG).unlink()
+    (gone,) = log.read()
+    assert isinstance(gone, Rejected) and "removed under the run" in gone.reason
+    assert log.read() == []  # once
+    write_command(tmp_path, "continue", writer="w")
+    assert commands(log.read()) == [("continue", 3, "w")]  # numbered on: seq stays unique
+    # cut short in place (the same file), then longer than what was read: told by its start
+    with open(tmp_path / COMMAND_LOG, "r+b") as f:
+        f.truncate(0)
+    for command in ("pause", "resume", "abort"):
+        write_command(tmp_path, command, writer="another writer")
+    (cut, *read) = log.read()
+    assert isinstance(cut, Rejected) and "replaced or cut short" in cut.reason
+    assert commands(read) == [(c, s, "another writer") for c, s in
+                              (("pause", 4), ("resume", 5), ("abort", 6))]
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_text('{"command": "pause"}\n')
+    os.replace(replacement, tmp_path / COMMAND_LOG)  # replaced by another file
+    (replaced, *read) = log.read()
+    assert "replaced or cut short" in replaced.reason and commands(read) == [("pause", 7, "")]
+
+
+def test_lines_from_before_this_attempt_are_not_obeyed_nor_reported_twice(tmp_path):
+    reported = write_command(tmp_path, "abort", writer="w")  # an earlier attempt obeyed it
+    (tmp_path / EVENTS_FILE).write_text(json.dumps(ev.CommandObeyed(
+        "abort", "batch 3", 1, writer="w", id=reported).to_dict()) + "\n")
+    left = write_command(tmp_path, "pause", writer="w")  # written while no attempt ran
+    append(tmp_path, '{"id": "half", "command": "pau')  # torn when the attempt started
+    commands_ = RunCommands(tmp_path)  # a resumed run starts
+    append(tmp_path, 'se"}\n')
+    (before, after) = commands_.read()
+    assert isinstance(before, Rejected) and (before.seq, before.command, before.id) == \
+        (2, "pause", left)
+    assert before.reason == "command #2 (pause) was written before this attempt started"
+    assert after == Command("pause", 3, None, "", "half")  # completed after it started
+    write_command(tmp_path, "continue", writer="w")
+    assert commands(commands_.read()) == [("continue", 4, "w")]
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from ashem_engine.command_file import write_command
+run_dir, name, base = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+(run_dir / f"ready-{name}").touch()
+while not (run_dir / "go").exists():
+    pass
+for i in range(200):
+    write_command(run_dir, "set_hard_ratio", round(base + i / 1000, 4), writer=name)
+"""
+
+
+def write_in_processes(run_dir: Path, writers: dict) -> list:
+    """Two processes that write at once, once `go` is there (each spins till then)."""
+    jobs = [subprocess.Popen([sys.executable, "-c", WRITER, str(run_dir), name, str(base)],
+                             cwd=REPO) for name, base in writers.items()]
+    deadline = time.monotonic() + 60
+    while not all((run_dir / f"ready-{name}").exists() for name in writers):
+        assert time.monotonic() < deadline and all(job.poll() is None for job in jobs)
+        time.sleep(0.01)
+    return jobs
+
+
+def write_in_threads(run_dir: Path, writers: dict) -> list:
+    def write(name, base):
+        while not (run_dir / "go").exists():
+            time.sleep(0.0001)
+        for i in range(200):
+            write_command(run_dir, "set_hard_ratio", round(base + i / 1000, 4), writer=name)
+    threads = [threading.Thread(target=write, args=item) for item in writers.items()]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+@pytest.mark.parametrize("start", [write_in_processes, write_in_threads])
+def test_two_writers_of_200_commands_each_lose_nothing(tmp_path, start):
+    """Two dashboards write while the engine reads: every command is taken once, none lost,
+    no seq twice, each writer's commands in the order it wrote them."""
+    control, applied = RunControl(), []
+    control.steering = lambda ratio: (lambda: applied.append(ratio))
+    out = listening(control, tmp_path)
+    writers = {"A": 0.1, "B": 0.5}
+    jobs = start(tmp_path, writers)
+    done = threading.Event()
+
+    def engine():
+        while not done.is_set():
+            control.checkpoint("batch")
+            time.sleep(0.002)
+    reader = threading.Thread(target=engine)
+    reader.start()
+    (tmp_path / "go").touch()
+    for job in jobs:
+        assert (job.wait(60) if isinstance(job, subprocess.Popen) else job.join(60)) in (0, None)
+    done.set()
+    reader.join(10)
+    control.checkpoint("after")
+    assert len(out) == 400 and set(kinds(out)) == {"CommandObeyed"}
+    assert [e.seq for e in out] == list(range(1, 401))
+    assert len({e.id for e in out}) == 400
+    for name, base in writers.items():
+        assert [e.value for e in out if e.writer == name] == \
+            [round(base + i / 1000, 4) for i in range(200)]
+    assert applied == [e.value for e in out]
+    assert len(log_lines(tmp_path)) == 400  # every line whole
+    assert {p.name for p in tmp_path.iterdir()} - {"go", "ready-A", "ready-B"} == {COMMAND_LOG}
+
+
+def test_steer_then_continue_within_one_poll_are_both_obeyed_in_order(tmp_path):
+    control = RunControl(pause_at=["mining-1"])
+    out = listening(control, tmp_path)
+    applied: list = []
+    control.steering = lambda ratio: (lambda: applied.append(ratio))
+
+    def dashboard(*held):  # both written before the held control reads the log again
+        write_command(tmp_path, "set_hard_ratio", 0.3, writer="dash")
+        write_command(tmp_path, "continue", writer="dash")
+    control.on_pause = dashboard
+    control.boundary("mining-1", "after mining")  # returns: continued
+    assert applied == [0.3] and not control.paused
+    assert [(e.kind, e.command, e.seq) for e in out[:2]] == [
+        ("CommandObeyed", "set_hard_ratio", 1), ("CommandObeyed", "continue", 2)]
+    assert kinds(out) == ["CommandObeyed", "CommandObeyed", "Resumed"]
+
+
+# -- the legacy command file (older dashboards) -----------------------------------------------
+
+def write_legacy(run_dir: Path, seq: int, command: str, writer: str = "old") -> None:
+    atomic_write_json(run_dir / COMMAND_FILE, {"seq": seq, "command": command, "writer": writer})
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -57,34 +268,60 @@ def test_write_command_is_atomic_and_numbers_commands(tmp_path):
 ])
 def test_malformed_command_files_are_rejected_with_a_reason(text, reason):
     read = parse_command(text)
-    assert isinstance(read, Rejected) and reason in read.reason
+    assert isinstance(read, Rejected) and reason in read.reason and COMMAND_FILE in read.reason
 
 
-def test_each_command_is_read_once_and_stale_ones_are_rejected(tmp_path):
-    commands = CommandFile(tmp_path / COMMAND_FILE)
-    assert commands.read() == []  # no file: nothing, quietly
-    write_command(tmp_path, "pause", writer="w")
-    assert commands.read() == [Command("pause", 1, None, "w")]
-    assert commands.read() == []  # unchanged: one stat, nothing again
+def test_a_legacy_command_file_is_still_read_each_seq_once(tmp_path):
+    commands_ = CommandFile(tmp_path / COMMAND_FILE)
+    assert commands_.read() == []
+    write_legacy(tmp_path, 1, "pause", "w")
+    assert commands_.read() == [Command("pause", 1, None, "w", "control.json#1")]
+    assert commands_.read() == []
     (tmp_path / COMMAND_FILE).write_text('{"seq": 1, "command": "resume"}')  # an old seq
-    (stale,) = commands.read()
+    (stale,) = commands_.read()
     assert isinstance(stale, Rejected) and "stale" in stale.reason and stale.seq == 1
     (tmp_path / COMMAND_FILE).write_text("{torn")
-    (bad,) = commands.read()
+    (bad,) = commands_.read()
     assert isinstance(bad, Rejected) and "not valid JSON" in bad.reason
-    assert commands.read() == []  # reported once per version of the file
-    write_command(tmp_path, "resume", writer="w")  # seq 1 again after the torn file: stale
-    write_command(tmp_path, "resume", writer="w")
-    assert commands.read() == [Command("resume", 2, None, "w")]
+    assert commands_.read() == []  # reported once per version of the file
+    write_legacy(tmp_path, 2, "resume", "w")
+    assert commands(commands_.read()) == [("resume", 2, "w")]
 
 
-def test_a_command_left_from_an_earlier_attempt_is_not_obeyed(tmp_path):
-    write_command(tmp_path, "abort", writer="w")
-    commands = CommandFile(tmp_path / COMMAND_FILE)  # a resumed run starts
-    (left,) = commands.read()
-    assert isinstance(left, Rejected) and "before this attempt started" in left.reason
-    write_command(tmp_path, "pause", writer="w")
-    assert commands.read() == [Command("pause", 2, None, "w")]
+def test_a_run_reads_a_legacy_command_file_beside_the_log(tmp_path):
+    write_legacy(tmp_path, 4, "abort")  # left from an earlier attempt, never reported
+    control = RunControl()
+    out = listening(control, tmp_path)
+    control.checkpoint("batch 1")
+    assert [(e.kind, e.seq, e.id) for e in out] == [("CommandIgnored", 4, "control.json#4")]
+    assert "written before this attempt started" in out[0].reason
+    write_legacy(tmp_path, 5, "pause")
+    write_command(tmp_path, "continue", writer="new")
+    control.checkpoint("batch 2")  # the file's command first, then the log's
+    assert [(e.command, e.seq, e.writer) for e in out[1:]] == \
+        [("pause", 5, "old"), ("continue", 1, "new")]
+    assert kinds(out) == ["CommandIgnored", "CommandObeyed", "CommandObeyed"]
+    assert not control.paused  # paused and continued within one read: it never held
+    unaware = RunCommands(tmp_path)  # made before the events were written: all left over
+    (tmp_path / EVENTS_FILE).write_text("".join(json.dumps(e.to_dict()) + "\n" for e in out))
+    assert RunCommands(tmp_path).read() == []  # a resumed run: reported already, not again
+    assert [r.reason for r in unaware.read()] == [
+        "command #5 (pause) was written before this attempt started",
+        "command #1 (continue) was written before this attempt started"]
+
+
+def test_attaching_to_an_old_run_directory_with_a_control_file_writes_the_log(tmp_path):
+    from ashem_app.sources import RunDirSource
+
+    (tmp_path / EVENTS_FILE).write_text(json.dumps(ev.Resumed("batch 1").to_dict()) + "\n")
+    (tmp_path / COMMAND_FILE).write_text("{torn")
+    source = RunDirSource(tmp_path)
+    assert kinds(source.history()) == ["Resumed"] and source.live
+    source.pause()
+    source.steer(0.3)
+    assert [(line["command"], line.get("value")) for line in log_lines(tmp_path)] == \
+        [("pause", None), ("set_hard_ratio", 0.3)]
+    assert (tmp_path / COMMAND_FILE).read_text() == "{torn"
 
 
 # -- RunControl -------------------------------------------------------------------------------
@@ -237,6 +474,39 @@ def test_steering_recomputes_mining_and_trains_like_a_run_with_that_ratio(tmp_pa
     assert saved["stages"][1]["hard_ratio"] == 0.3
     assert result.summary["settings"]["stages"][1]["hard_ratio"] == 0.3
     assert rebuild(result.run_dir) == json.loads((result.run_dir / "summary.json").read_text())
+
+
+def test_steer_then_continue_written_within_one_poll_at_a_held_run_are_both_obeyed(
+        tmp_path, at_03, monkeypatch):
+    """A dashboard steers and continues before the held run reads its log again (one
+    slot lost the steer): the run mines at the ratio, then goes on, like a run at 0.3."""
+    reads: list = []
+    read = RunCommands.read
+    monkeypatch.setattr(RunCommands, "read", lambda self: reads.append(read(self)) or reads[-1])
+    settings = tiny_settings(tmp_path, 'run.pause_at=["mining-1"]')
+    events: list = []
+
+    def dashboard(e):
+        events.append(e)
+        if isinstance(e, ev.Paused) and e.boundary == "mining-1":
+            write_command(events[0].run_dir, "set_hard_ratio", 0.3, writer="dash")
+            write_command(events[0].run_dir, "continue", writer="dash")
+
+    result = run_ashem(settings, [dashboard], RunControl(pause_at=settings.run.pause_at),
+                       tiny_corpus(settings))
+    assert result.status == "finished", result.error
+    assert [len(r) for r in reads if r] == [2]  # both in one read
+    held = kinds(events).index("Paused")
+    assert kinds(events)[held:held + 7] == [
+        "Paused", "CommandObeyed", "ThresholdComputed", "HardExamplesCollected",
+        "SettingChanged", "CommandObeyed", "Resumed"]
+    obeyed = [e for e in events if isinstance(e, ev.CommandObeyed)]
+    assert [(e.command, e.seq, e.value, e.writer) for e in obeyed] == [
+        ("set_hard_ratio", 1, 0.3, "dash"), ("continue", 2, None, "dash")]
+    assert [e.id for e in obeyed] == [line["id"] for line in log_lines(result.run_dir)]
+    fresh, fresh_events = at_03
+    assert mining(events)[1] == mining(fresh_events)[1]  # the hard tokens of 0.3
+    assert result.summary["final"] == fresh.summary["final"]
 
 
 def test_a_run_killed_after_a_steered_transition_resumes_to_the_same_numbers(tmp_path, at_03):

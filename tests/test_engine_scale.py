@@ -220,7 +220,8 @@ def test_two_processes_held_and_steered_through_the_command_file_train_on_the_ra
                                         "run.peer_timeout_s=6"), "--hold")
     run_dir = wait_for(lambda: next((tmp_path / "runs").glob("*"), None), 60)
     log = run_dir / "events.jsonl"
-    wait_for(lambda: log.exists() and '"boundary": "mining-1"' in log.read_text(), 120)
+    # Paused, not the boundary's name: RunStarted's plan names mining-1 from the start
+    wait_for(lambda: log.exists() and '"kind": "Paused"' in log.read_text(), 120)
     time.sleep(9)  # held past the 6 s a silent rank 0 would be given
     assert job.poll() is None
     write_command(run_dir, "set_hard_ratio", 0.3, writer="test")

@@ -19,8 +19,10 @@ THIRD_STAGE = ["stages.3.layers=6", "stages.3.lr=1e-3", "stages.3.hard_ratio=0.2
 def comparable(events):
     out = []
     for e in events:
+        if e.kind in ev.MACHINE_EVENTS:
+            continue
         d = ev.without_timing(e)
-        for key in ("run_dir", "checkpoint", "settings", "stages", "summary"):
+        for key in ("run_dir", "checkpoint", "settings", "stages", "summary", *ev.MACHINE_FIELDS):
             d.pop(key, None)
         out.append(d)
     return out

@@ -17,12 +17,14 @@ from ashem_engine import events as ev
 from ashem_engine import sinks
 from ashem_engine.__main__ import main
 from ashem_engine.control import RunControl
+from ashem_engine.settings import load_settings
 from ashem_engine.summary import SummaryReducer
 from engine_support import single_thread  # noqa: F401  (autouse fixture)
 from tiny import TINY, sets, tiny_settings
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["stages.1.max_epochs=1", "stages.2.max_epochs=1"]
+QUICK = ["stages.1.max_epochs=1", "stages.2.max_epochs=1",
+         "run.loggers=['recorder']"]  # the logger of the `loggers` fixture
 
 
 class Recorder:
@@ -40,13 +42,14 @@ class Recorder:
 
 @pytest.fixture
 def loggers(monkeypatch) -> list[Recorder]:
-    """A logger added through the builder (sinks.LOGGERS): one Recorder per run."""
+    """A logger added to the builder's registry (sinks.LOGGERS) as "recorder": one Recorder
+    per run whose settings name it."""
     made: list[Recorder] = []
 
-    def make(run_dir: Path) -> Recorder:
+    def make(run_dir: Path, settings) -> Recorder:
         made.append(Recorder(run_dir))
         return made[-1]
-    monkeypatch.setattr(sinks, "LOGGERS", [make])
+    monkeypatch.setitem(sinks.LOGGERS, "recorder", sinks.Logger(make))
     return made
 
 
@@ -88,7 +91,9 @@ def test_a_new_logger_gets_every_event_from_each_entry_point(tmp_path, loggers, 
 
 def test_the_builder_makes_what_a_run_asks_for_in_order(tmp_path, loggers):
     reducer, own = SummaryReducer({}), [].append
-    made = sinks.build_sinks(tmp_path, reducer, progress=io.StringIO(), extra=[own])
+    settings = load_settings(None, ["run.loggers=['recorder']"])
+    made = sinks.build_sinks(tmp_path, reducer, settings=settings, progress=io.StringIO(),
+                             extra=[own])
     assert [type(s).__name__ for s in made[:4]] == [
         "JsonLinesSink", "Recorder", "SummaryReducer", "ProgressPrinter"]
     assert made[1].run_dir == tmp_path and made[2] is reducer and made[4:] == [own]
@@ -97,6 +102,10 @@ def test_the_builder_makes_what_a_run_asks_for_in_order(tmp_path, loggers):
     sinks.close_sinks(made[:2])
     assert logged(made[1]) == made[1].lines and loggers[0].closed
     assert sinks.build_sinks(extra=[own]) == [own]  # no run directory: no files, no loggers
+    (tmp_path / "other").mkdir()
+    unnamed = sinks.build_sinks(tmp_path / "other", settings=load_settings(None))
+    assert [type(s).__name__ for s in unnamed] == ["JsonLinesSink"] and len(loggers) == 1
+    sinks.close_sinks(unnamed)
 
 
 def test_the_progress_printer_is_quiet_when_asked(tmp_path):

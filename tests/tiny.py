@@ -8,8 +8,10 @@ from ashem_engine.data import corpus_from_rows
 from ashem_engine.settings import load_settings
 from synthetic import synthetic_splits, write_corpus
 
+# The machine sampler is off: its samples come on a clock, and many tests check a run's exact
+# event sequence (tests/test_engine_machine.py runs tiny runs with it on).
 TINY = [
-    "run.name=tiny", "run.threads=1", "run.pause_at=[]",
+    "run.name=tiny", "run.threads=1", "run.pause_at=[]", "run.machine_sample_s=0",
     "data.train_samples=200", "data.eval_fraction=0.25", "data.seq_len=8",
     "data.batch_size=4",
     "model.dim=16", "model.heads=2", "model.ffn_hidden=32",

@@ -10,6 +10,11 @@ Without any sweep it says what is needed. z toggles the chart's y range between 
 front (display scaling only, see `widgets.pareto`); it starts zoomed when the zoom hides
 at least one point. esc / q close it (with `ashem --compare`, where it is the app's only
 screen, they quit).
+
+v switches to the curves view: the runs' validation PPL per epoch (`comparison["curves"]`,
+from `ashem_engine.study_curves`; a study's configurations as the mean over seeds with the
+95 % interval dotted) against training MACs, the compute-matched view; x cycles the x-axis
+(training MACs, epoch, tokens trained, wall time) and l the log y axis.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from .. import fmt, keys
+from ..widgets.charts import CurvesChart, curve_values, log_axis, next_x_axis
 from ..widgets.pareto import ParetoChart, hidden_by_zoom, style
 
 PARETO_MARK = "★"
@@ -31,6 +37,11 @@ COLUMNS = ("series", "quantile", "PPL", "acc %", "deep %", "honest %", "spec %",
 NOTHING = ("Nothing to compare yet. A comparison needs a threshold sweep: a finished run "
            "with evaluation.sweep_points > 0 (its SweepComputed event, or sweep.json in its "
            "run directory), or  ashem --compare RUN_DIR [RUN_DIR ...]")
+
+
+NO_CURVES = ("No validation curves to show: they come from the runs' events.jsonl (their "
+             "EpochEnded events), read with  ashem --compare RUN_DIR|STUDY_DIR ...  or from "
+             "the run shown")
 
 
 def has_points(comparison: dict) -> bool:
@@ -50,6 +61,15 @@ def summary(comparison: dict) -> Text:
     if seeds:
         count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
         text.append(f" · means over {count} seeds, ± and bars: 95 % interval", style="dim")
+    return text
+
+
+def curves_summary(comparison: dict) -> Text:
+    curves = comparison.get("curves", [])
+    what = "configuration" if any(c.get("seeds") for c in curves) else "run"
+    text = Text(f"{len(curves)} {what}{'s' * (len(curves) != 1)} · validation PPL per epoch · ",
+                style="bold")
+    text.append("x: x-axis · l: log y · v: the sweeps", style="dim")
     return text
 
 
@@ -112,6 +132,9 @@ class ComparisonScreen(Screen[None]):
         super().__init__(classes="compare")
         self.comparison = comparison
         self.zoom_choice: Optional[bool] = None  # None: the default, until z is pressed
+        self.curves_shown = False  # v: the validation curves instead of the sweeps
+        self.x_axis = "macs"  # the curves': training MACs, the compute-matched view
+        self.log_y: Optional[bool] = None  # the curves': None, log where they span > 10×
 
     @property
     def zoomed(self) -> bool:
@@ -127,6 +150,7 @@ class ComparisonScreen(Screen[None]):
             yield Static(id="compare-warning")
             yield Static(NOTHING, id="compare-empty")
             yield ParetoChart(id="compare-chart")
+            yield CurvesChart(id="compare-curves")
             yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
@@ -139,13 +163,13 @@ class ComparisonScreen(Screen[None]):
     def show_comparison(self, comparison: dict) -> None:
         """Show another comparison (a new sweep of the run arrived)."""
         self.comparison = comparison
-        shown = has_points(comparison)
-        warning = split_warning(comparison)
-        self.query_one("#compare-summary", Static).update(summary(comparison))
-        self.query_one("#compare-summary").display = shown
+        shown = has_points(comparison) and not self.curves_shown
+        warning = split_warning(comparison) if not self.curves_shown else None
+        self.query_one("#compare-box").border_title = (
+            " Comparison · validation PPL against compute " if self.curves_shown else
+            " Comparison · PPL against honest compute cost ")
         self.query_one("#compare-warning", Static).update(warning or "")
         self.query_one("#compare-warning").display = warning is not None
-        self.query_one("#compare-empty").display = not shown
         chart = self.query_one(ParetoChart)
         chart.display = shown
         chart.show(comparison, zoomed=self.zoomed)
@@ -154,10 +178,49 @@ class ComparisonScreen(Screen[None]):
         table.clear()
         for n, row in enumerate(table_rows(comparison)):
             table.add_row(*row, key=str(n))
+        if self.curves_shown:
+            self._show_curves()
+        else:
+            self.query_one("#compare-summary", Static).update(summary(comparison))
+            self.query_one("#compare-summary").display = shown
+            self.query_one("#compare-empty", Static).update(NOTHING)
+            self.query_one("#compare-empty").display = not shown
+            self.query_one(CurvesChart).display = False
+
+    def _show_curves(self) -> None:
+        curves = self.comparison.get("curves", [])
+        chart = self.query_one(CurvesChart)
+        chart.display = bool(curves)
+        chart.show(curves, x_axis=self.x_axis, log_y=self.log_y)
+        self.query_one("#compare-summary", Static).update(
+            curves_summary(self.comparison))
+        self.query_one("#compare-summary").display = bool(curves)
+        self.query_one("#compare-empty", Static).update(NO_CURVES)
+        self.query_one("#compare-empty").display = not curves
+
+    def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
+        if action == "toggle_zoom":
+            return not self.curves_shown
+        if action in ("cycle_x_axis", "toggle_log_y"):
+            return self.curves_shown
+        return True
 
     def action_toggle_zoom(self) -> None:
         self.zoom_choice = not self.zoomed
         self.query_one(ParetoChart).show(self.comparison, zoomed=self.zoomed)
+
+    def action_toggle_view(self) -> None:
+        self.curves_shown = not self.curves_shown
+        self.show_comparison(self.comparison)
+        self.refresh_bindings()
+
+    def action_cycle_x_axis(self) -> None:
+        self.x_axis = next_x_axis(self.x_axis)
+        self._show_curves()
+
+    def action_toggle_log_y(self) -> None:
+        self.log_y = not log_axis(self.log_y, curve_values(self.comparison.get("curves", [])))
+        self._show_curves()
 
     def action_close(self) -> None:
         if self.app.screen_stack[0] is self:  # `ashem --compare`: the app's only screen

@@ -1,4 +1,5 @@
-"""The dashboard: header, timeline, progress, metric cards, charts, log, footer."""
+"""The dashboard: header, timeline, progress, metric cards, charts, log, footer; the machine
+cards under the metric cards, or on a wide screen the machine panel beside the log."""
 from __future__ import annotations
 
 from typing import Iterable, Optional
@@ -6,15 +7,16 @@ from typing import Iterable, Optional
 from ashem_engine.events import Event
 from textual import events
 from textual.app import ComposeResult
-from textual.containers import Container
+from textual.containers import Container, Horizontal, Vertical
 from textual.screen import Screen
 
 from ..state import RunView
 from ..widgets.cards import MetricCards
-from ..widgets.charts import Charts
+from ..widgets.charts import Charts, XAxis
 from ..widgets.eventlog import EventLog
 from ..widgets.header import RunHeader
 from ..widgets.keyfooter import KeyFooter
+from ..widgets.machine import MachineCards, MachinePanel
 from ..widgets.progress import ProgressPanel
 from ..widgets.timeline import Timeline
 
@@ -37,9 +39,13 @@ class DashboardScreen(Screen[None]):
         yield Timeline(id="timeline")
         yield ProgressPanel(id="progress")
         with Container(id="body"):
-            yield MetricCards(id="cards")
+            with Vertical(id="side"):
+                yield MetricCards(id="cards")
+                yield MachineCards(id="machine-cards")
             yield Charts(id="charts")
-        yield EventLog(id="log")
+        with Horizontal(id="bottom"):
+            yield EventLog(id="log")
+            yield MachinePanel(id="machine-panel")
         yield KeyFooter(compact=True)
 
     @property
@@ -61,6 +67,8 @@ class DashboardScreen(Screen[None]):
         compact = self.compact
         self.query_one(RunHeader).show(view, live)
         self.query_one(ProgressPanel).show(view, note, compact)
+        self.query_one(MachineCards).show(view)  # samples come between refreshes
+        self.query_one(MachinePanel).show(view)
         if structural:
             self.query_one(Timeline).show(view, compact)
             self.query_one(MetricCards).show(view, compact)
@@ -75,6 +83,10 @@ class DashboardScreen(Screen[None]):
     def toggle_log_y(self, view: RunView) -> bool:
         """A log y axis on the PPL charts, or not again; whether it is on now."""
         return self.query_one(Charts).toggle_log_y(view)
+
+    def cycle_x_axis(self, view: RunView) -> XAxis:
+        """The PPL charts against the next x-axis; which one."""
+        return self.query_one(Charts).cycle_x_axis(view)
 
     def next_chart(self) -> None:
         charts = self.query_one(Charts)

@@ -27,7 +27,7 @@ from textual.widgets import Static
 from .. import fmt, keys
 from ..messages import AbortRun, ContinueRun, SteerRun, StepSelected
 from ..state import RunView, Step
-from ..widgets.charts import ConfidenceChart, PplChart, RoutingChart
+from ..widgets.charts import ConfidenceChart, PplChart, RoutingChart, log_axis, ppl_values
 from ..widgets.keyfooter import KeyFooter
 from .confirm import ConfirmScreen
 from .dashboard import COMPACT_WIDTH
@@ -184,6 +184,7 @@ class InspectScreen(Screen[None]):
         self.view = view
         self.live = live
         self.asked: Optional[float] = None  # a hard ratio sent, until the engine reports it
+        self.log_choice: Optional[bool] = None  # l: log axes (None: each chart's default)
 
     @property
     def step(self) -> Step:
@@ -284,9 +285,13 @@ class InspectScreen(Screen[None]):
         self._set("#top-words", lambda: top_words(view, stage))
         self._set("#hard-examples", lambda: examples(view, stage))
         self._set("#evaluation", lambda: evaluation_figures(view))
-        for chart in self.query(".inspect-chart"):
-            chart.show(view)  # type: ignore[attr-defined]
+        self._show_charts()
         self.refresh_bindings()
+
+    def _show_charts(self) -> None:
+        log = self.log_choice
+        for chart in self.query(".inspect-chart"):
+            chart.show(self.view, log_y=log, log_x=log)  # type: ignore[attr-defined]
 
     def _set(self, selector: str, build) -> None:
         for widget in self.query(selector):
@@ -348,6 +353,15 @@ class InspectScreen(Screen[None]):
 
     def action_back(self) -> None:
         self.dismiss(None)
+
+    def action_toggle_log(self) -> None:
+        """The other axis (log / linear) than the histogram's, or the PPL chart's, now."""
+        for confidence in self.query(ConfidenceChart):
+            self.log_choice = not confidence.log_shown(self.view, self.log_choice)
+            break
+        else:
+            self.log_choice = not log_axis(self.log_choice, ppl_values(self.view))
+        self._show_charts()
 
     def action_step(self, delta: int) -> None:
         ids = [s.id for s in self.view.steps() if self.view.has_detail(s)]
