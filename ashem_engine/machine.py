@@ -74,6 +74,7 @@ class MachineSampler:
         self.every_s, self.on = every_s, on and every_s > 0
         self.peak_every_s = min(peak_every_s, every_s) if self.on else peak_every_s
         self.failure: Optional[BaseException] = None  # what stopped the thread, if anything
+        self.cpu_seconds = 0.0  # the thread's own CPU time, once stopped (its cost)
         self._lock = threading.Lock()  # the windows, the stage and the CUDA counters
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -188,6 +189,8 @@ class MachineSampler:
             self._loop()
         except Exception as e:  # psutil, torch or a sink: the run goes on without samples
             self.failure = e
+        finally:
+            self.cpu_seconds = time.thread_time()
 
     def _loop(self) -> None:
         due = float("inf")  # when the next sample is due (none before RunStarted)

@@ -1,8 +1,35 @@
 """Shared bits of the engine tests (not a test module)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
 import pytest
 import torch
+
+STARTED: list[subprocess.Popen] = []  # the jobs (torchrun and its ranks) of the running test
+
+
+def started(job: subprocess.Popen) -> subprocess.Popen:
+    """Registers a job started with start_new_session=True: the teardown ends its group."""
+    STARTED.append(job)
+    return job
+
+
+@pytest.fixture(autouse=True)
+def no_job_left_running():
+    """A test that fails while its job runs (a held run waits for ever) leaves no process
+    behind: a left one polls its command log for good and slows every later benchmark."""
+    yield
+    while STARTED:
+        job = STARTED.pop()
+        if job.poll() is None:
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            job.wait()
 
 
 @pytest.fixture(autouse=True)

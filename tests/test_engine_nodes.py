@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from engine_support import no_job_left_running, single_thread, started  # noqa: F401
 from synthetic import synthetic_splits, write_corpus
 from test_engine_cli import env
 from test_engine_scale import SOUND, assert_as_one_process, only_run_dir, rank_pid, wait_for
@@ -32,8 +32,9 @@ def launch(cwd: Path, *args: str, module: str = "ashem_engine", nodes: str = "--
            procs: int = 2) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", *nodes.split(),
            f"--nproc_per_node={procs}", "-m", module, *args]
-    return subprocess.Popen(cmd, cwd=cwd, env={**env(), "PYTHONPATH": f"{REPO}:{HERE}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return started(subprocess.Popen(cmd, cwd=cwd, env={**env(), "PYTHONPATH": f"{REPO}:{HERE}"},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True))
 
 
 def run_args(data: Path, runs: str, *extra: str) -> list[str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from engine_support import no_job_left_running, single_thread, started  # noqa: F401
 from synthetic import synthetic_splits, write_corpus
 from test_engine_cli import cli, env, single_error_line
 from tiny import TINY, sets, tiny_corpus, tiny_settings
@@ -59,8 +59,10 @@ def assert_as_one_process(parallel: dict, single: dict) -> None:
 def torchrun(cwd: Path, *args: str, procs: int = 2, **kw) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={procs}", "-m", "ashem_engine", *args]
-    return subprocess.Popen(cmd, cwd=cwd, env={**env(), "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    kw.setdefault("start_new_session", True)  # its own group: the teardown ends its ranks too
+    return started(subprocess.Popen(cmd, cwd=cwd, env={**env(), "PYTHONPATH": str(REPO)},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    **kw))
 
 
 def tiny_args(data: Path, runs: Path, *extra: str) -> list[str]:
