@@ -3,11 +3,11 @@ metric cards (80 × 24) and the wide screen's panel and chart show them (widgets
 and a sample, like a progress event, redraws neither the log nor the charts."""
 from __future__ import annotations
 
-import asyncio
 import threading
 from dataclasses import replace
 
 from app_events import FakeControl, MiB, count_calls, machine, make_events, plain, until
+from test_app_dashboard import until_true
 
 from ashem_app.app import AshemApp
 from ashem_app.sources import ControlledSource, ReplaySource
@@ -29,15 +29,6 @@ def samples(events) -> list[MachineSampled]:
 
 def card_text(app: AshemApp, card: str) -> str:
     return plain(app.dashboard.query_one(f"#card-{card}"))
-
-
-async def until_true(pilot, condition, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    await pilot.pause()
-    assert condition()
 
 
 # -- the view ------------------------------------------------------------------------------------
