@@ -119,6 +119,12 @@ def reported_ids(events_path: str | os.PathLike) -> set[str]:
     return ids
 
 
+def written_before(item: Command) -> Rejected:
+    """A command there before this attempt started: reported, never obeyed."""
+    return Rejected(f"command #{item.seq} ({item.command}) was written before this attempt "
+                    "started", item.seq, item.command, item.id)
+
+
 class CommandLog:
     """The engine's side of commands.jsonl: `read()` returns the lines completed since the last
     call, in order. The lines there before this attempt started (made with it) are not obeyed:
@@ -200,8 +206,7 @@ class CommandLog:
             return []  # an earlier attempt reported it
         if isinstance(item, Rejected):
             return [item]
-        return [Rejected(f"command #{item.seq} ({item.command}) was written before this "
-                         "attempt started", item.seq, item.command, item.id)]
+        return [written_before(item)]
 
 
 class CommandFile:
@@ -235,9 +240,7 @@ class CommandFile:
             return [item]
         if left_over:
             self.last_seq = item.seq
-            return [] if item.id in self.reported else [Rejected(
-                f"command #{item.seq} ({item.command}) was written before this attempt "
-                "started", item.seq, item.command, item.id)]
+            return [] if item.id in self.reported else [written_before(item)]
         if item.seq <= self.last_seq:
             return [Rejected(f"command #{item.seq} ({item.command}) is stale: "
                              f"#{self.last_seq} was read already", item.seq, item.command,
