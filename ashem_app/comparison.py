@@ -10,7 +10,8 @@
   labels and Pareto flags, and under "curves" the runs' validation curves for the curves view:
   the shown run's from its EpochEnded events, the others' as `load_sweeps` read them
   (`sweep["curve"]`: `ashem_engine.study_curves`, a study configuration's the mean over seeds
-  with 95 % intervals). Nothing is computed here.
+  per epoch, and under `curve["compute"]` its best-so-far curve against training MACs with
+  the 95 % band, `ashem_engine.compare.study_compute_bands`). Nothing is computed here.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Optional, Sequence
 from textual.app import App
 from textual.screen import Screen
 
-from ashem_engine.compare import ComparisonError, combine, read_compared
+from ashem_engine.compare import (ComparisonError, combine, read_compared,
+                                  study_compute_bands)
 from ashem_engine.rundir import SWEEP_FILE
 from ashem_engine.study import is_study
 from ashem_engine.study_curves import curve_of, run_curve, study_curves
@@ -66,20 +68,28 @@ def _combined(sweeps: Sequence[dict]) -> dict:
 
 def load_sweeps(dirs: Sequence[str]) -> list[dict]:
     """Each run directory's sweep.json (or each study's configurations), checked, each with
-    its validation curve under "curve" (None: no events.jsonl). A sweep without a name takes
-    the directory's."""
+    its validation curve under "curve" (None: no events.jsonl; a study configuration's with
+    its band against training MACs under "compute"). A sweep without a name takes the
+    directory's."""
     sweeps = []
     for given in dirs:
         path = Path(given)
         path = path if path.is_file() else path / SWEEP_FILE
         compared = read_compared(given)  # a run directory, its sweep.json, or a study
-        study = {c["name"]: c for c in study_curves(given)} if is_study(given) else None
+        study = _study_curves(given) if is_study(given) else None
         for sweep in compared:
             sweep.setdefault("name", path.resolve().parent.name)
             sweep["curve"] = study.get(sweep["name"]) if study is not None else \
                 run_curve(path.parent, sweep["name"])
             sweeps.append(sweep)
     return sweeps
+
+
+def _study_curves(study_dir: str) -> dict:
+    """A study's curves by configuration: the engine's mean per epoch, and its band against
+    training MACs under "compute"."""
+    bands = study_compute_bands(study_dir)
+    return {c["name"]: {**c, "compute": bands.get(c["name"])} for c in study_curves(study_dir)}
 
 
 def comparison_of(view: Optional[RunView], others: Sequence[dict] = ()) -> dict:

@@ -81,6 +81,8 @@ class _Lines:
     def on_StageEnded(self, e: StageEnded) -> Body:
         how = "stopped early" if e.stopped_early else "ran all epochs"
         spent = "" if e.training_macs is None else f" · trained {fmt.macs(e.training_macs)}"
+        if e.selection_macs is not None:
+            spent += f", selection {fmt.macs(e.selection_macs)}"
         return Text(f"stage {e.stage} done: {e.epochs} epochs, {how}; best epoch "
                     f"{e.best_epoch} val PPL {fmt.ppl(e.best_val_ppl)} · "
                     f"{fmt.duration(e.seconds)}{spent}", style="bold")

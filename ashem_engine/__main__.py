@@ -63,7 +63,9 @@ and never held; table.json, table.csv and table.md (mean, sd, 95 % interval and 
 of every figure) are rewritten after each finished run. To go on after a stop, run the same
 command with --dir STUDY_DIR, or 'ashem-engine study --resume STUDY_DIR': finished runs are
 skipped, an interrupted one resumed, missing ones started. 'ashem-engine study --add STUDY_DIR
-SETTINGS...' adds configurations to a study (its seeds and overrides) and goes on with it."""
+SETTINGS...' adds configurations to a study (its seeds and overrides) and goes on with it. A
+run whose stage-1 settings equal an earlier configuration's at its seed takes that run's stage 1
+(the same figures, bit for bit) instead of training it again; --no-share trains every one."""
 
 
 def add_study_parser(sub) -> None:
@@ -84,8 +86,16 @@ def add_study_parser(sub) -> None:
     study.add_argument("--add", default=None, metavar="STUDY_DIR",
                        help="add the SETTINGS files' configurations to this study (its seeds "
                        "and overrides), then go on with the whole study")
+    study.add_argument("--plan", default=None, metavar="PLAN.toml",
+                       help="the analysis plan (primary comparisons and endpoints, fixed before "
+                       "the runs), recorded in study.json; a study that has one keeps it "
+                       "(see ashem_engine/study_plan.py)")
     study.add_argument("--quiet", action="store_true",
                        help="only the study's own lines, not each run's progress")
+    study.add_argument("--no-share", action="store_true",
+                       help="train every run's stage 1 (by default a run takes the stage 1 of "
+                       "an earlier configuration's run at its seed with the same stage-1 "
+                       "settings: the same figures, bit for bit, without training it again)")
 
 
 def bad_input(message: object) -> int:
@@ -135,6 +145,8 @@ class StudyPrinter:
             return
         text = STUDY_LINES[step.action].format(**{**vars(step),
                                                   "run_dir": step.run_dir or "no run directory"})
+        if step.action == "start" and step.detail:
+            text += f" ({step.detail})"  # e.g. its stage 1 shared from another run
         self.line(f"[study {step.index}/{step.total}] {step.config} seed {step.seed}: {text}")
 
 
@@ -161,8 +173,19 @@ class StudyStop:
 
 
 def _study_plan(args: argparse.Namespace):
-    """The placed study the arguments ask for, or an error line (StudyError)."""
+    """The placed study the arguments ask for, with its analysis plan recorded when --plan
+    gives one, or an error line (StudyError)."""
+    from .study_plan import attach_plan, read_plan
+
+    analysis = read_plan(args.plan) if args.plan else None
+    placed = _placed_study(args, analysis)
+    return attach_plan(placed, analysis) if analysis else placed
+
+
+def _placed_study(args: argparse.Namespace, analysis: Optional[dict]):
+    """The study the arguments ask for, placed; a plan that cannot fit is refused first."""
     from .study import StudyError, grow_study, open_study, plan_study, reopen_study
+    from .study_plan import check_fits
 
     if args.resume and (args.settings or args.seeds is not None or args.overrides or args.dir
                         or args.add):
@@ -174,10 +197,18 @@ def _study_plan(args: argparse.Namespace):
         raise StudyError("--add STUDY_DIR takes only settings files: the added configurations "
                          "get the study's seeds and overrides")
     if args.add:
+        if analysis:  # an added configuration's name is its file's stem
+            study = reopen_study(args.add)
+            names = [c.name for c in study.configurations] + [
+                os.path.splitext(os.path.basename(f))[0] for f in args.settings]
+            check_fits(analysis, names, study.analysis_plan, args.add)
         return grow_study(args.add, args.settings)
     if args.seeds is None:
         raise StudyError("give --seeds N, the seeds per configuration")
-    return open_study(plan_study(args.settings, args.seeds, args.overrides, args.dir))
+    planned = plan_study(args.settings, args.seeds, args.overrides, args.dir)
+    if analysis:
+        check_fits(analysis, [c.name for c in planned.configurations], None, "")
+    return open_study(planned)
 
 
 def study(args: argparse.Namespace) -> int:
@@ -200,7 +231,8 @@ def study(args: argparse.Namespace) -> int:
     stop = StudyStop()
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        result = run_study(plan, [printer], stop.new_control, StudyPrinter(printer))
+        result = run_study(plan, [printer], stop.new_control, StudyPrinter(printer),
+                           share=not args.no_share)
     except StudyError as e:
         return bad_input(f"study: {e}")
     finally:

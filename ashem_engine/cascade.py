@@ -160,16 +160,16 @@ def sparse_block(block: Block, state: torch.Tensor, remaining: torch.Tensor) -> 
     rows = torch.arange(B, device=state.device)[:, None]
     x = state[rows, pos]  # (B, M, C)
     cos, sin = rotary_tables(T, D, attn.rope_base, state.device)
-    k = attn.wk(state).view(B, T, H, D).transpose(1, 2)
-    v = attn.wv(state).view(B, T, H, D).transpose(1, 2)
+    read = block.attention_input(state)
+    k = attn.wk(read).view(B, T, H, D).transpose(1, 2)
+    v = attn.wv(read).view(B, T, H, D).transpose(1, 2)
     k = k * cos + rotate_half(k) * sin
-    q = attn.wq(x).view(B, M, H, D).transpose(1, 2)
+    q = attn.wq(read[rows, pos]).view(B, M, H, D).transpose(1, 2)
     qc, qs = cos[pos][:, None], sin[pos][:, None]  # (B, 1, M, D)
     q = q * qc + rotate_half(q) * qs
     allowed = torch.arange(T, device=state.device)[None, None, :] <= pos[:, :, None]
     y = attention(q, k, v, attn_mask=allowed[:, None])
-    x = block.norm1(x + attn.wo(y.transpose(1, 2).reshape(B, M, C)))
-    x = block.norm2(x + block.ffn(x))
+    x = block.finish(x, attn.wo(y.transpose(1, 2).reshape(B, M, C)))
     out = state.clone()
     out[rows.expand(B, M)[valid], pos[valid]] = x[valid]
     return out
@@ -212,7 +212,8 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
     """One batch (B, T) of token ids through the cascade. By default every block runs for every
     token (the reference) and each exit's head for the tokens still in the cascade; `every_exit`:
     every token's head at every exit too, each kept as an ExitPass. `only_needed`: the real early
-    exit, computing only what the decision needs (same exits). `first`: the batch's first exit."""
+    exit, computing only what the decision needs (same exits). `first`: the batch's first exit.
+    Heads and signals read model.to_head(state); ExitPass keeps the raw states (for the layers)."""
     if only_needed and every_exit:
         raise ValueError("every exit's statistics need every token computed")
     weight, y, device = model.head.weight, y.reshape(-1), y.device
@@ -231,9 +232,10 @@ def route(model: EarlyExitLM, cascade: Cascade, x: torch.Tensor, y: torch.Tensor
                         remaining.view(x.shape), only_needed)
             everyone = None
         if every_exit:
-            everyone = exit_stats(h.reshape(n, -1), weight, y) if everyone is None else everyone
+            everyone = exit_stats(model.to_head(h.reshape(n, -1)), weight, y) \
+                if everyone is None else everyone
             routed.every_exit.append(ExitPass(h.reshape(n, -1), everyone))
-        flat, targets = h.reshape(n, -1)[remaining_rows], y[remaining_rows]
+        flat, targets = model.to_head(h.reshape(n, -1)[remaining_rows]), y[remaining_rows]
         if only_needed and not cascade.exit_signal.reads_head and e < cascade.last:
             leave = cascade.leave(e, cascade.scores(e, flat, None, weight))
             s = exit_stats(flat[leave], weight, targets[leave])  # heads for leavers only

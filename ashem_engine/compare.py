@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .rundir import SWEEP_FILE
-from .stats import aggregate, is_number
+from .stats import aggregate, is_number, ppl_interval
 from .study import StudyError, is_study, reopen_study, study_runs
 
 
@@ -96,8 +96,13 @@ def pareto_rows(comparison: dict) -> list[dict]:
 
 # -- studies: each configuration's seeds as one sweep, with intervals ----------------------
 
-MEANED = ("ppl", "accuracy", "deep_ratio", "spec_cost", "honest_cost", "macs_per_token")
-INTERVALS = ("ppl", "macs_per_token")  # point["interval"][key]: stats.aggregate across seeds
+# A study point's PPL is the geometric mean over seeds, exp(mean NLL), with the 95 % interval
+# taken on the NLL and shown back as PPL: point["interval"]["nll"] (stats.ppl_interval), never
+# below 0. The other figures are arithmetic means; point["interval"]["macs_per_token"] and
+# point["interval"]["ppl"] (the PPLs' own t interval, kept for older readers: it can reach
+# below 0 with few seeds) are stats.aggregate across seeds.
+MEANED = ("accuracy", "deep_ratio", "spec_cost", "honest_cost", "macs_per_token")
+INTERVALS = ("ppl", "macs_per_token")
 
 
 def read_compared(directory: str | os.PathLike) -> list[dict]:
@@ -126,7 +131,8 @@ def study_sweeps(study_dir: str | os.PathLike) -> list[dict]:
 
 def seeds_sweep(name: str, sweeps: Sequence[dict]) -> dict:
     """One configuration's sweeps over its seeds as one: each point (same series and quantile)
-    the mean over seeds, point["interval"] its PPL's and MACs' 95 % intervals, "seeds" n."""
+    the mean over seeds (mean_point), "seeds" n. Each series keeps its own name from the
+    runs' sweep.json ("plain model (4 layers)", "ASHEM · max-softmax", ...)."""
     first = sweeps[0]
     series = []
     for s in first["series"]:
@@ -150,6 +156,8 @@ def _series_named(sweep: dict, series: str, config: str) -> dict:
 
 
 def mean_point(points: Sequence[dict], config: str) -> dict:
+    """The seeds' points (one series, one quantile) as one: "ppl" the geometric mean with
+    interval["nll"], the other MEANED figures the arithmetic mean, see INTERVALS above."""
     quantiles = {p.get("quantile") for p in points}
     if len(quantiles) != 1:
         raise ComparisonError(f"study configuration {config!r}: the seeds' sweeps have "
@@ -159,4 +167,35 @@ def mean_point(points: Sequence[dict], config: str) -> dict:
         values = [p.get(key) for p in points]
         out[key] = aggregate(values)["mean"] if all(map(is_number, values)) else None
     out["interval"] = {key: aggregate([p[key] for p in points]) for key in INTERVALS}
+    ppls = [p["ppl"] for p in points]
+    nll = ppl_interval(ppls)
+    out["ppl_arithmetic_mean"] = out["interval"]["ppl"]["mean"]
+    if nll["n"] < len(ppls):  # a seed without a positive, finite PPL (it diverged)
+        out["ppl"], out["interval"]["nll"] = out["ppl_arithmetic_mean"], None
+    else:
+        out["ppl"] = ppls[0] if len(ppls) == 1 else nll["ppl"]
+        out["interval"]["nll"] = nll
     return out
+
+
+# -- a study's validation curves against training compute, with bands ----------------------
+
+def study_compute_bands(study_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """Per configuration with finished runs: its validation PPL against cumulative training
+    MACs, the best so far of each seed, as the geometric mean over seeds with its 95 % band
+    (study_curves.mean_curve_band), at every MACs where one of the study's runs ended an epoch
+    (where a best-so-far curve can change): the same grid for every configuration."""
+    from .study_curves import MACS, mean_curve_band, run_curve  # (it imports this module)
+
+    try:
+        runs = [r for r in study_runs(reopen_study(study_dir)) if r.finished]
+    except StudyError as e:
+        raise ComparisonError(str(e)) from None
+    curves: dict[str, list[dict]] = {}
+    for run in runs:
+        curve = run_curve(run.run_dir, run.config.name)
+        if curve is not None and curve["points"]:
+            curves.setdefault(run.config.name, []).append(curve)
+    grid = sorted({p[MACS] for cs in curves.values() for c in cs for p in c["points"]
+                   if is_number(p.get(MACS))})
+    return {name: mean_curve_band(cs, grid) for name, cs in curves.items()}

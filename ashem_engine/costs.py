@@ -75,6 +75,13 @@ class CostModel:
                                                          len(exit_counts)))
         return tokens * blocks + heads * self.head
 
+    def blocks(self) -> float:
+        """Block MACs per token of computing everything: every block, each in its mode (no head)."""
+        layers = self.exit_layers
+        return layers[0] * self.block(SEQUENCE) + sum(
+            (layers[k] - layers[k - 1]) * self.block(self.modes[k - 1])
+            for k in range(1, len(layers)))
+
     def compute_everything(self) -> float:
         """Every token through every block and every exit's head (a max-softmax path to the last
         exit): what a routed evaluation costs that picks an exit's logits afterwards."""
@@ -93,7 +100,9 @@ class TrainingStep:
     positions: int  # token positions that run the blocks
     seq_len: int  # the length they run at (1 in the token context)
     start: int  # the first block run: 0 from token ids (the embedding), else stored states
-    loss_tokens: int  # tokens whose states go through the head into the loss
+    # tokens whose states go through the head into the loss; in a joint step (stages.JointTask)
+    # tokens × exits: each token's state at every exit goes through the head
+    loss_tokens: int
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ class StageStarted(Event):
     # The most any process keeps for the stage's steps (hidden states, token ids; under
     # torchrun its share), in bytes; None in logs written before it
     held_bytes: Optional[int] = None
+    # A joint run's (joint.enabled) exit layers, every one trained at once; None otherwise
+    exits: Optional[list] = None
 
     def scope(self) -> str:
         """What a later stage trains, in words ("" in stage 1 and in older logs)."""
@@ -124,6 +126,12 @@ class EpochEnded(Event):
     # The epoch's peaks (a machine field): {"peak_rss_bytes", and on CUDA
     # "peak_allocated_bytes", "peak_reserved_bytes"}; None in older logs
     memory: Optional[dict] = None
+    # A joint run's validation PPL at each exit (StageStarted.exits); val_ppl is exp of their
+    # mean NLL weighted as the loss weighs them (joint.weights). None in other runs
+    exit_val_ppls: Optional[list] = None
+    # The learning rate of the epoch's last step ([optimizer] schedule; in an epoch of no step,
+    # of its first); None in older logs
+    lr: Optional[float] = None
 
 
 @dataclass
@@ -140,6 +148,12 @@ class StageEnded(Event):
     training_macs: Optional[float] = None  # the sum of its epochs' (EpochEnded)
     selection_macs: Optional[float] = None
     memory: Optional[dict] = None  # the stage's peaks, as EpochEnded.memory
+    # The run directory whose stage 1 this run took instead of training it (share.py: same
+    # stage-1 settings; its events replayed); None: trained here, and in older logs
+    shared_from: Optional[str] = None
+    # Why it stopped: "patience" (early stopping), "max_epochs", or "budget" (the run's
+    # training MACs reached run.training_macs_budget); None in older logs
+    stopped_by: Optional[str] = None
 
 
 @dataclass
@@ -175,6 +189,10 @@ class HardExamplesCollected(Event):
     top_words: list  # [[target word, count], ...] most frequent hard targets
     examples: list  # [{"context": [words], "target": word, "confidence": c}, ...]
     selection_macs: Optional[float] = None  # the mining pass' forward MACs (once, if steered)
+    # The part of selection_macs whose result the next stage trains on: in the token context
+    # the blocks that made its stored hidden states; 0 in the sequence context, whose own pass
+    # makes them (charged in its EpochEnded.training_macs). None in older logs.
+    state_macs: Optional[float] = None
 
 
 @dataclass

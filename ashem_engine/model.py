@@ -3,7 +3,11 @@
 Embedding -> post-norm blocks -> one output head shared by every exit. A block is
 `x = norm1(x + attn(x)); x = norm2(x + ffn(x))` with RMSNorm, causal attention with rotary
 position embeddings (rotate-half form) and a gated SiLU feed-forward; no biases anywhere,
-no final norm, the head untied from the embedding (SPEC_NOTES, "Model")."""
+no final norm, the head untied from the embedding (SPEC_NOTES, "Model").
+
+model.norm = "pre" (for deeper models): `x = x + attn(norm1(x)); x = x + ffn(norm2(x))`, and one
+final RMSNorm shared by every exit, belonging to the head (`to_head`); the states passed between
+layers stay the raw residual stream. Its MACs (dim per token) are counted nowhere (costs.py)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -95,13 +99,25 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelSettings):
         super().__init__()
+        self.pre_norm = cfg.norm == "pre"
         self.attn = Attention(cfg)
         self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
         self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.attn(x))
+        return self.finish(x, self.attn(self.attention_input(x)))
+
+    def attention_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What attention's projections read of the block's input x."""
+        return self.norm1(x) if self.pre_norm else x
+
+    def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input x and attention's output (after wo)."""
+        if self.pre_norm:
+            x = x + attended
+            return x + self.ffn(self.norm2(x))
+        x = self.norm1(x + attended)
         return self.norm2(x + self.ffn(x))
 
 
@@ -114,6 +130,8 @@ class EarlyExitLM(nn.Module):
         self.embedding = nn.Embedding(vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(num_layers))
         self.head = nn.Linear(cfg.dim, vocab_size, bias=False)
+        # pre-norm only: post-norm models keep their state_dict keys
+        self.exit_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.norm == "pre" else None
         nn.init.trunc_normal_(self.embedding.weight, std=cfg.embedding_init_std)
         for linear in (m for m in self.layers.modules() if isinstance(m, nn.Linear)):
             nn.init.trunc_normal_(linear.weight, std=cfg.linear_init_std)
@@ -133,13 +151,19 @@ class EarlyExitLM(nn.Module):
             h = block(h)
         return h
 
+    def to_head(self, h: torch.Tensor) -> torch.Tensor:
+        """A hidden state as the output head (and an exit signal) reads it, at any exit: the
+        final norm's output in a pre-norm model, h itself in a post-norm one."""
+        return h if self.exit_norm is None else self.exit_norm(h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Full logits of the last layer (small vocabularies, tests); training uses head.py."""
-        return self.head(self.hidden(x))
+        return self.head(self.to_head(self.hidden(x)))
 
     def grow(self, num_layers: int, init: str = "fresh") -> "EarlyExitLM":
         """A deeper model: built whole and freshly initialised (as the reference does, so the
-        random stream matches), then the embedding, existing blocks and head copied in. init =
+        random stream matches), then the embedding, existing blocks and head (with the final norm of
+        a pre-norm model) copied in. init =
         "copy" (depthwise stacking): new block i is a copy of block i mod the blocks before."""
         if num_layers <= self.num_layers:
             raise ValueError(f"cannot grow {self.num_layers} layers to {num_layers}")
@@ -151,10 +175,13 @@ class EarlyExitLM(nn.Module):
         return grown
 
     def freeze_lower(self, num_layers: int, freeze_head: bool = False) -> None:
-        """Hard freezing: the embedding and the first `num_layers` blocks stop learning."""
+        """Hard freezing: the embedding and the first `num_layers` blocks stop learning; the head
+        (and a pre-norm model's final norm, which belongs to it) too with `freeze_head`."""
         for p in [*self.embedding.parameters(), *self.layers[:num_layers].parameters()]:
             p.requires_grad_(False)
         self.head.weight.requires_grad_(not freeze_head)
+        if self.exit_norm is not None:
+            self.exit_norm.weight.requires_grad_(not freeze_head)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -23,13 +23,16 @@ class Step:
 def build(stages: int, sweep: bool) -> tuple[Step, ...]:
     """Train stage 1; for every later stage N mine and grow N, train stage N; evaluate; the
     sweep. The run holds at "evaluation" once the last of them is done."""
-    steps = []
-    for n in range(1, stages + 1):
-        if n > 1:
-            steps.append(Step(f"mining-{n - 1}", MINING, n - 1, "Mining", f"mine and grow {n}",
-                              f"mining-{n - 1}", f"after mining at stage {n - 1}'s exit", True))
-        steps.append(Step(f"stage-{n}", STAGE, n, f"Stage {n}", f"train stage {n}", f"stage-{n}",
-                          f"after stage {n}"))
+    return _ending(_grown(stages), sweep)
+
+
+def build_joint(stages: int, sweep: bool) -> tuple[Step, ...]:
+    """The joint early-exit baseline (joint.enabled): train one model with an exit per stage,
+    calibrate every exit but the last; evaluate; the sweep. Held at "evaluation" as build's."""
+    return _ending(_joint(stages), sweep)
+
+
+def _ending(steps: list, sweep: bool) -> tuple[Step, ...]:
     steps.append(Step(EVALUATION, EVALUATION, None, "Evaluation", "evaluate"))
     if sweep:
         steps.append(Step(SWEEP, SWEEP, None, "", "sweep"))
@@ -37,8 +40,30 @@ def build(stages: int, sweep: bool) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+def _grown(stages: int) -> list[Step]:
+    steps = []
+    for n in range(1, stages + 1):
+        if n > 1:
+            steps.append(Step(f"mining-{n - 1}", MINING, n - 1, "Mining", f"mine and grow {n}",
+                              f"mining-{n - 1}", f"after mining at stage {n - 1}'s exit", True))
+        steps.append(Step(f"stage-{n}", STAGE, n, f"Stage {n}", f"train stage {n}", f"stage-{n}",
+                          f"after stage {n}"))
+    return steps
+
+
+def _joint(stages: int) -> list[Step]:
+    """One training step (stage 1's, every exit at once); then exit N's threshold, set at stage
+    N's exit as mining sets it (the hold point keeps mining's name), for each exit but the last."""
+    steps = [Step("stage-1", STAGE, 1, "Joint training", "train jointly", "stage-1",
+                  "after joint training")]
+    steps += [Step(f"mining-{n}", MINING, n, "Calibration", f"calibrate exit {n}", f"mining-{n}",
+                   f"after calibrating exit {n}") for n in range(1, stages)]
+    return steps
+
+
 def of_settings(settings: Any) -> tuple[Step, ...]:
-    return build(len(settings.stages), bool(settings.evaluation.sweep_points))
+    builder = build_joint if settings.joint.enabled else build
+    return builder(len(settings.stages), bool(settings.evaluation.sweep_points))
 
 
 def of_run(started: Any) -> tuple[Step, ...]:
@@ -48,7 +73,8 @@ def of_run(started: Any) -> tuple[Step, ...]:
         return tuple(Step(**{k: v for k, v in s.items() if k in known}) for s in started.plan)
     settings = started.settings or {}
     sweep = (settings.get("evaluation") or {}).get("sweep_points", 0)
-    return build(max(1, len(settings.get("stages") or ())), bool(sweep))
+    builder = build_joint if (settings.get("joint") or {}).get("enabled") else build
+    return builder(max(1, len(settings.get("stages") or ())), bool(sweep))
 
 
 def resumes_at(steps: Sequence[Step], stage: int, stage_done: bool) -> int:

@@ -34,15 +34,23 @@ class RunResult:
 
 
 def run_ashem(settings: Settings, sinks: Iterable[Sink] = (),
-              control: Optional[RunControl] = None, corpus: Optional[Corpus] = None
-              ) -> RunResult:
+              control: Optional[RunControl] = None, corpus: Optional[Corpus] = None,
+              stage_one_from: Optional[str | os.PathLike] = None) -> RunResult:
     """Runs every stage in a new run directory; never raises for cancel or failure
-    (see RunResult.status). Under torchrun, rank 0 makes the directory and tells the others."""
+    (see RunResult.status). Under torchrun, rank 0 makes the directory and tells the others.
+    `stage_one_from`: a run directory with the same stage-1 settings whose stage 1 this run
+    takes instead of training it (share.py; where it cannot, stage 1 is trained)."""
     try:
         world = join(settings.run.device, settings.run.peer_timeout_s)
     except Exception as e:  # torch.distributed raises many types
         return _failed_before_start(sinks, "distributed", "cannot join torchrun's process "
                                     f"group: {peer_detail(e)}")
+    unresolved = settings.run.training_macs_budget_from and not settings.run.training_macs_budget
+    if unresolved:
+        return _failed_before_start(sinks, "settings", "run.training_macs_budget_from = "
+                                    f"{settings.run.training_macs_budget_from!r} is for studies (the "
+                                    "named configuration's run sets the budget); outside a study "
+                                    "give run.training_macs_budget too")
     made = None
     if world.lead:
         try:
@@ -53,7 +61,8 @@ def run_ashem(settings: Settings, sinks: Iterable[Sink] = (),
     made = world.from_lead(made)
     if isinstance(made, RunDirError):
         return _failed_before_start(sinks if world.lead else (), "run_dir", str(made))
-    return _drive(settings, made, sinks, control, corpus, point=None)
+    return _drive(settings, made, sinks, control, corpus, point=None,
+                  stage_one_from=Path(stage_one_from) if stage_one_from is not None else None)
 
 
 def resume_ashem(run_dir: str | os.PathLike, sinks: Iterable[Sink] = (),
@@ -93,7 +102,7 @@ FAILURE_KINDS = {DataError: "data", NumericFault: "numeric", RunDirError: "run_d
 
 def _drive(settings: Settings, run_dir: Path, sinks: Iterable[Sink],
            control: Optional[RunControl], corpus: Optional[Corpus],
-           point: Optional[ResumePoint]) -> RunResult:
+           point: Optional[ResumePoint], stage_one_from: Optional[Path] = None) -> RunResult:
     control, world = control or RunControl(pause_at=None), World.current()
     control.starts(settings.run.pause_at)  # the one place a run's pause_at is read
     own_commands = world.lead and control.commands is None  # (a caller may bring a reader)
@@ -110,7 +119,7 @@ def _drive(settings: Settings, run_dir: Path, sinks: Iterable[Sink],
     control.on_pause = lambda where, reason, boundary: emit(ev.Paused(where, reason, boundary))
     control.on_resume = lambda where: emit(ev.Resumed(where))
     control.on_command = emit
-    pipeline = Pipeline(settings, run_dir, emit, control, reducer)
+    pipeline = Pipeline(settings, run_dir, emit, control, reducer, stage_one_from)
     try:
         state = pipeline.start(corpus, point)
         with pipeline.precision():

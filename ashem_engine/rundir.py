@@ -21,6 +21,7 @@ COMMAND_FILE = "control.json"  # the same, one at a time, from older dashboards 
 CLASSIFIERS_FILE = "exit-classifiers.pt"
 BEST_WEIGHTS_FILE = "stage-{}-best.pt"  # .format(stage)
 HARD_TOKENS_FILE = "stage-{}-hard.pt"  # .format(stage)
+STAGE_ONE_END_FILE = "stage-1-end.pt"  # the resume point where stage 1 ended (share.py)
 
 
 class RunDirError(Exception):

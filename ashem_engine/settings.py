@@ -54,6 +54,7 @@ ModelSettings = _table_class("ModelSettings", "model")
 OptimizerSettings = _table_class("OptimizerSettings", "optimizer")
 MiningSettings = _table_class("MiningSettings", "mining")
 EvaluationSettings = _table_class("EvaluationSettings", "evaluation")
+JointSettings = _table_class("JointSettings", "joint")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Settings:
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     mining: MiningSettings = field(default_factory=MiningSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    joint: JointSettings = field(default_factory=JointSettings)
     stages: tuple = DEFAULT_STAGES
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,8 +296,14 @@ RULES: list[Rule] = [
     ("run.control_every", *_at_least(1)),
     ("run.machine_sample_s", lambda v, c: 0 <= v < float("inf"),
      "must be a number of seconds >= 0 (0 = no machine sampler)"),
+    ("run.training_macs_budget", lambda v, c: 0 <= v < float("inf"),
+     "must be a number of MACs >= 0 (0 = no budget)"),
+    ("run.training_macs_budget_from", lambda v, c: v.strip() == v,
+     "must be a configuration's name (a settings file's stem) without surrounding spaces, or \"\""),
     ("run.loggers", lambda v, c: len(v) == len(set(v)) and set(v) <= set(sinks.LOGGERS),
      "a list without repeats of: " + ", ".join(sinks.LOGGERS)),
+    ("joint.enabled", lambda v, c: not v or len(c.stages) >= 2,  # (its plan needs them)
+     "a joint run needs 2 or more [[stages]], one per exit"),
     ("run.pause_at", lambda v, c: set(v) <= {s.boundary for s in plan.of_settings(c)},
      "each entry must be a hold point of the run's plan: stage-N, mining-N before a stage "
      "N+1, or evaluation"),
@@ -322,8 +330,15 @@ RULES: list[Rule] = [
     ("model.linear_init_std", *_above(0)),
     ("model.embedding_init_std", *_above(0)),
     ("model.rope_base", *_above(1)),
+    ("model.norm", lambda v, c: v in ("post", "pre"),
+     "allowed: post (x = norm(x + f(x)), the spec's) or pre (x = x + f(norm(x)), a final norm)"),
     ("optimizer.weight_decay", *_at_least(0)),
     ("optimizer.grad_clip", *_above(0)),
+    ("optimizer.schedule", *_one_of("constant", "cosine")),
+    ("optimizer.warmup_steps", *_at_least(0, " (0 = no warm-up)")),
+    ("optimizer.decay_epochs", *_at_least(0, " (0 = the stage's max_epochs)")),
+    ("optimizer.min_lr_ratio", lambda v, c: 0 <= v <= 1,
+     "must be in [0, 1] (the cosine's floor as a fraction of the stage's lr)"),
     ("mining.split", *_one_of("train", "validation")),
     ("mining.histogram_bins", *_at_least(2)),
     ("mining.top_words", *_at_least(0)),
@@ -333,6 +348,7 @@ RULES: list[Rule] = [
     ("evaluation.sweep_points", lambda v, c: v == 0 or v >= 2, "must be 0 (no sweep) or >= 2"),
     ("evaluation.signals", lambda v, c: 1 <= len(v) == len(set(v)) and set(v) <= set(SIGNALS),
      "a list without repeats of: " + ", ".join(SIGNALS)),
+    ("joint.weights", *_one_of("equal", "depth")),
 ]
 EVERY_STAGE: list[Rule] = [
     ("lr", *_above(0)), ("max_epochs", *_at_least(1)), ("patience", *_at_least(1))]
@@ -364,6 +380,18 @@ ABLATIONS: list[Rule] = [
      "allowed: fresh (new layers freshly initialised) or copy (new layer i a copy of trained "
      "layer i mod the layers before: the trained stack repeated upward)"),
 ]
+
+
+def _left_for_joint(key: str, default: Any) -> Rule:
+    shown = str(default).lower() if isinstance(default, bool) else repr(default)
+    return key, lambda v, c: v == default, (
+        "with joint.enabled = true one model trains from scratch and later stages give only "
+        f"layers, hard_ratio and context; leave {key} = {shown}")
+
+
+# A joint run's later stages: how ASHEM grows and trains a stage is not theirs to set.
+JOINT_LATER: list[Rule] = [_left_for_joint("tokens", "hard"), _left_for_joint("trainable", "new"),
+                           _left_for_joint("init", "fresh"), _left_for_joint("freeze_head", False)]
 
 
 def _later_stage(number: int, layers_before: int) -> list[Rule]:
@@ -399,5 +427,7 @@ def validate(settings: Settings) -> None:
     layers_before = 0
     for number, stage in enumerate(settings.stages, start=1):
         rules = FIRST_STAGE if number == 1 else _later_stage(number, layers_before)
+        if number > 1 and settings.joint.enabled:
+            rules = [*JOINT_LATER, *rules]
         _check(rules, stage, stage, prefix=f"stages.{number}.")
         layers_before = stage.layers

@@ -20,6 +20,8 @@ from .data import Batches
 from .dist import World
 from .events import BatchProgress, EpochEnded, Event
 from .head import ExitStats, exit_stats, head_loss
+from .lr_schedule import LrSchedule
+from .joint import joint_loss
 from .mining import HardTokens
 from .model import EarlyExitLM
 from .names import PROPAGATED, SEQUENCE
@@ -62,6 +64,7 @@ class StageOutcome:
     history: list = field(default_factory=list)
     training_macs: Optional[float] = 0.0  # every step's forward and backward (costs.py)
     selection_macs: Optional[float] = 0.0  # every epoch's validation and hard PPL, forward
+    stopped_by: str = "max_epochs"  # or "patience", or "budget" (run.training_macs_budget)
 
 
 class StageTask:
@@ -103,7 +106,8 @@ class StageTask:
 
     def batch(self, index: int, rows: Optional[slice] = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch `index`'s `rows` (default: this process' rows) for the head."""
+        """Batch `index`'s `rows` (default: this process' rows) for the head: the states as
+        model.to_head gives them (a pre-norm model's final norm applied), and the targets."""
         raise NotImplementedError
 
     def rows_of(self, index: int, rows: Optional[slice]) -> slice:
@@ -137,16 +141,26 @@ class StageTask:
         """What this process holds for the stage's steps (hidden states, token ids; no model)."""
         return 0
 
-    def epoch_compute(self, epoch: int, result: Evaluation) -> dict:
+    def epoch_compute(self, epoch: int, result: Evaluation, steps: Optional[int] = None) -> dict:
         """Epoch `epoch`'s MACs as EpochEnded fields: training (every step; in the first epoch
-        also what the stage computes once for them) and selection (validation and hard PPL)."""
+        also what the stage computes once for them) and selection (validation and hard PPL).
+        `steps`: the steps taken, where the run's training-MACs budget cut the epoch short:
+        theirs alone count, and the stage's setup only once it has taken a step."""
         if self._every_epoch is None:  # the same every epoch: the flags hold for the stage
             self._every_epoch = (self.epoch_macs(), self.hard_ppl_macs())
-        steps, hard_ppl = self._every_epoch
-        if steps is None:
+        every, hard_ppl = self._every_epoch
+        if every is None:
             return {"training_macs": None, "selection_macs": None}
-        return {"training_macs": steps + (self.setup_macs() if epoch == 1 else 0.0),
+        taken = every if steps is None or steps == self.num_batches() else \
+            sum(self.step_macs()[:steps])
+        setup = self.setup_macs() if epoch == 1 and steps != 0 else 0.0
+        return {"training_macs": taken + setup,
                 "selection_macs": self.validation_macs(result, epoch == 1) + hard_ppl}
+
+    def step_macs(self) -> Optional[list]:
+        """Each training step's MACs, forward and backward; None where the task does not say."""
+        steps = [self.step(i) for i in range(self.num_batches())]
+        return None if None in steps else [training_macs(self.model, s).total for s in steps]
 
     def epoch_macs(self) -> Optional[float]:
         """Training MACs of one epoch: every step's forward and backward."""
@@ -216,7 +230,7 @@ class StageTask:
                           torch.zeros(total, dtype=torch.bool, device=hidden.device))
         for i in self.world.each_of_mine(len(batches), check):
             rows = slice((i - share.start) * n, (i - share.start + 1) * n)
-            s = exit_stats(hidden[rows], model.head.weight, batches.batch(i)[1])
+            s = exit_stats(model.to_head(hidden[rows]), model.head.weight, batches.batch(i)[1])
             stats.nll[rows], stats.confidence[rows], stats.correct[rows] = \
                 s.nll, s.confidence, s.correct
         return ExitPass(hidden, stats)
@@ -247,7 +261,7 @@ class SequenceTask(StageTask):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.train.batch(index, self.rows_of(index, rows))
         h = self.model.hidden(x)
-        return h.reshape(-1, h.shape[-1]), y.reshape(-1)
+        return self.model.to_head(h.reshape(-1, h.shape[-1])), y.reshape(-1)
 
     def step(self, index: int) -> TrainingStep:
         x = self.train.x[index]
@@ -286,7 +300,7 @@ class HardTokenTask(StageTask):
     def upper(self, tokens: HardTokens, rows) -> tuple[torch.Tensor, torch.Tensor]:
         h = tokens.hidden[rows][:, None, :]
         out = self.model.run_layers(h, self.hard_from_layer, self.model.num_layers)[:, 0, :]
-        return out, tokens.targets[rows]
+        return self.model.to_head(out), tokens.targets[rows]
 
     def rows_in(self, index: int) -> int:
         return len(self.order[index])
@@ -309,7 +323,8 @@ class HardTokenTask(StageTask):
         for i in range(0, len(here), 4096):
             h = hard.hidden[i:i + 4096][:, None, :]
             out = self.model.run_layers(h, self.hard_from_layer, self.model.num_layers)
-            yield out[:, 0, :], hard.targets[here.start + i: here.start + i + 4096]
+            targets = hard.targets[here.start + i: here.start + i + 4096]
+            yield self.model.to_head(out[:, 0, :]), targets
 
     def hard_steps(self) -> list:
         n = self.hard_total
@@ -372,7 +387,8 @@ class MaskedSequenceTask(StageTask):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.rows_of(index, rows)
         trained, upper = self.trained(index, rows), self.upper(index, rows)
-        return upper.flatten(0, 1)[trained], self.y[index][self.held(rows)].flatten()[trained]
+        return (self.model.to_head(upper.flatten(0, 1)[trained]),
+                self.y[index][self.held(rows)].flatten()[trained])
 
     def step(self, index: int, loss_tokens: Optional[int] = None) -> TrainingStep:
         """Every position runs (from token ids if lower layers train); the trained get a loss."""
@@ -393,7 +409,7 @@ class MaskedSequenceTask(StageTask):
     def hard_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         for index in range(self.num_batches()):
             hard = self.hard[index][self.mine]
-            yield self.upper(index, self.mine)[hard], self.y[index][hard]
+            yield self.model.to_head(self.upper(index, self.mine)[hard]), self.y[index][hard]
 
     def hard_steps(self) -> list:
         return [self.step(i, int(self.hard[i].sum())) for i in range(self.num_batches())]
@@ -401,6 +417,93 @@ class MaskedSequenceTask(StageTask):
     def held_bytes(self) -> int:
         held = [self.x, self.y] + ([] if self.lower is None else [self.lower])
         return sum(t.numel() * t.element_size() for t in held)
+
+
+@dataclass
+class JointValidation:
+    """A joint model's validation split at every exit, not routed: each exit's mean NLL and
+    accuracy; as one figure (what early stopping watches) their means weighted as the loss's."""
+    tokens: int
+    exit_nll: list
+    exit_accuracy: list
+    weights: list
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(sum(w * nll for w, nll in zip(self.weights, self.exit_nll)))
+
+    @property
+    def accuracy(self) -> float:
+        return sum(w * a for w, a in zip(self.weights, self.exit_accuracy))
+
+    @property
+    def exit_ppls(self) -> list:
+        return [math.exp(nll) for nll in self.exit_nll]
+
+
+class JointTask(SequenceTask):
+    """The joint early-exit baseline (joint.py): the whole model on every train sequence, as
+    stage 1, its loss the `weights`' sum of the head's loss at each of `exits` (their layers,
+    the model's last among them), from one forward. Validated at every exit (no thresholds
+    exist yet), each EpochEnded given the exits' PPLs (with_exit_ppls)."""
+
+    def __init__(self, model, train: Batches, validation: Batches, exits, weights):
+        super().__init__(model, train, validation, Cascade.of([exits[-1]]))
+        self.exits, self.weights = list(exits), list(weights)
+        self.exit_val_ppls: Optional[list] = None  # the last validation's
+
+    def exit_states(self, x: torch.Tensor) -> list:
+        """Token ids (B, T) -> the states the head reads at every exit, (B·T, dim) each."""
+        h, start, states = self.model.embedding(x), 0, []
+        for layer in self.exits:
+            h, start = self.model.run_layers(h, start, layer), layer
+            states.append(self.model.to_head(h.reshape(-1, h.shape[-1])))
+        return states
+
+    def loss(self, index: int, rows: Optional[slice] = None) -> torch.Tensor:
+        """The weighted sum of the exits' mean losses, a part's weighted as StageTask.loss's."""
+        x, y = self.train.batch(index, self.rows_of(index, rows))
+        states, weight = self.exit_states(x), self.model.head.weight
+        if rows is None and not self.world.parallel:
+            return joint_loss(states, weight, y.reshape(-1), self.weights)
+        if y.numel() == 0:  # no tokens here: zero gradients, so every rank joins in
+            return sum(h.sum() for h in states) * 0.0 + weight.sum() * 0.0
+        share = y.numel() * self.world.size / self.tokens_in(index)
+        return joint_loss(states, weight, y.reshape(-1), self.weights) * share
+
+    def step(self, index: int) -> TrainingStep:
+        """Every position through every block; every token through the head at every exit."""
+        x = self.train.x[index]
+        return TrainingStep(x.numel(), x.shape[-1], 0, self.tokens_in(index) * len(self.exits))
+
+    @torch.no_grad()
+    def validate(self, check: Callable[[], None]) -> JointValidation:
+        batches, weight = self.validation, self.model.head.weight
+        sums = torch.zeros(2, len(self.exits), dtype=torch.float64, device=weight.device)
+        for i in self.world.each_of_mine(len(batches), check):
+            x, y = batches.batch(i)
+            for e, h in enumerate(self.exit_states(x)):
+                s = exit_stats(h, weight, y.reshape(-1))
+                sums[0, e] += s.nll.double().sum()
+                sums[1, e] += s.correct.sum()
+        nll, correct = (self.world.sum(sums) / batches.tokens).tolist()
+        result = JointValidation(batches.tokens, nll, correct, self.weights)
+        self.exit_val_ppls = result.exit_ppls
+        return result
+
+    def validation_macs(self, result: JointValidation, first_epoch: bool) -> float:
+        """Forward MACs of validate(): every token through every block and every exit's head."""
+        every_exit = Cascade.of(self.exits, [0.0] * (len(self.exits) - 1))
+        costs = every_exit.costs(self.model, self.validation.x.shape[-1])
+        return result.tokens * costs.compute_everything()
+
+    def with_exit_ppls(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:
+        """`emit`, each EpochEnded (run_stage's) given its epoch's exit_val_ppls."""
+        def annotated(event: Event) -> None:
+            if isinstance(event, EpochEnded):
+                event.exit_val_ppls = self.exit_val_ppls
+            emit(event)
+        return annotated
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):
@@ -458,11 +561,14 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.counter >= self.patience
 
-    def outcome(self, stage: int, epochs: int) -> StageOutcome:
-        """The stage's outcome as it stands after `epochs` epochs."""
+    def outcome(self, stage: int, epochs: int, budget_spent: bool = False) -> StageOutcome:
+        """The stage's outcome as it stands after `epochs` epochs (`budget_spent`: the run's
+        training-MACs budget ended it)."""
+        stopped_by = "budget" if budget_spent else "patience" if self.should_stop else \
+            "max_epochs"
         return StageOutcome(stage, epochs, self.best_epoch, self.best_ppl, self.best_acc,
                             self.best_hard, self.should_stop, self.seconds, list(self.history),
-                            self.training_macs, self.selection_macs)
+                            self.training_macs, self.selection_macs, stopped_by)
 
 
 @dataclass
@@ -490,6 +596,58 @@ class RunTotals:
         return {"tokens_trained": self.tokens_trained, "training_macs": self.training_macs}
 
 
+@dataclass
+class TrainingBudget:
+    """run.training_macs_budget (`limit`; 0: none) as a stage's steps meet it: a step is taken
+    only while the run's training MACs so far are below the limit, the stage's setup MACs
+    (StageTask.setup_macs) counted with its first step. Everything follows from the run's
+    totals after its last finished epoch, so a resumed run stops where one straight through
+    does. `taken`: the steps of the epoch in progress so far (every one without a limit)."""
+
+    limit: float
+    totals: RunTotals
+    task: StageTask
+    epoch: int = 0
+    taken: int = 0
+    spent: float = 0.0  # the epoch's training MACs so far
+    step_macs: Optional[list] = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.limit > 0:
+            self.step_macs = self.task.step_macs()
+            if self.step_macs is None or self.totals.training_macs is None:
+                raise ValueError("run.training_macs_budget needs the run's training MACs, which "
+                                 "are not known here (a task without step MACs, or a resume "
+                                 "from a progress.pt written before they were counted)")
+
+    def spent_before(self) -> bool:
+        """Whether the run's finished epochs reached the limit."""
+        return self.limit > 0 and self.totals.training_macs >= self.limit
+
+    def ends_stage(self, epochs_done: int) -> bool:
+        """No further epoch: the limit is reached (a stage that has run none still runs one,
+        of no step, to validate the model it starts with)."""
+        return epochs_done > 0 and self.spent_before()
+
+    def start(self, epoch: int) -> Callable[[int], bool]:
+        """Epoch `epoch` begins; its `allows`."""
+        self.epoch, self.taken, self.spent = epoch, 0, 0.0
+        return self.allows
+
+    def allows(self, index: int) -> bool:
+        """Whether training batch `index` of the epoch is taken (then counted)."""
+        if self.limit > 0:
+            if self.totals.training_macs + self.spent >= self.limit:
+                return False
+            first = self.epoch == 1 and index == 0
+            self.spent += self.step_macs[index] + (self.task.setup_macs() if first else 0.0)
+        self.taken += 1
+        return True
+
+    def tokens_taken(self) -> int:
+        return sum(self.task.tokens_in(i) for i in range(self.taken))
+
+
 def _stage_start(model: EarlyExitLM, cfg: StageSettings, opt: OptimizerSettings,
                  resume: dict) -> tuple:
     """The stage's optimizer, early stopping and best weights: new, or as `resume` left them."""
@@ -500,35 +658,45 @@ def _stage_start(model: EarlyExitLM, cfg: StageSettings, opt: OptimizerSettings,
     return optimizer, stopping, resume.get("best_state") or snapshot(model)
 
 
+def _validated(stage: int, epoch: int, task: StageTask, control: RunControl,
+               seconds: float) -> tuple:
+    """The epoch's validation, its hard PPL, and `seconds` plus the seconds they took."""
+    task.model.eval()
+    started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
+    result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
+    return result, hard_ppl, seconds + (time.perf_counter() - started)
+
+
 def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSettings,
               control: RunControl, emit: Callable[[Event], None],
               progress_events_per_epoch: int = 100,
               on_improved: Optional[Callable[[int, dict], None]] = None,
               on_epoch_end: Optional[Callable[[dict], None]] = None,
               resume: Optional[dict] = None, micro_batch_size: int = 0,
-              compile_model: bool = False, totals: Optional[RunTotals] = None) -> StageOutcome:
+              compile_model: bool = False, totals: Optional[RunTotals] = None,
+              budget_macs: float = 0.0) -> StageOutcome:
     """Trains with early stopping on validation PPL, restores the best weights and returns the
     outcome. `on_improved(epoch, state)` runs at every new best (the best checkpoint is on disk
     whatever happens next); `on_epoch_end(progress)` gets what resuming after the epoch needs;
-    `resume`: such a progress dict (plus "best_state") to go on from; `totals`: the run's."""
+    `resume`: such a dict (plus "best_state"); `totals`: the run's; `budget_macs`: its limit."""
     model = task.model
     if compile_model:
         compile_blocks(model)
     optimizer, stopping, best_state = _stage_start(model, cfg, opt, resume or {})
     totals = RunTotals() if totals is None else totals  # (alone: the stage's)
+    budget = TrainingBudget(budget_macs, totals, task)
+    schedule = LrSchedule.of_stage(cfg.lr, opt, cfg.max_epochs, task.num_batches())
     epoch = stopping.epoch
-    while epoch < cfg.max_epochs and not stopping.should_stop:
+    while epoch < cfg.max_epochs and not stopping.should_stop and not budget.ends_stage(epoch):
         epoch += 1
         with compile_failures_named(compile_model):
             train_ppl, seconds = train_epoch(stage, epoch, task, optimizer, opt, control, emit,
-                                             progress_events_per_epoch, micro_batch_size)
-        model.eval()
-        started, where = time.perf_counter(), f"stage {stage}, epoch {epoch}, validation"
-        result, hard_ppl = task.validate(lambda: control.checkpoint(where)), task.hard_ppl()
-        seconds += time.perf_counter() - started
+                                             progress_events_per_epoch, micro_batch_size,
+                                             schedule.in_epoch(epoch), budget.start(epoch))
+        result, hard_ppl, seconds = _validated(stage, epoch, task, control, seconds)
         improved = stopping.update(epoch, result.ppl, result.accuracy, hard_ppl)
         stopping.seconds = round(stopping.seconds + seconds, 3)
-        macs = stopping.count(task.epoch_compute(epoch, result))
+        macs = stopping.count(task.epoch_compute(epoch, result, budget.taken))
         if improved:
             best_state = snapshot(model)
             if on_improved:
@@ -539,7 +707,8 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             patience=cfg.patience, best_epoch=stopping.best_epoch,
             best_val_ppl=stopping.best_ppl, seconds=round(seconds, 3), hard_ppl=hard_ppl,
             shallow_ratio=result.exit_ratios[0] if task.cascade.last else None, **macs,
-            **totals.add(task.epoch_tokens(), macs["training_macs"]))
+            lr=schedule.epoch_lr(epoch, budget.taken),
+            **totals.add(budget.tokens_taken(), macs["training_macs"]))
         stopping.history.append({k: getattr(ended, k) for k in EPOCH})
         emit(ended)
         # After the event: a kill in between repeats this epoch rather than losing it.
@@ -547,7 +716,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             on_epoch_end({"epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "early": dict(vars(stopping))})
     model.load_state_dict(best_state)
-    return stopping.outcome(stage, epoch)
+    return stopping.outcome(stage, epoch, budget.spent_before())
 
 
 def host_reads_are_cheap(device: torch.device) -> bool:
@@ -604,27 +773,38 @@ def accumulate_gradients(task: StageTask, loss_of: Callable[..., torch.Tensor], 
 
 def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: OptimizerSettings,
                 control: RunControl, emit: Callable[[Event], None],
-                progress_events_per_epoch: int, micro_batch_size: int = 0
-                ) -> tuple[float, float]:
+                progress_events_per_epoch: int, micro_batch_size: int = 0,
+                lr_at: Optional[Callable[[int], float]] = None,
+                may_step: Optional[Callable[[int], bool]] = None) -> tuple[float, float]:
     """One pass over the task's batches; the train PPL and the seconds it took. The losses add
     up on the device: the host waits for them only where a BatchProgress event is due (every
-    `every` batches and at the end) and checks them there, after the batches since the last."""
+    `every` batches and at the end) and checks them there, after the batches since the last.
+    `lr_at(b)`: batch b's learning rate (None: the optimizer's, untouched); `may_step(b)`:
+    whether batch b is trained, else the epoch ends before it (the train PPL is then over the
+    batches trained; nan if none)."""
     model, batches, world = task.model, task.num_batches(), task.world
     params = [p for p in model.parameters() if p.requires_grad]
     every = max(1, math.ceil(batches / progress_events_per_epoch))
     model.train()
     loss_of = data_parallel(task)
     running = torch.zeros((), dtype=torch.float64, device=model.head.weight.device)
-    seconds, tokens, checked = 0.0, 0, 0
+    seconds, tokens, checked, loss_sum = 0.0, 0, 0, math.nan
+    go_on = batches > 0 and (may_step is None or may_step(0))
     for b in range(batches):
+        if not go_on:
+            break
         control.checkpoint(f"stage {stage}, epoch {epoch}, batch {b + 1}/{batches}")
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         accumulate_gradients(task, loss_of, b, micro_batch_size, running)
         clip_gradients(params, opt.grad_clip)
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(b)
         optimizer.step()
         tokens += task.tokens_in(b)
-        if (b + 1) % every and b + 1 < batches:
+        go_on = b + 1 < batches and (may_step is None or may_step(b + 1))
+        if go_on and (b + 1) % every:
             seconds += time.perf_counter() - started
             continue
         loss_sum = float(world.sum(running.clone())) / world.size  # the one wait
@@ -632,11 +812,11 @@ def train_epoch(stage: int, epoch: int, task: StageTask, optimizer, opt: Optimiz
         if not math.isfinite(loss_sum):
             raise NumericFault(stage, epoch, b + 1, loss_sum, since=checked + 1)
         checked, rate = b + 1, (tokens / seconds if seconds > 0 else 0.0)
-        left = sum(task.tokens_in(i) for i in range(b + 1, batches))
+        left = sum(task.tokens_in(i) for i in range(b + 1, batches)) if go_on else 0
         emit(BatchProgress(stage=stage, epoch=epoch, batch=b + 1, batches=batches,
                            loss=loss_sum / (b + 1), tokens_per_s=round(rate, 1),
                            eta_s=round(left / rate, 1) if rate > 0 else 0.0))
-    return math.exp(loss_sum / batches), seconds
+    return (math.exp(loss_sum / checked) if checked else math.nan), seconds
 
 
 def compile_blocks(model: EarlyExitLM) -> None:

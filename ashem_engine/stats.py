@@ -67,3 +67,37 @@ def aggregate(values: Sequence[float]) -> dict:
 
 def is_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def ppl_interval(ppls: Sequence[float]) -> dict:
+    """The 95 % interval of per-seed perplexities, taken on their NLL (ln PPL) and shown back
+    as PPL: the geometric mean exp(mean_nll) in [exp(mean_nll - half), exp(mean_nll + half)],
+    which stays above 0 however wide the spread. Non-positive or missing PPLs are left out."""
+    nlls = [math.log(p) for p in ppls if _positive(p)]
+    summary = aggregate(nlls)
+    mean, half = summary["mean"], summary["half_width"]
+    return {"n": summary["n"], "mean_nll": mean, "half_nll": half,
+            "ppl": _exp(mean), "ppl_lo": _exp(None if half is None else mean - half),
+            "ppl_hi": _exp(None if half is None else mean + half)}
+
+
+def paired_nll_difference(a: dict, b: dict) -> dict:
+    """The mean of ln a[seed] - ln b[seed] over the seeds both have (a and b map seed -> PPL),
+    its 95 % half-width, and the PPL ratio exp(diff) in [exp(diff - half), exp(diff + half)]."""
+    diffs = [math.log(a[s]) - math.log(b[s]) for s in sorted(set(a) & set(b), key=str)
+             if _positive(a[s]) and _positive(b[s])]
+    summary = aggregate(diffs)
+    diff, half = summary["mean"], summary["half_width"]
+    return {"n": summary["n"], "diff": diff, "half": half, "ratio": _exp(diff),
+            "ratio_lo": _exp(None if half is None else diff - half),
+            "ratio_hi": _exp(None if half is None else diff + half)}
+
+
+def _positive(x: object) -> bool:
+    return is_number(x) and math.isfinite(x) and x > 0
+
+
+def _exp(x: Optional[float]) -> Optional[float]:
+    if x is None:
+        return None
+    return math.exp(x) if x < 709 else math.inf  # beyond a float: no overflow error

@@ -23,6 +23,7 @@ from .cascade import Cascade, evaluate, inference_modes
 from .costs import CostModel
 from .data import Batches, Corpus, DataError, describe_source, load_corpus
 from .dist import World
+from .joint import exit_weights, method_name
 from .mining import (MiningPool, MiningResult, examples_in_context, exit_pass,
                      fitted_histogram, histogram, log_histogram, mine, pool, tokens_at,
                      top_words)
@@ -30,13 +31,15 @@ from .model import EarlyExitLM, count_parameters
 from .resume import ResumePoint
 from .rundir import (BEST_WEIGHTS_FILE, CLASSIFIERS_FILE, HARD_TOKENS_FILE, PROGRESS_FILE,
                      SETTINGS_FILE, SUMMARY_FILE, SWEEP_FILE, CheckpointError, atomic_torch_save,
-                     atomic_write_json, load_checkpoint)
+                     STAGE_ONE_END_FILE, atomic_write_json, load_checkpoint)
 from .memory import keep_freed_memory
 from .names import CLASSIFIER
 from .precision import compute
 from .settings import Settings
+from .share import NotShared, copy_file, read_stage_one, stage_one_key, weights_fit
 from .sinks import Emitter
-from .stages import HardTokenTask, MaskedSequenceTask, RunTotals, SequenceTask, run_stage
+from .stages import (HardTokenTask, JointTask, MaskedSequenceTask, RunTotals, SequenceTask,
+                     run_stage)
 from .summary import SummaryReducer
 from .sweep import one_point_series, sweep, train_signal
 
@@ -74,9 +77,11 @@ class Pipeline:
     """One run's steps and what they share, the corpus' batches on the run's device too."""
 
     def __init__(self, settings: Settings, run_dir: Path, emit: Emitter,
-                 control: RunControl, reducer: SummaryReducer):
+                 control: RunControl, reducer: SummaryReducer,
+                 stage_one_from: Optional[Path] = None):
         self.settings, self.run_dir, self.emit = settings, run_dir, emit
         self.control, self.reducer = control, reducer
+        self.stage_one_from = stage_one_from  # a run whose stage 1 this one takes (share.py)
         self.where = "start"  # where a failure happened, for its message
         self._batches: dict[str, Batches] = {}
         self.world = World.current()  # under torchrun, rank 0 alone writes files
@@ -124,7 +129,8 @@ class Pipeline:
         self._announce(threads)
         if point is not None:
             return self._restore(point)
-        return RunState(self.new_model(s.stages[0].layers), [s.stages[0].layers], [])
+        exits = self._trained_exits()
+        return RunState(self.new_model(exits[-1]), exits, [])
 
     def _load(self, corpus: Optional[Corpus]) -> Corpus:
         s, self.where = self.settings, "loading data"
@@ -164,8 +170,8 @@ class Pipeline:
                          f"batches of {s.data.batch_size} × {s.data.seq_len}"))
 
     def _restore(self, point: ResumePoint) -> RunState:
-        number, st = point.stage, self.settings.stages[point.stage - 1]
-        model = self.new_model(st.layers)
+        number = point.stage
+        model = self.new_model(self._layers_of(number))
         try:
             model.load_state_dict(point.model if not point.stage_done else
                                   self.read_weights(self.best_checkpoint(number)))
@@ -182,35 +188,71 @@ class Pipeline:
     def train_stage(self, step: plan.Step, state: RunState) -> None:
         s, number = self.settings, step.stage
         st, self.where = s.stages[number - 1], f"stage {number}"
+        if number == 1 and self.stage_one_from is not None and self._share_stage_one(state):
+            return
         task = self._task(number, state)
         trainable, total = count_parameters(task.model)
         self.emit(ev.StageStarted(
-            stage=number, layers=st.layers, trainable_params=trainable,
+            stage=number, layers=self._layers_of(number), trainable_params=trainable,
             total_params=total, lr=st.lr, patience=st.patience, max_epochs=st.max_epochs,
             training_tokens=sum(task.tokens_in(i) for i in range(task.num_batches())),
             batches=task.num_batches(), context=st.context or "sequence",
             held_bytes=int(self.world.max(task.held_bytes())),
+            exits=state.exit_layers if s.joint.enabled else None,
             **({} if number == 1 else {"tokens": st.tokens, "trainable": st.trainable,
                                        "init": st.init, "freeze_head": st.freeze_head})))
 
         def save_best(epoch: int, weights: dict) -> None:
             self.save(self.best_checkpoint(number), {
-                "model": weights, "stage": number, "layers": st.layers,
+                "model": weights, "stage": number, "layers": self._layers_of(number),
                 "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
                 "thresholds": state.thresholds, "best_epoch": epoch})
 
-        outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
+        emit = task.with_exit_ppls(self.emit) if s.joint.enabled else self.emit
+        outcome = run_stage(number, task, st, s.optimizer, self.control, emit,
                             s.run.progress_events_per_epoch, on_improved=save_best,
                             on_epoch_end=lambda progress: self.save_point(
                                 number, progress["epoch"], False, state, progress),
                             resume=self._training_resume(number),
                             micro_batch_size=s.data.micro_batch_size,
-                            compile_model=s.run.compile, totals=self.totals)
+                            compile_model=s.run.compile, totals=self.totals,
+                            budget_macs=s.run.training_macs_budget)
         ended = {f.name: getattr(outcome, f.name) for f in fields(ev.StageEnded)
                  if hasattr(outcome, f.name)}  # every field but the checkpoint
         self.emit(ev.StageEnded(**ended, checkpoint=str(self.best_checkpoint(number))))
         self.write_summary()
         self.save_point(number, outcome.epochs, True, state)
+
+    def _share_stage_one(self, state: RunState) -> bool:
+        """Stage 1 taken from the run in stage_one_from instead of trained (share.py): its best
+        weights copied here, its stage-1 events replayed, the random state and totals as it
+        left them, so the run goes on as if it had trained stage 1 itself. False, with a
+        warning saying why, where that run cannot give it: then stage 1 is trained."""
+        donor = Path(self.stage_one_from)
+        try:
+            if self.world.parallel:
+                raise NotShared("a run under torchrun trains its own")
+            taken = read_stage_one(donor, stage_one_key(self.settings))
+            if not weights_fit(state.model.state_dict(), taken.weights):
+                raise NotShared("its weights do not fit this run's model")
+        except NotShared as e:
+            self.emit(ev.Log("warning", f"stage 1 not shared with {donor}: {e}; training it"))
+            return False
+        self.emit(ev.Log("info", f"stage 1 shared with {donor}: same stage-1 settings"))
+        copy_file(donor / BEST_WEIGHTS_FILE.format(1), self.best_checkpoint(1))
+        state.model.load_state_dict(taken.weights)
+        for event in taken.events:
+            if isinstance(event, ev.StageEnded):
+                event.checkpoint, event.shared_from = str(self.best_checkpoint(1)), str(donor)
+            self.emit(event)
+        torch.set_rng_state(taken.end["rng"])
+        for name, value in (taken.end.get("totals") or {}).items():
+            setattr(self.totals, name, value)
+        state.exit_layers = list(taken.end["exit_layers"])
+        state.thresholds = list(taken.end["thresholds"])
+        self.write_summary()
+        self.save_point(1, taken.end["epoch"], True, state)
+        return True
 
     def _training_resume(self, number: int) -> Optional[dict]:
         """run_stage's state to go on with, when the run resumes in the middle of stage N."""
@@ -226,6 +268,9 @@ class Pipeline:
         """Stage N's training task: later stages train on the tokens mined before (in any attempt),
         or every token that reached the previous exit (tokens = "all"), each process its rows."""
         m, s = state.model, self.settings
+        if number == 1 and s.joint.enabled:
+            return JointTask(m, self.batches("train"), self.batches("validation"),
+                             state.exit_layers, exit_weights(state.exit_layers, s.joint.weights))
         if number == 1:
             return SequenceTask(m, self.batches("train"), self.batches("validation"),
                                 self.cascade(state, 1))
@@ -278,7 +323,10 @@ class Pipeline:
 
     def mine_and_grow(self, step: plan.Step, state: RunState) -> None:
         """Mines at stage N-1's exit (the step's stage), then grows the model to stage N over
-        what it freezes. While it holds after this, the hard ratio can be steered."""
+        what it freezes. While it holds after this, the hard ratio can be steered. A joint
+        run's mining step calibrates its exit instead."""
+        if self.settings.joint.enabled:
+            return self.calibrate_exit(step, state)
         number = step.stage + 1
         st, self.where = self.settings.stages[number - 1], f"mining after stage {number - 1}"
         source = self.batches(self.settings.mining.split)
@@ -297,6 +345,19 @@ class Pipeline:
         self._pools[number] = passed
         self._keep_hard(number, mined, state)
         self.control.steering = partial(self._steer, number, passed, state, rng)  # run() clears it
+
+    def calibrate_exit(self, step: plan.Step, state: RunState) -> None:
+        """A joint run's exit N (the step's stage): its threshold from stage N+1's hard_ratio,
+        found and reported as mining finds it; nothing grows, freezes or trains after it."""
+        exit_number = step.stage
+        self.where = f"calibrating exit {exit_number}"
+        source = self.batches(self.settings.mining.split)
+        passed = pool(exit_pass(state.model, source, self.cascade(state, exit_number),
+                                self.check), source)
+        macs = {**self._mining_macs(state, exit_number + 1), "state_macs": 0.0}  # none kept
+        mined = self._mine(exit_number, self.settings.stages[exit_number].hard_ratio, passed,
+                           state.exit_layers[exit_number - 1], macs=macs)
+        state.thresholds = [*state.thresholds[:exit_number - 1], mined.threshold]
 
     def _freeze(self, model: EarlyExitLM, number: int) -> None:
         """What stage N does not train: the embedding and the layers below its new ones (the
@@ -350,18 +411,23 @@ class Pipeline:
         self.emit(ev.SettingChanged(key=f"stages.{number}.hard_ratio", value=ratio,
                                     previous=previous))
 
-    def _mining_macs(self, state: RunState, number: int) -> float:
-        """Forward MACs of the exit pass that mines stage N's hard tokens: every token of
-        the mining split computed to stage N-1's exit, each exit's head for every token."""
+    def _mining_macs(self, state: RunState, number: int) -> dict:
+        """Forward MACs of the exit pass that mines stage N's hard tokens, as
+        HardExamplesCollected's selection_macs (every token of the mining split computed to
+        stage N-1's exit, each exit's head for every token) and state_macs (in the token
+        context its blocks, which made the stored states stage N trains on; else 0)."""
         source = self.batches(self.settings.mining.split)
         costs = self.cascade(state, number - 1).costs(state.model, source.x.shape[-1])
-        return source.tokens * costs.compute_everything()
+        stored = self.settings.stages[number - 1].context != "sequence"
+        return {"selection_macs": source.tokens * costs.compute_everything(),
+                "state_macs": source.tokens * costs.blocks() if stored else 0.0}
 
     def _mine(self, stage: int, ratio: float, passed, exit_layer: int,
-              mined: Optional[MiningResult] = None, macs: Optional[float] = None
+              mined: Optional[MiningResult] = None, macs: Optional[dict] = None
               ) -> MiningResult:
         """The threshold and hard tokens at `ratio` (`mined`: already selected, when steered) as
-        ThresholdComputed and HardExamplesCollected; `macs`: the mining pass' (steered too)."""
+        ThresholdComputed and HardExamplesCollected; `macs`: the mining pass' (steered too), as
+        _mining_macs gives them."""
         s, source = self.settings, self.batches(self.settings.mining.split)
         steered = mined is not None
         mined = mined or mine(passed, source.y, ratio, exit_layer)
@@ -384,7 +450,7 @@ class Pipeline:
             top_words=top_words(hard.targets, vocab, s.mining.top_words),
             examples=examples_in_context(hard, self.corpus.batches[s.mining.split], vocab,
                                          s.mining.examples),
-            selection_macs=macs))
+            **(macs or {})))
         return mined
 
     def final_evaluation(self, step: plan.Step, state: RunState) -> None:
@@ -402,7 +468,8 @@ class Pipeline:
 
     def threshold_sweep(self, step: plan.Step, state: RunState) -> None:
         """PPL against honest cost over thresholds for each signal, beside the run's own point
-        and the stage-1 model alone; on the report split, calibrated on the mining split."""
+        and the stage-1 model alone (none in a joint run, which has no stage-1 model of its
+        own); on the report split, calibrated on the mining split."""
         self.where = "threshold sweep"
         s, final, exits = self.settings, state.final, state.exit_layers
         costs = self._costs(tuple(exits), self.cascade(state, len(exits)).modes)
@@ -411,9 +478,11 @@ class Pipeline:
             name = f"plain model ({exits[0]} layers)"
             series = [one_point_series(name, final, costs, plain, exits[0])]
         else:
+            as_run = f"{method_name(s)} · as run"
             series = [*self._swept_signals(state),
-                      one_point_series("ASHEM · as run", final, costs, plain, exits[-1]),
-                      self._first_stage_alone(plain, exits[-1])]
+                      one_point_series(as_run, final, costs, plain, exits[-1])]
+            if not s.joint.enabled:
+                series.append(self._first_stage_alone(plain, exits[-1]))
         mark_pareto([p for x in series for p in x["points"]])
         self.emit(ev.SweepComputed(split=s.evaluation.split, tokens=final.tokens,
                                    plain_macs_per_token=plain, series=series))
@@ -442,7 +511,7 @@ class Pipeline:
             self.save(self.run_dir / CLASSIFIERS_FILE,
                       {"classifiers": [c.state_dict() for c in trained[CLASSIFIER]]})
         return sweep(m, mining, report, cascade, s.evaluation.signals, s.evaluation.sweep_points,
-                     trained, self.check)
+                     trained, self.check, method_name(s))
 
     def _first_stage_alone(self, plain: float, deepest: int) -> dict:
         layers = self.settings.stages[0].layers
@@ -452,6 +521,16 @@ class Pipeline:
         alone = evaluate(base, report, Cascade.of([layers]), self.check)
         name, costs = f"stage-1 model ({layers} layers)", self._costs((layers,), ())
         return one_point_series(name, alone, costs, plain, deepest)
+
+    def _trained_exits(self) -> list[int]:
+        """The exits stage 1 trains: its own; in a joint run every stage's."""
+        s = self.settings
+        return [st.layers for st in (s.stages if s.joint.enabled else s.stages[:1])]
+
+    def _layers_of(self, number: int) -> int:
+        """The model's layers while stage N trains (a joint run's: the last stage's)."""
+        s = self.settings
+        return s.stages[-1 if s.joint.enabled else number - 1].layers
 
     def new_model(self, layers: int) -> EarlyExitLM:
         return EarlyExitLM(len(self.corpus.vocab), layers, self.settings.model).to(self.device)
@@ -492,10 +571,13 @@ class Pipeline:
                    training: Optional[dict] = None) -> None:
         """`training`: "model", "optimizer" and "early", while the stage is under way."""
         training = training or {}
-        self.save(self.run_dir / PROGRESS_FILE, vars(ResumePoint(
+        point = vars(ResumePoint(
             stage, epoch, stage_done, state.exit_layers, state.thresholds, torch.get_rng_state(),
             self.seconds_before + self.emit.elapsed(), training.get("model"),
-            training.get("optimizer"), training.get("early"), self.totals.kept())))
+            training.get("optimizer"), training.get("early"), self.totals.kept()))
+        self.save(self.run_dir / PROGRESS_FILE, point)
+        if stage == 1 and stage_done:  # kept: what a run taking this stage 1 needs (share.py)
+            self.save(self.run_dir / STAGE_ONE_END_FILE, point)
 
 
 def _totals_at(point: Optional[ResumePoint]) -> RunTotals:

@@ -48,9 +48,11 @@ class StudyPlan:
     configurations: tuple[Configuration, ...]
     seeds: int
     overrides: tuple[str, ...] = ()
+    analysis_plan: Optional[dict] = None  # study_plan.py's record of the plan, if it has one
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "seeds": self.seeds, "overrides": list(self.overrides),
+        plan = {"analysis_plan": self.analysis_plan} if self.analysis_plan else {}
+        return {"format": FORMAT, "seeds": self.seeds, "overrides": list(self.overrides), **plan,
                 "seed_rule": "each configuration's run.seed + 0, 1, ..., seeds - 1",
                 "configurations": [{"name": c.name, "file": c.file,
                                     "seeds": c.seeds(self.seeds),
@@ -103,8 +105,22 @@ def plan_study(files: Sequence[str], seeds: int, overrides: Sequence[str],
             raise StudyError(f"two configurations named {c.name!r} ({seen[c.name]} and "
                              f"{c.file}): a configuration's name is its file's stem; rename one")
         seen[c.name] = c.file
+    check_budget_sources(configs)
     where = Path(directory) if directory else None
     return StudyPlan(where, tuple(configs), seeds, tuple(overrides))  # type: ignore[arg-type]
+
+
+def check_budget_sources(configs: Sequence[Configuration]) -> None:
+    """Each run.training_macs_budget_from names a configuration before its own: at each
+    seed that run finishes first (a study runs its configurations in order)."""
+    earlier: set[str] = set()
+    for c in configs:
+        source = c.settings.run.training_macs_budget_from
+        if source and source not in earlier:
+            raise StudyError(f"{c.file}: run.training_macs_budget_from = {source!r} must name a "
+                             f"configuration given before it; before it: "
+                             f"{', '.join(sorted(earlier)) or 'none'}")
+        earlier.add(c.name)
 
 
 def is_study(directory: str | os.PathLike) -> bool:
@@ -134,7 +150,7 @@ def reopen_study(directory: str | os.PathLike) -> StudyPlan:
         configs = tuple(Configuration(c["name"], c["file"], settings_from_dict(c["settings"]))
                         for c in saved["configurations"])
         return StudyPlan(Path(directory), configs, int(saved["seeds"]),
-                         tuple(saved.get("overrides", ())))
+                         tuple(saved.get("overrides", ())), saved.get("analysis_plan"))
     except (KeyError, TypeError, ValueError, SettingsError) as e:
         raise StudyError(f"{str(Path(directory) / STUDY_FILE)!r} is not a complete study file "
                          f"({type(e).__name__}: {e})") from None
@@ -156,6 +172,7 @@ def grow_study(directory: str | os.PathLike, files: Sequence[str]) -> StudyPlan:
         names[c.name] = c.file
         added.append(c)
     grown = dataclasses.replace(plan, configurations=plan.configurations + tuple(added))
+    check_budget_sources(grown.configurations)
     try:
         atomic_write_json(grown.directory / STUDY_FILE, grown.to_json())
     except OSError as e:
@@ -217,8 +234,9 @@ def open_study(plan: StudyPlan) -> StudyPlan:
         except RunDirError as e:
             raise StudyError(str(e).replace("run.runs_dir", "studies directory")) from None
     elif is_study(plan.directory):
-        check_agrees(plan, read_study_file(plan.directory))
-        return plan
+        saved = read_study_file(plan.directory)
+        check_agrees(plan, saved)
+        return dataclasses.replace(plan, analysis_plan=saved.get("analysis_plan"))
     elif plan.directory.exists() and (not plan.directory.is_dir()
                                       or any(plan.directory.iterdir())):
         raise StudyError(f"--dir {str(plan.directory)!r} exists and is not a study directory "

@@ -6,9 +6,15 @@ A curve: {"name", "seeds" (a study's; absent for a run), "points": [point, ...]}
 point: {"stage", "epoch", "val_ppl", and the X_FIELDS (None in logs written before them)};
 a study's point the same over the seeds that reached that (stage, epoch): "seeds" n,
 "val_ppl" the mean, "interval" stats.aggregate of the val PPLs, each of X_FIELDS the mean
-(None unless every one of those seeds logged it). The app only draws these."""
+(None unless every one of those seeds logged it). The app only draws these.
+
+The compute-matched view (mean_curve_band, compute_matched): each configuration's validation
+NLL at a fixed grid of cumulative training MACs, mean and 95 % band over its seeds. A run's
+value at m is its best validation PPL at or before m, stage by stage through the run (so its
+curve never rises), and missing where the run has not reached m."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -17,7 +23,7 @@ from . import events as ev
 from . import plan
 from .compare import ComparisonError
 from .rundir import EVENTS_FILE
-from .stats import aggregate, is_number
+from .stats import aggregate, is_number, ppl_interval
 from .study import StudyError, reopen_study, study_runs
 from .summary import NOTHING_DONE
 
@@ -98,3 +104,71 @@ def mean_point(stage: int, epoch: int, points: Sequence[dict]) -> dict:
         values = [p.get(x) for p in points]
         out[x] = aggregate(values)["mean"] if all(map(is_number, values)) else None
     return out
+
+
+# -- the compute-matched view ----------------------------------------------------------------
+
+MACS = "run_training_macs"
+GRID_POINTS = 8  # the default grid: this many equal steps up to the longest run
+
+
+def best_so_far(curve: dict, macs: float) -> Optional[float]:
+    """A run's best validation PPL at or before `macs` cumulative training MACs; None where
+    the run has not reached `macs`, or had no validation by then."""
+    points = [p for p in curve["points"] if is_number(p.get(MACS)) and is_number(p["val_ppl"])
+              and not math.isnan(p["val_ppl"])]
+    if not points or max(p[MACS] for p in points) < macs:
+        return None
+    before = [p["val_ppl"] for p in points if p[MACS] <= macs]
+    return min(before) if before else None
+
+
+def mean_curve_band(curves: Sequence[dict], grid: Sequence[float]) -> list[dict]:
+    """Per grid point (cumulative training MACs), over the runs' curves (a configuration's
+    seeds) that reached it: n, the mean validation NLL with its 95 % band (nll_mean, nll_lo,
+    nll_hi) and the PPL as exp of those (ppl_mean: the geometric mean; ppl_lo, ppl_hi)."""
+    out = []
+    for macs in grid:
+        reached = [v for v in (best_so_far(c, macs) for c in curves) if v is not None]
+        band = ppl_interval(reached)
+        mean, half = band["mean_nll"], band["half_nll"]
+        out.append({"training_macs": macs, "n": band["n"], "nll_mean": mean,
+                    "nll_lo": None if half is None else mean - half,
+                    "nll_hi": None if half is None else mean + half,
+                    "ppl_mean": band["ppl"], "ppl_lo": band["ppl_lo"], "ppl_hi": band["ppl_hi"]})
+    return out
+
+
+def default_grid(curves: Sequence[dict], points: int = GRID_POINTS) -> list[float]:
+    """`points` equal steps of a round size (1, 2 or 5 × 10^k MACs) up to the longest run."""
+    ends = [p[MACS] for c in curves for p in c["points"] if is_number(p.get(MACS))]
+    if not ends or max(ends) <= 0:
+        return []
+    rough = max(ends) / points
+    power = 10 ** math.floor(math.log10(rough))
+    step = next(k * power for k in (1, 2, 5, 10) if k * power >= rough)
+    return [step * k for k in range(1, points + 1) if step * k <= max(ends)]
+
+
+def compute_matched(study_dir: str | os.PathLike, grid: Optional[Sequence[float]] = None
+                    ) -> dict:
+    """The study's compute-matched view: {"grid", "rule", "configurations": [{"name", "runs",
+    "band": mean_curve_band(...)}]} over its finished runs. Without `grid`: the analysis
+    plan's [compute_matched] training_macs, else default_grid. Raises ComparisonError."""
+    try:
+        study = reopen_study(study_dir)
+    except StudyError as e:
+        raise ComparisonError(str(e)) from None
+    runs = [r for r in study_runs(study) if r.finished]
+    by_config = {c.name: [run_curve(r.run_dir, c.name) for r in runs if r.config.name == c.name]
+                 for c in study.configurations}
+    by_config = {name: [c for c in curves if c is not None] for name, curves in by_config.items()}
+    planned = ((study.analysis_plan or {}).get("content") or {}).get("compute_matched") or {}
+    if grid is None:
+        grid = planned.get("training_macs") or default_grid(
+            [c for curves in by_config.values() for c in curves])
+    return {"grid": list(grid), "rule": "validation NLL, best so far at or before each "
+            "cumulative training MACs; mean over seeds ± 95 % t half-width (n)",
+            "configurations": [{"name": name, "runs": len(curves),
+                                "band": mean_curve_band(curves, grid)}
+                               for name, curves in by_config.items()]}

@@ -23,6 +23,16 @@ FINAL = ("split", "tokens", "accuracy", "ppl", "exit_layers", "exit_ratios", "co
          "honest_cost", "macs_per_token", "thresholds", "inference_modes")
 
 
+SHARED_FROM = "stage_1_shared_from"  # summary.json's: the run whose stage 1 this one took
+
+
+def shared_stage_one(stages: list) -> dict:
+    """{SHARED_FROM: its run directory} where stage 1's record says it was taken from another
+    run (share.py; StageEnded.shared_from), else nothing."""
+    return {SHARED_FROM: r["shared_from"] for r in stages
+            if r["stage"] == 1 and r.get("shared_from")}
+
+
 def base_summary(run_dir: str | os.PathLike, settings: dict) -> dict:
     """What is known before the first event (all a run that fails loading its data has)."""
     return {"status": "running", "run_dir": str(run_dir), "settings": settings, "stages": [],
@@ -59,7 +69,35 @@ def compute_spent(summary: dict) -> dict:
     mining = [m.get("selection_macs") for m in summary["mining"]]
     return {"training_macs": {"stages": training, "total": _total(training)},
             "selection_macs": {"stages": stages, "mining": mining,
-                               "total": _total(stages + mining)}}
+                               "total": _total(stages + mining)},
+            "compute_macs": compute_charged(summary)}
+
+
+COMPUTE_RULE = ("every pass counted once: as training if a stage's steps train on its result "
+                "(their forward and backward, and the pass that made the states they read), "
+                "else as selection (each epoch's validation and hard PPL, each mining pass); "
+                "the final evaluation and the sweep are not counted")
+
+
+def compute_charged(summary: dict) -> dict:
+    """summary["compute_macs"] by COMPUTE_RULE: per stage its training_macs (steps, and a
+    sequence context's own pass for its states) and selection_macs; per mining pass the part
+    that made the states the next stage trains on (token context), charged as training, and
+    the rest as selection; their totals (None where a figure is missing: an older log)."""
+    stages = [{"stage": r["stage"], "training": r.get("training_macs"),
+               "selection": r.get("selection_macs")} for r in summary["stages"]]
+    mining = [{"stage": m["stage"], "states": m.get("state_macs"),
+               "selection": _minus(m.get("selection_macs"), m.get("state_macs"))}
+              for m in summary["mining"]]
+    training = _total([r["training"] for r in stages] + [m["states"] for m in mining])
+    selection = _total([r["selection"] for r in stages] + [m["selection"] for m in mining])
+    return {"training": training, "selection": selection,
+            "total": _total([training, selection]), "rule": COMPUTE_RULE,
+            "stages": stages, "mining": mining}
+
+
+def _minus(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b
 
 
 class SummaryReducer:
@@ -93,7 +131,8 @@ class SummaryReducer:
             self._rewind(plan.rewind(plan.of_run(e), point))
         self._s = {"status": "running", "run_dir": e.run_dir, "settings": e.settings,
                    "stages": self._s["stages"], "mining": self._s["mining"], "final": None,
-                   **_pick(e, ("machine", "device", "threads", "data_source", "vocab_size"))}
+                   **_pick(e, ("machine", "device", "threads", "data_source", "vocab_size")),
+                   **shared_stage_one(self._s["stages"])}
         self._s.update(compute_spent(self._s))
         if e.resumed:
             self._s["seconds_before"] = e.seconds_before
@@ -129,8 +168,11 @@ class SummaryReducer:
         self._note_peaks(e.memory)
         record = {**_pick(e, STAGE), "history": list(self._epochs.get(e.stage, [])),
                   "layers": self._s["settings"]["stages"][e.stage - 1]["layers"],
-                  "checkpoint": e.checkpoint}
+                  "checkpoint": e.checkpoint,
+                  **({"shared_from": e.shared_from} if e.shared_from else {})}
         self._s["stages"] = [*(r for r in self._s["stages"] if r["stage"] < e.stage), record]
+        self._s.pop(SHARED_FROM, None)
+        self._s.update(shared_stage_one(self._s["stages"]))
         self._s["seconds"] = round(self._before + e.t, 3)
         self._s.update(compute_spent(self._s))
 
@@ -140,7 +182,7 @@ class SummaryReducer:
     def on_HardExamplesCollected(self, e: ev.HardExamplesCollected) -> None:
         threshold = _pick(self._thresholds[e.stage], ("exit_layer", "threshold", "target_ratio"))
         found = _pick(e, ("split", "count", "total", "ratio", "mean_confidence", "hard_ppl",
-                          "selection_macs"))
+                          "selection_macs", "state_macs"))
         record = {"stage": e.stage, **threshold, **found}
         self._s["mining"] = [*(m for m in self._s["mining"] if m["stage"] < e.stage), record]
         self._s.update(compute_spent(self._s))

@@ -43,7 +43,8 @@ def train_signal(model: EarlyExitLM, mining: Batches, cascade: Cascade, signal: 
     for k in range(cascade.last):
         passed = exit_pass(model, mining, cascade.first(k + 1), check)
         keep = passed.remaining if passed.remaining is not None else slice(None)
-        out.append(train(passed.hidden[keep], passed.stats[keep], seed + k, World.current()))
+        out.append(train(model.to_head(passed.hidden[keep]), passed.stats[keep], seed + k,
+                         World.current()))
     return out
 
 
@@ -59,7 +60,8 @@ def calibrate(model: EarlyExitLM, mining: Batches, cascade: Cascade, q: float,
             reaching = replace(router.first(k + 1), thresholds=thresholds)
             passed = exit_pass(model, mining, reaching, check)
         scores = world.gather_tokens(
-            cascade.scores(k, passed.hidden, passed.stats, model.head.weight), mining)
+            cascade.scores(k, model.to_head(passed.hidden), passed.stats, model.head.weight),
+            mining)
         population = scores if passed.remaining is None else \
             scores[world.gather_tokens(passed.remaining, mining)]
         thresholds.append(threshold_at(population, q) if population.numel() else math.inf)
@@ -76,7 +78,7 @@ def every_exit_table(model: EarlyExitLM, batches: Batches, cascade: Cascade,
     for i in world.each_of_mine(len(batches), check):
         passes = route(model, cascade, *batches.batch(i), every_exit=True).every_exit
         stats.append([p.stats for p in passes])
-        scores.append({c.signal: [c.scores(e, p.hidden, p.stats, head)
+        scores.append({c.signal: [c.scores(e, model.to_head(p.hidden), p.stats, head)
                                   for e, p in enumerate(passes[:-1])] for c in signalled})
 
     def whole(t: torch.Tensor) -> torch.Tensor:  # under torchrun: every rank's batches
@@ -109,9 +111,10 @@ def curve_point(evaluation: Evaluation, costs: CostModel, plain: float,
 @torch.no_grad()
 def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade,
           signals: Sequence[str], points: int, trained: Optional[dict] = None,
-          check: Callable[[], None] = lambda: None) -> list[dict]:
+          check: Callable[[], None] = lambda: None, method: str = "ASHEM") -> list[dict]:
     """One series per signal (exit_signals): a point per quantile, on the report split.
-    `trained`: by signal, a trained signal's scorers per exit (train_signal)."""
+    `trained`: by signal, a trained signal's scorers per exit (train_signal); `method`: what
+    the series' names say the model is (joint.method_name)."""
     signalled = [cascade.signalled_by(signal, (trained or {}).get(signal)) for signal in signals]
     first = exit_pass(model, mining, cascade.first(1), check)
     if PROPAGATED not in cascade.modes:
@@ -124,7 +127,7 @@ def sweep(model: EarlyExitLM, mining: Batches, report: Batches, cascade: Cascade
         costs = deciding.costs(model, report.x.shape[-1])
         out = [curve_point(evaluate_at(calibrate(model, mining, deciding, q, first, check)),
                            costs, costs.plain(), q) for q in sweep_quantiles(points)]
-        series.append({"name": f"ASHEM · {deciding.exit_signal.label}", "kind": "sweep",
+        series.append({"name": f"{method} · {deciding.exit_signal.label}", "kind": "sweep",
                        "signal": deciding.signal, "points": out})
     return series
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -24,6 +25,7 @@ from ashem_engine.compare import combine
 from ashem_engine.events import SweepComputed
 from test_app_cli import ROOT, one_line_error
 from test_app_process import Terminal
+from test_engine_compare_study import write_study_of
 
 SIZE = (100, 30)
 PLAIN_MACS = 4_730_000.0  # MACs per token of the plain deepest model of the reference run
@@ -368,29 +370,24 @@ T_975_1 = 12.7062  # Student t(0.975, 1 degree of freedom), from printed tables
 
 
 def write_study(root, finished=True):
-    """A study directory as `ashem-engine study` leaves it, with two seeds whose sweeps are
-    the reference sweep and the same with every PPL 10 higher and every MACs 2 % higher."""
-    import dataclasses
-
-    from ashem_engine.settings import Settings
-    from ashem_engine.study import STUDY_FILE, Configuration, StudyPlan, seed_dir
-
-    settings = Settings().replace(run=dataclasses.replace(Settings().run, name="cfg"))
-    plan = StudyPlan(root, (Configuration("cfg", "cfg.toml", settings),), 2)
-    root.mkdir()
-    (root / STUDY_FILE).write_text(json.dumps(plan.to_json()), encoding="utf-8")
-    for k, seed in enumerate((42, 43)):
-        run = seed_dir(root, "cfg", seed) / "20261126T120000Z-cfg"
+    """A study of one configuration "cfg" and two seeds whose sweeps are the reference sweep
+    and the same with every PPL 10 higher and every MACs 2 % higher."""
+    sweeps = []
+    for k in range(2):
         sweep = reference_sweep()
         for s in sweep["series"]:
             for p in s["points"]:
                 p["ppl"] += 10 * k
                 p["macs_per_token"] *= 1 + 0.02 * k
-        write_sweep(run, sweep)
-        (run / "settings.json").write_text("{}", encoding="utf-8")
-        status = "finished" if finished else "running"
-        (run / "summary.json").write_text(json.dumps({"status": status}), encoding="utf-8")
-    return root
+        sweeps.append(sweep)
+    return write_study_of(root, {"cfg": sweeps}, finished)
+
+
+def nll_interval(ppls: list[float]) -> tuple[float, float, float]:
+    """By hand: the geometric mean of two PPLs and exp(mean NLL -/+ t · sd / sqrt(2))."""
+    a, b = (math.log(x) for x in ppls)
+    half = T_975_1 * abs(a - b) / 2  # sd = |a - b| / sqrt(2), n = 2
+    return math.exp((a + b) / 2), math.exp((a + b) / 2 - half), math.exp((a + b) / 2 + half)
 
 
 async def test_compare_a_study_shows_each_points_interval(tmp_path):
@@ -400,23 +397,69 @@ async def test_compare_a_study_shows_each_points_interval(tmp_path):
     assert [s["name"] for s in sweeps] == ["cfg"]
     comparison = comparison_of(None, sweeps)
     first = comparison["series"][0]["points"][0]  # quantile 0: PPL 900 and 910
-    assert first["ppl"] == pytest.approx(905.0)
-    half = first["interval"]["ppl"]["half_width"]
-    assert half == pytest.approx(T_975_1 * 5.0, rel=1e-4)  # sd 10/sqrt(2), n = 2
+    mean, low, high = nll_interval([900.0, 910.0])
+    assert first["ppl"] == pytest.approx(mean) and mean < 905.0  # the geometric mean
+    nll = first["interval"]["nll"]
+    assert (nll["ppl_lo"], nll["ppl_hi"]) == (pytest.approx(low, rel=1e-4),
+                                              pytest.approx(high, rel=1e-4))
     points = [p for s in comparison["series"] for p in s["points"]]
     assert all(len(error_bars(p)) == 2 for p in points)  # PPL and MACs per token
+    assert error_bars(first)[0][1] == [nll["ppl_lo"], nll["ppl_hi"]]
     app = CompareApp(comparison)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         screen = app.screen
         rows = table_cells(screen)
         assert len(rows) == 22
-        assert rows[0][2] == f"905.00 ±{half:,.2f}"
-        assert " ±" in rows[21][2] and "±" not in rows[0][7]  # MACs' spread: the chart's bars
-        assert "means over 2 seeds" in plain(screen.query_one("#compare-summary"))
+        assert rows[0][2] == f"{mean:,.1f} [{low:,.1f}–{high:,.1f}]"
+        assert " [" in rows[21][2] and "[" not in rows[0][7]  # MACs' spread: the chart's bars
+        assert "means over 2 seeds (PPL: geometric)" in plain(
+            screen.query_one("#compare-summary"))
         chart = screen.query_one(ParetoChart)
-        lowest_low = min(p["interval"]["ppl"]["low"] for p in points)
+        lowest_low = min(p["interval"]["nll"]["ppl_lo"] for p in points)
         assert chart.ylim[0] <= lowest_low  # the bars below the lowest mean are in view
+
+
+def wild_study(root):
+    """The bug's case: 2 configurations x 2 seeds, one of them with a huge spread between its
+    seeds (PPL 1,000 and 95,000 at one point: a t interval on the PPL itself, with t(0.975, 1)
+    = 12.7, reaches far below 0)."""
+    calm = [other_run(), other_run()]
+    calm[1]["series"][0]["points"][0]["ppl"] = 915.0
+    wild = []
+    for ppl in (1_000.0, 95_000.0):
+        run = outlier_run()
+        run["series"][0]["points"][0]["ppl"] = ppl
+        wild.append(run)
+    return write_study_of(root, {"calm": calm, "wild": wild})
+
+
+async def test_a_wide_spread_over_two_seeds_draws_no_ppl_below_zero(tmp_path):
+    comparison = comparison_of(None, load_sweeps([str(wild_study(tmp_path / "study"))]))
+    (calm,), (wild,) = (s["points"] for s in comparison["series"])
+    assert wild["interval"]["ppl"]["low"] < -100_000  # the t interval on PPL, as it was
+    mean, low, high = nll_interval([1_000.0, 95_000.0])
+    assert wild["ppl"] == pytest.approx(mean) and 0 < low < 1_000.0 and high > 95_000.0
+    app = CompareApp(comparison)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        rows = table_cells(screen)
+        assert [r[0][2:] for r in rows] == ["calm · plain 2 layers", "wild · bad model"]
+        nll = wild["interval"]["nll"]
+        assert rows[1][2] == f"9,746.8 [{nll['ppl_lo']:.2e}–{nll['ppl_hi']:.2e}]"
+        assert rows[1][2] == "9,746.8 [2.66e-09–3.58e+16]"  # n = 2: honest, not hidden
+        mean, low, high = nll_interval([905.0, 915.0])
+        assert rows[0][2] == f"{mean:,.1f} [{low:,.1f}–{high:,.1f}]" == "910.0 [848.6–975.8]"
+        await pilot.press("z")  # the full view: every bar
+        await pilot.pause()
+        chart = screen.query_one(ParetoChart)
+        assert not screen.zoomed and chart.ylim[0] >= 0
+        assert chart.cut == 1 and chart.ylim[1] < 3 * wild["ppl"]  # not up to 3.58e+16
+        assert "1 error bar cut at the top" in chart_title(chart)
+        ticks = [float(t.replace(",", "")) for t in chart.render().plain.split("\n")
+                 if "┤" in t for t in [t.split("┤")[0].strip()]]
+        assert ticks and min(ticks) >= 0  # no y tick below 0
 
 
 def test_compare_of_a_directory_that_is_neither_run_nor_study_is_one_line(capsys, tmp_path):
@@ -449,14 +492,20 @@ def curves_chart(screen):
     return chart
 
 
-async def test_v_shows_a_studys_mean_curves_with_their_intervals_against_training_macs(
-        tmp_path):
+def geometric(*ppls: float) -> float:
+    return math.exp(sum(math.log(x) for x in ppls) / len(ppls))
+
+
+async def test_v_shows_a_studys_best_so_far_against_training_macs_with_nll_bands(tmp_path):
+    from ashem_engine.compare import study_compute_bands
     from ashem_engine.study_curves import study_curves
 
     study = write_curve_study_with_sweeps(tmp_path / "study")
-    expected = {c["name"]: c for c in study_curves(study)}
+    per_epoch = {c["name"]: c for c in study_curves(study)}
+    bands = study_compute_bands(study)
     sweeps = load_sweeps([str(study)])
     assert [s["curve"]["name"] for s in sweeps] == ["small", "large"]
+    assert [s["curve"]["compute"] for s in sweeps] == [bands["small"], bands["large"]]
     app = CompareApp(comparison_of(None, sweeps))
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
@@ -467,31 +516,82 @@ async def test_v_shows_a_studys_mean_curves_with_their_intervals_against_trainin
         assert chart.display and not screen.query_one(ParetoChart).display
         assert not screen.query_one("#compare-table").display
         assert chart.axis.name == "macs"  # the compute-matched view by default
-        for name, curve in expected.items():
-            assert chart.series[name] == [(p["run_training_macs"], p["val_ppl"])
-                                          for p in curve["points"]]
-            assert chart.bands[name] == [
-                (p["run_training_macs"], p["interval"]["low"], p["interval"]["high"])
-                for p in curve["points"] if p["interval"]["half_width"] is not None]
-        assert chart.series["small"][0] == (1e9, pytest.approx(410.0))
-        assert len(chart.bands["large"]) == 2  # its third epoch: one seed, no interval
+        for name, band in bands.items():  # the engine's figures, drawn as they are
+            assert chart.series[name] == [(p["training_macs"], p["ppl_mean"])
+                                          for p in band if p["n"]]
+            assert chart.bands[name] == [(p["training_macs"], p["ppl_lo"], p["ppl_hi"])
+                                         for p in band if p["n"] >= 2]
+        # tests/test_engine_xaxis.py's curves by hand: each seed's best so far at every MACs
+        # where one of the study's runs ended an epoch, the geometric mean where any reached it
+        assert chart.series["small"] == [
+            (1e9, pytest.approx(geometric(400, 420))), (2e9, pytest.approx(geometric(300, 310))),
+            (3e9, pytest.approx(geometric(250, 310))), (3.2e9, pytest.approx(270.0))]
+        assert chart.series["large"] == [
+            (4e9, pytest.approx(geometric(380, 360))), (8e9, pytest.approx(geometric(260, 280))),
+            (12e9, pytest.approx(275.0))]  # its third epoch: one seed, no band
+        assert len(chart.bands["small"]) == 3 and len(chart.bands["large"]) == 2
+        assert all(0 < low < high for pts in chart.bands.values() for _, low, high in pts)
         title = chart_title(chart)
-        assert title.startswith("validation PPL vs training MACs") and "95 %" in title
+        assert title.startswith("validation PPL vs training MACs") and "95 % band" in title
+        assert "best so far" in title
         text = plain(screen.query_one("#compare-summary"))
         assert "2 configurations · validation PPL per epoch" in text
         assert chart.x_ticks[1] and all(t.endswith("G") for t in chart.x_ticks[1])
         for axis, field in (("epoch", None), ("tokens", "tokens_trained"),
-                            ("time", "run_seconds"), ("macs", "run_training_macs")):
+                            ("time", "run_seconds")):
             await pilot.press("x")
             await pilot.pause()
             chart = curves_chart(screen)
-            assert chart.axis.name == axis
-            points = expected["small"]["points"]
-            assert [x for x, _ in chart.series["small"]] == (
-                [1, 2, 3] if field is None else [p[field] for p in points])
+            assert chart.axis.name == axis  # the per-epoch means, with no t band on PPL
+            points = per_epoch["small"]["points"]
+            assert chart.series["small"] == [
+                (i + 1 if field is None else p[field], p["val_ppl"])
+                for i, p in enumerate(points)]
+            assert chart.bands == {"small": [], "large": []}
+            assert "best so far" not in chart_title(chart)
+        await pilot.press("x")
+        await pilot.pause()
+        assert curves_chart(screen).axis.name == "macs"
+        assert curves_chart(screen).series == chart_series_before(bands)
         await pilot.press("v")  # back to the sweeps
         await pilot.pause()
         assert screen.query_one(ParetoChart).display and not curves_chart(screen).display
+
+
+def chart_series_before(bands: dict) -> dict:
+    return {name: [(p["training_macs"], p["ppl_mean"]) for p in band if p["n"]]
+            for name, band in bands.items()}
+
+
+async def test_a_band_far_out_is_cut_at_twice_the_highest_mean(tmp_path):
+    from test_engine_xaxis import write_curve_study
+
+    wild = {"calm": [[(1, 1, 300.0, 1000, 1e9, 10.0), (1, 2, 200.0, 2000, 2e9, 20.0)],
+                     [(1, 1, 310.0, 1000, 1e9, 10.0), (1, 2, 205.0, 2000, 2e9, 20.0)]],
+            "wild": [[(1, 1, 100.0, 1000, 1e9, 10.0), (1, 2, 90.0, 2000, 2e9, 20.0)],
+                     [(1, 1, 90_000.0, 1000, 1e9, 10.0), (1, 2, 80_000.0, 2000, 2e9, 20.0)]]}
+    study = write_curve_study(tmp_path / "study", wild)
+    for summary in study.glob("runs/*/seed-*/*/summary.json"):
+        write_sweep(summary.parent, reference_sweep())
+    app = CompareApp(comparison_of(None, load_sweeps([str(study)])))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("v")
+        await pilot.pause()
+        chart = curves_chart(app.screen)
+        highest = max(v for pts in chart.series.values() for _, v in pts)
+        assert chart.bands["wild"][0][2] > 1e20  # n = 2: the engine's band, as it is
+        assert app.screen.log_y is None and "log y" in chart_title(chart)  # > 10x: log
+        assert chart.cut == 4  # wild's: above 2 x the highest mean, below half the lowest
+        assert "(cut at edges)" in chart_title(chart)
+        ys = [si_value(t.split("┤")[0]) for t in chart.render().plain.split("\n") if "┤" in t]
+        assert 0 <= min(ys) and max(ys) <= 2.1 * highest  # no y below 0, none far above
+
+
+def si_value(tick: str) -> float:
+    """A y tick's value: "5k" -> 5000, "1,234.5" -> 1234.5."""
+    tick = tick.strip().replace(",", "")
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9}.get(tick[-1:], 1.0)
+    return float(tick[:-1] if scale != 1.0 else tick) * scale
 
 
 async def test_the_curves_of_run_directories_and_of_the_run_shown(tmp_path):
@@ -531,3 +631,10 @@ def test_snapshot_of_a_studys_curves(snap_compare, tmp_path):
     study = write_curve_study_with_sweeps(tmp_path / "study")
     app = CompareApp(comparison_of(None, load_sweeps([str(study)])))
     assert snap_compare(app, terminal_size=SIZE, press=["v"])
+
+
+def test_snapshot_of_a_studys_intervals(snap_compare, tmp_path):
+    """The bug's case: the wide study's bracketed intervals, its bars cut at the top, no y
+    below 0 (z: the full view)."""
+    app = CompareApp(comparison_of(None, load_sweeps([str(wild_study(tmp_path / "study"))])))
+    assert snap_compare(app, terminal_size=(120, 30), press=["z"])

@@ -96,7 +96,7 @@ def test_study_results_formats_a_study_table(tmp_path):
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "### s: 4 of 4 runs" in out
-    assert "| a | 995.0 ± 63.5 (n=2) | – | – | 30.0 ± 0.0 (n=2) | 2.0 |" in out
+    assert "| a | 995.0 ± 63.5 (n=2) | – | – | 30.0 ± 0.0 (n=2) | – | – | 2.0 |" in out
     assert "| b | +10.0 ± 0.0 (n=2) | – | – |" in out
     against = bench("bench/study_results.py", "--against", "a", str(tmp_path))
     assert against.returncode == 0, against.stderr

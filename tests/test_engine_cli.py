@@ -70,7 +70,9 @@ def test_without_settings_file_the_defaults_run_and_it_says_so(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("\n") == 1 and "built-in defaults" in p.stderr
     settings = json.loads(next((tmp_path / "runs").glob("*/settings.json")).read_text())
-    assert settings["optimizer"] == {"weight_decay": 0.01, "grad_clip": 1.0}  # not from a file
+    assert settings["optimizer"] == {"weight_decay": 0.01, "grad_clip": 1.0,  # not from a file
+                                     "schedule": "constant", "warmup_steps": 0,
+                                     "decay_epochs": 0, "min_lr_ratio": 0.0}
 
 
 def test_init_writes_settings_toml_once(tmp_path):

@@ -60,7 +60,9 @@ def test_a_study_point_is_the_mean_over_seeds_with_its_interval():
                 "series": [{"name": "s", "kind": "sweep", "points": [point]}]}
     combined = seeds_sweep("cfg", [sweep(10.0, 100.0), sweep(12.0, 104.0)])
     (point,) = combined["series"][0]["points"]
-    assert point["ppl"] == 11.0 and point["macs_per_token"] == 102.0 and point["seeds"] == 2
+    assert point["ppl"] == pytest.approx(math.sqrt(120.0))  # exp(mean NLL): the geometric mean
+    assert point["ppl_arithmetic_mean"] == 11.0
+    assert point["macs_per_token"] == 102.0 and point["seeds"] == 2
     # sd of (10, 12) is sqrt(2): the half-width is t(0.975, 1) * sqrt(2) / sqrt(2)
     assert point["interval"]["ppl"]["half_width"] == pytest.approx(12.7062, abs=1e-4)
     assert point["interval"]["macs_per_token"]["half_width"] == pytest.approx(2 * 12.7062,
@@ -242,7 +244,7 @@ def test_the_study_comparison_has_each_points_mean_and_interval(study):
         for i, point in enumerate(series["points"]):
             ppls = [w["series"][k]["points"][i]["ppl"] for w in sweeps]
             macs = [w["series"][k]["points"][i]["macs_per_token"] for w in sweeps]
-            assert point["ppl"] == pytest.approx(statistics.mean(ppls))
+            assert point["ppl"] == pytest.approx(statistics.geometric_mean(ppls))
             assert point["macs_per_token"] == pytest.approx(statistics.mean(macs))
             assert point["interval"]["ppl"]["half_width"] == pytest.approx(
                 12.7062 * statistics.stdev(ppls) / math.sqrt(2), rel=1e-4, abs=1e-9)

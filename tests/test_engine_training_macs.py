@@ -212,7 +212,7 @@ def test_a_resumed_run_reports_the_same_compute(sequence_run, tmp_path):
     second = resume_ashem(first.run_dir, [events.append], corpus=tiny_corpus(settings))
     assert second.status == "finished", second.error
     assert [e.epoch for e in of(events, ev.EpochEnded)] == [3]  # epochs 1-2 not redone
-    for key in ("training_macs", "selection_macs"):
+    for key in ("training_macs", "selection_macs", "compute_macs"):
         assert second.summary[key] == whole.summary[key]
         assert second.summary[key]["total"] > 0
 

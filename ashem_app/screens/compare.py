@@ -3,21 +3,25 @@
 Shows the dict `ashem_engine.compare.combine` returns (every figure and every Pareto flag
 comes from there): the Pareto chart (PPL against MACs per token), a warning when the series
 were reported on different splits, and a table with one row per point. A study's points are
-means over seeds: the chart draws their 95 % intervals as error bars, of the PPL and of the
-MACs per token, and the table shows "± half-width" beside the PPL (from the engine's
-`point["interval"]`; the MMAC/tok's own ± made the table too wide for 120 columns).
+means over seeds (the PPL a geometric mean, exp of the mean NLL): the chart draws their 95 %
+intervals as error bars, of the PPL and of the MACs per token, and the table shows the PPL's
+as "[low–high]" beside it (from the engine's `point["interval"]`: the PPL's is taken on the
+NLL and shown back as PPL, so it is asymmetric and never below 0; the MMAC/tok's own
+interval made the table too wide for 120 columns).
 Without any sweep it says what is needed. z toggles the chart's y range between all points and near the Pareto
 front (display scaling only, see `widgets.pareto`); it starts zoomed when the zoom hides
 at least one point. esc / q close it (with `ashem --compare`, where it is the app's only
 screen, they quit).
 
 v switches to the curves view: the runs' validation PPL per epoch (`comparison["curves"]`,
-from `ashem_engine.study_curves`; a study's configurations as the mean over seeds with the
-95 % interval dotted) against training MACs, the compute-matched view; x cycles the x-axis
-(training MACs, epoch, tokens trained, wall time) and l the log y axis.
+from `ashem_engine.study_curves`; a study's configurations as the mean over seeds) against
+training MACs, the compute-matched view, where a study's configuration is its seeds' best so
+far with the 95 % band dotted (`curve["compute"]`, see `widgets.charts.CurvesChart`); x
+cycles the x-axis (training MACs, epoch, tokens trained, wall time) and l the log y axis.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from rich.text import Text
@@ -60,7 +64,8 @@ def summary(comparison: dict) -> Text:
                 style="dim")
     if seeds:
         count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
-        text.append(f" · means over {count} seeds, ± and bars: 95 % interval", style="dim")
+        text.append(f" · means over {count} seeds (PPL: geometric), [ ] and bars: 95 % "
+                    "interval", style="dim")
     return text
 
 
@@ -94,13 +99,22 @@ def _mmacs(macs: Any) -> str:
     return f"{m:,.0f}" if abs(m) >= 1000 else f"{m:#.4g}".rstrip(".")
 
 
-def half_width(point: dict, key: str) -> Optional[float]:
-    """The half-width of the engine's 95 % interval of point[key] across seeds, if any."""
-    return ((point.get("interval") or {}).get(key) or {}).get("half_width")
+def ppl_cell(point: dict) -> str:
+    """The PPL, and across seeds its 95 % interval as the engine gave it (on the NLL, shown
+    back as PPL): "1,234.5 [1,100.2–1,380.9]"; one seed, or a run: the PPL alone."""
+    nll = (point.get("interval") or {}).get("nll") or {}
+    low, high = nll.get("ppl_lo"), nll.get("ppl_hi")
+    if low is None or high is None:
+        return fmt.ppl(point.get("ppl"))
+    return f"{_short(point.get('ppl'))} [{_short(low)}–{_short(high)}]"
 
 
-def _spread(text: str, half: Optional[float], shown) -> str:
-    return text if half is None else f"{text} ±{shown(half)}"
+def _short(x: Any) -> str:
+    """One decimal, or 3 significant digits in e-notation for a bound far out (2 seeds that
+    disagree give [2.66e-09–3.58e+16]: shown, not hidden)."""
+    if isinstance(x, (int, float)) and math.isfinite(x) and x > 0 and not 0.1 <= x < 1e7:
+        return f"{x:.2e}"
+    return fmt.num(x, 1)
 
 
 def table_rows(comparison: dict) -> list[list[Text]]:
@@ -111,7 +125,7 @@ def table_rows(comparison: dict) -> list[list[Text]]:
         for p in s.get("points", []):
             pareto = bool(p.get("pareto"))
             cells = [_quantile(p.get("quantile")),
-                     _spread(fmt.ppl(p.get("ppl")), half_width(p, "ppl"), fmt.ppl),
+                     ppl_cell(p),
                      fmt.pct(p.get("accuracy"), 2, sign=False),
                      fmt.pct(p.get("deep_ratio"), sign=False),
                      fmt.pct(p.get("honest_cost"), sign=False),

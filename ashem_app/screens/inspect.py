@@ -121,6 +121,10 @@ def hard_figures(view: RunView, stage: int):
                  ("ratio", fmt.pct(hard.ratio)),
                  ("mean confidence", fmt.conf(hard.mean_confidence)),
                  (f"stage {stage} hard PPL", fmt.ppl(hard.hard_ppl))]
+        if hard.selection_macs is not None:  # of it, the stored states' part is training's
+            states = f" · states {fmt.macs(hard.state_macs)} (training)" \
+                if hard.state_macs else ""
+            rows.append(("mining pass", fmt.macs(hard.selection_macs) + states))
     if not rows:
         rows.append(("", "mining not done yet"))
     return _kv_table(rows)
@@ -163,7 +167,15 @@ def evaluation_figures(view: RunView) -> Table:
              ("compute cost", fmt.pct(ev.compute_cost, 2)),
              ("honest cost", fmt.pct(ev.honest_cost, 1)),
              ("thresholds", ", ".join(fmt.conf(t) for t in ev.thresholds) or fmt.DASH)]
-    return _kv_table(rows)
+    return _kv_table(rows + run_compute(view))
+
+
+def run_compute(view: RunView) -> list[tuple[str, str]]:
+    """The finished run's MACs as its summary charges them (summary.json compute_macs)."""
+    spent = (view.finished.summary.get("compute_macs") or {}) if view.finished else {}
+    if spent.get("total") is None:
+        return []
+    return [(f"run {key}", fmt.macs(spent[key])) for key in ("training", "selection", "total")]
 
 
 def _section(title: str, body, classes: str = "", id: Optional[str] = None) -> Static:

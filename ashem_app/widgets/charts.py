@@ -608,15 +608,21 @@ class Charts(Vertical):
 
 class CurvesChart(Chart):
     """The compared runs' validation PPL per epoch (ashem_engine.study_curves: a run's curve,
-    or a study configuration's mean over seeds with its 95 % interval, drawn dotted) against
-    an x-axis. `show(curves, x_axis=..., log_y=...)`: the engine's curve dicts stand where the
-    other charts take a view. After a build: `axis` (shown), `series` {name: [(x, ppl)]} and
-    `bands` {name: [(x, low, high)]}, for tests."""
+    or a study configuration's mean over seeds) against an x-axis. Against training MACs a
+    study configuration's curve is its `curve["compute"]` where given
+    (ashem_engine.compare.study_compute_bands): each seed's best so far, the geometric mean
+    over seeds, and its 95 % band on the NLL drawn dotted (cut at BAND_REACH times the highest
+    mean, and on a log axis at the lowest mean over it). `show(curves, x_axis=..., log_y=...)`:
+    the engine's curve dicts stand where the other charts take a view. After a build: `axis`
+    (shown), `series` {name: [(x, ppl)]}, `bands` {name: [(x, low, high)]} and `cut` (band
+    points cut), for tests."""
 
     DEFAULT_CSS = "CurvesChart { min-height: 10; }"
     axis: XAxis = EPOCH_AXIS
     series: dict = {}
     bands: dict = {}
+    cut = 0
+    best_so_far = False  # a curve drawn from the engine's band (against training MACs)
 
     def data_key(self, curves: list, x_axis: str = "macs",  # type: ignore[override]
                  log_y: Optional[bool] = None, **_: Any) -> Any:
@@ -627,7 +633,7 @@ class CurvesChart(Chart):
         from .pareto import style  # (pareto imports this module)
 
         curves = [c for c in curves if c.get("points")]
-        self.series, self.bands = {}, {}
+        self.series, self.bands, self.cut, self.best_so_far = {}, {}, 0, False
         if not curves:
             self.empty(plt, "validation PPL — no epochs logged")
             return
@@ -635,25 +641,33 @@ class CurvesChart(Chart):
         every = [p for c in curves for p in c["points"]]
         self.axis = wanted if axis_values(every, wanted) is not None else EPOCH_AXIS
         for c in curves:
+            if self.axis.name == "macs" and c.get("compute"):
+                self.series[c["name"]], self.bands[c["name"]] = compute_band(c["compute"])
+                self.best_so_far = True
+                continue
             xs = axis_values(c["points"], self.axis) or list(range(1, len(c["points"]) + 1))
             self.series[c["name"]] = [(x, p["val_ppl"]) for x, p in zip(xs, c["points"])
                                       if _ok(p.get("val_ppl"))]
-            self.bands[c["name"]] = [(x, *band) for x, p in zip(xs, c["points"])
-                                     for band in [_band(p)] if band]
+            self.bands[c["name"]] = []  # the per-epoch means' t interval on PPL: not drawn
         values = curve_values(curves)
         log_y = log_axis(log_y, values)
+        means = [v for pts in self.series.values() for _, v in pts]
+        edges = (min(means) / BAND_REACH if log_y else 0.0, max(means) * BAND_REACH) \
+            if means else (0.0, math.inf)
         for i, c in enumerate(curves):
-            self._curve(plt, c, style(i)[0], log_y)
+            self._curve(plt, c, style(i)[0], log_y, edges)
         self._axes(plt, log_y, values, wanted)
 
-    def _curve(self, plt, curve: dict, color, log_y: bool) -> None:
+    def _curve(self, plt, curve: dict, color, log_y: bool, edges: tuple) -> None:
         def y(v: float) -> float:
             return math.log10(v) if log_y else v
 
         name, points = curve["name"], self.series[curve["name"]]
         band = self.bands[curve["name"]]
-        for edge in (1, 2):  # the interval's low and high edges, under the mean
-            shown = [(b[0], b[edge]) for b in band if not log_y or b[edge] > 0]
+        low, high = edges
+        for edge in (1, 2):  # the band's low and high edges, under the mean
+            shown = [(b[0], min(max(b[edge], low), high)) for b in band]
+            self.cut += sum(not low <= b[edge] <= high for b in band)
             if shown:
                 plt.plot([x for x, _ in shown], [y(v) for _, v in shown], marker="·",
                          color=color)
@@ -675,12 +689,12 @@ class CurvesChart(Chart):
             plt.yticks(*_log_ticks(values))
         note = "" if self.axis is wanted else f" (no {wanted.label} in a log: per epoch)"
         plt.xlabel(f"{self.axis.label}{note}")
-        parts = [f"validation PPL{axis_title(self.axis, self.axis)[0]}"]
-        if any(self.bands.values()):
-            parts.append("mean over seeds, dotted: 95 % interval")
-        if log_y:
-            parts.append("log y")
-        plt.title(self.fitting_title(" · ".join(parts), " · ".join(parts[:1] + parts[2:]),
+        head = f"validation PPL{axis_title(self.axis, self.axis)[0]}"
+        log = " · log y" if log_y else ""
+        band = ", dotted: 95 % band" if any(self.bands.values()) else ""
+        how = f" · best so far, geometric mean of seeds{band}" if self.best_so_far else ""
+        cut = " (cut at edges)" if self.cut else ""
+        plt.title(self.fitting_title(head + how + cut + log, head + how + log, head + log,
                                      "validation PPL"))
 
 
@@ -689,8 +703,14 @@ def curve_values(curves: list) -> list[float]:
     return [p["val_ppl"] for c in curves for p in c.get("points", []) if _ok(p.get("val_ppl"))]
 
 
-def _band(point: dict) -> Optional[tuple[float, float]]:
-    """A study point's 95 % interval of the val PPL (low, high), where the engine gave one."""
-    interval = point.get("interval") or {}
-    low, high = interval.get("low"), interval.get("high")
-    return (low, high) if _finite(low) and _finite(high) else None
+BAND_REACH = 2.0  # a curves chart's bands: cut at this times the highest mean (log: lowest / it)
+
+
+def compute_band(band: list[dict]) -> tuple[list, list]:
+    """A configuration's curve against training MACs from the engine's band (its points as
+    ashem_engine.study_curves.mean_curve_band gives them): the (x, mean PPL) where any seed
+    reached x, and the (x, low, high) where the band has both edges."""
+    series = [(p["training_macs"], p["ppl_mean"]) for p in band if _ok(p.get("ppl_mean"))]
+    edges = [(p["training_macs"], p["ppl_lo"], p["ppl_hi"]) for p in band
+             if _ok(p.get("ppl_lo")) and _ok(p.get("ppl_hi"))]
+    return series, edges

@@ -14,8 +14,12 @@ Two y ranges (`show(comparison, zoomed=...)`, the `z` key of the comparison scre
 The screen starts zoomed when that hides at least one point (`hidden_by_zoom`), else full.
 
 A study's points (`ashem --compare STUDY_DIR`) are means over seeds and carry the engine's 95 %
-intervals of PPL and MACs per token (`point["interval"]`): each is drawn as an error bar, a
-vertical segment for PPL and a horizontal one for MACs per token, in the series' colour.
+intervals (`point["interval"]`): each is drawn as an error bar in the series' colour, a
+vertical segment for PPL from its low to its high bound (the interval on the mean NLL shown
+back as PPL, `interval["nll"]`: asymmetric, never below 0) and a horizontal one for MACs per
+token. A bar is cut at the top of the view: the zoomed view's, and in the full view twice the
+highest PPL (`BAR_REACH`; a 2-seed interval can reach 10^16 and would squeeze every point
+onto the x axis); the title counts the bars cut. The y axis never goes below 0.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ ZOOM_MARGIN = 0.10  # of the lowest PPL, above the highest Pareto-optimal PPL
 ZOOM_RULE = "y to top Pareto PPL + 10 % of lowest"
 ZOOMED_TITLE = "PPL near the Pareto front"  # the titles start with these
 FULL_TITLE = "PPL, all points"
+BAR_REACH = 1.0  # the full view's error bars: cut at the highest PPL plus this much of it
 
 
 def error_bars(point: dict) -> list[tuple[list[float], list[float]]]:
@@ -65,9 +70,9 @@ def error_bars(point: dict) -> list[tuple[list[float], list[float]]]:
     none for a single run or a single seed."""
     interval = point.get("interval") or {}
     bars = []
-    ppl, macs = interval.get("ppl") or {}, interval.get("macs_per_token") or {}
-    if _finite(ppl.get("low")) and _finite(ppl.get("high")):
-        bars.append(([mmacs(point)] * 2, [ppl["low"], ppl["high"]]))
+    nll, macs = interval.get("nll") or {}, interval.get("macs_per_token") or {}
+    if _finite(nll.get("ppl_lo")) and _finite(nll.get("ppl_hi")):
+        bars.append(([mmacs(point)] * 2, [nll["ppl_lo"], nll["ppl_hi"]]))
     if _finite(macs.get("low")) and _finite(macs.get("high")):
         bars.append(([macs["low"] / 1e6, macs["high"] / 1e6], [point["ppl"]] * 2))
     return bars
@@ -107,13 +112,14 @@ def fit_title(parts: list[str], width: int) -> str:
 class ParetoChart(Chart):
     """`show(comparison, zoomed=False)`: the comparison dict stands where the other charts
     take a view. After each build, `ylim` / `xlim` hold the limits set and `hidden` the
-    number of points left out by the zoom (for tests)."""
+    number of points left out by the zoom and `cut` that of error bars cut at the top (for
+    tests)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.xlim: Optional[tuple[float, float]] = None
         self.ylim: Optional[tuple[float, float]] = None
-        self.hidden = 0
+        self.hidden = self.cut = 0
 
     def data_key(self, comparison: dict, zoomed: bool = False, **_: Any) -> Any:
         return (comparison, zoomed)
@@ -124,7 +130,7 @@ class ParetoChart(Chart):
                   for i, s in enumerate(comparison.get("series", []))]
         series = [(i, s, pts) for i, s, pts in series if pts]
         self.xlim = self.ylim = None
-        self.hidden = 0
+        self.hidden = self.cut = 0
         if not series:
             self.empty(plt, "PPL against MACs per token — no sweep to show")
             return
@@ -142,7 +148,7 @@ class ParetoChart(Chart):
         frontier = shown(drawable(pareto_rows(comparison)))
         visible = [(i, s, shown(pts)) for i, s, pts in series]
         visible = [(i, s, pts) for i, s, pts in visible if pts]
-        bar_ys = self._draw_error_bars(plt, visible, top if zoomed else math.inf)
+        bar_ys = self._draw_error_bars(plt, visible, top if zoomed else top * (1 + BAR_REACH))
         self.hidden = len(every) - sum(len(pts) for _, _, pts in visible)
         labels = len(visible) + bool(frontier)
         rows = max(1, self.size.height - 4)  # the canvas: less title, x ticks and label
@@ -167,21 +173,25 @@ class ParetoChart(Chart):
             parts = [ZOOMED_TITLE, ZOOM_RULE,
                      f"{self.hidden} point{'s' * (self.hidden != 1)} above not drawn"]
         else:
-            parts = [FULL_TITLE, "lower left is better"]
+            parts = [FULL_TITLE]
+        if self.cut:
+            parts.append(f"{self.cut} error bar{'s' * (self.cut != 1)} cut at the top")
+        if not zoomed:
+            parts.append("lower left is better")
         if not legend:
             parts.append(f"{FRONTIER_MARKER * 2} Pareto frontier · markers as in the table")
         # plotext centres the title on the canvas (right of the y ticks) and drops it when
         # it does not fit there: 10 columns for the ticks ("12345.6┤" and a margin)
         plt.title(fit_title(parts, self.size.width - 10))
 
-    @staticmethod
-    def _draw_error_bars(plt, visible: list, top: float) -> list[float]:
-        """Each shown point's error bars (under its marker), cut at `top` (the zoomed view's);
+    def _draw_error_bars(self, plt, visible: list, top: float) -> list[float]:
+        """Each shown point's error bars (under its marker), cut at `top` (counted in `cut`);
         the PPLs they reach, so that the y range takes them in."""
         reach = []
         for i, _, pts in visible:
             for p in pts:
                 for xs, ys in error_bars(p):
+                    self.cut += max(ys) > top
                     plt.plot(xs, [min(y, top) for y in ys], marker="braille",
                              color=style(i)[0])
                     reach += [min(y, top) for y in ys]
@@ -194,7 +204,7 @@ class ParetoChart(Chart):
 
         dx = spread(min(xs), max(xs))
         self.xlim = (min(xs) - dx * 0.03, max(xs) + dx * 0.03)
-        dy = spread(min(ys), max(ys))
-        self.ylim = (min(ys) - dy * 0.05, max(ys) + dy * max(room, 0.05))
+        dy = spread(min(ys), max(ys))  # PPLs: all > 0, so the axis stops at 0
+        self.ylim = (max(min(ys) - dy * 0.05, 0.0), max(ys) + dy * max(room, 0.05))
         plt.xlim(*self.xlim)
         plt.ylim(*self.ylim)
