@@ -41,3 +41,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def finished_tiny_run(tmp, *overrides: str) -> tuple:
+    """A tiny run with `overrides`, finished: (settings, its events, its RunResult)."""
+    from ashem_engine.run import run_ashem
+    from tiny import tiny_corpus, tiny_settings
+
+    settings = tiny_settings(tmp, *overrides)
+    events: list = []
+    result = run_ashem(settings, [events.append], corpus=tiny_corpus(settings))
+    assert result.status == "finished", result.error
+    return settings, events, result

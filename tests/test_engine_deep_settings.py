@@ -23,7 +23,7 @@ from ashem_engine.run import resume_ashem, run_ashem
 from ashem_engine.settings import (ModelSettings, OptimizerSettings, SettingsError,
                                    load_settings)
 from ashem_engine.stages import SequenceTask, make_optimizer, train_epoch
-from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from engine_support import finished_tiny_run, single_thread  # noqa: F401  (autouse fixture)
 from tiny import tiny_corpus, tiny_settings
 
 PRE = ModelSettings(dim=16, heads=2, ffn_hidden=32, norm="pre")
@@ -266,12 +266,7 @@ COSINE = ("optimizer.schedule=cosine", "optimizer.warmup_steps=30", "optimizer.d
 
 @pytest.fixture(scope="module")
 def cosine_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cosine")
-    settings = tiny_settings(tmp, *COSINE)
-    events = []
-    result = run_ashem(settings, [events.append], corpus=tiny_corpus(settings))
-    assert result.status == "finished", result.error
-    return settings, events, result
+    return finished_tiny_run(tmp_path_factory.mktemp("cosine"), *COSINE)
 
 
 def test_each_epoch_reports_its_last_steps_rate(cosine_run, plain_run):

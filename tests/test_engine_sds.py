@@ -11,6 +11,7 @@ from ashem_engine.costs import spec_cost
 from ashem_engine.run import run_ashem
 from ashem_engine.rundir import load_checkpoint
 from tiny import tiny_corpus, tiny_settings
+from engine_support import finished_tiny_run
 
 THIRD_STAGE = ["stages.3.layers=6", "stages.3.lr=1e-3", "stages.3.hard_ratio=0.2",
                "stages.3.context=token", "stages.3.max_epochs=2", "stages.3.patience=2"]
@@ -30,12 +31,7 @@ def comparable(events):
 
 @pytest.fixture(scope="module")
 def three_stage(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sds")
-    settings = tiny_settings(tmp, *THIRD_STAGE)
-    events = []
-    result = run_ashem(settings, [events.append], corpus=tiny_corpus(settings))
-    assert result.status == "finished", result.error
-    return settings, events, result
+    return finished_tiny_run(tmp_path_factory.mktemp("sds"), *THIRD_STAGE)
 
 
 def test_three_stages_run_end_to_end(three_stage):
