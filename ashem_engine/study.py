@@ -85,6 +85,11 @@ def configuration(file: str, overrides: Sequence[str]) -> Configuration:
         raise StudyError(f"settings file {file!r} does not exist")
     try:
         loaded = load_settings(path, overrides)
+        own = len(load_settings(path).stages)
+        if len(loaded.stages) > own:  # a --set meant for other configurations' stages
+            raise StudyError(f"{file}: the study's overrides ({', '.join(overrides)}) would add "
+                             f"stage {own + 1} to its {own} stage(s); give stage keys in the "
+                             "settings files of the configurations that have those stages")
         named = loaded.replace(run=dataclasses.replace(loaded.run, name=path.stem))
         return Configuration(path.stem, file, settings_from_dict(named.to_dict()))
     except SettingsError as e:

@@ -16,9 +16,9 @@ from .sinks import dispatch
 NOTHING_DONE = {"stage": 0, "epoch": 0, "stage_done": True}  # the resume point of a new run
 # What a stage's history keeps of each EpochEnded: summary.json's, and progress.pt's (stages.py).
 EPOCH = ("epoch", "train_ppl", "val_ppl", "val_acc", "hard_ppl", "shallow_ratio", "improved",
-         "seconds", "training_macs", "selection_macs")
+         "seconds", "training_macs", "selection_macs", "lr")
 STAGE = ("stage", "epochs", "best_epoch", "best_val_ppl", "best_val_acc", "best_hard_ppl",
-         "stopped_early", "seconds", "training_macs", "selection_macs", "memory")
+         "stopped_early", "seconds", "training_macs", "selection_macs", "memory", "stopped_by")
 FINAL = ("split", "tokens", "accuracy", "ppl", "exit_layers", "exit_ratios", "compute_cost",
          "honest_cost", "macs_per_token", "thresholds", "inference_modes")
 
@@ -107,6 +107,7 @@ class SummaryReducer:
         self._s = copy.deepcopy(base)
         self._epochs: dict[int, list[dict]] = {}  # stage -> its epochs so far
         self._thresholds: dict[int, ev.ThresholdComputed] = {}
+        self._layers: dict[int, int] = {}  # stage -> the layers its StageStarted trained
         self._before = 0.0  # seconds of the attempts before this one
         self._peaks: dict[str, int] = {}  # summary["memory"]: the most any attempt held
         for event in events:
@@ -146,6 +147,9 @@ class SummaryReducer:
         self._epochs = {n: [h for h in epochs if rewind.keeps_epoch(n, h["epoch"])]
                         for n, epochs in self._epochs.items() if rewind.keeps_start(n)}
 
+    def on_StageStarted(self, e: ev.StageStarted) -> None:
+        self._layers[e.stage] = e.layers  # a joint run's stage 1: the whole model's
+
     def on_EpochEnded(self, e: ev.EpochEnded) -> None:
         before = [h for h in self._epochs.get(e.stage, []) if h["epoch"] < e.epoch]
         self._epochs[e.stage] = [*before, _pick(e, EPOCH)]
@@ -167,7 +171,8 @@ class SummaryReducer:
     def on_StageEnded(self, e: ev.StageEnded) -> None:
         self._note_peaks(e.memory)
         record = {**_pick(e, STAGE), "history": list(self._epochs.get(e.stage, [])),
-                  "layers": self._s["settings"]["stages"][e.stage - 1]["layers"],
+                  "layers": self._layers.get(e.stage,
+                                             self._s["settings"]["stages"][e.stage - 1]["layers"]),
                   "checkpoint": e.checkpoint,
                   **({"shared_from": e.shared_from} if e.shared_from else {})}
         self._s["stages"] = [*(r for r in self._s["stages"] if r["stage"] < e.stage), record]

@@ -202,6 +202,10 @@ def test_the_joint_model_trains_every_exit_at_once(joint_run):
     checkpoint = load_checkpoint(result.run_dir / "stage-1-best.pt")
     assert checkpoint["layers"] == 4 and checkpoint["exit_layers"] == [2, 4]
     assert "layers.3.attn.wq.weight" in checkpoint["model"]  # the whole model
+    (record,) = result.summary["stages"]
+    assert record["layers"] == 4 and record["stopped_by"] in ("patience", "max_epochs")
+    assert [h["lr"] for h in record["history"]] == [e.lr for e in events
+                                                    if isinstance(e, ev.EpochEnded)]
 
 
 def test_the_joint_model_is_routed_through_its_exits_and_swept(joint_run):

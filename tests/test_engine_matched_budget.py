@@ -17,7 +17,7 @@ from synthetic import synthetic_splits, write_corpus
 from test_engine_study import write_tiny_toml
 from tiny import tiny_settings
 
-QUICK = ["stages.1.max_epochs=2", "stages.2.max_epochs=1"]
+QUICK = ["stages.1.max_epochs=2"]
 
 
 def read(path: Path) -> dict:
@@ -73,3 +73,13 @@ def test_outside_a_study_the_source_alone_is_refused_in_one_line(tmp_path):
     assert result.status == "failed" and result.run_dir is None
     assert result.error.error_kind == "settings" and "outside a study" in result.error.message
     assert "\n" not in result.error.message
+
+
+def test_a_study_override_never_adds_a_stage_to_a_configuration(tmp_path):
+    data = write_corpus(tmp_path / "data", synthetic_splits())
+    a = write_tiny_toml(tmp_path / "a.toml", data)
+    b = tmp_path / "b.toml"
+    b.write_text(plain_four_layers(a.read_text(), "a"))  # one stage
+    with pytest.raises(StudyError, match="would add stage 2 to its 1 stage"):
+        plan_study([str(a), str(b)], 1, ["stages.2.max_epochs=1"], str(tmp_path / "s"))
+    plan_study([str(a), str(b)], 1, ["stages.1.max_epochs=1"], str(tmp_path / "t"))

@@ -33,7 +33,7 @@ OLD_KEYS = {"stage", "epoch", "stage_done", "model", "optimizer", "early", "exit
             "thresholds", "rng", "summary", "seconds_before"}
 
 
-MACS = {"training_macs", "selection_macs", "compute_macs", "state_macs"}  # logs written before them lack them
+MACS = {"training_macs", "selection_macs", "compute_macs", "state_macs", "lr", "stopped_by"}  # logs written before them lack them
 
 
 def without_macs(value):
