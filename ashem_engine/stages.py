@@ -199,6 +199,10 @@ class StageTask:
         share = targets.numel() * self.world.size / self.tokens_in(index)
         return head_loss(hidden, weight, targets) * share
 
+    def epoch_fields(self, result: Evaluation) -> dict:
+        """EpochEnded fields of this task's own, from the epoch's validation (none here)."""
+        return {}
+
     def validate(self, check: Callable[[], None]) -> Evaluation:
         if self.cascade.last and self._first_exit is None and self._first_exit_frozen():
             self._first_exit = self._frozen_first_exit(check)
@@ -445,12 +449,11 @@ class JointTask(SequenceTask):
     """The joint early-exit baseline (joint.py): the whole model on every train sequence, as
     stage 1, its loss the `weights`' sum of the head's loss at each of `exits` (their layers,
     the model's last among them), from one forward. Validated at every exit (no thresholds
-    exist yet), each EpochEnded given the exits' PPLs (with_exit_ppls)."""
+    exist yet), each EpochEnded given the exits' PPLs (epoch_fields)."""
 
     def __init__(self, model, train: Batches, validation: Batches, exits, weights):
         super().__init__(model, train, validation, Cascade.of([exits[-1]]))
         self.exits, self.weights = list(exits), list(weights)
-        self.exit_val_ppls: Optional[list] = None  # the last validation's
 
     def exit_states(self, x: torch.Tensor) -> list:
         """Token ids (B, T) -> the states the head reads at every exit, (B·T, dim) each."""
@@ -487,9 +490,7 @@ class JointTask(SequenceTask):
                 sums[0, e] += s.nll.double().sum()
                 sums[1, e] += s.correct.sum()
         nll, correct = (self.world.sum(sums) / batches.tokens).tolist()
-        result = JointValidation(batches.tokens, nll, correct, self.weights)
-        self.exit_val_ppls = result.exit_ppls
-        return result
+        return JointValidation(batches.tokens, nll, correct, self.weights)
 
     def validation_macs(self, result: JointValidation, first_epoch: bool) -> float:
         """Forward MACs of validate(): every token through every block and every exit's head."""
@@ -497,13 +498,8 @@ class JointTask(SequenceTask):
         costs = every_exit.costs(self.model, self.validation.x.shape[-1])
         return result.tokens * costs.compute_everything()
 
-    def with_exit_ppls(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:
-        """`emit`, each EpochEnded (run_stage's) given its epoch's exit_val_ppls."""
-        def annotated(event: Event) -> None:
-            if isinstance(event, EpochEnded):
-                event.exit_val_ppls = self.exit_val_ppls
-            emit(event)
-        return annotated
+    def epoch_fields(self, result: JointValidation) -> dict:
+        return {"exit_val_ppls": result.exit_ppls}
 
 
 def make_optimizer(model: EarlyExitLM, lr: float, opt: OptimizerSettings):
@@ -707,7 +703,7 @@ def run_stage(stage: int, task: StageTask, cfg: StageSettings, opt: OptimizerSet
             patience=cfg.patience, best_epoch=stopping.best_epoch,
             best_val_ppl=stopping.best_ppl, seconds=round(seconds, 3), hard_ppl=hard_ppl,
             shallow_ratio=result.exit_ratios[0] if task.cascade.last else None, **macs,
-            lr=schedule.epoch_lr(epoch, budget.taken),
+            lr=schedule.epoch_lr(epoch, budget.taken), **task.epoch_fields(result),
             **totals.add(budget.tokens_taken(), macs["training_macs"]))
         stopping.history.append({k: getattr(ended, k) for k in EPOCH})
         emit(ended)

@@ -208,8 +208,7 @@ class Pipeline:
                 "vocab_size": len(self.corpus.vocab), "exit_layers": state.exit_layers,
                 "thresholds": state.thresholds, "best_epoch": epoch})
 
-        emit = task.with_exit_ppls(self.emit) if s.joint.enabled else self.emit
-        outcome = run_stage(number, task, st, s.optimizer, self.control, emit,
+        outcome = run_stage(number, task, st, s.optimizer, self.control, self.emit,
                             s.run.progress_events_per_epoch, on_improved=save_best,
                             on_epoch_end=lambda progress: self.save_point(
                                 number, progress["epoch"], False, state, progress),

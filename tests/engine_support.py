@@ -53,3 +53,12 @@ def finished_tiny_run(tmp, *overrides: str) -> tuple:
     result = run_ashem(settings, [events.append], corpus=tiny_corpus(settings))
     assert result.status == "finished", result.error
     return settings, events, result
+
+
+def without_keys(value, keys):
+    """`value` with every dict key in `keys` left out, at every depth."""
+    if isinstance(value, dict):
+        return {k: without_keys(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [without_keys(v, keys) for v in value]
+    return value

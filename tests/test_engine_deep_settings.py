@@ -23,7 +23,7 @@ from ashem_engine.run import resume_ashem, run_ashem
 from ashem_engine.settings import (ModelSettings, OptimizerSettings, SettingsError,
                                    load_settings)
 from ashem_engine.stages import SequenceTask, make_optimizer, train_epoch
-from engine_support import finished_tiny_run, single_thread  # noqa: F401  (autouse fixture)
+from engine_support import finished_tiny_run, single_thread, without_keys  # noqa: F401  (autouse fixture)
 from tiny import tiny_corpus, tiny_settings
 
 PRE = ModelSettings(dim=16, heads=2, ffn_hidden=32, norm="pre")
@@ -48,15 +48,8 @@ def figures(summary: dict) -> str:
     """A summary's stage histories, mining and final report without clocks, hosts and paths,
     as text (so that a nan train PPL compares equal to itself)."""
     drop = ev.TIMING_FIELDS | ev.MACHINE_FIELDS | {"checkpoint", "run_dir"}
-
-    def clean(value):
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items() if k not in drop}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
     kept = {k: summary[k] for k in ("stages", "mining", "final")}
-    return json.dumps(clean(kept), sort_keys=True)
+    return json.dumps(without_keys(kept, drop), sort_keys=True)
 
 
 # -- settings ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ashem_engine.run import resume_ashem, run_ashem
 from ashem_engine.settings import Settings
 from ashem_engine.steps import Pipeline
 from ashem_engine.summary import SummaryReducer, base_summary, rebuild
-from engine_support import single_thread  # noqa: F401  (autouse fixture)
+from engine_support import single_thread, without_keys  # noqa: F401  (autouse fixture)
 from golden_runs import CONFIGS, SHIPPED, differences, machine, scrub
 from tiny import tiny_corpus, tiny_settings
 
@@ -37,11 +37,7 @@ MACS = {"training_macs", "selection_macs", "compute_macs", "state_macs", "lr", "
 
 
 def without_macs(value):
-    if isinstance(value, dict):
-        return {k: without_macs(v) for k, v in value.items() if k not in MACS}
-    if isinstance(value, list):
-        return [without_macs(v) for v in value]
-    return value
+    return without_keys(value, MACS)
 
 
 def with_the_default_sampler(summary: dict) -> dict:
