@@ -53,6 +53,8 @@ class RunStarted(Event):
     backend: str = "none"  # torch.distributed's backend: gloo (CPU), nccl (CUDA), or none
     precision: str = "fp32"  # run.precision
     plan: list = field(default_factory=list)  # plan.Step dicts in order; [] in older logs
+    # run.head_tiles as resolved: {"step", "stats": "TOKENSxWORDS" | "Nxall", "source"}
+    head_tiles: Optional[dict] = None
 
 
 @dataclass

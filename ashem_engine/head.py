@@ -6,19 +6,96 @@ time (small enough to stay in cache): the loss, its gradients, and the per-token
 statistics (NLL, confidence = max softmax probability, correctness) are computed from each
 chunk in place, equal to `F.cross_entropy(h @ W.T, y)` and its gradients up to rounding.
 Inside a bf16 run (precision.py) products, logits and exponentials are bf16, sums and every
-figure float32, with no max-shift pass unless a row overflows (`_bf16_chunk`)."""
+figure float32, with no max-shift pass unless a row overflows (`_bf16_chunk`).
+
+Whole rows of a chunk (128 × 69,830 logits, 35 MB in fp32) outgrow a core's L2 and stream
+through L3 and memory, which a neighbour shares. `Tiles` with a `words` count also split the
+vocabulary (tiled.py): each block's logits stay in L2, a row's sum of exponentials is built
+across blocks, and the gradients take a second pass once it is known. Which is faster depends
+on the machine: tile_probe.py measures it, and a run uses what `tiles_in_use` says."""
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from . import tiled
 from .precision import low_precision
 
 
 def default_chunk(device: torch.device) -> int:
-    """Tokens per chunk: their logits stay in cache (measured best: 128, fp32 and bf16)."""
+    """Tokens per chunk of whole rows (measured best on 2026-11 hosts: 128, fp32 and bf16)."""
     return 8192 if device.type == "cuda" else 128
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """A block of the head's logits: `tokens` rows by `words` columns (0: whole rows)."""
+
+    tokens: int
+    words: int = 0
+
+    def whole_rows(self, vocab: int) -> bool:
+        return self.words == 0 or self.words >= vocab
+
+    def __str__(self) -> str:
+        return f"{self.tokens}x{self.words}" if self.words else f"{self.tokens}xall"
+
+    @staticmethod
+    def parse(text: str) -> "Tiles":
+        """"256x2048" or "128xall"; ValueError otherwise."""
+        tokens, sep, words = text.strip().lower().partition("x")
+        if not sep or not tokens.isdigit() or not (words.isdigit() or words == "all") \
+                or int(tokens) < 1 or (words != "all" and int(words) < 1):
+            raise ValueError(text)
+        return Tiles(int(tokens), 0 if words == "all" else int(words))
+
+
+@dataclass(frozen=True)
+class HeadTiles:
+    """The tiles of a training step (loss and gradients) and of a statistics pass, measured
+    at `tokens` a call (0: for any size); `smaller`: those for calls nearer its size (later
+    stages' batches of hard tokens are 32× smaller than stage 1's)."""
+
+    step: Tiles
+    stats: Tiles
+    tokens: int = 0
+    smaller: "HeadTiles | None" = None
+
+    def for_tokens(self, n: int) -> "HeadTiles":
+        if self.smaller is not None and n * n < self.tokens * self.smaller.tokens:
+            return self.smaller.for_tokens(n)  # nearer in a log scale
+        return self
+
+    def describe(self) -> dict:
+        out = {"step": str(self.step), "stats": str(self.stats)}
+        if self.smaller is not None:
+            out.update(tokens=self.tokens, smaller={**self.smaller.describe(),
+                                                    "tokens": self.smaller.tokens})
+        return out
+
+
+_in_use = threading.local()  # a run's HeadTiles, in the thread that runs its steps
+
+
+@contextmanager
+def tiles_in_use(tiles: "HeadTiles | None"):
+    """Every head call in this thread uses `tiles` (None: whole rows, `default_chunk`)."""
+    before = getattr(_in_use, "tiles", None)
+    _in_use.tiles = tiles
+    try:
+        yield
+    finally:
+        _in_use.tiles = before
+
+
+def _tiles(kind: str, chunk: "int | None", n: int, device: torch.device) -> Tiles:
+    if chunk:
+        return Tiles(chunk)
+    tiles = getattr(_in_use, "tiles", None)
+    return Tiles(default_chunk(device)) if tiles is None else getattr(tiles.for_tokens(n), kind)
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -86,11 +163,27 @@ def _bf16_gradients(p, sums, hc, wx, yc, n, grad_h, grad_w, first: bool) -> None
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-              chunk: int | None = None) -> torch.Tensor:
-    """Mean cross-entropy over tokens; h is (N, dim), targets (N,)."""
-    chunk = chunk or default_chunk(h.device)
-    return _FusedHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), chunk,
-                                low_precision(h.device))
+              chunk: int | None = None, tiles: Tiles | None = None) -> torch.Tensor:
+    """Mean cross-entropy over tokens; h is (N, dim), targets (N,). `chunk`: whole rows of
+    that many tokens; `tiles`: these; neither: the run's (`tiles_in_use`)."""
+    tiles = tiles or _tiles("step", chunk, h.shape[0], h.device)
+    low = low_precision(h.device)
+    if not tiles.whole_rows(weight.shape[0]):
+        return _TiledHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), tiles, low)
+    return _FusedHeadLoss.apply(h.contiguous(), weight, targets.reshape(-1), tiles.tokens, low)
+
+
+class _TiledHeadLoss(torch.autograd.Function):
+    """`_FusedHeadLoss` over tiles of tokens and words (tiled.py)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, tiles, low):  # noqa: D401 - autograd signature
+        nll, grad_h, grad_w = tiled.loss_and_gradients(h, weight, targets, tiles, low,
+                                                       *ctx.needs_input_grad[:2])
+        ctx.grads = (grad_h, grad_w)
+        return nll.sum(dtype=torch.float64).div(h.shape[0]).to(h.dtype)
+
+    backward = staticmethod(_FusedHeadLoss.backward)
 
 
 def _fp32_chunk(hc, wx, yc, logits) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,11 +241,14 @@ class ExitStats:
 
 @torch.no_grad()
 def exit_stats(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-               chunk: int | None = None) -> ExitStats:
+               chunk: int | None = None, tiles: Tiles | None = None) -> ExitStats:
     """NLL, confidence and correctness per token, without ever holding all the logits."""
     h = h.reshape(-1, h.shape[-1]).contiguous()
     targets = targets.reshape(-1)
-    n, chunk = h.shape[0], chunk or default_chunk(h.device)
+    tiles = tiles or _tiles("stats", chunk, h.shape[0], h.device)
+    if not tiles.whole_rows(weight.shape[0]):
+        return ExitStats(*tiled.statistics(h, weight, targets, tiles, low_precision(h.device)))
+    n, chunk = h.shape[0], tiles.tokens
     if low_precision(h.device):
         return _bf16_exit_stats(h, weight, targets, chunk)
     nll = torch.empty(n, dtype=torch.float32, device=h.device)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import tomli
 
-from . import plan, sinks
+from . import plan, sinks, tile_probe
 from .exit_signals import SIGNALS
 from .names import INFERENCES, PRECISIONS
 
@@ -291,6 +291,8 @@ RULES: list[Rule] = [
     ("run.device", *_one_of("cpu", "cuda", "auto")),
     ("run.threads", *_at_least(0, " (0 = chosen by ashem)")),
     ("run.precision", *_one_of(*PRECISIONS)),
+    ("run.head_tiles", lambda v, c: tile_probe.describe_setting(v) is None,
+     tile_probe.describe_setting("?")),
     ("run.progress_events_per_epoch", *_at_least(1)),
     ("run.peer_timeout_s", *_above(0)),
     ("run.control_every", *_at_least(1)),

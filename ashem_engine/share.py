@@ -42,6 +42,9 @@ def key_of(settings: dict) -> str:
     what = {"data": settings["data"], "model": settings["model"],
             "optimizer": settings["optimizer"], "stage_1": settings["stages"][0],
             "run": {k: settings["run"].get(k) for k in RUN_KEYS}, "joint": joint}
+    tiles = settings["run"].get("head_tiles", "auto")
+    if tiles != "auto":  # (left out at its default, so that keys made before it still match)
+        what["run"]["head_tiles"] = tiles
     if joint and joint.get("enabled"):  # a joint run trains every stage's exit from the start:
         # every stage, and how exits are calibrated and run, kept whole (none left to chance)
         what.update(stages=settings["stages"], mining=settings["mining"],

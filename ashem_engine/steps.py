@@ -2,6 +2,7 @@
 and grow N", "evaluate", "sweep". A step takes the RunState its predecessor left."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -32,8 +33,11 @@ from .resume import ResumePoint
 from .rundir import (BEST_WEIGHTS_FILE, CLASSIFIERS_FILE, HARD_TOKENS_FILE, PROGRESS_FILE,
                      SETTINGS_FILE, SUMMARY_FILE, SWEEP_FILE, CheckpointError, atomic_torch_save,
                      STAGE_ONE_END_FILE, atomic_write_json, load_checkpoint)
+from . import tile_probe
+from .head import HeadTiles, tiles_in_use
 from .memory import keep_freed_memory
-from .names import CLASSIFIER
+from .tokens import cache_root
+from .names import BF16, CLASSIFIER
 from .precision import compute
 from .settings import Settings
 from .share import NotShared, copy_file, read_stage_one, stage_one_key, weights_fit
@@ -89,10 +93,14 @@ class Pipeline:
         # in this attempt (a resumed attempt gets them again in _hard_tokens)
         self._kept: dict[int, dict] = {}
         self._pools: dict[int, MiningPool] = {}
+        self.head_tiles: Optional[HeadTiles] = None  # run.head_tiles, once start() chose them
 
     def precision(self):
-        """run.precision around the steps (autocast to bf16, or nothing)."""
-        return compute(self.settings.run.precision, self.device)
+        """run.precision around the steps (autocast to bf16, or nothing), and the head's tiles."""
+        scope = contextlib.ExitStack()
+        scope.enter_context(compute(self.settings.run.precision, self.device))
+        scope.enter_context(tiles_in_use(self.head_tiles))
+        return scope
 
     # the method that runs each kind of step (named: bench/breakdown.py times them)
     RUNS = {plan.STAGE: "train_stage", plan.MINING: "mine_and_grow",
@@ -126,7 +134,8 @@ class Pipeline:
         np.random.seed(s.run.seed)
         torch.manual_seed(s.run.seed)
         self.corpus = self._load(corpus)
-        self._announce(threads)
+        self.head_tiles, tiles_from = self._head_tiles()
+        self._announce(threads, tiles_from)
         if point is not None:
             return self._restore(point)
         exits = self._trained_exits()
@@ -149,7 +158,22 @@ class Pipeline:
                                 "processes or more data.eval_samples")
         return corpus
 
-    def _announce(self, threads: int) -> None:
+    def _head_tiles(self) -> tuple[HeadTiles, str]:
+        """run.head_tiles for this run (tile_probe.py); under torchrun "auto" takes what a
+        single process measured on this machine, else whole rows: every rank the same."""
+        s, self.where = self.settings, "choosing the head's tiles"
+        rows = s.data.micro_batch_size or max(1, s.data.batch_size // self.world.size)
+        sizes = (rows * s.data.seq_len, rows)  # stage 1's batches, later stages' hard tokens
+        setting = s.run.head_tiles
+        args = (self.device, s.model.dim, len(self.corpus.vocab), sizes,
+                s.run.precision == BF16, cache_root(s.data))
+        if self.world.parallel and setting == tile_probe.AUTO:
+            return tile_probe.known_or_rows(*args)
+        return tile_probe.resolve(setting, *args, probing=lambda: self.emit(ev.Log(
+            "info", "head tiles: timing whole rows against blocks on this machine, once "
+                    "(seconds; later runs read the choice from the cache)")))
+
+    def _announce(self, threads: int, tiles_from: str = "") -> None:
         s, corpus, point, sizes = self.settings, self.corpus, self.point, self.corpus.sizes
         machine = {"platform": platform.platform(), "processor": platform.processor() or
                    "unknown", "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -164,7 +188,12 @@ class Pipeline:
             data_source=corpus.source, seconds_before=self.seconds_before,
             resume_point=point.where() if point is not None else None,
             world_size=self.world.size, backend=self.world.backend,
-            precision=s.run.precision, plan=[asdict(step) for step in plan.of_settings(s)]))
+            precision=s.run.precision, plan=[asdict(step) for step in plan.of_settings(s)],
+            head_tiles={**self.head_tiles.describe(), "source": tiles_from}))
+        if tiles_from in (tile_probe.PROBED, tile_probe.CACHED):
+            self.emit(ev.Log("info", f"head tiles: training step {self.head_tiles.step}, "
+                             f"statistics {self.head_tiles.stats} (run.head_tiles = \"auto\": "
+                             f"{tiles_from} on this machine)"))
         self.emit(ev.Log("info", f"data: {corpus.source}; vocabulary {len(corpus.vocab):,}; "
                          f"{sizes['train'][0]} train and {sizes['validation'][0]} validation "
                          f"batches of {s.data.batch_size} × {s.data.seq_len}"))

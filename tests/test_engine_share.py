@@ -45,7 +45,8 @@ def test_the_key_leaves_out_what_stage_1_does_not_read(tmp_path, other):
     "stages.1.lr=2e-3", "stages.1.max_epochs=5", "stages.1.layers=1", "run.seed=7",
     "model.dim=32", "model.rope_base=500.0", "optimizer.weight_decay=0.1",
     "optimizer.grad_clip=0.5", "data.seq_len=16", "run.precision=bf16", "run.threads=2",
-    "run.progress_events_per_epoch=3", "joint.enabled=true", "joint.weights=depth"])
+    "run.progress_events_per_epoch=3", "joint.enabled=true", "joint.weights=depth",
+    "run.head_tiles=rows", "run.head_tiles=64x512"])
 def test_the_key_holds_what_stage_1_reads(tmp_path, other):
     assert stage_one_key(tiny_settings(tmp_path, other)) != stage_one_key(tiny_settings(tmp_path))
 
