@@ -56,12 +56,12 @@ def resolve(setting: str, device: torch.device, dim: int, vocab: int, sizes: tup
     probe (`probing()` is called first: it takes seconds)."""
     from .head import HeadTiles, Tiles, default_chunk
 
-    if setting == ROWS or device.type != "cpu":
-        rows = Tiles(default_chunk(device))
-        return HeadTiles(rows, rows), "settings" if setting == ROWS else "device"
-    if setting != AUTO:
+    if setting not in (AUTO, ROWS):
         tiles = Tiles.parse(setting)
         return HeadTiles(tiles, tiles), "settings"
+    if setting == ROWS or device.type != "cpu":  # no tile shape measured on a GPU yet
+        rows = Tiles(default_chunk(device))
+        return HeadTiles(rows, rows), "settings" if setting == ROWS else "device"
     if vocab * dim * 4 <= SMALL_HEAD_BYTES:
         rows = Tiles(default_chunk(device))
         return HeadTiles(rows, rows), "small head"

@@ -176,6 +176,11 @@ def test_settings_and_small_heads_need_no_probe(tmp_path, monkeypatch):
     assert resolve("rows", tmp_path)[0] == HeadTiles(Tiles(128), Tiles(128))
     assert resolve("auto", tmp_path, vocab=300) == (HeadTiles(Tiles(128), Tiles(128)),
                                                     "small head")
+    meta = torch.device("meta")  # any device but the CPU: given tiles hold, "auto" is rows
+    assert tile_probe.resolve("64x512", meta, 8, 40000, (64,), False, tmp_path)[0] == \
+        HeadTiles(Tiles(64, 512), Tiles(64, 512))
+    assert tile_probe.resolve("auto", meta, 8, 40000, (64,), False, tmp_path) == \
+        (HeadTiles(Tiles(128), Tiles(128)), "device")
     assert not (tmp_path / tile_probe.CACHE_FILE).exists()
 
 
