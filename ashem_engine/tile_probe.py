@@ -44,8 +44,8 @@ def describe_setting(text: str) -> Optional[str]:
     """None when `text` is a valid run.head_tiles, else what is allowed."""
     if text in (AUTO, ROWS) or re.fullmatch(r"[1-9][0-9]*x([1-9][0-9]*|all)", text):
         return None
-    return 'allowed: "auto" (measured on this machine), "rows" (whole rows of 128 tokens) ' \
-               'or "TOKENSxWORDS", e.g. "1024x1024" ("128xall": whole rows of 128)'
+    return ('allowed: "auto" (measured on this machine), "rows" (whole rows of 128 tokens) '
+            'or "TOKENSxWORDS", e.g. "1024x1024" ("128xall": whole rows of 128)')
 
 
 def resolve(setting: str, device: torch.device, dim: int, vocab: int, sizes: tuple,
