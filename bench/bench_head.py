@@ -7,7 +7,7 @@ pass, three ways, alone and beside a neighbour:
 - materialised: the textbook way, F.cross_entropy(h @ W.T, y) and its backward, softmax.
 
     python bench/bench_head.py [--threads 2] [--repeats 5] [--precision fp32 bf16]
-                               [--tiles 1024x1024] [--neighbour]
+                               [--tiles 1024x1024] [--neighbour] [--profile TILES]
 
 Each figure: milliseconds per call, the median of the repeats after one warm-up, with the
 spread (min–max). --neighbour runs everything twice: alone, then with a second process that
@@ -15,6 +15,8 @@ streams a 64 MB buffer (twice L3) through memory, started and stopped here. On a
 machine the neighbour takes core 1, so both rounds run on core 0 with one thread (the head's
 own loss of a core is not what is measured, its cache and memory sharing is). The rate of
 1024³ matrix products is printed first: hosts differ, and the ratio is the point.
+--profile TILES: instead, where one fp32 training step in TILES spends its time
+(torch.profiler, self time by op), the Python loop's own share among them.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from ashem_engine.tile_probe import probe
 
 N, DIM, VOCAB = 2048, 64, 69830
 NEIGHBOUR = """
-import numpy as np, time
+import numpy as np
 a = np.ones(16 << 20, dtype=np.float32); b = np.empty_like(a)  # 64 MB each
 while True:
     np.copyto(b, a); np.copyto(a, b)
@@ -110,12 +112,30 @@ def report(title: str, results: dict, baseline: dict | None = None) -> None:
         print(line)
 
 
+def profile_step(h, w, y, tiles: Tiles) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    def step():
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        head_loss(hh, ww, y, tiles=tiles).backward()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        step()
+        wall = (time.perf_counter() - started) * 1000
+    print(f"one fp32 training step in {tiles}: {wall:.0f} ms under the profiler")
+    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]:
+        print(f"  {e.key:<24} {e.count:6d} calls {e.self_cpu_time_total / 1e3:8.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--tiles", help="TOKENSxWORDS for every kind (default: the probe's picks)")
+    ap.add_argument("--profile", metavar="TILES", help="profile one fp32 step in TILES instead")
     ap.add_argument("--neighbour", action="store_true",
                     help="also beside a process streaming memory on core 1 (1 thread, core 0)")
     args = ap.parse_args()
@@ -130,6 +150,8 @@ def main() -> None:
     torch.manual_seed(0)
     h, w = torch.randn(N, DIM), torch.randn(VOCAB, DIM) * 0.125
     y = torch.randint(0, VOCAB, (N,))
+    if args.profile:
+        return profile_step(h, w, y, Tiles.parse(args.profile))
     for precision in args.precision:
         low = precision == "bf16"
         if args.tiles:
